@@ -1,0 +1,33 @@
+"""actlab: the activation-function laboratory for PyTorch.
+
+    >>> import actlab
+    >>> act = actlab.get("leaky_relu(negative_slope=0.2)")     # an nn.Module
+    >>> fn = actlab.get_fn("expr:x * sigmoid(1.702 * x)")       # a callable
+    >>> df = actlab.compare(dataset="fashion-mnist", epochs=1)  # a pandas DataFrame
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# Public names and the module that defines each. Imported lazily so that `import actlab`
+# stays cheap and a module's import error names the module.
+_EXPORTS = {
+    "get": "actlab.catalog",
+    "get_fn": "actlab.catalog",
+    "register": "actlab.catalog",
+    "list_activations": "actlab.catalog",
+    "load_dataset": "actlab.data",
+    "compare": "actlab.api",
+    "ExperimentConfig": "actlab.config",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'actlab' has no attribute {name!r}")

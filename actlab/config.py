@@ -1,0 +1,158 @@
+"""The experiment configuration: one frozen dataclass, and the members it expands to.
+
+A study trains one member per (depth, seed, activation, lr). Members are laid out
+seed-major inside a depth, so that the members sharing a seed (and so sharing the initial
+weights and the batch order) are contiguous: member ``k`` of a depth uses seed index
+``k // members_per_seed``. See DESIGN.md, "The engine".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from actlab.errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+INITS = ("pytorch", "glorot", "kaiming", "lecun")
+MODELS = ("mlp", "cnn")
+SELECTIONS = ("final", "val")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that decides the numbers of a study. Defaults are the classic protocol."""
+
+    # Data. The test split is never used for selection; `val_size` holds out a validation
+    # split from train with a fixed seed.
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    download: bool = True
+    val_size: int = 0
+    limit_train: int | None = None
+    limit_test: int | None = None
+    standardize: bool = False  # default scaling is x/255, as torchvision's ToTensor does
+
+    # Model. `hidden` are the MLP widths (784-128-128-10 by default); `depths`, when given,
+    # replaces it by a depth study: `depth` hidden layers of width hidden[0] each.
+    model: str = "mlp"
+    hidden: tuple[int, ...] = (128, 128)
+    depths: tuple[int, ...] = ()
+    dropout: float = 0.0
+    init: str = "pytorch"  # PyTorch's default nn.Linear init; Keras uses glorot
+    init_gain: bool = False  # scale init by torch.nn.init.calculate_gain(activation)
+
+    # Members.
+    activations: tuple[str, ...] = ("relu", "sigmoid", "tanh", "leaky_relu")
+    seeds: tuple[int, ...] = (0,)
+    lrs: tuple[float, ...] = (1e-3,)
+
+    # Optimisation.
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # SGD only
+    select: str = "final"  # "val": pick each activation's lr on the validation split
+
+    # Execution. These do not change the numbers on CPU (except threads, in the last bits
+    # of float reductions), so they are excluded from `study_key`.
+    device: str = "auto"  # "auto" = CUDA when present
+    threads: int | None = None
+    diagnostics: bool = True
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def replace(self, **changes: object) -> ExperimentConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExperimentConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; known keys are {sorted(known)}")
+        values = dict(data)
+        for name in ("hidden", "depths", "activations", "seeds", "lrs"):
+            if name in values and values[name] is not None:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+    def study_key(self) -> dict:
+        """The fields that must agree for two runs to be merged or resumed together."""
+        data = self.to_dict()
+        for name in ("device", "threads", "diagnostics", "data_dir", "download", "seeds"):
+            data.pop(name)
+        return data
+
+    @property
+    def depth_list(self) -> tuple[int | None, ...]:
+        """The depths trained, one stacked model each; (None,) means just `hidden`."""
+        return self.depths if self.depths else (None,)
+
+    def hidden_for(self, depth: int | None) -> tuple[int, ...]:
+        return self.hidden if depth is None else (self.hidden[0],) * depth
+
+
+@dataclass(frozen=True)
+class Member:
+    """One trained network of a study."""
+
+    index: int  # position in the stacked model of its depth
+    activation: str  # the spec as the user wrote it, e.g. "leaky_relu(negative_slope=0.2)"
+    seed: int
+    lr: float
+    depth: int | None = None
+    label: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", member_label(self.activation, self.lr, self.seed))
+
+
+def member_label(activation: str, lr: float, seed: int) -> str:
+    return f"{activation}|lr={lr:g}|seed={seed}"
+
+
+def members_for(config: ExperimentConfig, depth: int | None = None) -> list[Member]:
+    """Members of one stacked model, seed-major: [seed][activation][lr]."""
+    members = []
+    for seed in config.seeds:
+        for activation in config.activations:
+            for lr in config.lrs:
+                members.append(Member(len(members), activation, seed, lr, depth))
+    return members
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Refuse configurations that cannot run, with one line that says how to fix them."""
+
+    def need(condition: bool, message: str) -> None:
+        if not condition:
+            raise ConfigError(message)
+
+    need(config.optimizer in OPTIMIZERS, f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    need(config.init in INITS, f"unknown init {config.init!r}; choose one of {', '.join(INITS)}")
+    need(config.model in MODELS, f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
+    need(config.select in SELECTIONS, f"unknown selection {config.select!r}; choose one of {', '.join(SELECTIONS)}")
+    need(len(config.activations) > 0, "no activations given; e.g. --activations relu,tanh")
+    need(len(set(config.activations)) == len(config.activations), f"duplicate activations in {list(config.activations)}")
+    need(len(config.seeds) > 0, "no seeds given; e.g. --seeds 3")
+    need(len(set(config.seeds)) == len(config.seeds), f"duplicate seeds in {list(config.seeds)}")
+    need(len(config.lrs) > 0 and all(lr > 0 for lr in config.lrs), f"learning rates must be positive, got {list(config.lrs)}")
+    need(len(set(config.lrs)) == len(config.lrs), f"duplicate learning rates in {list(config.lrs)}")
+    need(config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}")
+    need(config.batch_size >= 1, f"--batch-size must be at least 1, got {config.batch_size}")
+    need(all(h >= 1 for h in config.hidden) and len(config.hidden) >= 1, f"--hidden must be positive widths, got {list(config.hidden)}")
+    need(all(d >= 1 for d in config.depths), f"--depths must be positive, got {list(config.depths)}")
+    need(0.0 <= config.dropout < 1.0, f"--dropout must be in [0, 1), got {config.dropout}")
+    need(config.weight_decay >= 0, f"--weight-decay must be >= 0, got {config.weight_decay}")
+    need(config.val_size >= 0, f"--val-size must be >= 0, got {config.val_size}")
+    need(
+        config.select != "val" or config.val_size > 0,
+        "--select val needs a validation split; add e.g. --val-size 5000 (the test split is never used for selection)",
+    )

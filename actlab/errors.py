@@ -1,0 +1,30 @@
+"""Errors a user can cause and fix.
+
+Every such error is one line that names the bad input and the way out. The CLI prints
+``actlab: error: <message>`` for these and exits with code 2; anything else is a bug and
+keeps its traceback.
+"""
+
+
+class ActlabError(Exception):
+    """A mistake in user input (a name, a file, an option). The message is one line."""
+
+
+class UnknownActivationError(ActlabError, ValueError):
+    """An activation name that is not in the catalog (the message lists the nearest names)."""
+
+
+class SpecError(ActlabError, ValueError):
+    """A malformed activation spec: bad parameter, bad expression, missing `dim`."""
+
+
+class DataError(ActlabError):
+    """A dataset that cannot be found, downloaded or read (the message names the file)."""
+
+
+class RunDirError(ActlabError):
+    """A run directory that is missing, locked, corrupt, or does not match the config."""
+
+
+class ConfigError(ActlabError, ValueError):
+    """An experiment configuration that cannot run as asked (the message says why)."""
