@@ -152,19 +152,39 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    raise NotImplementedError("actlab list")
+    from actlab.catalog import format_table
+
+    print(format_table())
+    return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    raise NotImplementedError("actlab show")
+    from actlab.catalog import describe
+
+    print(describe(args.name))
+    return EXIT_OK
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    raise NotImplementedError("actlab plot")
+    from actlab.errors import ConfigError
+    from actlab.plots import plot_activations, save_figure
+
+    try:
+        orders = tuple(int(part) for part in args.derivatives.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--derivatives {args.derivatives!r} must be orders from 0,1,2 separated by commas, e.g. 0,1"
+        ) from None
+    figure = plot_activations(args.names, tuple(args.range), orders)
+    print(save_figure(figure, args.output))
+    return EXIT_OK
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    raise NotImplementedError("actlab datasets")
+    from actlab.data import format_dataset_table, list_datasets
+
+    print(format_dataset_table(list_datasets(args.data_dir)))
+    return EXIT_OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -172,11 +192,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    raise NotImplementedError("actlab report")
+    from actlab.report import write_run_report
+    from actlab.store import merge_runs
+
+    run = merge_runs(args.run_dirs)
+    path = write_run_report(run, args.output)
+    for problem in run.problems:
+        print(f"actlab: warning: {problem}", file=sys.stderr)
+    print(path)
+    print(path.with_suffix(".md"))
+    return EXIT_OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    raise NotImplementedError("actlab bench")
+    import time
+
+    from actlab.bench import check_output, describe_run, format_table, run_bench, write_csv
+
+    check_output(args.output)  # before minutes of timing, not after
+    start = time.perf_counter()
+    rows = run_bench(args.names, args.size, args.device, args.dtype)
+    print(format_table(rows))
+    print(describe_run(rows, time.perf_counter() - start))
+    print(f"wrote {write_csv(rows, args.output)}")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

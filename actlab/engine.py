@@ -1,0 +1,433 @@
+"""Fused multi-model training: every member of a study as one stacked model. Silent.
+
+The engine trains the K members of one stacked model (see actlab.models) together:
+
+- The whole dataset lives on the device as float32; each epoch draws one permutation per
+  seed from that seed's own ``torch.Generator``, so the members that share a seed share
+  the batch order (a paired comparison). A batch is (S, B, C, H, W), taken by indexing;
+  the last partial batch is kept (as ``DataLoader(drop_last=False)``).
+- Member k's loss is its own mean cross-entropy; the member losses are summed and one
+  backward pass gives every member exactly the gradient of its own loss. The stacked
+  optimizer (actlab.optim) is elementwise with a per-member lr, so this is exactly K
+  independent ``torch.optim`` runs.
+- A member whose loss turns NaN/inf, or explodes past DIVERGED_LOSS_FACTOR * ln(classes),
+  is frozen (lr 0, gradients and optimizer state zeroed) and recorded as diverged in that
+  epoch; its loss is masked out of the sum, and the others go on.
+
+It prints nothing: `train` yields one `EpochResult` per epoch (the metrics.csv and
+diagnostics.csv rows, and the state to checkpoint); `on_step` reports progress.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from actlab.config import ExperimentConfig, Member, members_for
+from actlab.errors import ConfigError
+from actlab.optim import StackedOptimizer
+
+try:  # diagnostics are optional: the engine must train without them
+    from actlab import diagnostics as diagnostics_lib
+except ImportError:  # pragma: no cover - only while the module is missing
+    diagnostics_lib = None
+
+PROBE_SIZE = 512  # training samples of the fixed diagnostics probe batch
+PROBE_SEED = 20_240_601  # fixes the probe samples, independent of the study's seeds
+EVAL_CHUNK = 2000  # evaluation batch size (memory only: results do not depend on it)
+CUDA_SYNC_EVERY = 50  # steps between host checks for divergence on a GPU
+# A member diverges when a step loss is NaN/inf or above this many times ln(num_classes),
+# the loss of a uniform guess: Adam with a huge lr blows the loss up to thousands without
+# ever reaching inf (its steps are bounded by lr), and such a member has stopped learning.
+DIVERGED_LOSS_FACTOR = 100.0
+
+
+METRIC_NAMES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+
+
+@dataclass
+class StepInfo:
+    """Passed to `on_step` after every optimizer step. `losses` (K,) stays on the device:
+    reading it forces a synchronisation."""
+
+    depth: int | None
+    epoch: int
+    epochs: int
+    step: int  # 1-based, within the epoch
+    steps: int
+    losses: Tensor
+
+
+@dataclass
+class EpochResult:
+    """One epoch of one stacked model: rows for the run directory and the state after it."""
+
+    depth: int | None
+    epoch: int  # 1-based
+    epochs: int
+    members: list[Member]
+    metrics: list[dict]
+    diagnostics: list[dict]
+    epoch_time_s: float
+    diverged: list[int] = field(default_factory=list)  # members that diverged in this epoch
+    state: dict = field(default_factory=dict)  # engine state; save it before the next epoch
+
+
+@dataclass
+class DeviceData:
+    """The dataset as float32 tensors on the device (converted once, shared by depths)."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    input_shape: tuple[int, int, int]
+
+    @classmethod
+    def from_dataset(cls, dataset, device: torch.device | str) -> DeviceData:
+        def put(x: Tensor) -> Tensor:
+            return dataset.float_inputs(x).to(device)
+
+        return cls(
+            put(dataset.x_train),
+            dataset.y_train.to(device=device, dtype=torch.long),
+            put(dataset.x_val),
+            dataset.y_val.to(device=device, dtype=torch.long),
+            put(dataset.x_test),
+            dataset.y_test.to(device=device, dtype=torch.long),
+            int(dataset.num_classes),
+            tuple(dataset.input_shape),
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" is CUDA when present, else the CPU; anything else must be available."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+def shuffle_generator(seed: int) -> torch.Generator:
+    """The generator of a seed's batch order (one permutation of the train set per epoch)."""
+    return torch.Generator().manual_seed(seed)
+
+
+def epoch_permutation(generator: torch.Generator, size: int) -> Tensor:
+    return torch.randperm(size, generator=generator)
+
+
+def train(
+    config: ExperimentConfig,
+    dataset,
+    *,
+    depth: int | None = None,
+    state: dict | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+) -> Iterator[EpochResult]:
+    """Train the stacked model of `depth` for `config.epochs` epochs, one result per epoch.
+
+    `dataset` is an actlab.data.Dataset (or a DeviceData); `state` an `EpochResult.state`
+    to resume from (training continues after its epoch)."""
+    trainer = Trainer(config, dataset, depth=depth)
+    if state is not None:
+        trainer.load_state(state)
+    while trainer.epoch < config.epochs:
+        yield trainer.train_epoch(on_step)
+
+
+class Trainer:
+    """The stacked model of one depth, its optimizer and its batch-order generators."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        dataset,
+        *,
+        depth: int | None = None,
+        model: nn.Module | None = None,
+    ) -> None:
+        self.config = config
+        self.depth = depth
+        self.device = resolve_device(config.device)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        self.data = (
+            dataset
+            if isinstance(dataset, DeviceData)
+            else DeviceData.from_dataset(dataset, self.device)
+        )
+        self.members = members_for(config, depth)
+        if model is None:
+            from actlab.models import build_model
+
+            model = build_model(
+                config,
+                self.members,
+                self.data.input_shape,
+                self.data.num_classes,
+                self.device,
+                depth,
+            )
+        self.model = model
+        self.optimizer = StackedOptimizer(
+            model.parameter_members(),
+            [m.lr for m in self.members],
+            kind=config.optimizer,
+            weight_decay=config.weight_decay,
+            momentum=config.momentum,
+        )
+        self.generators = [shuffle_generator(seed) for seed in config.seeds]
+        self.epoch = 0
+        self.diverged_epoch: list[int | None] = [None] * len(self.members)
+        self.with_diagnostics = bool(config.diagnostics) and diagnostics_lib is not None
+        n = self.data.x_train.shape[0]
+        probe = torch.randperm(n, generator=torch.Generator().manual_seed(PROBE_SEED))
+        self.probe_index = probe[:PROBE_SIZE].to(self.device)
+
+    # --- state ------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        """Everything needed to continue exactly where this epoch ended."""
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generators": [g.get_state() for g in self.generators],
+            "dropout_generators": [g.get_state() for g in self.model.dropout_generators()],
+            "diverged_epoch": list(self.diverged_epoch),
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for generator, saved in zip(self.generators, state["generators"], strict=True):
+            generator.set_state(saved)
+        dropout = self.model.dropout_generators()
+        for generator, saved in zip(dropout, state["dropout_generators"], strict=True):
+            generator.set_state(
+                saved.to(generator.device) if generator.device.type != "cpu" else saved
+            )
+        self.diverged_epoch = list(state["diverged_epoch"])
+        self.epoch = int(state["epoch"])
+
+    @property
+    def alive(self) -> list[bool]:
+        return [epoch is None for epoch in self.diverged_epoch]
+
+    # --- one epoch --------------------------------------------------------------------
+
+    def train_epoch(self, on_step: Callable[[StepInfo], None] | None = None) -> EpochResult:
+        start = time.perf_counter()
+        self.epoch += 1
+        alive_before = self.alive
+        loss_sum, correct, grad_norm_sum, steps = self._train_steps(on_step)
+        newly = [k for k, was in enumerate(alive_before) if was and not self.alive[k]]
+        train_count = self.data.x_train.shape[0]
+        train_loss = (loss_sum / steps).tolist()
+        train_acc = (correct.double() / train_count).tolist()
+        val = self.evaluate(self.data.x_val, self.data.y_val) if len(self.data.y_val) else None
+        test = self.evaluate(self.data.x_test, self.data.y_test)
+        diag = self._probe(grad_norm_sum / steps) if self.with_diagnostics else None
+        elapsed = time.perf_counter() - start
+
+        metrics, diagnostics_rows = [], []
+        for k, member in enumerate(self.members):
+            if not alive_before[k]:
+                continue
+            row = {
+                "depth": self.depth,
+                "member": k,
+                "activation": member.activation,
+                "seed": member.seed,
+                "lr": member.lr,
+                "epoch": self.epoch,
+                **dict.fromkeys(METRIC_NAMES),
+                "epoch_time_s": elapsed,
+            }
+            if k in newly:
+                metrics.append({**row, "status": "diverged"})
+                continue
+            row.update(train_loss=train_loss[k], train_acc=train_acc[k])
+            if val is not None:
+                row.update(val_loss=val[0][k], val_acc=val[1][k])
+            row.update(test_loss=test[0][k], test_acc=test[1][k], status="ok")
+            metrics.append(row)
+            if diag is not None:
+                diagnostics_rows += self._diagnostics_rows(k, member, diag)
+        return EpochResult(
+            depth=self.depth,
+            epoch=self.epoch,
+            epochs=self.config.epochs,
+            members=self.members,
+            metrics=metrics,
+            diagnostics=diagnostics_rows,
+            epoch_time_s=elapsed,
+            diverged=newly,
+            state=self.state(),
+        )
+
+    def _train_steps(self, on_step):
+        """The training loop of one epoch; returns on-device sums (no sync per step on GPU)."""
+        data, model, optimizer = self.data, self.model, self.optimizer
+        K = len(self.members)
+        per_seed = K // len(self.generators)
+        n, batch = data.x_train.shape[0], self.config.batch_size
+        steps = math.ceil(n / batch)
+        device = self.device
+        on_cpu = device.type == "cpu"
+        loss_limit = DIVERGED_LOSS_FACTOR * math.log(max(data.num_classes, 2))
+        perms = torch.stack([epoch_permutation(g, n) for g in self.generators]).to(device)
+        loss_sum = torch.zeros(K, device=device)
+        correct = torch.zeros(K, dtype=torch.long, device=device)
+        alive = torch.tensor(self.alive, device=device)
+        weights = model.weight_layers() if self.with_diagnostics else []
+        grad_norm_sum = torch.zeros(K, len(weights), device=device)
+        params = optimizer.params
+        model.train()
+        if not any(self.alive):
+            return loss_sum, correct, grad_norm_sum, steps
+        for step in range(steps):
+            index = perms[:, step * batch : (step + 1) * batch]  # (S, b)
+            inputs = data.x_train[index]  # (S, b, C, H, W)
+            targets = data.y_train[index].repeat_interleave(per_seed, dim=0)  # (K, b)
+            b = index.shape[1]
+            logits = model(inputs)  # (K, b, classes)
+            per_sample = F.cross_entropy(
+                logits.reshape(K * b, -1), targets.reshape(K * b), reduction="none"
+            )
+            losses = per_sample.view(K, b).mean(dim=1)
+            finite = torch.isfinite(losses.detach()) & (losses.detach() <= loss_limit)
+            if on_cpu:
+                # On the CPU a host check is nearly free: freeze before the step is applied.
+                if not bool(finite.all()):
+                    self._freeze_nonfinite(finite, alive)
+            else:
+                alive &= finite  # on the device; the optimizer masks with it every step
+            total = torch.where(alive, losses, torch.zeros((), device=device)).sum()
+            for p in params:
+                p.grad = None
+            total.backward()
+            if weights:
+                grad_norm_sum += diagnostics_lib.layer_grad_norms(weights)
+            optimizer.step(None if on_cpu else alive)
+            with torch.no_grad():
+                loss_sum += torch.where(alive, losses.detach(), torch.zeros((), device=device))
+                correct += (logits.detach().argmax(dim=-1) == targets).sum(dim=1)
+            if not on_cpu and ((step + 1) % CUDA_SYNC_EVERY == 0 or step + 1 == steps):
+                self._freeze_nonfinite(alive, alive)
+            if on_step is not None:
+                on_step(
+                    StepInfo(self.depth, self.epoch, self.config.epochs, step + 1, steps, losses)
+                )
+        for p in params:
+            p.grad = None
+        return loss_sum, correct, grad_norm_sum, steps
+
+    def _freeze_nonfinite(self, finite: Tensor, alive: Tensor) -> None:
+        """Freeze the members alive on the host whose `finite` flag is False (a host sync)."""
+        flags = finite.tolist()
+        newly = [k for k, ok in enumerate(flags) if not ok and self.diverged_epoch[k] is None]
+        if not newly:
+            return
+        for k in newly:
+            self.diverged_epoch[k] = self.epoch
+        alive[newly] = False
+        self.optimizer.freeze(newly)
+
+    @torch.no_grad()
+    def evaluate(self, x: Tensor, y: Tensor) -> tuple[list[float], list[float]]:
+        """Mean loss and accuracy of every member on (x, y), in eval mode, in chunks."""
+        model = self.model
+        model.eval()
+        K = len(self.members)
+        loss_sum = torch.zeros(K, dtype=torch.float64, device=self.device)
+        correct = torch.zeros(K, dtype=torch.long, device=self.device)
+        for start in range(0, x.shape[0], EVAL_CHUNK):
+            inputs, targets = x[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
+            logits = model(inputs.unsqueeze(0))  # (K, c, classes), the chunk shared by all
+            c = inputs.shape[0]
+            expanded = targets.expand(K, c)
+            losses = F.cross_entropy(
+                logits.reshape(K * c, -1), expanded.reshape(K * c), reduction="none"
+            )
+            loss_sum += losses.view(K, c).sum(dim=1, dtype=torch.float64)
+            correct += (logits.argmax(dim=-1) == expanded).sum(dim=1)
+        model.train()
+        count = max(x.shape[0], 1)
+        return (loss_sum / count).tolist(), (correct.double() / count).tolist()
+
+    def _probe(self, grad_norms: Tensor) -> dict:
+        """Diagnostics on the fixed probe batch (eval mode); the optimizer is not touched."""
+        model = self.model
+        model.eval()
+        x = self.data.x_train[self.probe_index].unsqueeze(0)
+        y = self.data.y_train[self.probe_index]
+        K = len(self.members)
+        preacts: list[Tensor] = []
+        logits = model(x, preactivations=preacts)
+        c = x.shape[1]
+        losses = F.cross_entropy(
+            logits.reshape(K * c, -1), y.expand(K, c).reshape(K * c), reduction="none"
+        )
+        params = self.optimizer.params
+        for p in params:
+            p.grad = None
+        losses.view(K, c).mean(dim=1).sum().backward()
+        with torch.no_grad():
+            probe_norms = diagnostics_lib.layer_grad_norms(model.weight_layers())
+            detached = [p.detach() for p in preacts]
+            dead, saturated = diagnostics_lib.unit_fractions(detached, model.member_activations())
+            mean, std = diagnostics_lib.preact_moments(detached)
+        for p in params:
+            p.grad = None
+        model.train()
+        return {
+            "grad_norm": grad_norms.tolist(),
+            "probe_grad_norm": probe_norms.tolist(),
+            "dead_frac": dead.tolist(),
+            "saturated_frac": saturated.tolist(),
+            "preact_mean": mean.tolist(),
+            "preact_std": std.tolist(),
+        }
+
+    def _diagnostics_rows(self, k: int, member: Member, diag: dict) -> list[dict]:
+        rows = []
+        num_layers = len(diag["grad_norm"][k])
+        hidden = len(diag["dead_frac"][k])
+        for layer in range(num_layers):
+            row = {
+                "depth": self.depth,
+                "member": k,
+                "activation": member.activation,
+                "seed": member.seed,
+                "lr": member.lr,
+                "epoch": self.epoch,
+                "layer": layer + 1,
+                "grad_norm": diag["grad_norm"][k][layer],
+                "probe_grad_norm": diag["probe_grad_norm"][k][layer],
+            }
+            if layer < hidden:  # hidden layers only: the output layer has no activation
+                for name in ("dead_frac", "saturated_frac", "preact_mean", "preact_std"):
+                    row[name] = diag[name][k][layer]
+            rows.append(row)
+        return rows
+
+
+def members_of(config: ExperimentConfig) -> list[Member]:
+    """All members of a study, depth after depth (the "members" block of config.json)."""
+    return [m for depth in config.depth_list for m in members_for(config, depth)]

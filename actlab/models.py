@@ -1,0 +1,521 @@
+"""K networks that differ only in activation (and seed, and lr) as one stacked model.
+
+Member ``k`` of a stacked model is one plain network (``export_member(k)``); its weights
+are slice ``k`` of stacked parameters of shape ``(K, out, in)`` (``nn.Linear``'s layout)
+or ``(K, out, in, 3, 3)`` (``nn.Conv2d``'s). Members are seed-major, ``[seed][activation]
+[lr]`` (see ``config.members_for``), so inside a layer the units of all members form the
+array ``(S, A, L, units, B)``, feature-major (``h^T``, so that every GEMM operand and
+every weight gradient is contiguous: no transpose copies in the backward pass):
+
+- Layer 1 of the members that share a batch is one wide GEMM: ``W1 @ x^T`` with W1 viewed
+  as ``(S, M*H, D)`` (a free view of the ``(K, H, D)`` weight, ``M = K/S``); for an input
+  shared by every seed (evaluation) it is one ``(K*H, D) @ (D, B)`` GEMM.
+- Later layers are ``torch.baddbmm(b, W, h^T)`` over the K members.
+- Each non-learnable activation runs once per layer on its group's ``(S, L, B, H)``
+  slice (a strided view: no permutation copy); a learnable one (PReLU, swish_beta) is one
+  module per member on its own slice. The group outputs are stacked back into ``(K, H, B)``.
+- Dropout: inverted (kept units scaled by ``1/(1-p)``), one mask per member drawn from one
+  ``torch.Generator`` per seed, off in ``eval()`` mode.
+
+The CNN (``config.model == "cnn"``) stacks the same way with grouped convolutions; see
+:class:`StackedCNN`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from actlab import init as initlib
+from actlab.config import ExperimentConfig, Member
+from actlab.errors import ConfigError
+
+# Seeds dropout masks apart from the init draws, which use the plain seed.
+DROPOUT_SEED_OFFSET = 0x5EED_D0
+
+
+# --- activations ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActivationInfo:
+    """What the stacked model needs to know about one activation spec."""
+
+    spec: str
+    name: str
+    params: dict
+    learnable: bool
+    elementwise: bool
+    gain: float  # torch.nn.init.calculate_gain for it (1 when torch has none)
+
+
+def activation_info(spec: str, *, allow_last_dim: bool = True) -> ActivationInfo:
+    """Resolve a catalog spec and refuse activations a hidden layer cannot take.
+
+    Non-elementwise activations are refused, except softmax-like ones over the last dim
+    (``softmax(dim=-1)`` over the hidden units) when `allow_last_dim` (the MLP)."""
+    from actlab import catalog
+
+    activation, params = catalog.resolve(spec)
+    params = dict(params or {})
+    if not getattr(activation, "elementwise", True):
+        dim = params.get("dim")
+        last_dim_ok = getattr(activation, "needs_dim", False) and dim == -1
+        if not (allow_last_dim and last_dim_ok):
+            where = "an MLP hidden layer" if allow_last_dim else "a CNN"
+            raise ConfigError(
+                f"activation {spec!r} is not elementwise and cannot be used in {where}; "
+                "use an elementwise activation"
+                + (" or a softmax-like one with dim=-1" if allow_last_dim else "")
+            )
+    learnable = bool(getattr(activation, "learnable", False))
+    if not learnable:
+        learnable = any(True for _ in catalog.get(spec).parameters())
+    name = getattr(activation, "name", spec)
+    elementwise = bool(getattr(activation, "elementwise", True))
+    return ActivationInfo(
+        spec, name, params, learnable, elementwise, initlib.gain_for(name, params)
+    )
+
+
+def check_output_activation(spec: str | None) -> None:
+    """Refuse an output activation: the model always gives logits for CrossEntropyLoss.
+
+    ``softmax`` (or ``log_softmax``) before ``nn.CrossEntropyLoss`` is a double softmax,
+    a common mistake when porting a Keras model (``Dense(10, activation="softmax")`` with
+    ``categorical_crossentropy``): CrossEntropyLoss applies log-softmax itself."""
+    if spec is None or spec.strip().lower() in ("", "none", "linear", "identity", "logits"):
+        return
+    if "softmax" in spec.lower():
+        raise ConfigError(
+            f"output activation {spec!r} with cross-entropy is a double softmax "
+            "(CrossEntropyLoss applies log-softmax to the logits itself); drop the output "
+            "activation: the model always outputs logits"
+        )
+    raise ConfigError(
+        f"output activation {spec!r} is not supported: the output layer gives logits for "
+        "CrossEntropyLoss; drop the output activation"
+    )
+
+
+# --- member layout ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemberGrid:
+    """The seed-major grid of members: member k = (s * A + a) * L + l."""
+
+    seeds: tuple[int, ...]
+    activations: tuple[str, ...]
+    lrs: tuple[float, ...]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return len(self.seeds), len(self.activations), len(self.lrs)
+
+    @classmethod
+    def of(cls, members: Sequence[Member]) -> MemberGrid:
+        seeds = tuple(dict.fromkeys(m.seed for m in members))
+        activations = tuple(dict.fromkeys(m.activation for m in members))
+        lrs = tuple(dict.fromkeys(m.lr for m in members))
+        expected = [(s, a, lr) for s in seeds for a in activations for lr in lrs]
+        if [(m.seed, m.activation, m.lr) for m in members] != expected:
+            raise ValueError("members must be the seed-major grid of config.members_for")
+        return cls(seeds, activations, lrs)
+
+
+# --- the stacked model ------------------------------------------------------------------
+
+
+class StackedModel(nn.Module):
+    """Common machinery: stacked weights, grouped activations, dropout, export.
+
+    Subclasses define the layer shapes (``_layer_shapes``), ``forward`` and ``_plain_layers``.
+    """
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        members: Sequence[Member],
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        hidden: tuple[int, ...],
+        *,
+        allow_last_dim: bool,
+    ) -> None:
+        super().__init__()
+        self.grid = MemberGrid.of(members)
+        self.members = list(members)
+        self.num_members = len(members)
+        self.num_seeds = len(self.grid.seeds)
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.hidden = tuple(hidden)
+        self.dropout = float(config.dropout)
+        self.infos = [
+            activation_info(a, allow_last_dim=allow_last_dim) for a in self.grid.activations
+        ]
+
+        shapes = self._layer_shapes()
+        self.num_hidden = len(shapes) - 1
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for weight, bias in _init_stack(config, self.grid, self.infos, shapes):
+            self.weights.append(nn.Parameter(weight))
+            self.biases.append(nn.Parameter(bias))
+
+        # acts[layer][a]: one module for a non-learnable group, a ModuleList of S*L modules
+        # (member order within the group) for a learnable one.
+        from actlab import catalog
+
+        S, _, L = self.grid.shape
+        self.acts = nn.ModuleList()
+        for _ in range(self.num_hidden):
+            groups = nn.ModuleList()
+            for info in self.infos:
+                if info.learnable:
+                    groups.append(nn.ModuleList(catalog.get(info.spec) for _ in range(S * L)))
+                else:
+                    groups.append(catalog.get(info.spec))
+            self.acts.append(groups)
+        self._generators = (
+            [torch.Generator().manual_seed(s + DROPOUT_SEED_OFFSET) for s in self.grid.seeds]
+            if self.dropout > 0
+            else []
+        )
+
+    # -- interface ---------------------------------------------------------------------
+
+    def weight_layers(self) -> list[Tensor]:
+        """The stacked weight of each layer, in order, leading dim K."""
+        return list(self.weights)
+
+    def parameter_members(self) -> list[tuple[nn.Parameter, int | None]]:
+        """Every trainable parameter once: (p, None) stacked over K, (p, k) member k's own."""
+        out: list[tuple[nn.Parameter, int | None]] = []
+        for weight, bias in zip(self.weights, self.biases, strict=True):
+            out += [(weight, None), (bias, None)]
+        for k in range(self.num_members):
+            for module in self._member_modules(k):
+                if self.infos[self._group_of(k)].learnable:
+                    out += [(p, k) for p in module.parameters()]
+        return out
+
+    def member_activations(self) -> list[nn.Module]:
+        """The first hidden layer's activation module of each member (shared by the members
+        of a group when it has no parameters)."""
+        return [self._member_modules(k)[0] for k in range(self.num_members)]
+
+    def dropout_generators(self) -> list[torch.Generator]:
+        """One generator per seed (none without dropout); checkpoint their states."""
+        return self._generators
+
+    def export_member(self, k: int) -> nn.Sequential:
+        """A plain ``nn.Sequential`` holding copies of member k's current weights."""
+        plain = self._plain_layers(k)
+        trainable = [m for m in plain if isinstance(m, nn.Linear | nn.Conv2d)]
+        with torch.no_grad():
+            for module, weight, bias in zip(trainable, self.weights, self.biases, strict=True):
+                module.weight.copy_(weight[k])
+                module.bias.copy_(bias[k])
+        return plain.to(self.weights[0].device)
+
+    def _apply(self, fn, recurse=True):
+        # Dropout generators follow the model's device (CUDA masks need a CUDA generator).
+        result = super()._apply(fn, recurse)
+        device = self.weights[0].device
+        if self._generators and self._generators[0].device != device:
+            moved = []
+            for seed, old in zip(self.grid.seeds, self._generators, strict=True):
+                generator = torch.Generator(device=device).manual_seed(seed + DROPOUT_SEED_OFFSET)
+                if old.device == device:
+                    generator.set_state(old.get_state())
+                moved.append(generator)
+            self._generators = moved
+        return result
+
+    # -- members -----------------------------------------------------------------------
+
+    def _group_of(self, k: int) -> int:
+        _, A, L = self.grid.shape
+        return (k // L) % A
+
+    def _member_modules(self, k: int) -> list[nn.Module]:
+        """Member k's activation module in each hidden layer."""
+        _, A, L = self.grid.shape
+        s, a, lr = k // (A * L), (k // L) % A, k % L
+        out = []
+        for groups in self.acts:
+            group = groups[a]
+            out.append(group[s * L + lr] if self.infos[a].learnable else group)
+        return out
+
+    def _plain_activation(self, k: int, layer: int) -> nn.Module:
+        from actlab import catalog
+
+        a = self._group_of(k)
+        if self.infos[a].learnable:
+            return copy.deepcopy(self._member_modules(k)[layer])
+        return catalog.get(self.infos[a].spec)
+
+    # -- hot path ----------------------------------------------------------------------
+
+    def _activate(self, layer: int, z: Tensor, dim: int, units_first: bool = False) -> Tensor:
+        """Apply each member's activation to `z`, whose dims dim..dim+2 are (S, A, L)
+        (any strides). Returns a contiguous tensor of the same shape.
+
+        `units_first`: a member's slice is (units, B) (the MLP's feature-major layout);
+        learnable and dim-taking activations then see it as the plain (B, units)."""
+        parts = z.unbind(dim + 1)
+        outs = []
+        for info, group, part in zip(self.infos, self.acts[layer], parts, strict=True):
+            if not info.learnable:
+                if units_first and not info.elementwise:
+                    outs.append(group(part.transpose(-1, -2)).transpose(-1, -2))
+                else:
+                    outs.append(group(part))
+                continue
+            S, L = part.shape[dim], part.shape[dim + 1]
+            member_parts = [
+                part.select(dim, s).select(dim, lr) for s in range(S) for lr in range(L)
+            ]
+            if units_first:
+                member_outs = [module(p.T).T for module, p in zip(group, member_parts, strict=True)]
+            else:
+                member_outs = [module(p) for module, p in zip(group, member_parts, strict=True)]
+            outs.append(torch.stack(member_outs, dim).unflatten(dim, (S, L)))
+        if len(outs) == 1:
+            return outs[0].unsqueeze(dim + 1).contiguous()
+        return torch.stack(outs, dim + 1)
+
+    def _dropout(self, h_t: Tensor) -> Tensor:
+        """Inverted dropout on feature-major (K, units, B): member masks from their seed's
+        generator (off in eval mode)."""
+        if self.dropout == 0 or not self.training:
+            return h_t
+        K, units, B = h_t.shape
+        return h_t * self._dropout_mask((K, units, B), h_t.dtype, h_t.device).transpose(1, 2)
+
+    def _dropout_mask(self, shape: tuple[int, ...], dtype: torch.dtype, device) -> Tensor:
+        """A (K, B, units) mask (a view of a `shape` tensor) of 0 and 1/(1-p)."""
+        keep = 1.0 - self.dropout
+        mask = torch.empty(shape, dtype=dtype, device=device)
+        per_seed = self.num_members // self.num_seeds
+        for s, generator in enumerate(self._generators):
+            mask[s * per_seed : (s + 1) * per_seed].bernoulli_(keep, generator=generator)
+        return mask.div_(keep).transpose(1, 2)
+
+    def _dense(self, layer: int, h_t: Tensor) -> Tensor:
+        """Feature-major (K, in, B) -> (K, out, B) for stacked layer `layer`: b + W @ h_t.
+
+        Feature-major keeps every GEMM operand and every weight gradient contiguous (no
+        transpose copies in autograd's gradient accumulation)."""
+        weight, bias = self.weights[layer], self.biases[layer]
+        return torch.baddbmm(bias.unsqueeze(2), weight, h_t)
+
+    def _hidden(self, layer: int, z_t: Tensor, preactivations: list | None) -> Tensor:
+        """Activation and dropout of a dense hidden layer's pre-activation (K, units, B)."""
+        if preactivations is not None:
+            preactivations.append(z_t.transpose(1, 2))
+        K, units, B = z_t.shape
+        S, A, L = self.grid.shape
+        h_t = self._activate(layer, z_t.view(S, A, L, units, B), 0, units_first=True)
+        return self._dropout(h_t.view(K, units, B))
+
+    def _logits(self, h_t: Tensor) -> Tensor:
+        """The output layer: logits (K, B, classes), contiguous."""
+        return self._dense(len(self.weights) - 1, h_t).transpose(1, 2).contiguous()
+
+    def _check_input(self, x: Tensor) -> int:
+        if x.dim() != 5 or x.shape[0] not in (1, self.num_seeds):
+            raise ValueError(
+                f"input must be (S={self.num_seeds} or 1, B, C, H, W), got {tuple(x.shape)}"
+            )
+        if tuple(x.shape[2:]) != self.input_shape:
+            raise ValueError(f"input images must be {self.input_shape}, got {tuple(x.shape[2:])}")
+        return x.shape[0]
+
+    # -- subclass hooks ----------------------------------------------------------------
+
+    def _layer_shapes(self) -> list[tuple[int, ...]]:
+        raise NotImplementedError
+
+    def _plain_layers(self, k: int) -> nn.Sequential:
+        raise NotImplementedError
+
+
+class StackedMLP(StackedModel):
+    """Flatten, then ``Linear -> activation [-> Dropout]`` per hidden width, then a Linear
+    to logits; K members at once."""
+
+    def __init__(self, config, members, input_shape, num_classes, hidden) -> None:
+        super().__init__(config, members, input_shape, num_classes, hidden, allow_last_dim=True)
+
+    def _layer_shapes(self) -> list[tuple[int, ...]]:
+        C, H, W = self.input_shape
+        dims = [C * H * W, *self.hidden, self.num_classes]
+        return [(dims[i + 1], dims[i]) for i in range(len(dims) - 1)]
+
+    def forward(self, x: Tensor, *, preactivations: list | None = None) -> Tensor:
+        """x: (S, B, C, H, W), one batch per seed, or (1, B, C, H, W) shared by all seeds.
+        Returns logits (K, B, num_classes)."""
+        Sx = self._check_input(x)
+        B = x.shape[1]
+        x_t = x.reshape(Sx, B, -1).transpose(1, 2)
+        weight, bias = self.weights[0], self.biases[0]
+        # Layer 1: one wide GEMM per distinct batch, (Sx, K/Sx * H, D) @ (Sx, D, B); its
+        # output (Sx, K/Sx * H, B) is the feature-major (K, H, B) without a copy.
+        z_t = torch.baddbmm(bias.view(Sx, -1, 1), weight.view(Sx, -1, weight.shape[2]), x_t).view(
+            self.num_members, weight.shape[1], B
+        )
+        h_t = self._hidden(0, z_t, preactivations)
+        for layer in range(1, self.num_hidden):
+            h_t = self._hidden(layer, self._dense(layer, h_t), preactivations)
+        return self._logits(h_t)
+
+    def _plain_layers(self, k: int) -> nn.Sequential:
+        layers: list[nn.Module] = [nn.Flatten()]
+        for layer, (out_features, in_features) in enumerate(self._layer_shapes()):
+            layers.append(nn.Linear(in_features, out_features))
+            if layer < self.num_hidden:
+                layers.append(self._plain_activation(k, layer))
+                if self.dropout > 0:
+                    layers.append(nn.Dropout(self.dropout))
+        return nn.Sequential(*layers)
+
+
+class StackedCNN(StackedModel):
+    """``[Conv3x3(32, same) -> act -> MaxPool2] -> [Conv3x3(64, same) -> act -> MaxPool2]
+    -> Flatten -> Linear(hidden[0]) -> act [-> Dropout] -> Linear`` to logits (the Keras
+    MNIST-convnet shape; dropout only after the dense hidden layer).
+
+    Stacked with grouped convolutions on a ``(B, K*C, H, W)`` layout: conv 1 has S groups
+    (members of a seed share the input), conv 2 has K groups. Input 1x28x28 (MNIST
+    family) or 3x32x32 (CIFAR-10), or any size divisible by 4."""
+
+    CHANNELS = (32, 64)
+
+    def __init__(self, config, members, input_shape, num_classes, hidden) -> None:
+        C, H, W = input_shape
+        if H < 4 or W < 4:
+            raise ConfigError(f"the CNN needs images of at least 4x4, got {H}x{W}; use --model mlp")
+        super().__init__(
+            config, members, input_shape, num_classes, hidden[:1], allow_last_dim=False
+        )
+
+    def _layer_shapes(self) -> list[tuple[int, ...]]:
+        C, H, W = self.input_shape
+        c1, c2 = self.CHANNELS
+        flat = c2 * (H // 2 // 2) * (W // 2 // 2)
+        return [
+            (c1, C, 3, 3),
+            (c2, c1, 3, 3),
+            (self.hidden[0], flat),
+            (self.num_classes, self.hidden[0]),
+        ]
+
+    def _conv_block(
+        self, layer: int, h: Tensor, groups: int, preactivations: list | None
+    ) -> Tensor:
+        """(B, groups*Cin, H, W) -> conv, activation, 2x2 max pool -> (B, K*Cout, H/2, W/2)."""
+        weight, bias = self.weights[layer], self.biases[layer]
+        K, out_channels = weight.shape[:2]
+        y = F.conv2d(h, weight.flatten(0, 1), bias.flatten(), padding=1, groups=groups)
+        B, _, H, W = y.shape
+        if preactivations is not None:
+            preactivations.append(y.view(B, K, out_channels, H, W).transpose(0, 1))
+        S, A, L = self.grid.shape
+        h = self._activate(layer, y.view(B, S, A, L, out_channels, H, W), 1)
+        return F.max_pool2d(h.view(B, K * out_channels, H, W), 2)
+
+    def forward(self, x: Tensor, *, preactivations: list | None = None) -> Tensor:
+        """x: (S, B, C, H, W) or (1, B, C, H, W). Returns logits (K, B, num_classes)."""
+        Sx = self._check_input(x)
+        _, B, C, H, W = x.shape
+        h = x.transpose(0, 1).reshape(B, Sx * C, H, W)
+        h = self._conv_block(0, h, Sx, preactivations)
+        h = self._conv_block(1, h, self.num_members, preactivations)
+        h_t = h.view(B, self.num_members, -1).permute(1, 2, 0)  # feature-major (K, F, B)
+        h_t = self._hidden(2, self._dense(2, h_t), preactivations)
+        return self._logits(h_t)
+
+    def _plain_layers(self, k: int) -> nn.Sequential:
+        (c1, C, _, _), (c2, _, _, _), (hidden, flat), (classes, _) = self._layer_shapes()
+        layers: list[nn.Module] = [
+            nn.Conv2d(C, c1, 3, padding=1),
+            self._plain_activation(k, 0),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            self._plain_activation(k, 1),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(flat, hidden),
+            self._plain_activation(k, 2),
+        ]
+        if self.dropout > 0:
+            layers.append(nn.Dropout(self.dropout))
+        layers.append(nn.Linear(hidden, classes))
+        return nn.Sequential(*layers)
+
+
+def _init_stack(
+    config: ExperimentConfig,
+    grid: MemberGrid,
+    infos: Sequence[ActivationInfo],
+    shapes: Sequence[tuple[int, ...]],
+) -> list[tuple[Tensor, Tensor]]:
+    """Initial (K, *shape) weights and (K, out) biases: drawn per seed, layer by layer
+    (weight then bias), scaled by each member's gain. See actlab.init."""
+    per_seed = []
+    for seed in grid.seeds:
+        generator = torch.Generator().manual_seed(seed)
+        draws = []
+        for shape in shapes:
+            weight = initlib.draw_weight(shape, config.init, generator)
+            draws.append((weight, initlib.draw_bias(shape, config.init, generator)))
+        per_seed.append(draws)
+    _, A, L = grid.shape
+    stacked = []
+    for layer in range(len(shapes)):
+        weights, biases = [], []
+        for draws in per_seed:
+            weight, bias = draws[layer]
+            for a in range(A):
+                is_hidden = layer < len(shapes) - 1
+                gain = initlib.layer_gain(
+                    config.init, config.init_gain, infos[a].gain if is_hidden else None
+                )
+                scaled = weight if gain == 1.0 else weight * gain
+                weights += [scaled] * L
+                biases += [bias] * L
+        stacked.append((torch.stack(weights), torch.stack(biases)))
+    return stacked
+
+
+def build_model(
+    config: ExperimentConfig,
+    members: Sequence[Member],
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    device: torch.device | str = "cpu",
+    depth: int | None = None,
+) -> StackedModel:
+    """The stacked model of `members` (seed-major, as ``config.members_for(depth)``).
+
+    Initial weights are drawn on the CPU per seed (so they do not depend on the device),
+    then moved to `device`."""
+    hidden = config.hidden_for(depth)
+    if config.model == "mlp":
+        model: StackedModel = StackedMLP(config, members, input_shape, num_classes, hidden)
+    elif config.model == "cnn":
+        if depth is not None:
+            raise ConfigError("--depths applies to --model mlp only; drop --depths for the CNN")
+        model = StackedCNN(config, members, input_shape, num_classes, hidden)
+    else:
+        raise ConfigError(f"unknown model {config.model!r}; choose mlp or cnn")
+    return model.to(device)

@@ -1,0 +1,772 @@
+"""report.html and report.md, rebuilt from run directories alone.
+
+The HTML is self-contained: inline CSS, charts as inline base64 PNG, no script and no
+network, so it opens from a file years later. The Markdown carries the same summary (the
+verdict and the tables, no charts) for pasting into an issue or a paper.
+
+Accuracies are stored as fractions and shown as percentages with two decimals; intervals
+are Student-t 95% intervals over seeds; groups come from paired t-tests with Holm's
+correction (see actlab/stats.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from actlab import plots, stats
+from actlab.store import RunData, merge_runs
+
+CURVE_COLUMNS = ("train_loss", "test_loss", "test_acc")
+
+
+@dataclass
+class Analysis:
+    """Everything the report shows, computed once from a RunData."""
+
+    run: RunData
+    results: pd.DataFrame  # stats.member_results
+    selected: pd.DataFrame | None  # stats.select_lr, when --select val with several lrs
+    arms: pd.DataFrame  # stats.arm_results
+    summary: pd.DataFrame  # stats.summary_table joined with the ranking
+    pairs: pd.DataFrame  # stats.pairwise
+    sensitivity: pd.DataFrame | None  # stats.lr_sensitivity, when several lrs and a val split
+    arm_of: dict[tuple, str]  # (depth, activation, lr) -> arm label
+    findings: list[str] = field(default_factory=list)
+
+    @property
+    def depths(self) -> list[int | None]:
+        return (
+            list(dict.fromkeys(map(_depth, self.summary["depth"]))) if len(self.summary) else [None]
+        )
+
+    @property
+    def n_seeds(self) -> int:
+        return int(self.results["seed"].nunique()) if len(self.results) else 0
+
+
+def analyse(run: RunData) -> Analysis:
+    """Run the statistics of a report (pure: reads only `run`)."""
+    results = stats.member_results(run.metrics)
+    several_lrs = results["lr"].nunique() > 1 if len(results) else False
+    has_val = bool(len(results)) and results["val_score"].notna().any()
+    selected = None
+    if several_lrs and run.config.select == "val" and has_val:
+        selected = stats.select_lr(results)
+    arms = stats.arm_results(results, selected)
+    summary = stats.summary_table(arms)
+    ranking = stats.ranking(arms)
+    pairs = stats.pairwise(arms)
+    if len(summary):
+        summary = summary.merge(
+            ranking[["depth", "arm", "rank", "group", "tied_with_best"]].astype({"depth": object}),
+            on=["depth", "arm"],
+            how="left",
+        ).sort_values(["depth", "rank"], na_position="last", key=_depth_sort_key)
+    sensitivity = stats.lr_sensitivity(results) if several_lrs and has_val else None
+    arm_of = {
+        (_depth(d), a, float(lr)): arm
+        for d, a, lr, arm in arms[["depth", "activation", "lr", "arm"]]
+        .drop_duplicates()
+        .itertuples(index=False)
+    }
+    analysis = Analysis(run, results, selected, arms, summary, pairs, sensitivity, arm_of)
+    if run.diagnostics is not None and len(run.diagnostics):
+        analysis.findings = _findings(run, arms)
+    return analysis
+
+
+def _findings(run: RunData, arms: pd.DataFrame) -> list[str]:
+    """The diagnostics module's sentences, on the compared members only (selected lrs)."""
+    compared = {
+        (_depth(d), a, float(lr))
+        for d, a, lr in arms[["depth", "activation", "lr"]].itertuples(index=False)
+    }
+    keys = zip(
+        run.diagnostics["depth"], run.diagnostics["activation"], run.diagnostics["lr"], strict=True
+    )
+    diagnostics = run.diagnostics[[(_depth(d), a, float(lr)) in compared for d, a, lr in keys]]
+    try:
+        from actlab.diagnostics import findings
+    except (ImportError, AttributeError):  # the diagnostics module is optional here
+        return []
+    return list(findings(diagnostics, run.metrics))
+
+
+def _depth(value: object) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def _depth_sort_key(column: pd.Series) -> pd.Series:
+    if column.name == "depth":
+        return column.map(lambda d: -1 if _depth(d) is None else int(d))
+    return column
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def write_report(run_dirs: Path | str | Sequence[Path | str], output: Path | None = None) -> Path:
+    """Read run directories (merged when several: same study, seeds pooled) and write
+    report.html (default: in the first run directory) and report.md next to it.
+    Returns the HTML path. Raises RunDirError for a bad run directory or a merge of
+    different studies."""
+    paths = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    return write_run_report(merge_runs(paths), output)
+
+
+def write_run_report(run: RunData, output: Path | str | None = None) -> Path:
+    """Write report.html and report.md for an already-read RunData; return the HTML path."""
+    output = Path(output) if output is not None else run.path / "report.html"
+    if output.suffix.lower() not in (".html", ".htm"):
+        output = output.with_suffix(".html")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    analysis = analyse(run)
+    output.write_text(render_html(analysis), encoding="utf-8")
+    output.with_suffix(".md").write_text(render_markdown(analysis), encoding="utf-8")
+    return output
+
+
+# --- numbers as text ----------------------------------------------------------------------
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def pct(fraction: float, digits: int = 2) -> str:
+    """0.87654 -> '87.65' (percent, no sign); NaN -> '–'."""
+    return "–" if _missing(fraction) else f"{100 * fraction:.{digits}f}"
+
+
+def num(value: float, digits: int = 4) -> str:
+    return "–" if _missing(value) else f"{value:.{digits}f}"
+
+
+def pvalue(p: float) -> str:
+    if _missing(p):
+        return "–"
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def ci_pct(low: float, high: float) -> str:
+    return "n/a (1 seed)" if _missing(low) else f"[{pct(low)}, {pct(high)}]"
+
+
+def ci_num(low: float, high: float, digits: int = 4) -> str:
+    return "n/a (1 seed)" if _missing(low) else f"[{num(low, digits)}, {num(high, digits)}]"
+
+
+def signed_pp(diff: float) -> str:
+    return "–" if _missing(diff) else f"{100 * diff:+.2f} pp"
+
+
+def lr_text(lr: float) -> str:
+    return f"{lr:g}"
+
+
+def _depth_title(depth: int | None) -> str:
+    return "" if depth is None else f"depth {depth}"
+
+
+# --- the verdict --------------------------------------------------------------------------
+
+
+def verdict(analysis: Analysis) -> list[str]:
+    """The report's opening paragraph, as sentences in plain words with numbers."""
+    if not len(analysis.summary):
+        return ["No epoch was completed, so there is nothing to compare yet."]
+    sentences = []
+    n = analysis.n_seeds
+    config = analysis.run.config
+    sentences.append(
+        f"{len(analysis.summary.drop_duplicates('arm'))} activations on "
+        f"{config.dataset}, {n} seed{'s' if n != 1 else ''} each, {config.epochs} epochs; "
+        "the accuracy compared is the final-epoch test accuracy."
+    )
+    if analysis.selected is not None:
+        chosen = ", ".join(
+            f"{row.activation} {lr_text(row.lr)}"
+            for row in analysis.selected.drop_duplicates("activation").itertuples()
+        )
+        sentences.append(
+            "Each activation's learning rate was chosen on the validation split "
+            f"(mean validation accuracy over the last {stats.SELECTION_LAST_EPOCHS} epochs): {chosen}."
+        )
+    for depth in analysis.depths:
+        sentences.extend(_depth_verdict(analysis, depth))
+    if n < 2:
+        sentences.append(
+            "With a single seed no confidence interval or significance test can be given, so "
+            "these differences may be seed noise; run with --seeds 3 or more, or add seeds "
+            "later and merge the runs with `actlab report RUN_A RUN_B`."
+        )
+    diverged = analysis.results[analysis.results["diverged"]]
+    if len(diverged):
+        sentences.append(
+            f"{len(diverged)} member{'s' if len(diverged) != 1 else ''} diverged and "
+            f"{'were' if len(diverged) != 1 else 'was'} left out of the statistics: "
+            + ", ".join(_member_text(row) for row in diverged.itertuples())
+            + "."
+        )
+    return sentences
+
+
+def _depth_verdict(analysis: Analysis, depth: int | None) -> list[str]:
+    rows = _rows_at(analysis.summary, depth).dropna(subset=["final_test_acc_mean"])
+    if not len(rows):
+        return []
+    prefix = "" if depth is None else f"At depth {depth}, "
+    best = rows.iloc[0]
+    text = f"{prefix}the best is {best.arm} with {pct(best.final_test_acc_mean)}% " + (
+        f"(95% CI {ci_pct(best.final_test_acc_ci_low, best.final_test_acc_ci_high)})."
+        if not _missing(best.final_test_acc_ci_low)
+        else "(one seed, no interval)."
+    )
+    sentences = [text[0].upper() + text[1:]]
+    if _missing(best["group"]):
+        return sentences
+    pairs = _rows_at(analysis.pairs, depth)
+
+    def gap(arm: str) -> str:
+        pair = pairs[
+            ((pairs["a"] == best.arm) & (pairs["b"] == arm))
+            | ((pairs["b"] == best.arm) & (pairs["a"] == arm))
+        ]
+        if not len(pair):
+            return arm
+        row = pair.iloc[0]
+        sign = 1 if row["a"] == best.arm else -1  # report best - arm
+        low, high = sorted((sign * row["ci_low"], sign * row["ci_high"]))
+        return (
+            f"{arm} (gap {signed_pp(sign * row['mean_diff'])}, 95% CI [{100 * low:+.2f}, "
+            f"{100 * high:+.2f}], Holm p = {pvalue(row['p_holm'])})"
+        )
+
+    tied = [r.arm for r in rows.iloc[1:].itertuples() if r.tied_with_best]
+    worse = [r.arm for r in rows.iloc[1:].itertuples() if r.tied_with_best is False]
+    if tied:
+        sentences.append(
+            f"It cannot be told apart at 5% from {_join([gap(a) for a in tied])}: "
+            "these differences may be seed noise."
+        )
+    if worse:
+        sentences.append(f"It is significantly better than {_join([gap(a) for a in worse])}.")
+    if not tied and not worse:
+        sentences.append("It is the only activation compared.")
+    return sentences
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else "; ".join(items[:-1]) + "; and " + items[-1]
+
+
+def _rows_at(frame: pd.DataFrame, depth: int | None) -> pd.DataFrame:
+    if depth is None:
+        return frame[frame["depth"].isna()]
+    return frame[frame["depth"].map(_depth) == depth]
+
+
+def _member_text(row: object) -> str:
+    text = f"{row.activation} (lr {lr_text(row.lr)}, seed {row.seed}"
+    if _depth(row.depth) is not None:
+        text += f", depth {_depth(row.depth)}"
+    return text + f", epoch {row.diverged_epoch:.0f})"
+
+
+# --- tables as rows of text ---------------------------------------------------------------
+
+
+def summary_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
+    """The summary table: one row per arm (and depth)."""
+    depth_column = any(_depth(d) is not None for d in analysis.summary["depth"])
+    header = ["rank", "activation"]
+    if depth_column:
+        header.insert(0, "depth")
+    header += ["lr", "seeds", "final test acc %", "± std", "95% CI", "best-epoch test acc %",
+               "final test loss", "95% CI (loss)", "group", "diverged"]  # fmt: skip
+    rows = []
+    for row in analysis.summary.itertuples():
+        cells = [str(row.rank), row.arm]
+        if depth_column:
+            cells.insert(0, str(_depth(row.depth)))
+        cells += [
+            lr_text(row.lr),
+            str(row.n),
+            pct(row.final_test_acc_mean),
+            pct(row.final_test_acc_std),
+            ci_pct(row.final_test_acc_ci_low, row.final_test_acc_ci_high),
+            pct(row.best_test_acc_mean),
+            num(row.final_test_loss_mean),
+            ci_num(row.final_test_loss_ci_low, row.final_test_loss_ci_high),
+            row.group if isinstance(row.group, str) and row.group else "–",
+            str(row.n_diverged),
+        ]
+        rows.append(cells)
+    return header, rows
+
+
+def pair_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
+    depth_column = any(_depth(d) is not None for d in analysis.pairs["depth"])
+    header = (["depth"] if depth_column else []) + [
+        "comparison", "seeds", "difference", "95% CI (pp)", "p", "p (Holm)", "significant at 5%",
+    ]  # fmt: skip
+    rows = []
+    for row in analysis.pairs.itertuples():
+        ci = (
+            "n/a"
+            if _missing(row.ci_low)
+            else f"[{100 * row.ci_low:+.2f}, {100 * row.ci_high:+.2f}]"
+        )
+        significant = "–" if _missing(row.p_holm) else ("yes" if row.significant else "no")
+        cells = [f"{row.a} − {row.b}", str(row.n), signed_pp(row.mean_diff), ci,
+                 pvalue(row.p), pvalue(row.p_holm), significant]  # fmt: skip
+        rows.append(([str(_depth(row.depth))] if depth_column else []) + cells)
+    return header, rows
+
+
+def member_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
+    results = analysis.results
+    depth_column = any(_depth(d) is not None for d in results["depth"])
+    header = (["depth"] if depth_column else []) + [
+        "activation", "lr", "seed", "epochs", "final train loss", "final test loss",
+        "final test acc %", "best test acc %", "best epoch", "final val acc %", "time s", "status",
+    ]  # fmt: skip
+    rows = []
+    ordered = results.assign(
+        _d=results["depth"].map(lambda d: -1 if d is None or pd.isna(d) else d)
+    )
+    for row in ordered.sort_values(["_d", "activation", "lr", "seed"]).itertuples():
+        status = f"diverged at epoch {row.diverged_epoch:.0f}" if row.diverged else "ok"
+        cells = [row.activation, lr_text(row.lr), str(row.seed), str(row.epochs),
+                 num(row.final_train_loss), num(row.final_test_loss), pct(row.final_test_acc),
+                 pct(row.best_test_acc), "–" if _missing(row.best_epoch) else f"{row.best_epoch:.0f}",
+                 pct(row.final_val_acc), f"{row.total_time_s:.1f}", status]  # fmt: skip
+        rows.append(([str(_depth(row.depth))] if depth_column else []) + cells)
+    return header, rows
+
+
+def selection_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
+    """Validation accuracy per activation and lr, the selected lr marked."""
+    sensitivity = analysis.sensitivity
+    lrs = sorted(sensitivity["lr"].unique())
+    depth_column = any(_depth(d) is not None for d in sensitivity["depth"])
+    header = (["depth"] if depth_column else []) + ["activation"]
+    header += [f"val acc % at lr {lr_text(lr)}" for lr in lrs] + ["selected lr"]
+    rows = []
+    for (depth, activation), group in sensitivity.groupby(
+        ["depth", "activation"], dropna=False, sort=False
+    ):
+        chosen = None
+        if analysis.selected is not None:
+            match = _rows_at(analysis.selected, _depth(depth))
+            match = match[match["activation"] == activation]
+            chosen = float(match["lr"].iloc[0]) if len(match) else None
+        cells = [str(_depth(depth))] if depth_column else []
+        cells.append(activation)
+        for lr in lrs:
+            value = group.loc[group["lr"] == lr]
+            text = pct(value["mean"].iloc[0]) if len(value) else "–"
+            if len(value) and value["n_diverged"].iloc[0]:
+                text += f" ({value['n_diverged'].iloc[0]} diverged)"
+            cells.append(f"<b>{text}</b>" if chosen == lr else text)
+        cells.append(lr_text(chosen) if chosen is not None else "– (select final)")
+        rows.append(cells)
+    return header, rows
+
+
+def timing_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
+    """Epoch times per stacked model (all its members train together)."""
+    metrics = analysis.run.metrics
+    header = ["run", "depth", "members", "epochs", "mean epoch s", "total s", "s per member-epoch"]
+    rows = []
+    for (run, depth), group in metrics.groupby(["run", "depth"], dropna=False, sort=False):
+        epochs = group.drop_duplicates("epoch")["epoch_time_s"]
+        members = group.groupby(["activation", "lr", "seed"]).ngroups
+        rows.append([
+            analysis.run.paths[int(run)].name, str(_depth(depth) or "–"), str(members),
+            str(len(epochs)), f"{epochs.mean():.2f}", f"{epochs.sum():.1f}",
+            f"{epochs.mean() / max(1, members):.3f}",
+        ])  # fmt: skip
+    return header, rows
+
+
+def config_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
+    config = analysis.run.config.to_dict()
+    return ["setting", "value"], [[name, _value_text(value)] for name, value in config.items()]
+
+
+def environment_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
+    environments = analysis.run.environments or [analysis.run.environment]
+    names = [p.name for p in analysis.run.paths]
+    keys = list(dict.fromkeys(k for env in environments for k in env))
+    distinct = [
+        dict(e) for e in {tuple(sorted(e.items(), key=str)) for e in map(_hashable, environments)}
+    ]
+    if len(distinct) <= 1:
+        env = environments[0]
+        return ["", "value"], [[key, _value_text(env.get(key))] for key in keys]
+    return ["", *names], [
+        [key, *(_value_text(env.get(key)) for env in environments)] for key in keys
+    ]
+
+
+def dataset_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
+    return ["", "value"], [[k, _value_text(v)] for k, v in analysis.run.dataset.items()]
+
+
+def _hashable(env: dict) -> dict:
+    return {k: str(v) for k, v in env.items()}
+
+
+def _value_text(value: object) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value) if value else "–"
+    return str(value)
+
+
+# --- charts -------------------------------------------------------------------------------
+
+
+def charts(analysis: Analysis) -> list[tuple[str, str, Figure]]:
+    """(section, caption, figure) for every chart of the report, in order."""
+    out: list[tuple[str, str, Figure]] = []
+    colors = _colors(analysis)
+    metrics = analysis.run.metrics
+    several_depths = len(analysis.depths) > 1
+    for depth in analysis.depths:
+        where = f" ({_depth_title(depth)})" if several_depths else ""
+        rows = metrics if depth is None else metrics[metrics["depth"].map(_depth) == depth]
+        if depth is None:
+            rows = metrics[metrics["depth"].isna()]
+        curves = {c: stats.curves(rows, c, analysis.arm_of) for c in CURVE_COLUMNS}
+        if len(curves["test_acc"]):
+            out.append(("curves", f"Training curves{where}: mean over seeds with 95% CI bands",
+                        plots.plot_training_curves(curves, colors)))  # fmt: skip
+    activation_figure = _activation_figure(analysis)
+    if activation_figure is not None:
+        out.append(
+            (
+                "activations",
+                "The compared activations and their first derivatives",
+                activation_figure,
+            )
+        )
+    for depth in analysis.depths:
+        pairs = _rows_at(analysis.pairs, depth)
+        if len(pairs) and pairs["ci_low"].notna().any():
+            where = f" ({_depth_title(depth)})" if several_depths else ""
+            out.append(("differences", f"Paired differences in final test accuracy{where}",
+                        plots.plot_differences(pairs)))  # fmt: skip
+    if analysis.sensitivity is not None:
+        for depth in analysis.depths:
+            sensitivity = _rows_at(analysis.sensitivity, depth)
+            selected = None if analysis.selected is None else _rows_at(analysis.selected, depth)
+            act_colors = plots.arm_colors(analysis.run.config.activations)
+            where = f" ({_depth_title(depth)})" if several_depths else ""
+            out.append(("lr", f"Validation accuracy vs learning rate{where}",
+                        plots.plot_lr_sensitivity(sensitivity, selected, act_colors)))  # fmt: skip
+    if several_depths:
+        out.append(("depth", "Final test accuracy vs depth (95% CI)",
+                    plots.plot_depth_study(analysis.summary, colors)))  # fmt: skip
+    diagnostics = _arm_diagnostics(analysis)
+    if diagnostics is not None and len(diagnostics):
+        for depth in analysis.depths:
+            rows = _rows_at(diagnostics, depth)
+            if not len(rows):
+                continue
+            where = f" ({_depth_title(depth)})" if several_depths else ""
+            out.append(
+                (
+                    "diagnostics",
+                    f"Weight-gradient norm per layer{where}",
+                    plots.plot_gradient_norms(rows),
+                )
+            )
+            if rows["dead_frac"].notna().any() or rows["saturated_frac"].notna().any():
+                out.append(("diagnostics", f"Dead and saturated hidden units{where}",
+                            plots.plot_unit_health(rows, colors)))  # fmt: skip
+    return out
+
+
+def _colors(analysis: Analysis) -> dict[str, object]:
+    """One colour per activation (in config order) everywhere; per arm when arms carry an lr."""
+    arms = list(dict.fromkeys(analysis.arms["arm"])) if len(analysis.arms) else []
+    by_activation = plots.arm_colors(analysis.run.config.activations)
+    if all(arm in by_activation for arm in arms):
+        return by_activation
+    return plots.arm_colors(arms)
+
+
+def _arm_diagnostics(analysis: Analysis) -> pd.DataFrame | None:
+    """Diagnostics rows of the compared members, with `activation` replaced by the arm label."""
+    diagnostics = analysis.run.diagnostics
+    if diagnostics is None:
+        return None
+    keys = zip(diagnostics["depth"], diagnostics["activation"], diagnostics["lr"], strict=True)
+    arm = [analysis.arm_of.get((_depth(d), a, float(lr))) for d, a, lr in keys]
+    frame = diagnostics.assign(activation=arm)
+    return frame[frame["activation"].notna()]
+
+
+def _activation_figure(analysis: Analysis) -> Figure | None:
+    try:
+        from actlab.plots import plot_activations
+    except ImportError:
+        return None
+    specs = list(dict.fromkeys(analysis.run.config.activations))
+    try:
+        return plot_activations(specs, (-5.0, 5.0), (0, 1))
+    except Exception as error:  # a report must not fail on the illustration
+        analysis.run.problems.append(f"activation plot skipped: {error}")
+        return None
+
+
+def figure_png(fig: Figure, dpi: int = 110) -> str:
+    """The figure as a base64 PNG data string."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# --- HTML ---------------------------------------------------------------------------------
+
+CSS = """
+body { font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       color: #1d232a; max-width: 1180px; margin: 2em auto; padding: 0 1.5em; }
+h1 { font-size: 1.7em; margin-bottom: 0.2em; }
+h2 { font-size: 1.3em; margin-top: 2em; border-bottom: 2px solid #dde3ea; padding-bottom: 0.2em; }
+h3 { font-size: 1.05em; margin-top: 1.4em; }
+.subtitle { color: #5b6570; margin-top: 0; }
+.verdict { background: #f3f7fb; border-left: 4px solid #3b7dd8; padding: 0.8em 1.2em; }
+.problems { background: #fff6e5; border-left: 4px solid #e0a100; padding: 0.6em 1.2em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
+th, td { padding: 0.3em 0.75em; border-bottom: 1px solid #e3e8ee; vertical-align: top; }
+th { background: #f5f7f9; text-align: left; font-weight: 600; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr:nth-child(even) td { background: #fafbfc; }
+figure { margin: 1.2em 0; }
+figure img { max-width: 100%; border: 1px solid #e3e8ee; }
+figcaption { color: #5b6570; font-size: 0.9em; }
+.note { color: #5b6570; font-size: 0.9em; }
+.grid { display: flex; flex-wrap: wrap; gap: 0 3em; }
+details summary { cursor: pointer; color: #3b7dd8; }
+"""
+
+
+def _is_number(text: str) -> bool:
+    stripped = text.replace("<b>", "").replace("</b>", "").split(" (")[0]
+    stripped = stripped.replace(" pp", "").replace("< ", "").lstrip("+-−")
+    try:
+        float(stripped)
+    except ValueError:
+        return stripped.startswith("[") or stripped == "–"
+    return True
+
+
+def html_table(
+    header: list[str], rows: list[list[str]], css_id: str = "", raw: bool = False
+) -> str:
+    """A table; numeric columns are right-aligned. Cells are escaped unless `raw`."""
+    numeric = [bool(rows) and all(_is_number(r[i]) for r in rows) for i in range(len(header))]
+    head = "".join(
+        f"<th{' class=num' if numeric[i] else ''}>{html.escape(h)}</th>"
+        for i, h in enumerate(header)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td{' class=num' if numeric[i] else ''}>{c if raw else html.escape(c)}</td>"
+            for i, c in enumerate(row)
+        )
+        + "</tr>\n"
+        for row in rows
+    )
+    ident = f' id="{css_id}"' if css_id else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>\n"
+
+
+def render_html(analysis: Analysis) -> str:
+    run = analysis.run
+    config = run.config
+    esc = html.escape
+    title = f"actlab: activations on {config.dataset}"
+    sources = ", ".join(str(p) for p in run.paths)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="subtitle">{esc(_subtitle(analysis))}<br>run: {esc(sources)}; created {esc(run.created)}</p>',
+        '<h2 id="verdict">Verdict</h2>',
+        f'<div class="verdict"><p>{esc(" ".join(verdict(analysis)))}</p></div>',
+    ]
+    if run.problems:
+        items = "".join(f"<li>{esc(p)}</li>" for p in run.problems)
+        parts.append(
+            f'<div class="problems"><b>Problems found while reading the run:</b><ul>{items}</ul></div>'
+        )
+    figures = charts(analysis)
+    section_figures = {}
+    for section, caption, fig in figures:
+        section_figures.setdefault(section, []).append(_figure_html(caption, fig))
+
+    if len(analysis.summary):
+        parts.append('<h2 id="summary">Summary</h2>')
+        parts.append(html_table(*summary_rows(analysis), css_id="summary-table"))
+        parts.append(
+            '<p class="note">Mean over seeds of non-diverged members; std with ddof=1; 95% CI from '
+            "the t distribution. Activations that share a group letter cannot be told apart at 5% "
+            '(paired t-tests over seeds, Holm-corrected over all pairs); "a" is the best group. '
+            "Best-epoch accuracy picks the epoch on the test split and is optimistic.</p>"
+        )
+    parts += ['<h2 id="charts">Training curves</h2>', *section_figures.get("curves", [])]
+    if "activations" in section_figures:
+        parts += ['<h2 id="activations">Activations</h2>', *section_figures["activations"]]
+    if len(analysis.pairs):
+        parts.append('<h2 id="differences">Paired differences</h2>')
+        parts += section_figures.get("differences", [])
+        parts.append(html_table(*pair_rows(analysis), css_id="pairs-table"))
+        parts.append('<p class="note">Difference = first − second, in percentage points of final test '
+                     "accuracy, paired by seed (members of one seed share initial weights and batch order).</p>")  # fmt: skip
+    if analysis.sensitivity is not None:
+        parts.append('<h2 id="lr">Learning-rate selection</h2>')
+        rule = (
+            f"Rule: for each activation, the lr with the highest mean over seeds of the validation "
+            f"accuracy averaged over the last {stats.SELECTION_LAST_EPOCHS} epochs (a diverged member "
+            "counts as 0); ties go to the smaller lr. Test numbers are never read for the choice."
+            if analysis.selected is not None
+            else "--select final: every (activation, lr) is compared as it is; no lr was selected."
+        )
+        parts.append(f'<p class="note">{esc(rule)}</p>')
+        parts.append(html_table(*_escaped(selection_rows(analysis)), css_id="lr-table", raw=True))
+        parts += section_figures.get("lr", [])
+    if "depth" in section_figures:
+        parts += ['<h2 id="depth">Depth study</h2>', *section_figures["depth"]]
+    if run.diagnostics is not None:
+        parts.append('<h2 id="diagnostics">Diagnostics</h2>')
+        if analysis.findings:
+            parts.append(
+                "<ul>" + "".join(f"<li>{esc(s)}</li>" for s in analysis.findings) + "</ul>"
+            )
+        parts += section_figures.get("diagnostics", [])
+    parts.append('<h2 id="members">Per-member results</h2>')
+    header, rows = member_rows(analysis)
+    parts.append(
+        f"<details{' open' if len(rows) <= 24 else ''}><summary>{len(rows)} members</summary>"
+        + html_table(header, rows, css_id="members-table")
+        + "</details>"
+    )
+    diverged = analysis.results[analysis.results["diverged"]]
+    if len(diverged):
+        parts.append('<h3 id="diverged">Divergence</h3><ul>')
+        parts += [f"<li>{esc(_member_text(r))}: loss became NaN/inf; frozen and excluded from the statistics.</li>"
+                  for r in diverged.itertuples()]  # fmt: skip
+        parts.append("</ul>")
+    parts.append('<h2 id="timings">Timings</h2>')
+    parts.append(html_table(*timing_rows(analysis), css_id="timings-table"))
+    parts.append(
+        '<p class="note">All members of a stacked model train together; an epoch time covers all of them.</p>'
+    )
+    parts.append('<h2 id="setup">Setup</h2><div class="grid"><div><h3>Configuration</h3>')
+    parts.append(html_table(*config_rows(analysis)))
+    parts.append("</div><div><h3>Environment</h3>")
+    parts.append(html_table(*environment_rows(analysis)))
+    parts.append("<h3>Dataset</h3>")
+    parts.append(html_table(*dataset_rows(analysis)))
+    parts.append("</div></div>")
+    parts.append(f'<p class="note">Written by actlab from {esc(sources)}; rebuild with '
+                 f"<code>actlab report {esc(' '.join(str(p) for p in run.paths))}</code>.</p>")  # fmt: skip
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _escaped(table: tuple[list[str], list[list[str]]]) -> tuple[list[str], list[list[str]]]:
+    """Escape the cells of a table whose only markup is our own <b>."""
+    header, rows = table
+    clean = [
+        [html.escape(c).replace("&lt;b&gt;", "<b>").replace("&lt;/b&gt;", "</b>") for c in r]
+        for r in rows
+    ]
+    return header, clean
+
+
+def _figure_html(caption: str, fig: Figure) -> str:
+    data = figure_png(fig)
+    alt = html.escape(caption)
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+
+
+def _subtitle(analysis: Analysis) -> str:
+    config = analysis.run.config
+    model = f"{config.model.upper()} {'-'.join(map(str, config.hidden))}"
+    if config.depths:
+        model = f"{config.model.upper()} of depth {', '.join(map(str, config.depths))} (width {config.hidden[0]})"
+    return (
+        f"{model}, {config.optimizer} lr {', '.join(lr_text(lr) for lr in config.lrs)}, "
+        f"batch {config.batch_size}, {config.epochs} epochs, seeds {', '.join(map(str, config.seeds))}"
+    )
+
+
+# --- Markdown -----------------------------------------------------------------------------
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    numeric = [bool(rows) and all(_is_number(r[i]) for r in rows) for i in range(len(header))]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join("---:" if n else "---" for n in numeric) + " |",
+    ]
+    lines += ["| " + " | ".join(c.replace("<b>", "**").replace("</b>", "**").replace("|", "\\|") for c in r) + " |"
+              for r in rows]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(analysis: Analysis) -> str:
+    run = analysis.run
+    config = run.config
+    env = run.environment
+    parts = [
+        f"# actlab: activations on {config.dataset}\n",
+        f"{_subtitle(analysis)}.\n",
+        " ".join(verdict(analysis)) + "\n",
+    ]
+    if len(analysis.summary):
+        parts += ["## Summary\n", markdown_table(*summary_rows(analysis)),
+                  "Mean over seeds; 95% CI from the t distribution; shared group letter = not "
+                  "distinguishable at 5% (paired t-tests, Holm).\n"]  # fmt: skip
+    if len(analysis.pairs):
+        parts += [
+            "## Paired differences (final test accuracy)\n",
+            markdown_table(*pair_rows(analysis)),
+        ]
+    if analysis.sensitivity is not None:
+        parts += [
+            "## Learning-rate selection (validation accuracy)\n",
+            markdown_table(*selection_rows(analysis)),
+        ]
+    if analysis.findings:
+        parts += ["## Diagnostics\n", "\n".join(f"- {s}" for s in analysis.findings) + "\n"]
+    if run.problems:
+        parts += [
+            "## Problems found while reading\n",
+            "\n".join(f"- {p}" for p in run.problems) + "\n",
+        ]
+    parts.append(
+        "## Environment\n\n"
+        f"actlab {env.get('actlab', '?')}, Python {env.get('python', '?')}, torch {env.get('torch', '?')}, "
+        f"device {env.get('device', '?')} ({env.get('gpu') or env.get('cpu') or '?'}), "
+        f"{env.get('threads', '?')} threads. Run: {', '.join(str(p) for p in run.paths)}.\n"
+    )
+    return "\n".join(parts)

@@ -1,0 +1,223 @@
+"""The fused engine against its oracle: K plain nn.Modules + torch.optim trained one by one
+on the same batches must give the same per-step losses and final weights."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from actlab.config import ExperimentConfig
+from actlab.engine import DeviceData, Trainer, epoch_permutation, shuffle_generator, train
+
+N_TRAIN, N_TEST, CLASSES = 512, 128, 4
+
+
+def make_data(seed: int = 0) -> DeviceData:
+    """Random 1x8x8 images whose class is the argmax of a fixed linear map (learnable)."""
+    gen = torch.Generator().manual_seed(seed)
+    projection = torch.randn(64, CLASSES, generator=gen)
+
+    def split(n):
+        x = torch.rand(n, 1, 8, 8, generator=gen)
+        return x, (x.flatten(1) @ projection).argmax(1)
+
+    x_train, y_train = split(N_TRAIN)
+    x_test, y_test = split(N_TEST)
+    empty = torch.zeros(0, 1, 8, 8)
+    return DeviceData(
+        x_train, y_train, empty, torch.zeros(0, dtype=torch.long), x_test, y_test, CLASSES, (1, 8, 8)
+    )
+
+
+def small_config(**changes) -> ExperimentConfig:
+    base = dict(
+        dataset="generated",
+        activations=("relu", "sigmoid", "tanh"),
+        seeds=(0, 1),
+        hidden=(16, 12),
+        batch_size=40,  # 512 = 12 * 40 + 32: the last partial batch is kept
+        epochs=1,
+        device="cpu",
+        diagnostics=False,
+    )
+    base.update(changes)
+    return ExperimentConfig(**base)
+
+
+def plain_optimizer(config: ExperimentConfig, params, lr: float):
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def train_plain(config, data, model, member, steps):
+    """One plain model, trained alone: the reference the fused engine must match."""
+    optimizer = plain_optimizer(config, model.parameters(), member.lr)
+    generator = shuffle_generator(member.seed)
+    n, batch = data.x_train.shape[0], config.batch_size
+    losses = []
+    while len(losses) < steps:
+        order = epoch_permutation(generator, n)
+        for start in range(0, n, batch):
+            index = order[start : start + batch]
+            loss = F.cross_entropy(model(data.x_train[index]), data.y_train[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return losses[:steps]
+
+
+ORACLE_CASES = {
+    "adam": {},
+    "adamw": {"optimizer": "adamw", "weight_decay": 0.05},
+    "sgd-momentum": {"optimizer": "sgd", "lrs": (0.05,), "weight_decay": 1e-3},
+    "adam-two-lrs": {"lrs": (1e-3, 1e-2)},
+    "adam-learnable-prelu": {"activations": ("relu", "prelu", "tanh")},
+    "adam-with-diagnostics": {"diagnostics": True},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(ORACLE_CASES))
+def test_fused_engine_matches_plain_models_trained_one_by_one(case):
+    data = make_data()
+    steps_per_epoch = math.ceil(N_TRAIN / 40)
+    epochs = math.ceil(200 / steps_per_epoch)
+    config = small_config(epochs=epochs, **ORACLE_CASES[case])
+    trainer = Trainer(config, data)
+    plain_models = [trainer.model.export_member(k) for k in range(len(trainer.members))]
+    fused_losses = []
+    for _ in range(epochs):
+        result = trainer.train_epoch(lambda info: fused_losses.append(info.losses.tolist()))
+        assert all(row["status"] == "ok" for row in result.metrics)
+    steps = len(fused_losses)
+    assert steps == epochs * steps_per_epoch >= 200
+
+    for k, member in enumerate(trainer.members):
+        plain_losses = train_plain(config, data, plain_models[k], member, steps)
+        fused = torch.tensor([losses[k] for losses in fused_losses])
+        torch.testing.assert_close(fused, torch.tensor(plain_losses), rtol=1e-4, atol=1e-6)
+        exported = trainer.model.export_member(k)
+        for fused_p, plain_p in zip(
+            exported.parameters(), plain_models[k].parameters(), strict=True
+        ):
+            torch.testing.assert_close(fused_p, plain_p, rtol=1e-4, atol=1e-5)
+
+
+def test_members_sharing_a_seed_share_initial_weights_and_batch_order():
+    data = make_data()
+    config = small_config()
+    trainer = Trainer(config, data)
+    first = [p.detach() for p in trainer.model.export_member(0).parameters()]
+    third = [p.detach() for p in trainer.model.export_member(2).parameters()]  # seed 0, tanh
+    other_seed = [p.detach() for p in trainer.model.export_member(3).parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(first, third, strict=True))
+    assert not torch.equal(first[0], other_seed[0])
+
+
+def test_metrics_rows_and_evaluation_match_a_plain_evaluation():
+    data = make_data()
+    config = small_config(epochs=2)
+    rows = [r for result in train(config, data) for r in result.metrics]
+    assert len(rows) == 2 * 6
+    assert [r["epoch"] for r in rows] == [1] * 6 + [2] * 6
+    for row in rows:
+        assert row["status"] == "ok"
+        assert 0.0 <= row["train_acc"] <= 1.0 and 0.0 <= row["test_acc"] <= 1.0
+        assert row["val_loss"] is None and row["val_acc"] is None  # no validation split
+    # Evaluation equals a plain evaluation of the exported member.
+    trainer = Trainer(config, data)
+    trainer.train_epoch()
+    losses, accuracies = trainer.evaluate(data.x_test, data.y_test)
+    for k in range(len(trainer.members)):
+        plain = trainer.model.export_member(k).eval()
+        with torch.no_grad():
+            logits = plain(data.x_test)
+        assert losses[k] == pytest.approx(F.cross_entropy(logits, data.y_test).item(), rel=1e-5)
+        expected = (logits.argmax(1) == data.y_test).double().mean().item()
+        assert accuracies[k] == pytest.approx(expected)
+
+
+def test_same_config_twice_gives_identical_metrics():
+    data = make_data()
+    config = small_config(epochs=2, diagnostics=True)
+
+    def run():
+        rows = []
+        for result in train(config, data):
+            rows += [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in result.metrics]
+            rows += result.diagnostics
+        return rows
+
+    assert run() == run()
+
+
+def test_resuming_from_a_saved_state_continues_identically():
+    data = make_data()
+    config = small_config(epochs=3)
+    straight = [
+        {k: v for k, v in r.items() if k != "epoch_time_s"}
+        for result in train(config, data)
+        for r in result.metrics
+    ]
+    first = next(train(config, data))
+    state = {  # as a checkpoint round trip would give: copies, not live tensors
+        key: (value.copy() if isinstance(value, list) else value)
+        for key, value in torch.utils._pytree.tree_map(
+            lambda x: x.clone() if isinstance(x, torch.Tensor) else x, first.state
+        ).items()
+    }
+    resumed = [
+        {k: v for k, v in r.items() if k != "epoch_time_s"}
+        for result in train(config, data, state=state)
+        for r in result.metrics
+    ]
+    assert resumed == straight[6:]
+
+
+def test_diverging_members_are_frozen_and_the_others_finish():
+    data = make_data()
+    # relu with lr 10 blows up; sigmoid and tanh at lr 1e-3 keep training.
+    config = small_config(activations=("relu", "sigmoid"), seeds=(0,), lrs=(1e-3, 10.0), epochs=3)
+    trainer = Trainer(config, data)
+    results = [trainer.train_epoch() for _ in range(3)]
+    labels = {k: (m.activation, m.lr) for k, m in enumerate(trainer.members)}
+    diverged = {k for r in results for k in r.diverged}
+    assert diverged, "a member at lr 10 should diverge"
+    assert all(labels[k][1] == 10.0 for k in diverged)
+    for k in diverged:
+        rows = [row for r in results for row in r.metrics if row["member"] == k]
+        assert rows[-1]["status"] == "diverged" and rows[-1]["train_loss"] is None
+        assert all(row["status"] == "ok" for row in rows[:-1])
+    survivors = [k for k in labels if labels[k][1] == 1e-3]
+    last = {row["member"]: row for row in results[-1].metrics}
+    for k in survivors:
+        assert last[k]["status"] == "ok" and math.isfinite(last[k]["train_loss"])
+    # Frozen members do not change any more.
+    frozen_before = [w.detach().clone() for w in trainer.model.weight_layers()]
+    trainer.train_epoch()
+    for k in diverged:
+        for before, weight in zip(frozen_before, trainer.model.weight_layers(), strict=True):
+            assert torch.equal(before[k], weight.detach()[k])
+
+
+def test_nan_in_one_member_does_not_poison_the_others():
+    data = make_data()
+    config = small_config(epochs=1)
+    clean = Trainer(config, data)
+    poisoned = Trainer(config, data)
+    with torch.no_grad():
+        poisoned.model.weight_layers()[1][4].fill_(float("nan"))  # member 4: seed 1, sigmoid
+    clean_result, poisoned_result = clean.train_epoch(), poisoned.train_epoch()
+    assert poisoned_result.diverged == [4]
+    for a, b in zip(clean_result.metrics, poisoned_result.metrics, strict=True):
+        if a["member"] != 4:
+            assert {k: v for k, v in a.items() if k != "epoch_time_s"} == {
+                k: v for k, v in b.items() if k != "epoch_time_s"
+            }
