@@ -1,9 +1,10 @@
 """What each activation costs: time per element, memory for backward, achieved bandwidth.
 
-Time: ``torch.utils.benchmark.Timer.blocked_autorange`` (median of blocks) of the forward
+Time: ``torch.utils.benchmark.Timer`` (the fastest of many short blocks) of the forward
 ``f(x)`` and of forward+backward ``torch.autograd.grad(f(x), x, g)``, on a tensor of
-``size`` elements shaped (size / 1024, 1024) (a batch of 1024-wide layers), with all of
-torch's threads. Reported in ns per element and as a ratio to ReLU measured in the same run.
+``size`` elements shaped (size / 1024, 1024) (a batch of 1024-wide layers), with torch's
+current number of threads (``OMP_NUM_THREADS`` sets it). Reported in ns per element and as a ratio to ReLU (``nn.ReLU``, timed at
+the start and the end of the same run; the fastest of those and of a "relu" row counts).
 
 Bandwidth: an elementwise forward reads x and writes y (2 tensors); forward+backward also
 reads the upstream gradient and a saved tensor and writes the input gradient (5 tensors in
@@ -31,6 +32,8 @@ and, where the catalog says the activation supports it, with ``inplace=True``.
 
 from __future__ import annotations
 
+import math
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -102,7 +105,7 @@ def run_bench(
 
     copy_seconds = _time("y.copy_(x)", {"x": x, "y": torch.empty_like(x)}, min_run_time)
     copy_gbps = 2 * tensor_bytes / copy_seconds / 1e9
-    relu_times = _times(nn.ReLU(), x, grad_out, min_run_time)
+    relu_times = [_times(nn.ReLU(), x, grad_out, min_run_time)]
     rows = []
     for spec, (module, inplace_module) in zip(specs, activations, strict=True):
         row = dict.fromkeys(COLUMNS)
@@ -113,7 +116,8 @@ def run_bench(
             module = module.to(device=device, dtype=torch_dtype)
             fwd, fwdbwd = _times(module, x, grad_out, min_run_time)
             row |= {"fwd_ns": fwd * 1e9 / x.numel(), "fwdbwd_ns": fwdbwd * 1e9 / x.numel()}
-            row |= {"fwd_vs_relu": fwd / relu_times[0], "fwdbwd_vs_relu": fwdbwd / relu_times[1]}
+            if isinstance(module, nn.ReLU) and not module.inplace:
+                relu_times.append((fwd, fwdbwd))
             if tensor_bytes >= BANDWIDTH_MIN_BYTES:
                 row["fwd_gbps"] = 2 * tensor_bytes / fwd / 1e9
                 row["fwdbwd_gbps"] = 5 * tensor_bytes / fwdbwd / 1e9
@@ -135,6 +139,15 @@ def run_bench(
             except RuntimeError as error:  # inplace that autograd refuses
                 row["error"] = f"inplace: {str(error).splitlines()[0]}"
         rows.append(row)
+    # The ReLU reference: the fastest of its timings at the start, at the end and in a
+    # "relu" row, so that the ratios do not hang on one disturbed measurement.
+    relu_times.append(_times(nn.ReLU(), x, grad_out, min_run_time))
+    relu_fwd = min(fwd for fwd, _ in relu_times)
+    relu_fwdbwd = min(fwdbwd for _, fwdbwd in relu_times)
+    for row in rows:
+        if row["fwd_ns"] is not None:
+            row["fwd_vs_relu"] = row["fwd_ns"] * 1e-9 * x.numel() / relu_fwd
+            row["fwdbwd_vs_relu"] = row["fwdbwd_ns"] * 1e-9 * x.numel() / relu_fwdbwd
     return rows
 
 
@@ -147,10 +160,19 @@ def _activation_pair(catalog, spec: str) -> tuple[nn.Module, nn.Module | None]:
 
 
 def _time(stmt: str, names: dict, min_run_time: float) -> float:
-    """Median seconds per run of ``stmt``, with torch's current number of threads."""
+    """Seconds per run of ``stmt`` with torch's current number of threads: the fastest of
+    at least 5 blocks of ~1 ms or more, timed with ``torch.utils.benchmark.Timer`` for
+    ``min_run_time`` seconds. On a shared machine other processes only add time, so the
+    fastest short block is the estimate least disturbed by them (a median, or a long block
+    as ``blocked_autorange`` uses, moves with their load)."""
     timer = benchmark.Timer(stmt=stmt, globals=names, num_threads=torch.get_num_threads())
-    timer.timeit(3)  # warm up: first-touch page faults, allocator growth, lazy init
-    return timer.blocked_autorange(min_run_time=min_run_time).median
+    first = timer.timeit(3).mean  # also the warm-up: page faults, allocator growth, lazy init
+    number = max(1, math.ceil(1e-3 / max(first, 1e-9)))
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 5 or time.perf_counter() - start < min_run_time:
+        times.append(timer.timeit(number).mean)
+    return min(times)
 
 
 def _times(module: nn.Module, x: Tensor, grad_out: Tensor, min_run_time: float):

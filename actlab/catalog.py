@@ -904,6 +904,8 @@ def get(spec: Any, *, keras_defaults: bool = False, **params: Any) -> nn.Module:
 def get_fn(spec: Any, *, keras_defaults: bool = False, **params: Any) -> Callable[[Tensor], Tensor]:
     """A function ``Tensor -> Tensor`` for ``spec``. Learnable entries give the function at
     their initial parameters; RReLU gives its deterministic evaluation-mode form."""
+    if isinstance(spec, type) and issubclass(spec, nn.Module):
+        return spec(**params)
     if callable(spec) and not isinstance(spec, (str, Mapping, ActivationSpec, type)):
         return spec
     entry, resolved = resolve(spec, keras_defaults=keras_defaults, **params)
@@ -986,8 +988,12 @@ def canonical_label(spec: Any, **params: Any) -> str:
     changed = {
         k: v
         for k, v in resolved.items()
-        if k not in entry.params or entry.params[k] != v or entry.params[k] is REQUIRED
-    }
+        if (
+            v is not False
+            if k not in entry.params
+            else entry.params[k] is REQUIRED or entry.params[k] != v
+        )
+    }  # inplace=False is the default of every module that has it
     if entry.needs_dim:
         changed["dim"] = resolved["dim"]
     return _label(entry.name, changed)
@@ -1126,9 +1132,12 @@ def _number(value: float) -> str:
 
 
 def _params_text(params: Mapping[str, Any]) -> str:
-    shown = [
-        f"{k}={'?' if v is REQUIRED or v is None else _format_value(v)}" for k, v in params.items()
-    ]
+    def text(value: Any) -> str:
+        if value is REQUIRED or value is None:
+            return "?"
+        return f"{value:.6g}" if isinstance(value, float) else repr(value)
+
+    shown = [f"{k}={text(v)}" for k, v in params.items()]
     return ", ".join(shown) or "-"
 
 

@@ -7,10 +7,12 @@ Exit codes: 0 success; 2 a user error (one line on stderr, no traceback);
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from actlab.errors import ActlabError
+from actlab.errors import ActlabError, ConfigError
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -188,7 +190,205 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    raise NotImplementedError("actlab compare")
+    from actlab.api import load_study_dataset, run_study
+    from actlab.config import ExperimentConfig
+
+    config = ExperimentConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        download=not args.no_download,
+        val_size=args.val_size,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+        standardize=args.standardize,
+        model=args.model,
+        hidden=parse_ints(args.hidden, "--hidden"),
+        depths=parse_ints(args.depths, "--depths") if args.depths else (),
+        dropout=args.dropout,
+        init=args.init,
+        init_gain=args.init_gain,
+        activations=split_specs(args.activations),
+        seeds=parse_seeds(args.seeds),
+        lrs=parse_floats(args.lr, "--lr"),
+        select=args.select,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        momentum=args.momentum,
+        device=args.device,
+        threads=args.threads,
+        diagnostics=not args.no_diagnostics,
+    )
+    out = args.out or default_out(config.dataset)
+    dataset = load_study_dataset(config, progress=not args.quiet)
+    progress = None if args.quiet else CompareProgress()
+    try:
+        result = run_study(
+            config,
+            out=out,
+            resume=args.resume,
+            dataset=dataset,
+            on_start=progress.start if progress else None,
+            on_step=progress.step if progress else None,
+            on_epoch=progress.epoch if progress else None,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+    if result.already_complete:
+        print(f"{out}: already complete ({config.epochs} epochs); rebuilding the report")
+    print(summary_table(result.metrics, config))
+    if not args.no_report:
+        try:
+            from actlab.report import write_report
+        except ImportError:
+            print("note: the report module is not available; no report written")
+        else:
+            print(f"report: {write_report(out)}")
+    if result.diverged and not result.already_complete:
+        print("some members diverged (loss NaN/inf or exploding); see status in metrics.csv")
+        return EXIT_DIVERGED
+    return EXIT_OK
+
+
+# --- compare helpers: parsing, progress, per-epoch lines, summary -------------------------
+
+
+def split_specs(text: str) -> tuple[str, ...]:
+    """Split comma-separated activation specs, keeping commas inside parentheses:
+    ``relu,elu(alpha=0.5),expr:max(x, 0)`` -> three specs."""
+    specs, depth, current = [], 0, []
+    for char in text:
+        if char == "," and depth == 0:
+            specs.append("".join(current).strip())
+            current = []
+            continue
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        current.append(char)
+    specs.append("".join(current).strip())
+    return tuple(spec for spec in specs if spec)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``3`` means seeds 0, 1, 2; ``0,5,7`` (or ``7,``) is a list of seeds."""
+    if "," not in text:
+        count = parse_ints(text, "--seeds")[0]
+        if count < 1:
+            raise ConfigError(f"--seeds {text}: give a count >= 1 or a list like 0,5,7")
+        return tuple(range(count))
+    return parse_ints(text, "--seeds")
+
+
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected integers separated by commas") from None
+
+
+def parse_floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected numbers like 1e-3,3e-3") from None
+
+
+def default_out(dataset: str) -> str:
+    """runs/compare-<dataset>; for npz:PATH and idx:DIR, the file or folder name."""
+    name = dataset
+    if dataset.startswith(("npz:", "idx:")):
+        name = dataset[:3] + "-" + Path(dataset[4:]).stem
+    return "runs/compare-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
+
+
+class CompareProgress:
+    """A tqdm bar on stderr (depth, epoch, step, ETA) and one line per member per epoch."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.described: tuple | None = None
+
+    def start(self, total: int, done: int) -> None:
+        from tqdm import tqdm
+
+        if done:
+            tqdm.write(f"resuming: {done}/{total} steps already done", file=sys.stdout)
+        self.bar = tqdm(total=total, initial=done, unit="step", file=sys.stderr, leave=False)
+
+    def step(self, info) -> None:
+        key = (info.depth, info.epoch)
+        if key != self.described:
+            depth = "" if info.depth is None else f"depth {info.depth} "
+            self.bar.set_description(f"{depth}epoch {info.epoch}/{info.epochs}", refresh=False)
+            self.described = key
+        self.bar.update(1)
+
+    def epoch(self, result) -> None:
+        from tqdm import tqdm
+
+        for line in epoch_lines(result):
+            tqdm.write(line, file=sys.stdout)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def epoch_lines(result) -> list[str]:
+    """One line per member, as the classic tutorial prints:
+    ``relu      seed 0  epoch 3/10  train loss 0.1234  test loss 0.0987  test acc 97.12%``."""
+    width = max(9, *(len(m.activation) for m in result.members))
+    several_lrs = len({m.lr for m in result.members}) > 1
+    lines = []
+    for row in result.metrics:
+        parts = [] if row["depth"] is None else [f"depth {row['depth']:<3}"]
+        parts.append(f"{row['activation']:<{width}} seed {row['seed']}")
+        if several_lrs:
+            parts.append(f"lr {row['lr']:g}")
+        parts.append(f"epoch {row['epoch']}/{result.epochs}")
+        if row["status"] == "diverged":
+            parts.append("diverged (loss NaN/inf or exploding): frozen")
+        else:
+            parts.append(f"train loss {row['train_loss']:.4f}")
+            if row["val_loss"] is not None:
+                parts.append(f"val acc {100 * row['val_acc']:.2f}%")
+            parts.append(f"test loss {row['test_loss']:.4f}")
+            parts.append(f"test acc {100 * row['test_acc']:.2f}%")
+        lines.append("  ".join(parts))
+    return lines
+
+
+def summary_table(metrics, config) -> str:
+    """Per (depth,) activation and lr: mean final test accuracy over seeds +- std (sample),
+    the epoch of the best mean test accuracy, and how many seeds diverged."""
+    rows = [("depth",) if config.depths else ()]
+    rows[0] += ("activation", "lr", "seeds", "final test acc", "best epoch", "diverged")
+    groups = ["depth", "activation", "lr"] if config.depths else ["activation", "lr"]
+    order = {spec: i for i, spec in enumerate(config.activations)}
+    for key, group in sorted(
+        metrics.groupby(groups, sort=False, dropna=False),
+        key=lambda item: tuple(
+            order.get(v, v) if isinstance(v, str) else v
+            for v in (item[0] if isinstance(item[0], tuple) else (item[0],))
+        ),
+    ):
+        key = key if isinstance(key, tuple) else (key,)
+        ok = group[group["status"] == "ok"]
+        final = ok[ok["epoch"] == config.epochs]["test_acc"]
+        diverged = int((group["status"] == "diverged").sum())
+        if len(final):
+            spread = f" ± {100 * final.std():.2f}" if len(final) > 1 else ""
+            accuracy = f"{100 * final.mean():.2f}%{spread}"
+            best = int(ok.groupby("epoch")["test_acc"].mean().idxmax())
+        else:
+            accuracy, best = "-", "-"
+        cells = [str(v) for v in key[:-1]] + [f"{key[-1]:g}"]
+        rows.append((*cells, str(len(final)), accuracy, str(best), str(diverged)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -85,9 +85,10 @@ def unit_fractions(
       value of the unit (it passes nothing forward, or no gradient back).
     - saturated: |f'(z)| < ``saturation`` * max|f'| for more than a fraction ``most``
       (default 90%) of the unit's values, where max|f'| is the activation's steepest
-      slope on a grid over [-20, 20] (see :func:`max_slope`; 1 for unbounded slopes). A ReLU unit is saturated
-      when more than 90% of its inputs are negative, and dead when all are; an activation
-      without flat regions (identity, leaky_relu) is never saturated.
+      slope on a grid over [-20, 20] (see :func:`max_slope`; 1 for unbounded slopes).
+      A ReLU unit is saturated when more than 90% of its inputs are negative, and dead
+      when all are; so is a LeakyReLU(0.01) unit (0.01 < 5% of 1), but it is never dead;
+      the identity is never saturated.
 
     Returns (dead, saturated): float32 tensors (K, L_hidden) of fractions in [0, 1].
     """
@@ -105,13 +106,16 @@ def unit_fractions(
             unit_shape = preact.shape[2:3]  # (units,) or (C,)
             z = preact.detach()[index].float()  # (G, B, units) or (G, B, C, H, W)
             value, slope = _value_and_slope(activation, z.flatten(0, 1))
-            value, slope = value.view(z.shape), slope.view(z.shape)
-            # (G, units, values): the values of each unit, over samples and positions.
-            value = value.transpose(1, 2).flatten(2)
-            slope = slope.abs().transpose(1, 2).flatten(2)
-            is_dead = (value == 0).all(dim=2) | (slope < dead_eps).all(dim=2)
+            value, slope = value.view(z.shape), slope.abs_().view(z.shape)
+            del z
+            # Reduce over the values of each unit: samples (dim 1) and positions (dims 3+).
+            values_of_unit = (1, *range(3, value.dim()))
             threshold = saturation * max_slope(activation, unit_shape, preact.dim() - 2)
-            is_saturated = (slope < threshold).float().mean(dim=2) > most
+            is_dead = torch.all(value == 0, dim=values_of_unit)
+            del value
+            is_dead |= torch.all(slope < dead_eps, dim=values_of_unit)
+            is_saturated = (slope < threshold).float().mean(dim=values_of_unit) > most
+            del slope
             dead[index, layer] = is_dead.float().mean(dim=1)
             saturated[index, layer] = is_saturated.float().mean(dim=1)
     return dead, saturated

@@ -321,7 +321,11 @@ class StackedModel(nn.Module):
     def _hidden(self, layer: int, z_t: Tensor, preactivations: list | None) -> Tensor:
         """Activation and dropout of a dense hidden layer's pre-activation (K, units, B)."""
         if preactivations is not None:
-            preactivations.append(z_t.transpose(1, 2))
+            # Route the forward pass through the appended (K, B, units) view, so it is a
+            # node of the graph (e.g. for retain_grad).
+            pre = z_t.transpose(1, 2)
+            preactivations.append(pre)
+            z_t = pre.transpose(1, 2)
         K, units, B = z_t.shape
         S, A, L = self.grid.shape
         h_t = self._activate(layer, z_t.view(S, A, L, units, B), 0, units_first=True)
@@ -428,7 +432,9 @@ class StackedCNN(StackedModel):
         y = F.conv2d(h, weight.flatten(0, 1), bias.flatten(), padding=1, groups=groups)
         B, _, H, W = y.shape
         if preactivations is not None:
-            preactivations.append(y.view(B, K, out_channels, H, W).transpose(0, 1))
+            pre = y.view(B, K, out_channels, H, W).transpose(0, 1)
+            preactivations.append(pre)
+            y = pre.transpose(0, 1)
         S, A, L = self.grid.shape
         h = self._activate(layer, y.view(B, S, A, L, out_channels, H, W), 1)
         return F.max_pool2d(h.view(B, K * out_channels, H, W), 2)

@@ -67,10 +67,11 @@ def plot_activations(
     for index, spec in enumerate(specs):
         label = canonical_label(spec)
         curves = activation_curves(spec, x, orders)
-        style = ("-", "--", ":", "-.")[(index // len(palette)) % 4]
+        # A line style per curve, so that overlapping curves (relu, leaky_relu) stay visible.
+        style = ("-", "--", "-.", ":")[index % 4]
         for ax, order in zip(axes, orders, strict=True):
             ax.plot(x, curves[order], style, color=palette[index % len(palette)], label=label,
-                    linewidth=1.8)  # fmt: skip
+                    linewidth=2.0)  # fmt: skip
     for ax, order in zip(axes, orders, strict=True):
         ax.axhline(0, color="black", linewidth=0.6)
         ax.axvline(0, color="black", linewidth=0.6)
@@ -276,5 +277,6 @@ def plot_unit_health(
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
     return fig

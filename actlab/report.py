@@ -181,7 +181,8 @@ def _depth_title(depth: int | None) -> str:
 
 
 def verdict(analysis: Analysis) -> list[str]:
-    """The report's opening paragraph, as sentences in plain words with numbers."""
+    """The report's opening, in plain words with numbers: a list of paragraphs (the setup,
+    one per depth, then the caveats)."""
     if not len(analysis.summary):
         return ["No epoch was completed, so there is nothing to compare yet."]
     sentences = []
@@ -201,23 +202,24 @@ def verdict(analysis: Analysis) -> list[str]:
             "Each activation's learning rate was chosen on the validation split "
             f"(mean validation accuracy over the last {stats.SELECTION_LAST_EPOCHS} epochs): {chosen}."
         )
+    paragraphs = [" ".join(sentences)]
     for depth in analysis.depths:
-        sentences.extend(_depth_verdict(analysis, depth))
+        paragraphs.append(" ".join(_depth_verdict(analysis, depth)))
     if n < 2:
-        sentences.append(
+        paragraphs.append(
             "With a single seed no confidence interval or significance test can be given, so "
             "these differences may be seed noise; run with --seeds 3 or more, or add seeds "
             "later and merge the runs with `actlab report RUN_A RUN_B`."
         )
     diverged = analysis.results[analysis.results["diverged"]]
     if len(diverged):
-        sentences.append(
+        paragraphs.append(
             f"{len(diverged)} member{'s' if len(diverged) != 1 else ''} diverged and "
             f"{'were' if len(diverged) != 1 else 'was'} left out of the statistics: "
             + ", ".join(_member_text(row) for row in diverged.itertuples())
             + "."
         )
-    return sentences
+    return [p for p in paragraphs if p]
 
 
 def _depth_verdict(analysis: Analysis, depth: int | None) -> list[str]:
@@ -338,8 +340,11 @@ def member_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
     depth_column = any(_depth(d) is not None for d in results["depth"])
     header = (["depth"] if depth_column else []) + [
         "activation", "lr", "seed", "epochs", "final train loss", "final test loss",
-        "final test acc %", "best test acc %", "best epoch", "final val acc %", "time s", "status",
+        "final test acc %", "best test acc %", "best epoch", "final val acc %", "status",
     ]  # fmt: skip
+    has_val = results["final_val_acc"].notna().any()
+    if not has_val:
+        header.remove("final val acc %")
     rows = []
     ordered = results.assign(
         _d=results["depth"].map(lambda d: -1 if d is None or pd.isna(d) else d)
@@ -349,7 +354,7 @@ def member_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
         cells = [row.activation, lr_text(row.lr), str(row.seed), str(row.epochs),
                  num(row.final_train_loss), num(row.final_test_loss), pct(row.final_test_acc),
                  pct(row.best_test_acc), "–" if _missing(row.best_epoch) else f"{row.best_epoch:.0f}",
-                 pct(row.final_val_acc), f"{row.total_time_s:.1f}", status]  # fmt: skip
+                 *([pct(row.final_val_acc)] if has_val else []), status]  # fmt: skip
         rows.append(([str(_depth(row.depth))] if depth_column else []) + cells)
     return header, rows
 
@@ -610,7 +615,7 @@ def render_html(analysis: Analysis) -> str:
         f"<h1>{esc(title)}</h1>",
         f'<p class="subtitle">{esc(_subtitle(analysis))}<br>run: {esc(sources)}; created {esc(run.created)}</p>',
         '<h2 id="verdict">Verdict</h2>',
-        f'<div class="verdict"><p>{esc(" ".join(verdict(analysis)))}</p></div>',
+        '<div class="verdict">' + "".join(f"<p>{esc(p)}</p>" for p in verdict(analysis)) + "</div>",
     ]
     if run.problems:
         items = "".join(f"<li>{esc(p)}</li>" for p in run.problems)
@@ -639,7 +644,9 @@ def render_html(analysis: Analysis) -> str:
         parts += section_figures.get("differences", [])
         parts.append(html_table(*pair_rows(analysis), css_id="pairs-table"))
         parts.append('<p class="note">Difference = first − second, in percentage points of final test '
-                     "accuracy, paired by seed (members of one seed share initial weights and batch order).</p>")  # fmt: skip
+                     "accuracy, paired by seed (members of one seed share initial weights and batch order). "
+                     "Intervals are per pair; significance is judged on Holm-corrected p-values, so an "
+                     "interval may exclude 0 while the pair is not significant after correction.</p>")  # fmt: skip
     if analysis.sensitivity is not None:
         parts.append('<h2 id="lr">Learning-rate selection</h2>')
         rule = (
@@ -675,9 +682,11 @@ def render_html(analysis: Analysis) -> str:
                   for r in diverged.itertuples()]  # fmt: skip
         parts.append("</ul>")
     parts.append('<h2 id="timings">Timings</h2>')
-    parts.append(html_table(*timing_rows(analysis), css_id="timings-table"))
+    header, rows = timing_rows(analysis)
+    parts.append(html_table(header, rows, css_id="timings-table"))
+    total = sum(float(r[5]) for r in rows)
     parts.append(
-        '<p class="note">All members of a stacked model train together; an epoch time covers all of them.</p>'
+        f'<p class="note">Total training time {total:.1f} s. All members of a stacked model train together; an epoch time covers all of them.</p>'
     )
     parts.append('<h2 id="setup">Setup</h2><div class="grid"><div><h3>Configuration</h3>')
     parts.append(html_table(*config_rows(analysis)))
@@ -740,7 +749,7 @@ def render_markdown(analysis: Analysis) -> str:
     parts = [
         f"# actlab: activations on {config.dataset}\n",
         f"{_subtitle(analysis)}.\n",
-        " ".join(verdict(analysis)) + "\n",
+        "\n\n".join(verdict(analysis)) + "\n",
     ]
     if len(analysis.summary):
         parts += ["## Summary\n", markdown_table(*summary_rows(analysis)),

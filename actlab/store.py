@@ -216,7 +216,9 @@ def _check_same_study(config_path: Path, config: ExperimentConfig) -> None:
     mine["seeds"], theirs["seeds"] = config.seeds, existing.seeds
     differing = [name for name in mine if mine[name] != theirs.get(name)]
     if differing:
-        details = ", ".join(f"{name} {theirs.get(name)!r} vs {mine[name]!r}" for name in differing)
+        details = ", ".join(
+            f"{name} {theirs.get(name)!r} there, {mine[name]!r} asked" for name in differing
+        )
         raise RunDirError(
             f"{config_path.parent} holds a different study ({details}); "
             "choose another --out or repeat the original options"

@@ -312,6 +312,7 @@ def test_summary_matches_the_run_directory_contract(isolated):
 # --- other formats ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # importing scikit-learn takes seconds on a busy machine
 def test_digits_from_sklearn_with_fixed_split():
     pytest.importorskip("sklearn")
     a = load_dataset("digits")

@@ -13,6 +13,15 @@ from actlab.engine import DeviceData, Trainer, epoch_permutation, shuffle_genera
 N_TRAIN, N_TEST, CLASSES = 512, 128, 4
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls: one thread avoids OpenMP oversubscription on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_data(seed: int = 0) -> DeviceData:
     """Random 1x8x8 images whose class is the argmax of a fixed linear map (learnable)."""
     gen = torch.Generator().manual_seed(seed)
@@ -26,7 +35,14 @@ def make_data(seed: int = 0) -> DeviceData:
     x_test, y_test = split(N_TEST)
     empty = torch.zeros(0, 1, 8, 8)
     return DeviceData(
-        x_train, y_train, empty, torch.zeros(0, dtype=torch.long), x_test, y_test, CLASSES, (1, 8, 8)
+        x_train,
+        y_train,
+        empty,
+        torch.zeros(0, dtype=torch.long),
+        x_test,
+        y_test,
+        CLASSES,
+        (1, 8, 8),
     )
 
 

@@ -300,7 +300,11 @@ def test_cnn_matches_exported_members(shape):
     x, y = make_batch(2, 3, shape)
     check_against_plain(model, x, y)
     preacts: list = []
-    model(x, preactivations=preacts)
+    logits = model(x, preactivations=preacts)
+    for p in preacts:
+        p.retain_grad()
+    logits.sum().backward()
+    assert all(p.grad is not None for p in preacts)
     assert [tuple(p.shape) for p in preacts] == [
         (6, 3, 32, *shape[1:]),
         (6, 3, 64, shape[1] // 2, shape[2] // 2),

@@ -1,0 +1,199 @@
+"""`actlab.compare`: run a study from Python (notebooks) or from the CLI.
+
+    >>> import actlab
+    >>> df = actlab.compare(dataset="fashion-mnist", seeds=3, epochs=3)
+    >>> df.groupby("activation").test_acc.last()
+
+`run_study` is the one place where the engine meets the run directory: it trains depth
+after depth, appends each epoch's rows, checkpoints, and resumes from a checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from actlab import store
+from actlab.config import ExperimentConfig, members_for
+from actlab.engine import DeviceData, EpochResult, StepInfo, resolve_device, train
+
+
+@dataclass
+class StudyResult:
+    """What `run_study` did: the metrics rows (all epochs, resumed ones included)."""
+
+    metrics: pd.DataFrame
+    out: Path | None
+    already_complete: bool  # the run directory held a finished run: nothing was trained
+    resumed_from: tuple[int | None, int] | None  # (depth, epoch) of the checkpoint used
+
+    @property
+    def diverged(self) -> bool:
+        return bool((self.metrics["status"] == "diverged").any())
+
+
+def load_study_dataset(config: ExperimentConfig, *, progress: bool = False):
+    """The dataset a config asks for (see actlab.data.load_dataset)."""
+    from actlab.data import load_dataset
+
+    return load_dataset(
+        config.dataset,
+        data_dir=config.data_dir,
+        download=config.download,
+        val_size=config.val_size,
+        limit_train=config.limit_train,
+        limit_test=config.limit_test,
+        standardize=config.standardize,
+        progress=progress,
+    )
+
+
+def run_study(
+    config: ExperimentConfig,
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    dataset=None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+) -> StudyResult:
+    """Train every depth of `config`, writing the run directory `out` (if given).
+
+    Rerunning into the same `out` continues from its last complete epoch; rows written
+    after that checkpoint (a crash between the CSV append and the checkpoint) are dropped.
+    `on_start(steps_total, steps_done)` is called once before training (progress bars).
+    """
+    if dataset is None:
+        dataset = load_study_dataset(config)
+    device = resolve_device(config.device)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    writer = None
+    if out is not None:
+        writer = store.open_run_dir(
+            out,
+            config,
+            members=[
+                {
+                    "depth": m.depth,
+                    "index": m.index,
+                    "activation": m.activation,
+                    "seed": m.seed,
+                    "lr": m.lr,
+                    "label": m.label,
+                }
+                for depth in config.depth_list
+                for m in members_for(config, depth)
+            ],
+            dataset=dataset.summary(),
+            environment=store.describe_environment(str(device), torch.get_num_threads()),
+            resume=resume,
+        )
+    try:
+        return _train_depths(config, dataset, device, writer, on_step, on_epoch, on_start)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _train_depths(config, dataset, device, writer, on_step, on_epoch, on_start) -> StudyResult:
+    depths = config.depth_list
+    checkpoint = writer.checkpoint if writer is not None else None
+    done_index, done_epoch = (
+        (checkpoint["depth_index"], checkpoint["epoch"]) if checkpoint else (-1, config.epochs)
+    )
+    finished = done_index == len(depths) - 1 and done_epoch == config.epochs
+    resumed_from = (depths[done_index], done_epoch) if checkpoint else None
+    rows: list[dict] = []
+    if not finished:
+        steps_per_epoch = -(-dataset.train_size // config.batch_size)
+        total = steps_per_epoch * config.epochs * len(depths)
+        done = (
+            steps_per_epoch * (config.epochs * max(done_index, 0) + done_epoch) if checkpoint else 0
+        )
+        if on_start is not None:
+            on_start(total, done)
+        data = DeviceData.from_dataset(dataset, device)
+        for index, depth in enumerate(depths):
+            if index < done_index or (index == done_index and done_epoch == config.epochs):
+                continue
+            state = checkpoint["engine"] if checkpoint and index == done_index else None
+            for result in train(config, data, depth=depth, state=state, on_step=on_step):
+                if writer is not None:
+                    writer.append_rows(result.metrics, result.diagnostics)
+                    writer.save_checkpoint(
+                        {
+                            "depth_index": index,
+                            "depth": depth,
+                            "epoch": result.epoch,
+                            "engine": result.state,
+                        }
+                    )
+                rows += result.metrics
+                if on_epoch is not None:
+                    on_epoch(result)
+    if writer is not None:
+        metrics = store.read_run(writer.path).metrics
+    else:
+        metrics = pd.DataFrame(rows, columns=list(store.METRICS_COLUMNS))
+    out = writer.path if writer is not None else None
+    return StudyResult(metrics, out, finished, resumed_from)
+
+
+def compare(
+    config: ExperimentConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    quiet: bool = True,
+    dataset=None,
+    **options,
+) -> pd.DataFrame:
+    """Run a study and return its metrics rows (one per member per epoch) as a DataFrame.
+
+    Pass an ExperimentConfig, or its fields as keywords; conveniences: ``seeds=3`` means
+    seeds 0, 1, 2; ``lr=1e-3`` or ``lrs=[...]``; lists for tuples. `out` also writes (and
+    resumes) a run directory; `quiet=False` prints one line per member per epoch.
+    """
+    if config is None:
+        config = config_from_options(**options)
+    elif options:
+        config = config.replace(**_normalise(options))
+    on_epoch = None
+    if not quiet:
+        from actlab.cli import epoch_lines
+
+        def on_epoch(result: EpochResult) -> None:
+            for line in epoch_lines(result):
+                print(line)
+
+    result = run_study(config, out=out, resume=resume, dataset=dataset, on_epoch=on_epoch)
+    return result.metrics
+
+
+def config_from_options(**options) -> ExperimentConfig:
+    """An ExperimentConfig from keyword options, with the conveniences of `compare`."""
+    return ExperimentConfig.from_dict(_normalise(options))
+
+
+def _normalise(options: dict) -> dict:
+    values = dict(options)
+    if "lr" in values:
+        values["lrs"] = values.pop("lr")
+    if isinstance(values.get("seeds"), int):
+        values["seeds"] = tuple(range(values["seeds"]))
+    for name in ("lrs",):
+        if isinstance(values.get(name), int | float):
+            values[name] = (float(values[name]),)
+    for name in ("activations",):
+        if isinstance(values.get(name), str):
+            values[name] = (values[name],)
+    for name in ("hidden", "depths", "activations", "seeds", "lrs"):
+        if name in values and values[name] is not None:
+            values[name] = tuple(values[name])
+    return values
