@@ -137,12 +137,25 @@ def _train_depths(config, dataset, device, writer, on_step, on_epoch, on_start) 
                 rows += result.metrics
                 if on_epoch is not None:
                     on_epoch(result)
-    if writer is not None:
-        metrics = store.read_run(writer.path).metrics
-    else:
-        metrics = pd.DataFrame(rows, columns=list(store.METRICS_COLUMNS))
-    out = writer.path if writer is not None else None
-    return StudyResult(metrics, out, finished, resumed_from)
+    if writer is None:
+        return StudyResult(metrics_frame(rows), None, finished, resumed_from)
+    # Read back from the directory: it also holds the rows of epochs before a resume.
+    metrics = store.read_run(writer.path).metrics[list(store.METRICS_COLUMNS)]
+    return StudyResult(metrics, writer.path, finished, resumed_from)
+
+
+def metrics_frame(rows: list[dict]) -> pd.DataFrame:
+    """Metrics rows as a DataFrame typed as `store.read_run` gives them."""
+    frame = pd.DataFrame(rows, columns=list(store.METRICS_COLUMNS))
+    types = {"depth": "Int64", "member": "int64", "seed": "int64", "epoch": "int64"}
+    for name in store.METRICS_COLUMNS:
+        if name in types:
+            frame[name] = frame[name].astype(types[name])
+        elif name in ("activation", "status"):
+            frame[name] = frame[name].astype("string").fillna("").astype(object)
+        else:
+            frame[name] = pd.to_numeric(frame[name]).astype("float64")
+    return frame
 
 
 def compare(
@@ -151,14 +164,15 @@ def compare(
     out: str | Path | None = None,
     resume: bool = False,
     quiet: bool = True,
-    dataset=None,
+    data=None,
     **options,
 ) -> pd.DataFrame:
     """Run a study and return its metrics rows (one per member per epoch) as a DataFrame.
 
     Pass an ExperimentConfig, or its fields as keywords; conveniences: ``seeds=3`` means
     seeds 0, 1, 2; ``lr=1e-3`` or ``lrs=[...]``; lists for tuples. `out` also writes (and
-    resumes) a run directory; `quiet=False` prints one line per member per epoch.
+    resumes) a run directory; `quiet=False` prints one line per member per epoch; `data`
+    is an already loaded actlab.data.Dataset (else ``dataset=`` names the one to load).
     """
     if config is None:
         config = config_from_options(**options)
@@ -172,7 +186,7 @@ def compare(
             for line in epoch_lines(result):
                 print(line)
 
-    result = run_study(config, out=out, resume=resume, dataset=dataset, on_epoch=on_epoch)
+    result = run_study(config, out=out, resume=resume, dataset=data, on_epoch=on_epoch)
     return result.metrics
 
 

@@ -237,7 +237,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.close()
     if result.already_complete:
-        print(f"{out}: already complete ({config.epochs} epochs); rebuilding the report")
+        print(f"{out}: already complete ({config.epochs} epochs); nothing to train")
     print(summary_table(result.metrics, config))
     if not args.no_report:
         try:

@@ -106,7 +106,7 @@ def unit_fractions(
             unit_shape = preact.shape[2:3]  # (units,) or (C,)
             z = preact.detach()[index].float()  # (G, B, units) or (G, B, C, H, W)
             value, slope = _value_and_slope(activation, z.flatten(0, 1))
-            value, slope = value.view(z.shape), slope.abs_().view(z.shape)
+            value, slope = value.view(z.shape), slope.abs().view(z.shape)
             del z
             # Reduce over the values of each unit: samples (dim 1) and positions (dims 3+).
             values_of_unit = (1, *range(3, value.dim()))

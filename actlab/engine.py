@@ -195,6 +195,9 @@ class Trainer:
         self.epoch = 0
         self.diverged_epoch: list[int | None] = [None] * len(self.members)
         self.with_diagnostics = bool(config.diagnostics) and diagnostics_lib is not None
+        # On the CPU a host check of the losses is nearly free, so a diverging member is
+        # frozen before its step; on a GPU the check stays on the device (no sync per step).
+        self.check_on_host = self.device.type == "cpu"
         n = self.data.x_train.shape[0]
         probe = torch.randperm(n, generator=torch.Generator().manual_seed(PROBE_SEED))
         self.probe_index = probe[:PROBE_SIZE].to(self.device)
@@ -219,9 +222,7 @@ class Trainer:
             generator.set_state(saved)
         dropout = self.model.dropout_generators()
         for generator, saved in zip(dropout, state["dropout_generators"], strict=True):
-            generator.set_state(
-                saved.to(generator.device) if generator.device.type != "cpu" else saved
-            )
+            generator.set_state(saved.cpu())  # generator states are CPU byte tensors
         self.diverged_epoch = list(state["diverged_epoch"])
         self.epoch = int(state["epoch"])
 
@@ -289,7 +290,7 @@ class Trainer:
         n, batch = data.x_train.shape[0], self.config.batch_size
         steps = math.ceil(n / batch)
         device = self.device
-        on_cpu = device.type == "cpu"
+        on_host = self.check_on_host
         loss_limit = DIVERGED_LOSS_FACTOR * math.log(max(data.num_classes, 2))
         perms = torch.stack([epoch_permutation(g, n) for g in self.generators]).to(device)
         loss_sum = torch.zeros(K, device=device)
@@ -312,8 +313,7 @@ class Trainer:
             )
             losses = per_sample.view(K, b).mean(dim=1)
             finite = torch.isfinite(losses.detach()) & (losses.detach() <= loss_limit)
-            if on_cpu:
-                # On the CPU a host check is nearly free: freeze before the step is applied.
+            if on_host:
                 if not bool(finite.all()):
                     self._freeze_nonfinite(finite, alive)
             else:
@@ -324,11 +324,11 @@ class Trainer:
             total.backward()
             if weights:
                 grad_norm_sum += diagnostics_lib.layer_grad_norms(weights)
-            optimizer.step(None if on_cpu else alive)
+            optimizer.step(None if on_host else alive)
             with torch.no_grad():
                 loss_sum += torch.where(alive, losses.detach(), torch.zeros((), device=device))
                 correct += (logits.detach().argmax(dim=-1) == targets).sum(dim=1)
-            if not on_cpu and ((step + 1) % CUDA_SYNC_EVERY == 0 or step + 1 == steps):
+            if not on_host and ((step + 1) % CUDA_SYNC_EVERY == 0 or step + 1 == steps):
                 self._freeze_nonfinite(alive, alive)
             if on_step is not None:
                 on_step(

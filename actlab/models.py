@@ -265,18 +265,24 @@ class StackedModel(nn.Module):
 
     # -- hot path ----------------------------------------------------------------------
 
-    def _activate(self, layer: int, z: Tensor, dim: int, units_first: bool = False) -> Tensor:
+    def _activate(
+        self, layer: int, z: Tensor, dim: int, member_perm: tuple[int, ...] | None = None
+    ) -> Tensor:
         """Apply each member's activation to `z`, whose dims dim..dim+2 are (S, A, L)
         (any strides). Returns a contiguous tensor of the same shape.
 
-        `units_first`: a member's slice is (units, B) (the MLP's feature-major layout);
-        learnable and dim-taking activations then see it as the plain (B, units)."""
+        `member_perm` permutes one member's slice into the plain module's layout ((B, units)
+        or (B, C, H, W)), for learnable and dim-taking activations (e.g. a per-channel
+        PReLU or softmax(dim=-1)); elementwise ones need no permutation."""
+        inverse = None if member_perm is None else tuple(_argsort(member_perm))
         parts = z.unbind(dim + 1)
         outs = []
         for info, group, part in zip(self.infos, self.acts[layer], parts, strict=True):
             if not info.learnable:
-                if units_first and not info.elementwise:
-                    outs.append(group(part.transpose(-1, -2)).transpose(-1, -2))
+                if member_perm is not None and not info.elementwise:
+                    perm = tuple(range(dim + 2)) + tuple(dim + 2 + i for i in member_perm)
+                    inv = tuple(range(dim + 2)) + tuple(dim + 2 + i for i in inverse)
+                    outs.append(group(part.permute(perm)).permute(inv))
                 else:
                     outs.append(group(part))
                 continue
@@ -284,8 +290,11 @@ class StackedModel(nn.Module):
             member_parts = [
                 part.select(dim, s).select(dim, lr) for s in range(S) for lr in range(L)
             ]
-            if units_first:
-                member_outs = [module(p.T).T for module, p in zip(group, member_parts, strict=True)]
+            if member_perm is not None:
+                member_outs = [
+                    module(p.permute(member_perm)).permute(inverse)
+                    for module, p in zip(group, member_parts, strict=True)
+                ]
             else:
                 member_outs = [module(p) for module, p in zip(group, member_parts, strict=True)]
             outs.append(torch.stack(member_outs, dim).unflatten(dim, (S, L)))
@@ -328,7 +337,7 @@ class StackedModel(nn.Module):
             z_t = pre.transpose(1, 2)
         K, units, B = z_t.shape
         S, A, L = self.grid.shape
-        h_t = self._activate(layer, z_t.view(S, A, L, units, B), 0, units_first=True)
+        h_t = self._activate(layer, z_t.view(S, A, L, units, B), 0, member_perm=(1, 0))
         return self._dropout(h_t.view(K, units, B))
 
     def _logits(self, h_t: Tensor) -> Tensor:
@@ -398,9 +407,11 @@ class StackedCNN(StackedModel):
     -> Flatten -> Linear(hidden[0]) -> act [-> Dropout] -> Linear`` to logits (the Keras
     MNIST-convnet shape; dropout only after the dense hidden layer).
 
-    Stacked with grouped convolutions on a ``(B, K*C, H, W)`` layout: conv 1 has S groups
-    (members of a seed share the input), conv 2 has K groups. Input 1x28x28 (MNIST
-    family) or 3x32x32 (CIFAR-10), or any size divisible by 4."""
+    Stacked with grouped convolutions on a ``(B, K*C, H, W)`` channels-last layout (CPU
+    max-pooling is several times faster channels-last, and the activation groups are then
+    slices of the innermost dim): conv 1 has S groups (members of a seed share the input),
+    conv 2 has K groups. Input 1x28x28 (MNIST family) or 3x32x32 (CIFAR-10); any size
+    >= 4x4 (pooling floors odd sides, as ``nn.MaxPool2d`` does)."""
 
     CHANNELS = (32, 64)
 
@@ -426,27 +437,33 @@ class StackedCNN(StackedModel):
     def _conv_block(
         self, layer: int, h: Tensor, groups: int, preactivations: list | None
     ) -> Tensor:
-        """(B, groups*Cin, H, W) -> conv, activation, 2x2 max pool -> (B, K*Cout, H/2, W/2)."""
+        """(B, groups*Cin, H, W) -> conv, activation, 2x2 max pool -> (B, K*Cout, H/2, W/2),
+        all channels-last."""
         weight, bias = self.weights[layer], self.biases[layer]
         K, out_channels = weight.shape[:2]
         y = F.conv2d(h, weight.flatten(0, 1), bias.flatten(), padding=1, groups=groups)
         B, _, H, W = y.shape
+        y = y.permute(0, 2, 3, 1).contiguous()  # (B, H, W, K*Cout): a view when channels-last
         if preactivations is not None:
-            pre = y.view(B, K, out_channels, H, W).transpose(0, 1)
+            pre = y.view(B, H, W, K, out_channels).permute(3, 0, 4, 1, 2)  # (K, B, C, H, W)
             preactivations.append(pre)
-            y = pre.transpose(0, 1)
+            y = pre.permute(1, 3, 4, 0, 2)
         S, A, L = self.grid.shape
-        h = self._activate(layer, y.view(B, S, A, L, out_channels, H, W), 1)
-        return F.max_pool2d(h.view(B, K * out_channels, H, W), 2)
+        z = y.reshape(B, H, W, S, A, L, out_channels)
+        h = self._activate(layer, z, 3, member_perm=(0, 3, 1, 2))
+        h = h.view(B, H, W, K * out_channels).permute(0, 3, 1, 2)  # NCHW, channels-last
+        return F.max_pool2d(h, 2)
 
     def forward(self, x: Tensor, *, preactivations: list | None = None) -> Tensor:
         """x: (S, B, C, H, W) or (1, B, C, H, W). Returns logits (K, B, num_classes)."""
         Sx = self._check_input(x)
         _, B, C, H, W = x.shape
-        h = x.transpose(0, 1).reshape(B, Sx * C, H, W)
+        h = x.permute(1, 3, 4, 0, 2).reshape(B, H, W, Sx * C).permute(0, 3, 1, 2)
         h = self._conv_block(0, h, Sx, preactivations)
         h = self._conv_block(1, h, self.num_members, preactivations)
-        h_t = h.view(B, self.num_members, -1).permute(1, 2, 0)  # feature-major (K, F, B)
+        # Flatten each member's (C, H, W) as nn.Flatten does, feature-major (K, F, B).
+        K, (_, c2, hp, wp) = self.num_members, (B, *h.shape[1:])
+        h_t = h.reshape(B, K, (c2 // K) * hp * wp).permute(1, 2, 0)
         h_t = self._hidden(2, self._dense(2, h_t), preactivations)
         return self._logits(h_t)
 
@@ -467,6 +484,10 @@ class StackedCNN(StackedModel):
             layers.append(nn.Dropout(self.dropout))
         layers.append(nn.Linear(hidden, classes))
         return nn.Sequential(*layers)
+
+
+def _argsort(perm: Sequence[int]) -> list[int]:
+    return sorted(range(len(perm)), key=lambda i: perm[i])
 
 
 def _init_stack(

@@ -605,6 +605,7 @@ def render_html(analysis: Analysis) -> str:
     run = analysis.run
     config = run.config
     esc = html.escape
+    figures = charts(analysis)  # first: a skipped chart adds to run.problems
     title = f"actlab: activations on {config.dataset}"
     sources = ", ".join(str(p) for p in run.paths)
     parts = [
@@ -622,7 +623,6 @@ def render_html(analysis: Analysis) -> str:
         parts.append(
             f'<div class="problems"><b>Problems found while reading the run:</b><ul>{items}</ul></div>'
         )
-    figures = charts(analysis)
     section_figures = {}
     for section, caption, fig in figures:
         section_figures.setdefault(section, []).append(_figure_html(caption, fig))

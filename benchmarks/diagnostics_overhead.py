@@ -2,14 +2,14 @@
 
 1. Study level (needs actlab.engine and the dataset): train the same short study
    (4 activations, MLP 784-128-128-10, batch 64) with ``diagnostics=True`` and ``False``,
-   interleaved ``--repeats`` times; prints the best and median wall time of each and the
+   interleaved ``--repeats`` times after one warm-up of each; prints the best and median wall time of each and the
    ratio with/without (the budget is <= ~1.10).
 2. Step level (always): one stacked forward+backward step of the same MLP against
    ``layer_grad_norms`` (called on every step), and ``unit_fractions`` + ``preact_moments``
    on a 512-sample probe (called once per epoch).
 
 Usage: python benchmarks/diagnostics_overhead.py [--dataset fashion-mnist]
-       [--limit-train 20000] [--epochs 1] [--repeats 3] [--threads N]
+       [--limit-train N] [--epochs 1] [--repeats 3] [--threads N]
 The best time of each is the one to compare on a shared machine (others' load only adds).
 """
 
@@ -41,13 +41,15 @@ def study_level(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.dataset, limit_train=args.limit_train, progress=False)
     base = ExperimentConfig(dataset=args.dataset, activations=ACTIVATIONS, epochs=args.epochs)
     times: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(args.repeats):
-        for with_diagnostics in (True, False):
+    for repeat in range(-1, args.repeats):  # repeat -1 is a warm-up, not counted
+        order = (True, False) if repeat % 2 == 0 else (False, True)  # alternate who goes first
+        for with_diagnostics in order:
             config = base.replace(diagnostics=with_diagnostics)
             start = time.perf_counter()
             for _result in train(config, dataset):
                 pass
-            times[with_diagnostics].append(time.perf_counter() - start)
+            if repeat >= 0:
+                times[with_diagnostics].append(time.perf_counter() - start)
     on, off = times[True], times[False]
     print(
         f"study: {args.dataset}, {len(dataset.y_train)} train samples, {args.epochs} epoch(s), "
@@ -120,7 +122,7 @@ def best_time(function, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion-mnist")
-    parser.add_argument("--limit-train", type=int, default=20000)
+    parser.add_argument("--limit-train", type=int, default=None, help="default: all 60000")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=200)

@@ -352,3 +352,28 @@ def test_findings_on_a_real_stacked_mlp():
     # A deep bias-free ReLU net has some dead units already at init (Lu et al. 2019);
     # whatever is said about them is about relu only.
     assert all(s.startswith(("sigmoid:", "relu:")) for s in sentences)
+
+
+def test_findings_exploding_gradient():
+    rows = [
+        {"activation": "selu", "seed": 0, "epoch": 1, "layer": layer, "grad_norm": norm}
+        | {"dead_frac": 0.0, "saturated_frac": 0.0}
+        for layer, norm in ((1, 50.0), (2, 1.0))
+    ]
+    assert findings(diagnostics_frame(rows)) == [
+        "selu: layer-1 gradient is 50x layer-2's at epoch 1 (exploding gradients)"
+    ]
+
+
+def test_every_elementwise_catalog_activation_is_diagnosable():
+    from actlab import catalog
+
+    entries = [entry for entry in catalog.list_activations() if entry.elementwise]
+    modules = [catalog.get(entry.example) for entry in entries]
+    generator = torch.Generator().manual_seed(3)
+    preacts = [torch.randn(len(modules), 64, 16, generator=generator) * 4]
+    dead, saturated = unit_fractions(preacts, modules)
+    assert dead.shape == saturated.shape == (len(modules), 1)
+    assert ((dead >= 0) & (dead <= 1) & (saturated >= 0) & (saturated <= 1)).all()
+    for entry, module in zip(entries, modules, strict=True):
+        assert 0 < max_slope(module) < 10, entry.name

@@ -186,6 +186,20 @@ def test_learnable_activations_match_plain(activation):
     check_against_plain(model, x, y)
 
 
+def test_per_unit_prelu_sees_the_plain_layout():
+    # num_parameters = units: a slope per hidden unit, so a (units, B) / (B, units) mix-up
+    # would fail the shape check or the comparison.
+    config = ExperimentConfig(hidden=(8, 8), activations=("prelu(num_parameters=8)", "relu"))
+    model, _ = build(config)
+    with torch.no_grad():
+        for p, owner in model.parameter_members():
+            if owner is not None:
+                assert p.shape == (8,)
+                p.copy_(torch.linspace(-0.5, 0.5, 8))
+    x, y = make_batch(1, 5, (1, 6, 6))
+    check_against_plain(model, x, y)
+
+
 def test_parameter_members_lists_every_parameter_once():
     config = ExperimentConfig(hidden=(7, 6), activations=("prelu", "tanh"), seeds=(0,))
     model, _ = build(config)

@@ -105,7 +105,7 @@ def test_mlp_with_dropout_trains_like_plain_modules():
     config = ExperimentConfig(
         hidden=(24, 16),
         dropout=0.2,
-        activations=("relu", "tanh", "prelu"),
+        activations=("tanh", "prelu"),
         seeds=(0, 1),
         lrs=(1e-3, 3e-3),
     )
@@ -118,7 +118,7 @@ def test_cnn_trains_like_plain_modules():
         model="cnn",
         hidden=(16,),
         dropout=0.2,
-        activations=("relu", "swish_beta", "tanh"),
+        activations=("relu", "swish_beta"),
         seeds=(0, 1),
     )
     assert_same_training(*train_both(config, (1, 8, 8)))

@@ -105,3 +105,15 @@ def test_state_dict_round_trip_continues_identically():
         return weight.detach().clone()
 
     assert torch.equal(run(False), run(True))
+
+
+def test_on_device_alive_mask_skips_members_for_one_step():
+    weight, bias, slope = make_params()
+    opt = StackedOptimizer([(weight, None), (bias, None), (slope, 1)], LRS, kind="adam")
+    before = weight.detach().clone()
+    for p in (weight, bias, slope):
+        p.grad = torch.ones_like(p)
+    weight.grad[2] = float("nan")
+    opt.step(alive=torch.tensor([True, True, False]))
+    assert torch.equal(weight[2], before[2]) and not torch.equal(weight[0], before[0])
+    assert torch.isfinite(opt.exp_avg[0]).all()
