@@ -78,6 +78,9 @@ def gain_for(name: str, params: dict | None = None) -> float:
     relu: sqrt(2); leaky_relu(negative_slope=a): sqrt(2 / (1 + a^2)); tanh: 5/3;
     sigmoid, linear, identity: 1; selu: 3/4. Every other activation (gelu, silu, elu,
     prelu, expr:..., ...) has no gain in torch and gets 1.
+
+    Note torch's selu gain (3/4) is not the self-normalising init: for SELU as in
+    Klambauer et al. 2017 use ``lecun`` without ``init_gain`` (std 1/sqrt(fan_in)).
     """
     nonlinearity = _GAIN_NONLINEARITIES.get(name)
     if nonlinearity is None:

@@ -11,7 +11,7 @@ every weight gradient is contiguous: no transpose copies in the backward pass):
   as ``(S, M*H, D)`` (a free view of the ``(K, H, D)`` weight, ``M = K/S``); for an input
   shared by every seed (evaluation) it is one ``(K*H, D) @ (D, B)`` GEMM.
 - Later layers are ``torch.baddbmm(b, W, h^T)`` over the K members.
-- Each non-learnable activation runs once per layer on its group's ``(S, L, B, H)``
+- Each non-learnable activation runs once per layer on its group's ``(S, L, H, B)``
   slice (a strided view: no permutation copy); a learnable one (PReLU, swish_beta) is one
   module per member on its own slice. The group outputs are stacked back into ``(K, H, B)``.
 - Dropout: inverted (kept units scaled by ``1/(1-p)``), one mask per member drawn from one
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from actlab import catalog
 from actlab import init as initlib
 from actlab.config import ExperimentConfig, Member
 from actlab.errors import ConfigError
@@ -59,8 +60,6 @@ def activation_info(spec: str, *, allow_last_dim: bool = True) -> ActivationInfo
 
     Non-elementwise activations are refused, except softmax-like ones over the last dim
     (``softmax(dim=-1)`` over the hidden units) when `allow_last_dim` (the MLP)."""
-    from actlab import catalog
-
     activation, params = catalog.resolve(spec)
     params = dict(params or {})
     if not getattr(activation, "elementwise", True):
@@ -171,8 +170,6 @@ class StackedModel(nn.Module):
 
         # acts[layer][a]: one module for a non-learnable group, a ModuleList of S*L modules
         # (member order within the group) for a learnable one.
-        from actlab import catalog
-
         S, _, L = self.grid.shape
         self.acts = nn.ModuleList()
         for _ in range(self.num_hidden):
@@ -227,16 +224,14 @@ class StackedModel(nn.Module):
 
     def _apply(self, fn, recurse=True):
         # Dropout generators follow the model's device (CUDA masks need a CUDA generator).
+        # A move re-seeds them: build on the device first, then restore a checkpoint.
         result = super()._apply(fn, recurse)
         device = self.weights[0].device
         if self._generators and self._generators[0].device != device:
-            moved = []
-            for seed, old in zip(self.grid.seeds, self._generators, strict=True):
-                generator = torch.Generator(device=device).manual_seed(seed + DROPOUT_SEED_OFFSET)
-                if old.device == device:
-                    generator.set_state(old.get_state())
-                moved.append(generator)
-            self._generators = moved
+            self._generators = [
+                torch.Generator(device=device).manual_seed(seed + DROPOUT_SEED_OFFSET)
+                for seed in self.grid.seeds
+            ]
         return result
 
     # -- members -----------------------------------------------------------------------
@@ -256,8 +251,6 @@ class StackedModel(nn.Module):
         return out
 
     def _plain_activation(self, k: int, layer: int) -> nn.Module:
-        from actlab import catalog
-
         a = self._group_of(k)
         if self.infos[a].learnable:
             return copy.deepcopy(self._member_modules(k)[layer])
@@ -307,11 +300,11 @@ class StackedModel(nn.Module):
         generator (off in eval mode)."""
         if self.dropout == 0 or not self.training:
             return h_t
-        K, units, B = h_t.shape
-        return h_t * self._dropout_mask((K, units, B), h_t.dtype, h_t.device).transpose(1, 2)
+        return h_t * self._dropout_mask(h_t.shape, h_t.dtype, h_t.device).transpose(1, 2)
 
     def _dropout_mask(self, shape: tuple[int, ...], dtype: torch.dtype, device) -> Tensor:
-        """A (K, B, units) mask (a view of a `shape` tensor) of 0 and 1/(1-p)."""
+        """A (K, B, units) mask of 0 and 1/(1-p), drawn as `shape` = (K, units, B) (the
+        feature-major layout) and returned transposed: member k's mask is ``mask[k]``."""
         keep = 1.0 - self.dropout
         mask = torch.empty(shape, dtype=dtype, device=device)
         per_seed = self.num_members // self.num_seeds

@@ -85,6 +85,12 @@ class StackedOptimizer:
         elif self.momentum != 0.0:
             self.momentum_buffer = [torch.zeros_like(p) for p in self.params]
         self._any_frozen = False
+        # torch's fused Adam kernel (one pass over p, g, m, v) is about twice as fast as the
+        # foreach ops on CPU. It takes one scalar lr, so it writes the unit-lr update into a
+        # buffer and the per-member lr is applied by one broadcast multiply-add.
+        self.fused = kind in ("adam", "adamw") and hasattr(torch, "_fused_adam_")
+        self._updates = [torch.zeros_like(p) for p in self.params] if self.fused else []
+        self._step = torch.zeros((), dtype=torch.float32, device=device)
 
     # --- per-member views --------------------------------------------------------------
 
@@ -149,6 +155,26 @@ class StackedOptimizer:
         if self.weight_decay != 0.0 and self.kind == "adamw":
             # Decoupled decay: p *= 1 - lr * wd, per member.
             torch._foreach_mul_(params, self._member_views(1.0 - lrs * self.weight_decay))
+        if self.fused:
+            self._step.fill_(self.step_count)
+            torch._foreach_zero_(self._updates)
+            torch._fused_adam_(
+                self._updates,
+                grads,
+                self.exp_avg,
+                self.exp_avg_sq,
+                [],
+                [self._step] * len(params),
+                lr=1.0,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=0.0,
+                eps=self.eps,
+                amsgrad=False,
+                maximize=False,
+            )
+            torch._foreach_addcmul_(params, self._updates, self._member_views(lrs))
+            return
         torch._foreach_lerp_(self.exp_avg, grads, 1.0 - beta1)
         torch._foreach_mul_(self.exp_avg_sq, beta2)
         torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, value=1.0 - beta2)

@@ -142,10 +142,11 @@ def open_run_dir(
 ) -> RunWriter:
     """Create or reopen a run directory for writing and lock it.
 
-    A fresh directory gets config.json and the CSV headers. An existing one must hold the
-    same study (`study_key` and seeds), else RunDirError names the differing keys; its CSV
-    rows beyond the checkpoint (a crash between the append and the checkpoint) are dropped.
-    `resume=True` insists that there is a run to continue.
+    A fresh directory (or one whose run never completed an epoch) gets config.json and the
+    CSV headers. One with results must hold the same study (`study_key` and seeds), else
+    RunDirError names the differing keys; its CSV rows beyond the checkpoint (a crash
+    between the append and the checkpoint) are dropped. `resume=True` insists that there is
+    a run to continue.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -154,16 +155,21 @@ def open_run_dir(
     lock_file = _lock(path)
     try:
         config_path = path / CONFIG_FILE
-        if config_path.is_file():
+        if config_path.is_file() and (resume or _has_progress(path)):
             _check_same_study(config_path, config)
             checkpoint = _load_checkpoint(path)
             _truncate_to_checkpoint(path, config, checkpoint)
+            if config.diagnostics and not (path / DIAGNOSTICS_FILE).exists():
+                _write_atomic(path / DIAGNOSTICS_FILE, ",".join(DIAGNOSTICS_COLUMNS) + "\n")
         else:
+            # A new run; a directory whose run never completed an epoch is simply replaced.
             if resume:
                 raise RunDirError(
                     f"nothing to resume in {path} (no {CONFIG_FILE}); drop --resume to start a new run"
                 )
-            if (path / METRICS_FILE).exists() or (path / CHECKPOINT_FILE).exists():
+            if not config_path.is_file() and (
+                (path / METRICS_FILE).exists() or (path / CHECKPOINT_FILE).exists()
+            ):
                 raise RunDirError(
                     f"{path} holds run files but no {CONFIG_FILE}; remove them or choose another --out"
                 )
@@ -178,12 +184,26 @@ def open_run_dir(
             }
             _write_atomic(config_path, json.dumps(document, indent=2) + "\n")
             _write_atomic(path / METRICS_FILE, ",".join(METRICS_COLUMNS) + "\n")
-        if config.diagnostics and not (path / DIAGNOSTICS_FILE).exists():
-            _write_atomic(path / DIAGNOSTICS_FILE, ",".join(DIAGNOSTICS_COLUMNS) + "\n")
+            if config.diagnostics:
+                _write_atomic(path / DIAGNOSTICS_FILE, ",".join(DIAGNOSTICS_COLUMNS) + "\n")
+            elif (path / DIAGNOSTICS_FILE).exists():
+                (path / DIAGNOSTICS_FILE).unlink()
     except BaseException:
         lock_file.close()
         raise
     return RunWriter(path, lock_file, checkpoint)
+
+
+def _has_progress(path: Path) -> bool:
+    """Whether a run directory holds any result: a checkpoint or a metrics row."""
+    if (path / CHECKPOINT_FILE).exists():
+        return True
+    try:
+        with open(path / METRICS_FILE, encoding="utf-8") as handle:
+            handle.readline()
+            return bool(handle.readline())
+    except FileNotFoundError:
+        return False
 
 
 def _lock(path: Path) -> IO[str]:

@@ -57,9 +57,12 @@ def study_level(args: argparse.Namespace) -> None:
     )
     print(f"  with diagnostics:    best {min(on):.2f} s, median {statistics.median(on):.2f} s")
     print(f"  without diagnostics: best {min(off):.2f} s, median {statistics.median(off):.2f} s")
+    paired = [a / b for a, b in zip(on, off, strict=True)]  # neighbours share the load
     print(
         f"  ratio with/without: best {min(on) / min(off):.3f}, "
-        f"median {statistics.median(on) / statistics.median(off):.3f}"
+        f"median {statistics.median(on) / statistics.median(off):.3f}, "
+        f"median of paired runs {statistics.median(paired):.3f} "
+        f"({', '.join(f'{r:.2f}' for r in paired)})"
     )
 
 

@@ -1,13 +1,16 @@
 """Forward+backward step time of the stacked model vs K plain nn.Sequential models.
 
 Measures, in the same process and on the same random data, one training step's forward
-and backward (no optimizer) of the MLP 784-128-128-10 at batch 64 for K members:
+and backward of the MLP 784-128-128-10 (or the CNN) at batch 64 for K members:
 
 - plain: K ``nn.Sequential`` models (``export_member(k)``), one after another, each
-  ``zero_grad``, ``cross_entropy(model(x), y).backward()``;
-- stacked: ``build_model`` once, ``sum_k mean CE_k`` backward.
+  ``zero_grad``, ``cross_entropy(model(x), y).backward()`` (with ``--adam``: and a
+  ``torch.optim.Adam`` step each);
+- stacked: ``build_model`` once, ``sum_k mean CE_k`` backward (with ``--adam``: and one
+  ``actlab.optim.StackedOptimizer`` step).
 
 Usage: python benchmarks/stacked_step.py [--members 4,12,24,48] [--steps 200] [--model mlp]
+       [--adam] [--threads N]
 Prints, per K: ms per step for both, the ratio, and ms per member.
 """
 
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 
 from actlab.config import ExperimentConfig, members_for
 from actlab.models import build_model
+from actlab.optim import StackedOptimizer
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu")
 # K -> (lrs, seeds): 4 activations x lrs x seeds
@@ -41,18 +45,21 @@ def config_for(members: int, model: str, batch: int) -> ExperimentConfig:
     )
 
 
+CLOCK = time.perf_counter
+
+
 def time_steps(step, steps: int) -> float:
     for _ in range(max(3, steps // 10)):  # warm-up
         step()
-    start = time.perf_counter()
+    start = CLOCK()
     for _ in range(steps):
         step()
-    return (time.perf_counter() - start) / steps
+    return (CLOCK() - start) / steps
 
 
-def bench(members: int, model_name: str, steps: int, batch: int) -> tuple[float, float]:
+def bench(members: int, model_name: str, steps: int, batch: int, adam: bool) -> tuple[float, float]:
     config = config_for(members, model_name, batch)
-    shape = (1, 28, 28) if model_name == "mlp" else (1, 28, 28)
+    shape = (1, 28, 28)
     member_list = members_for(config)
     model = build_model(config, member_list, shape, 10)
     S, K = model.num_seeds, model.num_members
@@ -61,12 +68,16 @@ def bench(members: int, model_name: str, steps: int, batch: int) -> tuple[float,
     y = torch.randint(0, 10, (S, batch), generator=g)
     y_members = y.repeat_interleave(K // S, dim=0).reshape(-1)
     plains = [model.export_member(k) for k in range(K)]
+    plain_optimizers = [torch.optim.Adam(p.parameters(), lr=1e-4) for p in plains]
+    stacked_optimizer = StackedOptimizer(model.parameter_members(), [1e-4] * K)
 
     def plain_step():
-        for k, plain in enumerate(plains):
+        for k, (plain, optimizer) in enumerate(zip(plains, plain_optimizers, strict=True)):
             plain.zero_grad(set_to_none=True)
             s = k // (K // S)
             F.cross_entropy(plain(x[s]), y[s]).backward()
+            if adam:
+                optimizer.step()
 
     def stacked_step():
         for p in model.parameters():
@@ -74,6 +85,8 @@ def bench(members: int, model_name: str, steps: int, batch: int) -> tuple[float,
         logits = model(x)
         loss = F.cross_entropy(logits.reshape(K * batch, -1), y_members, reduction="sum") / batch
         loss.backward()
+        if adam:
+            stacked_optimizer.step()
 
     # Alternate to share the machine's noise fairly; keep the best of 3 rounds.
     plain_s, stacked_s = [], []
@@ -90,17 +103,28 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--model", default="mlp", choices=("mlp", "cnn"))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--adam", action="store_true", help="include the optimizer step")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=("wall", "cpu"),
+        help="cpu: this process's CPU time, robust on a shared machine (use with --threads 1)",
+    )
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"threads {torch.get_num_threads()}, model {args.model}, batch {args.batch}, "
-        f"best of 3 x {args.steps} steps (forward+backward, no optimizer)"
+        f"threads {torch.get_num_threads()}, {args.clock} clock, model {args.model}, "
+        f"batch {args.batch}, "
+        f"best of 3 x {args.steps} steps "
+        f"(forward+backward{' + Adam step' if args.adam else ', no optimizer'})"
     )
     print(f"{'K':>4} {'plain ms':>10} {'stacked ms':>11} {'ratio':>7} {'stacked ms/member':>18}")
     for members in (int(m) for m in args.members.split(",")):
-        plain, stacked = bench(members, args.model, args.steps, args.batch)
+        plain, stacked = bench(members, args.model, args.steps, args.batch, args.adam)
         print(
             f"{members:>4} {plain * 1e3:>10.2f} {stacked * 1e3:>11.2f} "
             f"{plain / stacked:>6.2f}x {stacked * 1e3 / members:>18.3f}"

@@ -97,6 +97,7 @@ ORACLE_CASES = {
     "adam-two-lrs": {"lrs": (1e-3, 1e-2)},
     "adam-learnable-prelu": {"activations": ("relu", "prelu", "tanh")},
     "adam-with-diagnostics": {"diagnostics": True},
+    "adam-cnn": {"model": "cnn", "hidden": (8,), "activations": ("relu", "tanh"), "seeds": (0,)},
 }
 
 

@@ -16,6 +16,16 @@ from actlab.optim import StackedOptimizer, zero_grad
 STEPS = 50
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP spin-waits on a shared 2-core machine (the
+    results do not depend on it beyond float tolerance)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class MaskSlot(nn.Module):
     """Inverted dropout whose mask (already scaled by 1/(1-p)) is set before each step."""
 
@@ -100,7 +110,6 @@ def assert_same_training(model, plains, stacked_losses, plain_losses):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_mlp_with_dropout_trains_like_plain_modules():
     config = ExperimentConfig(
         hidden=(24, 16),
@@ -112,7 +121,6 @@ def test_mlp_with_dropout_trains_like_plain_modules():
     assert_same_training(*train_both(config, (1, 6, 6)))
 
 
-@pytest.mark.slow
 def test_cnn_trains_like_plain_modules():
     config = ExperimentConfig(
         model="cnn",

@@ -26,9 +26,10 @@ def torch_optimizer(kind: str, params, lr: float, weight_decay: float):
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
-@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd", "adam-foreach", "adamw-foreach"])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 def test_matches_torch_optim_per_member(kind, weight_decay):
+    kind, _, path = kind.partition("-")
     weight, bias, slope = make_params()
     plain = [
         [
@@ -43,6 +44,8 @@ def test_matches_torch_optim_per_member(kind, weight_decay):
     stacked = StackedOptimizer(
         [(weight, None), (bias, None), (slope, 1)], LRS, kind=kind, weight_decay=weight_decay
     )
+    if path == "foreach":  # the fallback without torch's fused Adam kernel
+        stacked.fused = False
     gen = torch.Generator().manual_seed(1)
     for _ in range(25):
         gw, gb, gs = (torch.randn(p.shape, generator=gen) for p in (weight, bias, slope))

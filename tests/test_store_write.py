@@ -119,8 +119,9 @@ def test_a_second_writer_is_refused_with_one_line(tmp_path):
 
 def test_a_different_study_is_refused_naming_the_keys(tmp_path):
     run = tmp_path / "run"
-    with open_dir(run):
-        pass
+    with open_dir(run) as writer:
+        writer.append_rows(rows(1))
+        writer.save_checkpoint({"depth_index": 0, "epoch": 1, "engine": {}})
     with pytest.raises(RunDirError, match=r"hidden .*epochs 3 there, 5 asked"):
         open_dir(run, CONFIG.replace(epochs=5, hidden=(64,)))
     with pytest.raises(RunDirError, match="seeds"):
@@ -136,3 +137,13 @@ def test_resume_needs_an_existing_run(tmp_path):
     file.write_text("x")
     with pytest.raises(RunDirError, match="is a file"):
         open_dir(file)
+
+
+def test_a_run_that_never_completed_an_epoch_is_replaced(tmp_path):
+    run = tmp_path / "run"
+    with open_dir(run):
+        pass  # e.g. the model refused the config before the first epoch
+    with open_dir(run, CONFIG.replace(epochs=5, diagnostics=False)) as writer:
+        assert writer.checkpoint is None
+    assert store.read_run(run).config.epochs == 5
+    assert not (run / store.DIAGNOSTICS_FILE).exists()
