@@ -4,7 +4,7 @@ Time: ``torch.utils.benchmark.Timer`` (the fastest of many short blocks) of the 
 ``f(x)`` and of forward+backward ``torch.autograd.grad(f(x), x, g)``, on a tensor of
 ``size`` elements shaped (size / 1024, 1024) (a batch of 1024-wide layers), with torch's
 current number of threads (``OMP_NUM_THREADS`` sets it). Reported in ns per element and as a ratio to ReLU (``nn.ReLU``, timed at
-the start and the end of the same run; the fastest of those and of a "relu" row counts).
+the start and the end of the same run; the median of those and of a "relu" row counts).
 
 Bandwidth: an elementwise forward reads x and writes y (2 tensors); forward+backward also
 reads the upstream gradient and a saved tensor and writes the input gradient (5 tensors in
@@ -12,7 +12,8 @@ all, a lower bound: some backward formulas read both x and y). Achieved GB/s is 
 traffic over the time, shown next to the GB/s of a plain copy ``y.copy_(x)`` of the same
 size timed in the same run. An op near the copy's GB/s is memory-bound (its arithmetic is
 free); one far below it is compute-bound. Only for tensors of at least 4 MiB, bigger than a
-core's L2 cache (below that, both numbers measure caches and call overheads).
+core's L2 cache (below that, both numbers measure caches and call overheads); an activation
+that returns its input unchanged (``linear``) moves no bytes and is marked ``no-op``.
 
 Memory, in multiples of the tensor's size, for one step that stands for a layer: ``h =
 x.clone()`` (the layer output that feeds the activation), ``y = f(h)``, ``del h``, then
@@ -33,6 +34,8 @@ and, where the catalog says the activation supports it, with ``inplace=True``.
 from __future__ import annotations
 
 import math
+import os
+import statistics
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -47,7 +50,10 @@ from torch.utils._pytree import tree_flatten
 
 from actlab.errors import ConfigError
 
-DEFAULT_SIZE = 1 << 22  # 4M elements: 16 MiB in float32, past the L2 caches
+# 4M elements, 16 MiB in float32: past the L2 caches, but x and y together may still sit
+# in a server's L3 (32 MiB on the dev box), so "copy GB/s" is then partly cache bandwidth.
+# From 32 MiB up, glibc maps every new tensor fresh and page faults dominate every op.
+DEFAULT_SIZE = 1 << 22
 MIN_RUN_TIME = 0.1  # seconds per timing; the whole catalog runs in well under a minute
 BANDWIDTH_MIN_BYTES = 4 << 20  # report GB/s only for tensors of at least 4 MiB
 MEMORY_BOUND = 0.5  # at least half the copy's GB/s: memory-bound
@@ -113,23 +119,16 @@ def run_bench(
         row |= {"threads": torch.get_num_threads(), "tensor_bytes": tensor_bytes}
         row |= {"copy_gbps": copy_gbps}
         try:
-            module = module.to(device=device, dtype=torch_dtype)
-            fwd, fwdbwd = _times(module, x, grad_out, min_run_time)
-            row |= {"fwd_ns": fwd * 1e9 / x.numel(), "fwdbwd_ns": fwdbwd * 1e9 / x.numel()}
-            if isinstance(module, nn.ReLU) and not module.inplace:
-                relu_times.append((fwd, fwdbwd))
-            if tensor_bytes >= BANDWIDTH_MIN_BYTES:
-                row["fwd_gbps"] = 2 * tensor_bytes / fwd / 1e9
-                row["fwdbwd_gbps"] = 5 * tensor_bytes / fwdbwd / 1e9
-                memory_bound = row["fwd_gbps"] >= MEMORY_BOUND * copy_gbps
-                row["bound"] = "memory" if memory_bound else "compute"
-            fwd_peak, kept, peak = measure_memory(module, x, grad_out)
-            row |= {"fwd_peak_bytes": fwd_peak, "kept_bytes": kept, "peak_bytes": peak}
+            row |= _measure(
+                module.to(device=device, dtype=torch_dtype), x, grad_out, row, min_run_time
+            )
         except RuntimeError as error:  # e.g. an op without a bfloat16 kernel
             row["error"] = str(error).splitlines()[0]
-            rows.append(row)
-            continue
-        if inplace_module is not None:
+        if row["error"] is None and isinstance(module, nn.ReLU) and not module.inplace:
+            relu_times.append(
+                (row["fwd_ns"] * 1e-9 * x.numel(), row["fwdbwd_ns"] * 1e-9 * x.numel())
+            )
+        if row["error"] is None and inplace_module is not None:
             inplace_module = inplace_module.to(device=device, dtype=torch_dtype)
             try:
                 fwd_peak, kept, peak = measure_memory(inplace_module, x, grad_out)
@@ -139,11 +138,11 @@ def run_bench(
             except RuntimeError as error:  # inplace that autograd refuses
                 row["error"] = f"inplace: {str(error).splitlines()[0]}"
         rows.append(row)
-    # The ReLU reference: the fastest of its timings at the start, at the end and in a
+    # The ReLU reference: the median of its timings at the start, at the end and in a
     # "relu" row, so that the ratios do not hang on one disturbed measurement.
     relu_times.append(_times(nn.ReLU(), x, grad_out, min_run_time))
-    relu_fwd = min(fwd for fwd, _ in relu_times)
-    relu_fwdbwd = min(fwdbwd for _, fwdbwd in relu_times)
+    relu_fwd = statistics.median(fwd for fwd, _ in relu_times)
+    relu_fwdbwd = statistics.median(fwdbwd for _, fwdbwd in relu_times)
     for row in rows:
         if row["fwd_ns"] is not None:
             row["fwd_vs_relu"] = row["fwd_ns"] * 1e-9 * x.numel() / relu_fwd
@@ -151,9 +150,33 @@ def run_bench(
     return rows
 
 
+def _measure(
+    module: nn.Module, x: Tensor, grad_out: Tensor, row: dict, min_run_time: float
+) -> dict:
+    """Times, bandwidth and memory of one activation (the columns it fills in a row)."""
+    fwd, fwdbwd = _times(module, x, grad_out, min_run_time)
+    out = {"fwd_ns": fwd * 1e9 / x.numel(), "fwdbwd_ns": fwdbwd * 1e9 / x.numel()}
+    with torch.no_grad():
+        no_op = module(x).data_ptr() == x.data_ptr()  # e.g. linear returns x itself
+    tensor_bytes = row["tensor_bytes"]
+    if no_op:
+        out["bound"] = "no-op"
+    elif tensor_bytes >= BANDWIDTH_MIN_BYTES:
+        out["fwd_gbps"] = 2 * tensor_bytes / fwd / 1e9
+        out["fwdbwd_gbps"] = 5 * tensor_bytes / fwdbwd / 1e9
+        memory_bound = out["fwd_gbps"] >= MEMORY_BOUND * row["copy_gbps"]
+        out["bound"] = "memory" if memory_bound else "compute"
+    fwd_peak, kept, peak = measure_memory(module, x, grad_out)
+    return out | {"fwd_peak_bytes": fwd_peak, "kept_bytes": kept, "peak_bytes": peak}
+
+
 def _activation_pair(catalog, spec: str) -> tuple[nn.Module, nn.Module | None]:
     """The module for ``spec`` and, when the entry supports it, its inplace variant."""
-    entry, _ = catalog.resolve(spec)
+    entry, params = catalog.resolve(spec)
+    if params.get("inplace"):
+        raise ConfigError(
+            f"bench measures the inplace variant itself; drop inplace=True from {spec!r}"
+        )
     module = catalog.get(spec)
     inplace_module = catalog.get(spec, inplace=True) if entry.inplace else None
     return module, inplace_module
@@ -301,8 +324,16 @@ def describe_run(rows: Sequence[dict], seconds: float) -> str:
     return (
         f"{len(rows)} activations, {first['size']} {first['dtype']} elements ({size_mib:.1f} MiB) "
         f"on {first['device']} with {first['threads']} threads, torch {torch.__version__}; "
-        f"copy {first['copy_gbps']:.1f} GB/s; {seconds:.1f} s"
+        f"copy {first['copy_gbps']:.1f} GB/s; {seconds:.1f} s; {_load()}"
     )
+
+
+def _load() -> str:
+    """The 1-minute load average: other processes on a shared machine inflate every time."""
+    try:
+        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    except OSError:  # not available on this platform
+        return "load average unknown"
 
 
 def check_output(path: str | Path) -> Path:

@@ -225,7 +225,8 @@ def findings(diagnostics: pd.DataFrame, metrics: pd.DataFrame | None = None) -> 
 
     Per activation (and per depth and lr when the study has several):
 
-    - gradient flow, epoch 1: ``r = grad_norm(layer 1) / grad_norm(last layer)``; stated
+    - gradient flow, epoch 1: ``r = grad_norm(layer 1) / grad_norm(last layer)``; listed
+      for all activations (smallest first) when there are several, and stated on its own
       when r < 0.1 (vanishing) or r > 10 (exploding);
     - dead units, last epoch: the hidden layer with the largest dead fraction, stated when
       it is >= 5%, next to the activation with the fewest dead units on that layer;
@@ -248,7 +249,9 @@ _STUDY = ["depth", "activation", "lr"]
 
 
 def _seed_means(diagnostics: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds per (depth, activation, lr, epoch, layer), with a `name` column."""
+    """Mean over seeds per (depth, activation, lr, epoch, layer), with a `name` column
+    (the activation, qualified by depth and lr when the study has several) and a `study`
+    column (those qualifiers alone)."""
     frame = diagnostics.copy()
     for column in _STUDY:
         if column not in frame:
@@ -261,24 +264,27 @@ def _seed_means(diagnostics: pd.DataFrame) -> pd.DataFrame:
     several_depths = means["depth"].nunique() > 1
     several_lrs = means["lr"].nunique() > 1
 
-    def name(row: pd.Series) -> str:
+    def study(row: pd.Series) -> str:
         qualifiers = []
         if several_depths:
             qualifiers.append(f"depth {int(row['depth'])}")
         if several_lrs:
             qualifiers.append(f"lr={row['lr']:g}")
-        suffix = f" ({', '.join(qualifiers)})" if qualifiers else ""
-        return f"{row['activation']}{suffix}"
+        return ", ".join(qualifiers)
 
-    means["name"] = means.apply(name, axis=1)
+    means["study"] = means.apply(study, axis=1) if len(means) else ""
+    means["name"] = [
+        f"{activation} ({study})" if study else activation
+        for activation, study in zip(means["activation"], means["study"], strict=True)
+    ]
     return means
 
 
 def _gradient_findings(frame: pd.DataFrame) -> list[str]:
-    sentences = []
     column = "grad_norm" if frame.get("grad_norm", pd.Series()).notna().any() else "probe_grad_norm"
     if column not in frame:
-        return sentences
+        return []
+    flagged, ratios = [], {}  # ratios: study -> [(ratio, activation)], for the summary
     for name, rows in frame.groupby("name", sort=False):
         first = rows[rows["epoch"] == rows["epoch"].min()].dropna(subset=[column])
         if first["layer"].nunique() < 2:
@@ -288,18 +294,30 @@ def _gradient_findings(frame: pd.DataFrame) -> list[str]:
         if not norms[last_layer] > 0:
             continue
         ratio = norms[first_layer] / norms[last_layer]
+        epoch = int(first["epoch"].iloc[0])
+        key = (first["study"].iloc[0], first_layer, last_layer, epoch)
+        ratios.setdefault(key, []).append((ratio, first["activation"].iloc[0]))
         label = None
         if ratio < VANISHING_RATIO:
             label = "vanishing gradients"
         elif ratio > EXPLODING_RATIO:
             label = "exploding gradients"
         if label:
-            epoch = int(first["epoch"].iloc[0])
-            sentences.append(
+            flagged.append(
                 f"{name}: layer-{first_layer} gradient is {_times(ratio)} "
                 f"layer-{last_layer}'s at epoch {epoch} ({label})"
             )
-    return sentences
+    summaries = []
+    for (study, first_layer, last_layer, epoch), values in ratios.items():
+        if len(values) < 2:
+            continue
+        listed = ", ".join(f"{activation} {_times(ratio)}" for ratio, activation in sorted(values))
+        prefix = f"{study}: " if study else ""
+        summaries.append(
+            f"{prefix}layer-{first_layer} / layer-{last_layer} gradient norm at epoch {epoch}: "
+            f"{listed}"
+        )
+    return summaries + flagged
 
 
 def _dead_findings(frame: pd.DataFrame) -> list[str]:

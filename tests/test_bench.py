@@ -105,6 +105,22 @@ def test_bench_refuses_bad_input():
         run_bench(["rleu"], SIZE)
     with pytest.raises(ActlabError, match="--size"):
         run_bench(["relu"], 0)
+    with pytest.raises(ActlabError, match="drop inplace=True"):
+        run_bench(["relu(inplace=True)"], SIZE)
+
+
+def test_an_op_that_fails_is_a_row_with_its_error():
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("no kernel for this dtype\nsecond line")
+
+    catalog.register("broken_for_bench", module=Broken, overwrite=True)
+    try:
+        (row,) = run_bench(["broken_for_bench"], SIZE, min_run_time=0.01)
+    finally:
+        catalog.unregister("broken_for_bench")
+    assert row["error"] == "no kernel for this dtype" and row["fwd_ns"] is None
+    assert "error: no kernel for this dtype" in format_table([row])
 
 
 @pytest.mark.slow

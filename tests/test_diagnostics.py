@@ -245,7 +245,8 @@ def test_findings_vanishing_gradient_sentence_averages_seeds():
                 )
     sentences = findings(diagnostics_frame(rows))
     assert sentences == [
-        "sigmoid: layer-1 gradient is 0.03x layer-3's at epoch 1 (vanishing gradients)"
+        "layer-1 / layer-3 gradient norm at epoch 1: sigmoid 0.03x, relu 0.5x",
+        "sigmoid: layer-1 gradient is 0.03x layer-3's at epoch 1 (vanishing gradients)",
     ]
 
 
@@ -273,7 +274,11 @@ def test_findings_dead_and_saturated_sentences():
     assert "relu: 12% of layer-2 units are dead at epoch 10; leaky_relu: 0%" in sentences
     assert "tanh: 35% of layer-1 units saturated at epoch 1" in sentences
     assert not any(sentence.startswith("leaky_relu") for sentence in sentences)
-    assert len(sentences) == 2  # relu's 15% saturation is under the 20% threshold
+    assert (
+        sentences[0]
+        == "layer-1 / layer-2 gradient norm at epoch 1: leaky_relu 1x, relu 1x, tanh 1x"
+    )
+    assert len(sentences) == 3  # relu's 15% saturation is under the 20% threshold
 
 
 def test_findings_qualify_depths_and_report_divergence():
@@ -345,13 +350,14 @@ def test_findings_on_a_real_stacked_mlp():
                 }
             )
     sentences = findings(diagnostics_frame(rows))
-    gradient = [sentence for sentence in sentences if "gradient" in sentence]
+    gradient = [sentence for sentence in sentences if "gradient is" in sentence]
     assert len(gradient) == 1
     assert gradient[0].startswith("sigmoid: layer-1 gradient is ")
     assert gradient[0].endswith("layer-11's at epoch 1 (vanishing gradients)")
     # A deep bias-free ReLU net has some dead units already at init (Lu et al. 2019);
     # whatever is said about them is about relu only.
-    assert all(s.startswith(("sigmoid:", "relu:")) for s in sentences)
+    assert sentences[0].startswith("layer-1 / layer-11 gradient norm at epoch 1: sigmoid ")
+    assert all(s.startswith(("sigmoid:", "relu:")) for s in sentences[1:])
 
 
 def test_findings_exploding_gradient():
