@@ -1,9 +1,9 @@
 """actlab: the activation-function laboratory for PyTorch.
 
-    >>> import actlab
-    >>> act = actlab.get("leaky_relu(negative_slope=0.2)")     # an nn.Module
-    >>> fn = actlab.get_fn("expr:x * sigmoid(1.702 * x)")       # a callable
-    >>> df = actlab.compare(dataset="fashion-mnist", epochs=1)  # a pandas DataFrame
+>>> import actlab
+>>> act = actlab.get("leaky_relu(negative_slope=0.2)")     # an nn.Module
+>>> fn = actlab.get_fn("expr:x * sigmoid(1.702 * x)")       # a callable
+>>> df = actlab.compare(dataset="fashion-mnist", epochs=1)  # a pandas DataFrame
 """
 
 from __future__ import annotations

@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         "List datasets: where each was found (or how to get it), sizes, checksum status.",
         "  actlab datasets\n  actlab datasets --data-dir ~/data\n",
     )
-    p.add_argument("--data-dir", default=None, help="look here first (then $ACTLAB_DATA, ~/.cache/actlab, system folders)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="look here first (then $ACTLAB_DATA, ~/.cache/actlab, system folders)",
+    )
     p.set_defaults(handler=cmd_datasets)
 
     # --- experiment ----------------------------------------------------------------------
@@ -112,27 +116,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", help="activation specs (default: the whole catalog)")
     p.add_argument("--size", type=int, default=None, help="elements per tensor")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "float64"))
+    p.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16", "float16", "float64")
+    )
     p.add_argument("-o", "--output", default="bench.csv", help="CSV file to write")
     p.set_defaults(handler=cmd_bench)
     return parser
 
 
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist, kmnist, digits, cifar10, npz:PATH, idx:DIR")
+    p.add_argument(
+        "--dataset",
+        default="mnist",
+        help="mnist, fashion-mnist, kmnist, digits, cifar10, npz:PATH, idx:DIR",
+    )
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--no-download", action="store_true", help="never download; fail if the files are not found")
-    p.add_argument("--val-size", type=int, default=0, help="hold out this many train samples for validation")
-    p.add_argument("--limit-train", type=int, default=None, help="use only the first N train samples (quick runs)")
+    p.add_argument(
+        "--no-download", action="store_true", help="never download; fail if the files are not found"
+    )
+    p.add_argument(
+        "--val-size", type=int, default=0, help="hold out this many train samples for validation"
+    )
+    p.add_argument(
+        "--limit-train",
+        type=int,
+        default=None,
+        help="use only the first N train samples (quick runs)",
+    )
     p.add_argument("--limit-test", type=int, default=None)
-    p.add_argument("--standardize", action="store_true", help="standardise inputs with train mean/std (default: x/255)")
+    p.add_argument(
+        "--standardize",
+        action="store_true",
+        help="standardise inputs with train mean/std (default: x/255)",
+    )
     p.add_argument("--model", default="mlp", choices=("mlp", "cnn"))
     p.add_argument("--hidden", default="128,128", help="hidden widths, e.g. 128,128")
-    p.add_argument("--depths", default=None, help="depth study, e.g. 2,4,8,16 (width = first --hidden)")
+    p.add_argument(
+        "--depths", default=None, help="depth study, e.g. 2,4,8,16 (width = first --hidden)"
+    )
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--init", default="pytorch", choices=("pytorch", "glorot", "kaiming", "lecun"))
-    p.add_argument("--init-gain", action="store_true", help="scale init by the activation's recommended gain")
-    p.add_argument("--activations", default="relu,sigmoid,tanh,leaky_relu", help="comma-separated catalog specs")
+    p.add_argument(
+        "--init-gain", action="store_true", help="scale init by the activation's recommended gain"
+    )
+    p.add_argument(
+        "--activations",
+        default="relu,sigmoid,tanh,leaky_relu",
+        help="comma-separated catalog specs",
+    )
     p.add_argument("--seeds", default="1", help="a count N (seeds 0..N-1) or a list like 0,1,7")
     p.add_argument("--lr", default="1e-3", help="one lr or a list, e.g. 1e-4,3e-4,1e-3")
     p.add_argument("--select", default="final", choices=("final", "val"))
@@ -143,9 +174,17 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-diagnostics", action="store_true", help="skip gradient/dead-unit/saturation diagnostics")
+    p.add_argument(
+        "--no-diagnostics",
+        action="store_true",
+        help="skip gradient/dead-unit/saturation diagnostics",
+    )
     p.add_argument("--out", default=None, help="run directory (default runs/compare-<dataset>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete epoch")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last complete epoch",
+    )
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 

@@ -135,20 +135,39 @@ def validate(config: ExperimentConfig) -> None:
         if not condition:
             raise ConfigError(message)
 
-    need(config.optimizer in OPTIMIZERS, f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    need(
+        config.optimizer in OPTIMIZERS,
+        f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
+    )
     need(config.init in INITS, f"unknown init {config.init!r}; choose one of {', '.join(INITS)}")
-    need(config.model in MODELS, f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
-    need(config.select in SELECTIONS, f"unknown selection {config.select!r}; choose one of {', '.join(SELECTIONS)}")
+    need(
+        config.model in MODELS, f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}"
+    )
+    need(
+        config.select in SELECTIONS,
+        f"unknown selection {config.select!r}; choose one of {', '.join(SELECTIONS)}",
+    )
     need(len(config.activations) > 0, "no activations given; e.g. --activations relu,tanh")
-    need(len(set(config.activations)) == len(config.activations), f"duplicate activations in {list(config.activations)}")
+    need(
+        len(set(config.activations)) == len(config.activations),
+        f"duplicate activations in {list(config.activations)}",
+    )
     need(len(config.seeds) > 0, "no seeds given; e.g. --seeds 3")
     need(len(set(config.seeds)) == len(config.seeds), f"duplicate seeds in {list(config.seeds)}")
-    need(len(config.lrs) > 0 and all(lr > 0 for lr in config.lrs), f"learning rates must be positive, got {list(config.lrs)}")
+    need(
+        len(config.lrs) > 0 and all(lr > 0 for lr in config.lrs),
+        f"learning rates must be positive, got {list(config.lrs)}",
+    )
     need(len(set(config.lrs)) == len(config.lrs), f"duplicate learning rates in {list(config.lrs)}")
     need(config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}")
     need(config.batch_size >= 1, f"--batch-size must be at least 1, got {config.batch_size}")
-    need(all(h >= 1 for h in config.hidden) and len(config.hidden) >= 1, f"--hidden must be positive widths, got {list(config.hidden)}")
-    need(all(d >= 1 for d in config.depths), f"--depths must be positive, got {list(config.depths)}")
+    need(
+        all(h >= 1 for h in config.hidden) and len(config.hidden) >= 1,
+        f"--hidden must be positive widths, got {list(config.hidden)}",
+    )
+    need(
+        all(d >= 1 for d in config.depths), f"--depths must be positive, got {list(config.depths)}"
+    )
     need(0.0 <= config.dropout < 1.0, f"--dropout must be in [0, 1), got {config.dropout}")
     need(config.weight_decay >= 0, f"--weight-decay must be >= 0, got {config.weight_decay}")
     need(config.val_size >= 0, f"--val-size must be >= 0, got {config.val_size}")
