@@ -155,6 +155,12 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         "--depths", default=None, help="depth study, e.g. 2,4,8,16 (width = first --hidden)"
     )
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument(
+        "--output-activation",
+        default=None,
+        help="refused unless 'linear': the model outputs logits for cross-entropy "
+        "(a softmax here would be a double softmax)",
+    )
     p.add_argument("--init", default="pytorch", choices=("pytorch", "glorot", "kaiming", "lecun"))
     p.add_argument(
         "--init-gain", action="store_true", help="scale init by the activation's recommended gain"
@@ -244,6 +250,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         hidden=parse_ints(args.hidden, "--hidden"),
         depths=parse_ints(args.depths, "--depths") if args.depths else (),
         dropout=args.dropout,
+        output_activation=args.output_activation,
         init=args.init,
         init_gain=args.init_gain,
         activations=split_specs(args.activations),

@@ -39,6 +39,8 @@ class ExperimentConfig:
     hidden: tuple[int, ...] = (128, 128)
     depths: tuple[int, ...] = ()
     dropout: float = 0.0
+    # Refused unless empty/"linear": the model always outputs logits for CrossEntropyLoss.
+    output_activation: str | None = None
     init: str = "pytorch"  # PyTorch's default nn.Linear init; Keras uses glorot
     init_gain: bool = False  # scale init by torch.nn.init.calculate_gain(activation)
 
@@ -128,6 +130,26 @@ def members_for(config: ExperimentConfig, depth: int | None = None) -> list[Memb
     return members
 
 
+def check_output_activation(spec: str | None) -> None:
+    """Refuse an output activation: the model always gives logits for CrossEntropyLoss.
+
+    ``softmax`` (or ``log_softmax``) before ``nn.CrossEntropyLoss`` is a double softmax,
+    a common mistake when porting a Keras model (``Dense(10, activation="softmax")`` with
+    ``categorical_crossentropy``): CrossEntropyLoss applies log-softmax itself."""
+    if spec is None or spec.strip().lower() in ("", "none", "linear", "identity", "logits"):
+        return
+    if "softmax" in spec.lower():
+        raise ConfigError(
+            f"output activation {spec!r} with cross-entropy is a double softmax "
+            "(CrossEntropyLoss applies log-softmax to the logits itself); drop the output "
+            "activation: the model always outputs logits"
+        )
+    raise ConfigError(
+        f"output activation {spec!r} is not supported: the output layer gives logits for "
+        "CrossEntropyLoss; drop the output activation"
+    )
+
+
 def validate(config: ExperimentConfig) -> None:
     """Refuse configurations that cannot run, with one line that says how to fix them."""
 
@@ -170,6 +192,7 @@ def validate(config: ExperimentConfig) -> None:
     )
     need(0.0 <= config.dropout < 1.0, f"--dropout must be in [0, 1), got {config.dropout}")
     need(config.weight_decay >= 0, f"--weight-decay must be >= 0, got {config.weight_decay}")
+    check_output_activation(config.output_activation)
     need(config.val_size >= 0, f"--val-size must be >= 0, got {config.val_size}")
     need(
         config.select != "val" or config.val_size > 0,

@@ -82,26 +82,6 @@ def activation_info(spec: str, *, allow_last_dim: bool = True) -> ActivationInfo
     )
 
 
-def check_output_activation(spec: str | None) -> None:
-    """Refuse an output activation: the model always gives logits for CrossEntropyLoss.
-
-    ``softmax`` (or ``log_softmax``) before ``nn.CrossEntropyLoss`` is a double softmax,
-    a common mistake when porting a Keras model (``Dense(10, activation="softmax")`` with
-    ``categorical_crossentropy``): CrossEntropyLoss applies log-softmax itself."""
-    if spec is None or spec.strip().lower() in ("", "none", "linear", "identity", "logits"):
-        return
-    if "softmax" in spec.lower():
-        raise ConfigError(
-            f"output activation {spec!r} with cross-entropy is a double softmax "
-            "(CrossEntropyLoss applies log-softmax to the logits itself); drop the output "
-            "activation: the model always outputs logits"
-        )
-    raise ConfigError(
-        f"output activation {spec!r} is not supported: the output layer gives logits for "
-        "CrossEntropyLoss; drop the output activation"
-    )
-
-
 # --- member layout ----------------------------------------------------------------------
 
 

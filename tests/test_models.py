@@ -15,7 +15,8 @@ from torch import nn
 
 from actlab.config import ExperimentConfig, members_for
 from actlab.errors import ConfigError
-from actlab.models import build_model, check_output_activation
+from actlab.config import check_output_activation
+from actlab.models import build_model
 
 ATOL = 1e-5
 
@@ -453,3 +454,12 @@ def test_init_gain_scales_each_member_by_its_activation_gain(init):
             torch.testing.assert_close(model.weights[layer][k], gain * draws[layer])
     for k in range(5):  # the output layer gives logits: gain 1
         torch.testing.assert_close(model.weights[2][k], draws[2])
+
+
+def test_cli_refuses_softmax_output_with_one_line(capsys):
+    from actlab.cli import EXIT_USER_ERROR, main
+
+    code = main(["compare", "--output-activation", "softmax", "--out", "/nonexistent/never"])
+    err = capsys.readouterr().err.strip()
+    assert code == EXIT_USER_ERROR
+    assert err.count("\n") == 0 and "double softmax" in err
