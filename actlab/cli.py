@@ -135,7 +135,11 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         "--no-download", action="store_true", help="never download; fail if the files are not found"
     )
     p.add_argument(
-        "--val-size", type=int, default=0, help="hold out this many train samples for validation"
+        "--val-size",
+        type=float,
+        default=None,
+        help="hold out this many train samples (or this fraction, e.g. 0.1) for validation; "
+        "default 0.1 with --select val, else none",
     )
     p.add_argument(
         "--limit-train",
@@ -172,7 +176,13 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seeds", default="1", help="a count N (seeds 0..N-1) or a list like 0,1,7")
     p.add_argument("--lr", default="1e-3", help="one lr or a list, e.g. 1e-4,3e-4,1e-3")
-    p.add_argument("--select", default="final", choices=("final", "val"))
+    p.add_argument(
+        "--select",
+        default="auto",
+        choices=("auto", "final", "val"),
+        help="val: choose each activation's lr on the validation split (never the test set); "
+        "auto (default): val when several --lr are given, else final",
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
@@ -285,6 +295,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if result.already_complete:
         print(f"{out}: already complete ({config.epochs} epochs); nothing to train")
     print(summary_table(result.metrics, config))
+    if config.select == "val" and len(config.lrs) > 1:
+        print(selection_line(result.metrics))
     if not args.no_report:
         try:
             from actlab.report import write_report
@@ -403,6 +415,20 @@ def epoch_lines(result) -> list[str]:
             parts.append(f"test acc {100 * row['test_acc']:.2f}%")
         lines.append("  ".join(parts))
     return lines
+
+
+def selection_line(metrics) -> str:
+    """Each activation's lr as chosen on the validation split (see stats.select_lr)."""
+    import pandas as pd
+
+    from actlab import stats
+
+    chosen = stats.select_lr(stats.member_results(metrics))
+    parts = []
+    for row in chosen.itertuples():
+        depth = "" if pd.isna(row.depth) else f"depth {int(row.depth)} "
+        parts.append(f"{depth}{row.activation} lr={row.lr:g} (val acc {100 * row.score:.2f}%)")
+    return "lr chosen on the validation split: " + ", ".join(parts)
 
 
 def summary_table(metrics, config) -> str:

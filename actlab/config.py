@@ -16,7 +16,7 @@ from actlab.errors import ConfigError
 OPTIMIZERS = ("adam", "adamw", "sgd")
 INITS = ("pytorch", "glorot", "kaiming", "lecun")
 MODELS = ("mlp", "cnn")
-SELECTIONS = ("final", "val")
+SELECTIONS = ("auto", "final", "val")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class ExperimentConfig:
     dataset: str = "mnist"
     data_dir: str | None = None
     download: bool = True
-    val_size: int = 0
+    # A count, or a fraction in (0, 1) of train; None: 0.1 when selecting on validation, else 0.
+    val_size: float | None = None
     limit_train: int | None = None
     limit_test: int | None = None
     standardize: bool = False  # default scaling is x/255, as torchvision's ToTensor does
@@ -55,7 +56,10 @@ class ExperimentConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.9  # SGD only
-    select: str = "final"  # "val": pick each activation's lr on the validation split
+    # "val": each activation's lr is chosen on the validation split, test results reported
+    # at that lr; "final": every (activation, lr) is reported as it is; "auto": "val" when
+    # several lrs are given (a fair comparison tunes the lr per activation), else "final".
+    select: str = "auto"
 
     # Execution. These do not change the numbers on CPU (except threads, in the last bits
     # of float reductions), so they are excluded from `study_key`.
@@ -64,6 +68,13 @@ class ExperimentConfig:
     diagnostics: bool = True
 
     def __post_init__(self) -> None:
+        # Resolve the automatic choices, so config.json records what actually ran.
+        if self.select == "auto":
+            object.__setattr__(self, "select", "val" if len(self.lrs) > 1 else "final")
+        if self.val_size is None:
+            object.__setattr__(self, "val_size", 0.1 if self.select == "val" else 0)
+        elif self.val_size >= 1 and float(self.val_size).is_integer():
+            object.__setattr__(self, "val_size", int(self.val_size))  # a count
         validate(self)
 
     def replace(self, **changes: object) -> ExperimentConfig:
@@ -193,7 +204,10 @@ def validate(config: ExperimentConfig) -> None:
     need(0.0 <= config.dropout < 1.0, f"--dropout must be in [0, 1), got {config.dropout}")
     need(config.weight_decay >= 0, f"--weight-decay must be >= 0, got {config.weight_decay}")
     check_output_activation(config.output_activation)
-    need(config.val_size >= 0, f"--val-size must be >= 0, got {config.val_size}")
+    need(
+        config.val_size >= 0 and (config.val_size < 1 or float(config.val_size).is_integer()),
+        f"--val-size must be a count or a fraction in (0, 1) of train, got {config.val_size}",
+    )
     need(
         config.select != "val" or config.val_size > 0,
         "--select val needs a validation split; add e.g. --val-size 5000 (the test split is never used for selection)",

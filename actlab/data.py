@@ -198,7 +198,7 @@ def load_dataset(
     *,
     data_dir: str | None = None,
     download: bool = True,
-    val_size: int = 0,
+    val_size: float = 0,
     limit_train: int | None = None,
     limit_test: int | None = None,
     standardize: bool = False,
@@ -745,8 +745,14 @@ def _make_dataset(
     name, splits: _Splits, num_classes, input_shape, val_size, limit_train, limit_test, standardize
 ) -> Dataset:
     n_train = len(splits.y_train)
+    if isinstance(val_size, float) and 0 < val_size < 1:  # a fraction of the train split
+        val_size = max(1, round(val_size * n_train))
+    elif isinstance(val_size, float) and val_size.is_integer():
+        val_size = int(val_size)
     if not isinstance(val_size, int) or val_size < 0:
-        raise DataError(f"--val-size must be a non-negative integer, got {val_size!r}")
+        raise DataError(
+            f"--val-size must be a count or a fraction in (0, 1) of train, got {val_size!r}"
+        )
     if val_size >= n_train:
         raise DataError(
             f"--val-size {val_size} leaves no training data: {name} has {n_train} train samples"

@@ -255,6 +255,15 @@ def test_val_split_is_fixed_disjoint_and_independent_of_torch_seed(isolated):
     assert torch.equal(a.x_test, full.x_test)
 
 
+def test_val_size_may_be_a_fraction_of_train(isolated):
+    make_idx_folder(isolated / "d", gz=False)
+    name = f"idx:{isolated / 'd'}"
+    by_fraction = load_dataset(name, val_size=0.1)
+    by_count = load_dataset(name, val_size=round(0.1 * N_TRAIN))
+    assert torch.equal(by_fraction.x_val, by_count.x_val)
+    assert torch.equal(by_fraction.x_train, by_count.x_train)
+
+
 def test_limits_take_prefixes_after_the_val_split(isolated):
     make_idx_folder(isolated / "d", gz=False)
     name = f"idx:{isolated / 'd'}"

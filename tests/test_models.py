@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actlab.config import ExperimentConfig, members_for
+from actlab.config import ExperimentConfig, check_output_activation, members_for
 from actlab.errors import ConfigError
-from actlab.config import check_output_activation
 from actlab.models import build_model
 
 ATOL = 1e-5
