@@ -372,7 +372,11 @@ class CompareProgress:
 
         if done:
             tqdm.write(f"resuming: {done}/{total} steps already done", file=sys.stdout)
-        self.bar = tqdm(total=total, initial=done, unit="step", file=sys.stderr, leave=False)
+        # disable=None: a bar on a terminal; none when stderr is a log file (CI), where the
+        # per-epoch lines on stdout already say how far the study is.
+        self.bar = tqdm(
+            total=total, initial=done, unit="step", file=sys.stderr, leave=False, disable=None
+        )
 
     def step(self, info) -> None:
         key = (info.depth, info.epoch)
