@@ -302,23 +302,35 @@ class Trainer:
         model.train()
         if not any(self.alive):
             return loss_sum, correct, grad_norm_sum, steps
+        all_alive = on_host and all(self.alive)
+        zero = torch.zeros((), device=device)
+        S, sample_shape = perms.shape[0], data.x_train.shape[1:]
         for step in range(steps):
             index = perms[:, step * batch : (step + 1) * batch]  # (S, b)
-            inputs = data.x_train[index]  # (S, b, C, H, W)
-            targets = data.y_train[index].repeat_interleave(per_seed, dim=0)  # (K, b)
             b = index.shape[1]
+            # index_select on the flat index is several times faster than x[index] on the
+            # CPU (advanced indexing goes through a generic gather).
+            flat_index = index.reshape(S * b)
+            inputs = data.x_train.index_select(0, flat_index).view(S, b, *sample_shape)
+            targets = data.y_train.index_select(0, flat_index).view(S, 1, b)
+            targets = targets.expand(S, per_seed, b).reshape(K, b)  # member k: its seed's
             logits = model(inputs)  # (K, b, classes)
             per_sample = F.cross_entropy(
                 logits.reshape(K * b, -1), targets.reshape(K * b), reduction="none"
             )
             losses = per_sample.view(K, b).mean(dim=1)
-            finite = torch.isfinite(losses.detach()) & (losses.detach() <= loss_limit)
             if on_host:
-                if not bool(finite.all()):
-                    self._freeze_nonfinite(finite, alive)
+                # One host read of the K losses; a member freezes before its step.
+                ok = [math.isfinite(v) and v <= loss_limit for v in losses.detach().tolist()]
+                if not all(ok):
+                    self._freeze_nonfinite(ok, alive)
+                    all_alive = all(self.alive)
             else:
+                finite = torch.isfinite(losses.detach()) & (losses.detach() <= loss_limit)
                 alive &= finite  # on the device; the optimizer masks with it every step
-            total = torch.where(alive, losses, torch.zeros((), device=device)).sum()
+                all_alive = False
+            # With every member alive (known on the host) no loss needs masking.
+            total = losses.sum() if all_alive else torch.where(alive, losses, zero).sum()
             for p in params:
                 p.grad = None
             total.backward()
@@ -326,7 +338,9 @@ class Trainer:
                 grad_norm_sum += diagnostics_lib.layer_grad_norms(weights)
             optimizer.step(None if on_host else alive)
             with torch.no_grad():
-                loss_sum += torch.where(alive, losses.detach(), torch.zeros((), device=device))
+                loss_sum += (
+                    losses.detach() if all_alive else torch.where(alive, losses.detach(), zero)
+                )
                 correct += (logits.detach().argmax(dim=-1) == targets).sum(dim=1)
             if not on_host and ((step + 1) % CUDA_SYNC_EVERY == 0 or step + 1 == steps):
                 self._freeze_nonfinite(alive, alive)
@@ -338,9 +352,10 @@ class Trainer:
             p.grad = None
         return loss_sum, correct, grad_norm_sum, steps
 
-    def _freeze_nonfinite(self, finite: Tensor, alive: Tensor) -> None:
-        """Freeze the members alive on the host whose `finite` flag is False (a host sync)."""
-        flags = finite.tolist()
+    def _freeze_nonfinite(self, finite: Tensor | list[bool], alive: Tensor) -> None:
+        """Freeze the members alive on the host whose `finite` flag is False (a host sync
+        when `finite` is a tensor)."""
+        flags = finite.tolist() if isinstance(finite, Tensor) else finite
         newly = [k for k, ok in enumerate(flags) if not ok and self.diverged_epoch[k] is None]
         if not newly:
             return

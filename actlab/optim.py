@@ -74,6 +74,7 @@ class StackedOptimizer:
                     f"{self.num_members} members"
                 )
         self.lrs = torch.tensor([float(lr) for lr in lrs], dtype=dtype, device=device)
+        self._common_lr = self._same_lr()
         self.active = torch.ones(self.num_members, dtype=torch.bool, device=device)
         self.step_count = 0
         self.exp_avg: list[Tensor] = []
@@ -86,11 +87,17 @@ class StackedOptimizer:
             self.momentum_buffer = [torch.zeros_like(p) for p in self.params]
         self._any_frozen = False
         # torch's fused Adam kernel (one pass over p, g, m, v) is about twice as fast as the
-        # foreach ops on CPU. It takes one scalar lr, so it writes the unit-lr update into a
+        # foreach ops on CPU. It takes one scalar lr: when every member has the same lr it
+        # updates the parameters directly; otherwise it writes the unit-lr update into a
         # buffer and the per-member lr is applied by one broadcast multiply-add.
         self.fused = kind in ("adam", "adamw") and hasattr(torch, "_fused_adam_")
-        self._updates = [torch.zeros_like(p) for p in self.params] if self.fused else []
+        self._updates: list[Tensor] = []  # the unit-lr update buffers, allocated when needed
         self._step = torch.zeros((), dtype=torch.float32, device=device)
+
+    def _same_lr(self) -> float | None:
+        """The learning rate shared by every member, or None when they differ."""
+        distinct = set(self.lrs.tolist())
+        return distinct.pop() if len(distinct) == 1 else None
 
     # --- per-member views --------------------------------------------------------------
 
@@ -126,7 +133,9 @@ class StackedOptimizer:
         """One update from the parameters' ``.grad``.
 
         `alive`: an optional (K,) bool tensor on the device; members False in it are not
-        updated in this step (the engine's on-device divergence mask: no host sync)."""
+        updated in this step (the engine's on-device divergence mask: no host sync). With
+        one lr for all members (fused Adam), their Adam state is also reset, as `freeze`
+        does: the engine freezes such a member for good at its next host check."""
         if any(p.grad is None for p in self.params):
             raise RuntimeError("every parameter needs a gradient before the stacked step")
         grads = [p.grad for p in self.params]
@@ -137,6 +146,7 @@ class StackedOptimizer:
         elif self._any_frozen:
             alive = self.active
         lrs = self.lrs
+        masks = None
         if alive is not None:
             # A frozen member's gradient may be NaN, and NaN * 0 is NaN: select, not multiply.
             zero = torch.zeros((), dtype=grads[0].dtype, device=grads[0].device)
@@ -147,9 +157,11 @@ class StackedOptimizer:
         if self.kind == "sgd":
             self._sgd(grads, lrs)
         else:
-            self._adam(grads, lrs)
+            self._adam(grads, lrs, masks)
 
-    def _adam(self, grads: list[Tensor], lrs: Tensor) -> None:
+    def _adam(self, grads: list[Tensor], lrs: Tensor, masks: list[Tensor] | None) -> None:
+        """`masks`: the members updated in this step (as ``_member_views``), None for all;
+        the others have zero gradients and zero `lrs` here."""
         beta1, beta2 = self.betas
         params = self.params
         if self.weight_decay != 0.0 and self.kind == "adamw":
@@ -157,6 +169,34 @@ class StackedOptimizer:
             torch._foreach_mul_(params, self._member_views(1.0 - lrs * self.weight_decay))
         if self.fused:
             self._step.fill_(self.step_count)
+            # One lr for every member: the kernel updates the parameters in place with that
+            # scalar lr (no buffer, no extra pass). A member left out of this step gets zero
+            # state as well as zero gradient, so its update is exactly 0 / (0 + eps) = 0: its
+            # parameters do not change, and the others are computed exactly as when no member
+            # is masked (a frozen member's state is zero already; see `freeze`).
+            if self._common_lr is not None:
+                if masks is not None:
+                    for states in (self.exp_avg, self.exp_avg_sq):
+                        for state, mask in zip(states, masks, strict=True):
+                            state.masked_fill_(~mask, 0.0)
+                torch._fused_adam_(
+                    params,
+                    grads,
+                    self.exp_avg,
+                    self.exp_avg_sq,
+                    [],
+                    [self._step] * len(params),
+                    lr=self._common_lr,
+                    beta1=beta1,
+                    beta2=beta2,
+                    weight_decay=0.0,
+                    eps=self.eps,
+                    amsgrad=False,
+                    maximize=False,
+                )
+                return
+            if not self._updates:
+                self._updates = [torch.zeros_like(p) for p in self.params]
             torch._foreach_zero_(self._updates)
             torch._fused_adam_(
                 self._updates,
@@ -219,6 +259,7 @@ class StackedOptimizer:
             raise ValueError(f"checkpoint holds a {state['kind']} optimizer, not {self.kind}")
         self.step_count = int(state["step"])
         self.lrs.copy_(state["lrs"])
+        self._common_lr = self._same_lr()
         for name in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
             for mine, saved in zip(getattr(self, name), state[name], strict=True):
                 mine.copy_(saved)
