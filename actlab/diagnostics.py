@@ -22,6 +22,15 @@ from torch import Tensor, nn
 DEAD_EPS = 1e-6  # |f'(z)| below this is "no gradient" (sigmoid: |z| > 13.8; leaky_relu: never)
 SATURATION = 0.05  # |f'(z)| below 5% of the activation's maximum slope is "saturated"
 MOST = 0.9  # a unit is saturated when more than 90% of its probe values are saturated
+DEFINITIONS = (
+    "Measured on a fixed probe batch of training samples at the end of each epoch (gradient "
+    "norms also as the mean over the epoch's steps). Dead: a unit whose output is 0, or whose "
+    f"|f'(z)| < {DEAD_EPS:g}, for every probe sample. Saturated: |f'(z)| below "
+    f"{SATURATION:.0%} of the activation's steepest slope for more than {MOST:.0%} of the "
+    "samples; by this definition the flat negative side of relu (f' = 0) and of leaky_relu "
+    "(f' = 0.01) counts as saturated, so a relu-like unit that is off for most samples is "
+    "saturated without being dead."
+)
 
 # The grid on which the maximum slope of an activation is searched: wide enough to reach
 # the asymptotes of the usual activations (sigmoid's slope is 4.5e-5 at |z| = 10).

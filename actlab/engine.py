@@ -251,12 +251,7 @@ class Trainer:
             if not alive_before[k]:
                 continue
             row = {
-                "depth": self.depth,
-                "member": k,
-                "activation": member.activation,
-                "seed": member.seed,
-                "lr": member.lr,
-                "epoch": self.epoch,
+                **self._member_fields(k, member),
                 **dict.fromkeys(METRIC_NAMES),
                 "epoch_time_s": elapsed,
             }
@@ -420,18 +415,24 @@ class Trainer:
             "preact_std": std.tolist(),
         }
 
+    def _member_fields(self, k: int, member: Member) -> dict:
+        """The columns that name a member's row in metrics.csv and diagnostics.csv."""
+        return {
+            "depth": self.depth,
+            "member": k,
+            "activation": member.activation,
+            "seed": member.seed,
+            "lr": member.lr,
+            "epoch": self.epoch,
+        }
+
     def _diagnostics_rows(self, k: int, member: Member, diag: dict) -> list[dict]:
         rows = []
         num_layers = len(diag["grad_norm"][k])
         hidden = len(diag["dead_frac"][k])
         for layer in range(num_layers):
             row = {
-                "depth": self.depth,
-                "member": k,
-                "activation": member.activation,
-                "seed": member.seed,
-                "lr": member.lr,
-                "epoch": self.epoch,
+                **self._member_fields(k, member),
                 "layer": layer + 1,
                 "grad_norm": diag["grad_norm"][k][layer],
                 "probe_grad_norm": diag["probe_grad_norm"][k][layer],

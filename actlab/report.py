@@ -504,6 +504,12 @@ def charts(analysis: Analysis) -> list[tuple[str, str, Figure]]:
     return out
 
 
+def diagnostics_definitions() -> str:
+    from actlab import diagnostics
+
+    return diagnostics.DEFINITIONS
+
+
 def _colors(analysis: Analysis) -> dict[str, object]:
     """One colour per activation (in config order) everywhere; per arm when arms carry an lr."""
     arms = list(dict.fromkeys(analysis.arms["arm"])) if len(analysis.arms) else []
@@ -668,6 +674,7 @@ def render_html(analysis: Analysis) -> str:
                 "<ul>" + "".join(f"<li>{esc(s)}</li>" for s in analysis.findings) + "</ul>"
             )
         parts += section_figures.get("diagnostics", [])
+        parts.append(f'<p class="note">{esc(diagnostics_definitions())}</p>')
     parts.append('<h2 id="members">Per-member results</h2>')
     header, rows = member_rows(analysis)
     parts.append(
