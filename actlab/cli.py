@@ -304,7 +304,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print("note: the report module is not available; no report written")
         else:
             print(f"report: {write_report(out)}")
-    if result.diverged and not result.already_complete:
+    if result.diverged:  # also when rerun on a finished run: the exit code is the study's
         print("some members diverged (loss NaN/inf or exploding); see status in metrics.csv")
         return EXIT_DIVERGED
     return EXIT_OK

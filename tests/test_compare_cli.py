@@ -125,6 +125,10 @@ def test_divergence_is_recorded_the_others_finish_and_exit_code_is_3(tmp_path, c
         (r["activation"], r["lr"]) for r in rows if r["epoch"] == "3" and r["status"] == "ok"
     }
     assert {("relu", "0.001"), ("sigmoid", "0.001")} <= finished
+    # Rerunning the finished study trains nothing and still says that members diverged.
+    code = compare("--dataset", data, "--epochs", "3", "--hidden", "32,32", "--lr", "1e-3,10",
+                   "--activations", "relu,sigmoid", "--out", str(run))  # fmt: skip
+    assert code == 3 and "already complete" in capsys.readouterr().out
 
 
 def test_a_second_process_is_refused_with_one_line(small, tmp_path, capsys):
