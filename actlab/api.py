@@ -68,6 +68,7 @@ def run_study(
     after that checkpoint (a crash between the CSV append and the checkpoint) are dropped.
     `on_start(steps_total, steps_done)` is called once before training (progress bars).
     """
+    config.check_activations()
     if dataset is None:
         dataset = load_study_dataset(config)
     device = resolve_device(config.device)

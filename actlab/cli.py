@@ -276,6 +276,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         threads=args.threads,
         diagnostics=not args.no_diagnostics,
     )
+    config.check_activations()
     out = args.out or default_out(config.dataset)
     dataset = load_study_dataset(config, progress=not args.quiet)
     progress = None if args.quiet else CompareProgress()

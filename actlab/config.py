@@ -95,6 +95,15 @@ class ExperimentConfig:
                 values[name] = tuple(values[name])
         return cls(**values)
 
+    def check_activations(self) -> None:
+        """Resolve every activation spec in the catalog, so that a typo fails at once (with
+        the nearest names), before any data is loaded. Not part of __post_init__: a run
+        directory that used a user-registered activation must stay readable without it."""
+        from actlab import catalog
+
+        for spec in self.activations:
+            catalog.resolve(spec)
+
     def study_key(self) -> dict:
         """The fields that must agree for two runs to be merged or resumed together."""
         data = self.to_dict()

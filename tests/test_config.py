@@ -55,3 +55,13 @@ def test_members_are_seed_major():
         (3, "tanh", 1e-3),
     ]
     assert [m.index for m in members] == list(range(8))
+
+
+def test_unknown_activation_fails_before_any_data_is_loaded(capsys):
+    from actlab.cli import main
+
+    # mnist is not on this machine: a data error would mean the dataset was looked for first.
+    assert (
+        main(["compare", "--dataset", "mnist", "--no-download", "--activations", "relu,rleu"]) == 2
+    )
+    assert "unknown activation 'rleu'; did you mean" in capsys.readouterr().err
