@@ -390,36 +390,14 @@ class CompareProgress:
     def epoch(self, result) -> None:
         from tqdm import tqdm
 
+        from actlab.api import epoch_lines
+
         for line in epoch_lines(result):
             tqdm.write(line, file=sys.stdout)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def epoch_lines(result) -> list[str]:
-    """One line per member, as the classic tutorial prints:
-    ``relu      seed 0  epoch 3/10  train loss 0.1234  test loss 0.0987  test acc 97.12%``."""
-    width = max(9, *(len(m.activation) for m in result.members))
-    several_lrs = len({m.lr for m in result.members}) > 1
-    lines = []
-    for row in result.metrics:
-        parts = [] if row["depth"] is None else [f"depth {row['depth']:<3}"]
-        parts.append(f"{row['activation']:<{width}} seed {row['seed']}")
-        if several_lrs:
-            parts.append(f"lr {row['lr']:g}")
-        parts.append(f"epoch {row['epoch']}/{result.epochs}")
-        if row["status"] == "diverged":
-            parts.append("diverged (loss NaN/inf or exploding): frozen")
-        else:
-            parts.append(f"train loss {row['train_loss']:.4f}")
-            if row["val_loss"] is not None:
-                parts.append(f"val acc {100 * row['val_acc']:.2f}%")
-            parts.append(f"test loss {row['test_loss']:.4f}")
-            parts.append(f"test acc {100 * row['test_acc']:.2f}%")
-        lines.append("  ".join(parts))
-    return lines
 
 
 def selection_line(metrics) -> str:
