@@ -29,7 +29,7 @@ from actlab.optim import StackedOptimizer
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu")
 # K -> (lrs, seeds): 4 activations x lrs x seeds
-GRIDS = {4: (1, 1), 12: (3, 1), 24: (3, 2), 48: (3, 4)}
+GRIDS = {4: (1, 1), 8: (1, 2), 12: (3, 1), 16: (2, 2), 24: (3, 2), 48: (3, 4)}
 
 
 def config_for(members: int, model: str, batch: int) -> ExperimentConfig:
