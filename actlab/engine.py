@@ -41,6 +41,10 @@ except ImportError:  # pragma: no cover - only while the module is missing
 PROBE_SIZE = 512  # training samples of the fixed diagnostics probe batch
 PROBE_SEED = 20_240_601  # fixes the probe samples, independent of the study's seeds
 EVAL_CHUNK = 2000  # evaluation batch size (memory only: results do not depend on it)
+# At most this many elements in one layer's activations of all members at once (64 MiB of
+# float32): a CNN's conv layer has ~25k units per sample and member, so its evaluation
+# chunks (and its probe batch) shrink to stay inside it instead of allocating gigabytes.
+ACTIVATION_BUDGET = 1 << 24
 CUDA_SYNC_EVERY = 50  # steps between host checks for divergence on a GPU
 # A member diverges when a step loss is NaN/inf or above this many times ln(num_classes),
 # the loss of a uniform guess: Adam with a huge lr blows the loss up to thousands without
@@ -107,6 +111,11 @@ class DeviceData:
             int(dataset.num_classes),
             tuple(dataset.input_shape),
         )
+
+
+def samples_within_budget(units_per_sample: int, members: int, most: int) -> int:
+    """How many samples fit ACTIVATION_BUDGET for one layer of all members (1 to `most`)."""
+    return max(1, min(most, ACTIVATION_BUDGET // max(1, units_per_sample * members)))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -198,9 +207,21 @@ class Trainer:
         # On the CPU a host check of the losses is nearly free, so a diverging member is
         # frozen before its step; on a GPU the check stays on the device (no sync per step).
         self.check_on_host = self.device.type == "cpu"
+        units = self._units_per_sample()
+        self.eval_chunk = samples_within_budget(units, len(self.members), EVAL_CHUNK)
         n = self.data.x_train.shape[0]
         probe = torch.randperm(n, generator=torch.Generator().manual_seed(PROBE_SEED))
-        self.probe_index = probe[:PROBE_SIZE].to(self.device)
+        probe_size = samples_within_budget(units, len(self.members), PROBE_SIZE)
+        self.probe_index = probe[:probe_size].to(self.device)
+
+    @torch.no_grad()
+    def _units_per_sample(self) -> int:
+        """The widest hidden layer's units per sample and member (a CNN: C * H * W)."""
+        preacts: list[Tensor] = []
+        self.model.eval()  # no dropout: no generator is advanced
+        self.model(self.data.x_train[:1].unsqueeze(0), preactivations=preacts)
+        self.model.train()
+        return max(p[0, 0].numel() for p in preacts)
 
     # --- state ------------------------------------------------------------------------
 
@@ -367,8 +388,9 @@ class Trainer:
         K = len(self.members)
         loss_sum = torch.zeros(K, dtype=torch.float64, device=self.device)
         correct = torch.zeros(K, dtype=torch.long, device=self.device)
-        for start in range(0, x.shape[0], EVAL_CHUNK):
-            inputs, targets = x[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
+        chunk = self.eval_chunk
+        for start in range(0, x.shape[0], chunk):
+            inputs, targets = x[start : start + chunk], y[start : start + chunk]
             logits = model(inputs.unsqueeze(0))  # (K, c, classes), the chunk shared by all
             c = inputs.shape[0]
             expanded = targets.expand(K, c)
