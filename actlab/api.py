@@ -10,6 +10,7 @@ after depth, appends each epoch's rows, checkpoints, and resumes from a checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,8 @@ import pandas as pd
 import torch
 
 from actlab import store
-from actlab.config import ExperimentConfig, members_for
-from actlab.engine import DeviceData, EpochResult, StepInfo, resolve_device, train
+from actlab.config import ExperimentConfig
+from actlab.engine import DeviceData, EpochResult, StepInfo, members_of, resolve_device, train
 
 
 @dataclass
@@ -79,18 +80,7 @@ def run_study(
         writer = store.open_run_dir(
             out,
             config,
-            members=[
-                {
-                    "depth": m.depth,
-                    "index": m.index,
-                    "activation": m.activation,
-                    "seed": m.seed,
-                    "lr": m.lr,
-                    "label": m.label,
-                }
-                for depth in config.depth_list
-                for m in members_for(config, depth)
-            ],
+            members=[dataclasses.asdict(m) for m in members_of(config)],
             dataset=dataset.summary(),
             environment=store.describe_environment(str(device), torch.get_num_threads()),
             resume=resume,

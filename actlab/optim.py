@@ -179,40 +179,12 @@ class StackedOptimizer:
                     for states in (self.exp_avg, self.exp_avg_sq):
                         for state, mask in zip(states, masks, strict=True):
                             state.masked_fill_(~mask, 0.0)
-                torch._fused_adam_(
-                    params,
-                    grads,
-                    self.exp_avg,
-                    self.exp_avg_sq,
-                    [],
-                    [self._step] * len(params),
-                    lr=self._common_lr,
-                    beta1=beta1,
-                    beta2=beta2,
-                    weight_decay=0.0,
-                    eps=self.eps,
-                    amsgrad=False,
-                    maximize=False,
-                )
+                self._fused_adam_step(params, grads, self._common_lr)
                 return
             if not self._updates:
                 self._updates = [torch.zeros_like(p) for p in self.params]
             torch._foreach_zero_(self._updates)
-            torch._fused_adam_(
-                self._updates,
-                grads,
-                self.exp_avg,
-                self.exp_avg_sq,
-                [],
-                [self._step] * len(params),
-                lr=1.0,
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=0.0,
-                eps=self.eps,
-                amsgrad=False,
-                maximize=False,
-            )
+            self._fused_adam_step(self._updates, grads, 1.0)
             torch._foreach_addcmul_(params, self._updates, self._member_views(lrs))
             return
         torch._foreach_lerp_(self.exp_avg, grads, 1.0 - beta1)
@@ -228,6 +200,25 @@ class StackedOptimizer:
         step_sizes = self._member_views(lrs / bias_correction1)
         torch._foreach_div_(denom, step_sizes)
         torch._foreach_addcdiv_(params, self.exp_avg, denom, value=-1.0)
+
+    def _fused_adam_step(self, targets: list[Tensor], grads: list[Tensor], lr: float) -> None:
+        """torch's fused Adam kernel (one pass over p, g, m, v) on `targets` with a scalar lr."""
+        beta1, beta2 = self.betas
+        torch._fused_adam_(
+            targets,
+            grads,
+            self.exp_avg,
+            self.exp_avg_sq,
+            [],
+            [self._step] * len(targets),
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=0.0,
+            eps=self.eps,
+            amsgrad=False,
+            maximize=False,
+        )
 
     def _sgd(self, grads: list[Tensor], lrs: Tensor) -> None:
         params = self.params

@@ -4,6 +4,19 @@ Fashion-MNIST package when it is installed."""
 import os
 
 import matplotlib
+import pytest
+import torch
 
 matplotlib.use("Agg")
 os.environ.setdefault("KERAS_BACKEND", "torch")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP spin-waits on a shared 2-core machine (the
+    results do not depend on it beyond float tolerance). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

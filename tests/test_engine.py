@@ -14,13 +14,7 @@ from actlab.engine import DeviceData, Trainer, epoch_permutation, shuffle_genera
 N_TRAIN, N_TEST, CLASSES = 512, 128, 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread avoids OpenMP oversubscription on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_data(seed: int = 0) -> DeviceData:
