@@ -31,6 +31,8 @@ from torch import Tensor, nn
 
 from actlab.config import ExperimentConfig, Member, members_for
 from actlab.errors import ConfigError
+from actlab.mlp_step import MLPStep
+from actlab.mlp_step import supports as hand_written_backward_supports
 from actlab.optim import StackedOptimizer
 
 try:  # diagnostics are optional: the engine must train without them
@@ -113,6 +115,76 @@ class DeviceData:
         )
 
 
+@dataclass
+class EpochSums:
+    """One epoch's running sums on the device (persistent: a CUDA graph writes into them)."""
+
+    loss: Tensor  # (K,) sum of step losses
+    correct: Tensor  # (K,) correct training predictions
+    grad_norm: Tensor  # (K, layers) sum of per-step gradient norms (diagnostics)
+    alive: Tensor  # (K,) bool: not diverged
+
+    @classmethod
+    def zeros(cls, members: int, layers: int, device: torch.device) -> EpochSums:
+        return cls(
+            torch.zeros(members, device=device),
+            torch.zeros(members, dtype=torch.long, device=device),
+            torch.zeros(members, layers, device=device),
+            torch.ones(members, dtype=torch.bool, device=device),
+        )
+
+
+class StepGraph:
+    """The full-batch training step as a CUDA graph (PyTorch's "whole network capture").
+
+    A GPU step of a small model is hundreds of kernels of a few microseconds each; launched
+    one by one from Python they keep the GPU idle. The step is therefore recorded once and
+    replayed: the batch index is copied into a static buffer, and the graph runs the
+    gather, forward, backward, divergence mask, optimizer step and epoch sums. Eager warm-up
+    steps on a side stream come first (cuBLAS and the allocator initialise outside the
+    capture). Off for dropout (its per-seed generators) and without a device-side
+    optimizer step count (see ``StackedOptimizer.graph_safe``)."""
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, index_shape: tuple[int, int], device: torch.device) -> None:
+        self.index = torch.zeros(index_shape, dtype=torch.long, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.losses: Tensor | None = None
+        self.eager_steps = 0
+
+    @classmethod
+    def for_trainer(cls, trainer: Trainer) -> StepGraph | None:
+        usable = (
+            trainer.device.type == "cuda"
+            and trainer.model.dropout == 0
+            and trainer.optimizer.graph_safe
+        )
+        if not usable:
+            return None
+        return cls((len(trainer.generators), trainer.config.batch_size), trainer.device)
+
+    def run(self, index: Tensor, step, optimizer: StackedOptimizer) -> Tensor:
+        """One step of the full batch `index`: eager (warm-up), captured, or replayed."""
+        if self.graph is None and self.eager_steps < self.WARMUP_STEPS:
+            self.eager_steps += 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                losses = step(index)
+            torch.cuda.current_stream().wait_stream(side)
+            return losses
+        self.index.copy_(index)
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.losses = step(self.index)  # recorded, not run; counted by step()
+        else:
+            optimizer.count_replayed_step()
+        self.graph.replay()
+        return self.losses
+
+
 def samples_within_budget(units_per_sample: int, members: int, most: int) -> int:
     """How many samples fit ACTIVATION_BUDGET for one layer of all members (1 to `most`)."""
     return max(1, min(most, ACTIVATION_BUDGET // max(1, units_per_sample * members)))
@@ -193,6 +265,10 @@ class Trainer:
                 depth,
             )
         self.model = model
+        # The MLP trains with a hand-written backward pass (the same gradients, without
+        # autograd's per-step overhead); other models, and learnable activations, with
+        # autograd. Set it to None to train with autograd (the tests compare both).
+        self.mlp_step = MLPStep(model) if hand_written_backward_supports(model) else None
         self.optimizer = StackedOptimizer(
             model.parameter_members(),
             [m.lr for m in self.members],
@@ -201,12 +277,18 @@ class Trainer:
             momentum=config.momentum,
         )
         self.generators = [shuffle_generator(seed) for seed in config.seeds]
+        self._loss_limit = DIVERGED_LOSS_FACTOR * math.log(max(self.data.num_classes, 2))
         self.epoch = 0
         self.diverged_epoch: list[int | None] = [None] * len(self.members)
         self.with_diagnostics = bool(config.diagnostics) and diagnostics_lib is not None
         # On the CPU a host check of the losses is nearly free, so a diverging member is
         # frozen before its step; on a GPU the check stays on the device (no sync per step).
         self.check_on_host = self.device.type == "cpu"
+        num_weights = len(model.weight_layers()) if self.with_diagnostics else 0
+        self._sums = EpochSums.zeros(len(self.members), num_weights, self.device)
+        # On a GPU the full-batch step is captured once as a CUDA graph and replayed: one
+        # launch instead of hundreds of small kernels (set it to None for eager steps).
+        self._graph = StepGraph.for_trainer(self)
         units = self._units_per_sample()
         self.eval_chunk = samples_within_budget(units, len(self.members), EVAL_CHUNK)
         n = self.data.x_train.shape[0]
@@ -300,73 +382,114 @@ class Trainer:
 
     def _train_steps(self, on_step):
         """The training loop of one epoch; returns on-device sums (no sync per step on GPU)."""
-        data, model, optimizer = self.data, self.model, self.optimizer
-        K = len(self.members)
-        per_seed = K // len(self.generators)
+        data = self.data
         n, batch = data.x_train.shape[0], self.config.batch_size
         steps = math.ceil(n / batch)
         device = self.device
-        on_host = self.check_on_host
-        loss_limit = DIVERGED_LOSS_FACTOR * math.log(max(data.num_classes, 2))
         perms = torch.stack([epoch_permutation(g, n) for g in self.generators]).to(device)
-        loss_sum = torch.zeros(K, device=device)
-        correct = torch.zeros(K, dtype=torch.long, device=device)
-        alive = torch.tensor(self.alive, device=device)
-        weights = model.weight_layers() if self.with_diagnostics else []
-        grad_norm_sum = torch.zeros(K, len(weights), device=device)
-        params = optimizer.params
-        model.train()
-        if not any(self.alive):
-            return loss_sum, correct, grad_norm_sum, steps
-        all_alive = on_host and all(self.alive)
-        zero = torch.zeros((), device=device)
-        S, sample_shape = perms.shape[0], data.x_train.shape[1:]
-        for step in range(steps):
-            index = perms[:, step * batch : (step + 1) * batch]  # (S, b)
-            b = index.shape[1]
-            # index_select on the flat index is several times faster than x[index] on the
-            # CPU (advanced indexing goes through a generic gather).
-            flat_index = index.reshape(S * b)
-            inputs = data.x_train.index_select(0, flat_index).view(S, b, *sample_shape)
-            targets = data.y_train.index_select(0, flat_index).view(S, 1, b)
-            targets = targets.expand(S, per_seed, b).reshape(K, b)  # member k: its seed's
-            logits = model(inputs)  # (K, b, classes)
-            per_sample = F.cross_entropy(
-                logits.reshape(K * b, -1), targets.reshape(K * b), reduction="none"
-            )
-            losses = per_sample.view(K, b).mean(dim=1)
-            if on_host:
-                # One host read of the K losses; a member freezes before its step.
-                ok = [math.isfinite(v) and v <= loss_limit for v in losses.detach().tolist()]
-                if not all(ok):
-                    self._freeze_nonfinite(ok, alive)
-                    all_alive = all(self.alive)
-            else:
-                finite = torch.isfinite(losses.detach()) & (losses.detach() <= loss_limit)
-                alive &= finite  # on the device; the optimizer masks with it every step
-                all_alive = False
-            # With every member alive (known on the host) no loss needs masking.
-            total = losses.sum() if all_alive else torch.where(alive, losses, zero).sum()
-            for p in params:
-                p.grad = None
-            total.backward()
-            if weights:
-                grad_norm_sum += diagnostics_lib.layer_grad_norms(weights)
-            optimizer.step(None if on_host else alive)
-            with torch.no_grad():
-                loss_sum += (
-                    losses.detach() if all_alive else torch.where(alive, losses.detach(), zero)
-                )
-                correct += (logits.detach().argmax(dim=-1) == targets).sum(dim=1)
-            if not on_host and ((step + 1) % CUDA_SYNC_EVERY == 0 or step + 1 == steps):
-                self._freeze_nonfinite(alive, alive)
-            if on_step is not None:
-                on_step(
-                    StepInfo(self.depth, self.epoch, self.config.epochs, step + 1, steps, losses)
-                )
-        for p in params:
+        sums = self._sums
+        for tensor in (sums.loss, sums.correct, sums.grad_norm):
+            tensor.zero_()
+        sums.alive.copy_(torch.tensor(self.alive))
+        self.model.train()
+        if any(self.alive):
+            for step in range(steps):
+                index = perms[:, step * batch : (step + 1) * batch]  # (S, b)
+                if self.check_on_host:
+                    losses = self._host_checked_step(index)
+                else:
+                    losses = self._device_checked_step(index, full=index.shape[1] == batch)
+                    if (step + 1) % CUDA_SYNC_EVERY == 0 or step + 1 == steps:
+                        self._freeze_nonfinite(sums.alive, sums.alive)
+                if on_step is not None:
+                    on_step(
+                        StepInfo(
+                            self.depth, self.epoch, self.config.epochs, step + 1, steps, losses
+                        )
+                    )
+        for p in self.optimizer.params:
             p.grad = None
-        return loss_sum, correct, grad_norm_sum, steps
+        return sums.loss, sums.correct, sums.grad_norm, steps
+
+    # --- the step's parts -------------------------------------------------------------
+
+    def _batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Inputs (S, b, C, H, W) and member targets (K, b) of the per-seed batch `index`."""
+        data = self.data
+        S, b = index.shape
+        K = len(self.members)
+        # index_select on the flat index is several times faster than x[index] on the
+        # CPU (advanced indexing goes through a generic gather).
+        flat_index = index.reshape(S * b)
+        inputs = data.x_train.index_select(0, flat_index).view(S, b, *data.x_train.shape[1:])
+        targets = data.y_train.index_select(0, flat_index).view(S, 1, b)
+        return inputs, targets.expand(S, K // S, b).reshape(K, b)  # member k: its seed's
+
+    def _forward(self, inputs: Tensor, targets: Tensor):
+        """Logits (K, b, classes), the members' mean losses (K,) and what backward needs."""
+        if self.mlp_step is not None:
+            return self.mlp_step.forward(inputs, targets)
+        K, b = targets.shape
+        logits = self.model(inputs)
+        per_sample = F.cross_entropy(
+            logits.reshape(K * b, -1), targets.reshape(K * b), reduction="none"
+        )
+        return logits, per_sample.view(K, b).mean(dim=1), None
+
+    def _backward(self, losses: Tensor, cache, alive: Tensor | None) -> None:
+        """Every parameter's .grad of the sum of the member losses (`alive` ones: None, all)."""
+        if self.mlp_step is not None:
+            self.mlp_step.backward(cache, alive)
+            return
+        total = losses.sum() if alive is None else torch.where(alive, losses, 0.0).sum()
+        for p in self.optimizer.params:
+            p.grad = None
+        total.backward()
+
+    def _finish_step(self, logits: Tensor, targets: Tensor, losses: Tensor, alive) -> None:
+        """Diagnostics, the optimizer step and the epoch sums, after the backward pass."""
+        sums = self._sums
+        if self.with_diagnostics:
+            sums.grad_norm += diagnostics_lib.layer_grad_norms(self.model.weight_layers())
+        self.optimizer.step(alive)
+        with torch.no_grad():
+            losses = losses.detach()
+            sums.loss += losses if alive is None else torch.where(alive, losses, 0.0)
+            sums.correct += (logits.detach().argmax(dim=-1) == targets).sum(dim=1)
+
+    def _host_checked_step(self, index: Tensor) -> Tensor:
+        """The CPU step: one host read of the K losses, so a diverging member is frozen
+        before its own update (nearly free on a CPU)."""
+        inputs, targets = self._batch(index)
+        logits, losses, cache = self._forward(inputs, targets)
+        limit = self._loss_limit
+        ok = [math.isfinite(v) and v <= limit for v in losses.detach().tolist()]
+        if not all(ok):
+            self._freeze_nonfinite(ok, self._sums.alive)
+        # With every member alive (known on the host) no loss needs masking.
+        alive = None if all(self.alive) else self._sums.alive
+        self._backward(losses, cache, alive)
+        self._finish_step(logits, targets, losses, alive)
+        return losses
+
+    def _device_step(self, index: Tensor) -> Tensor:
+        """The GPU step: the divergence check stays on the device (no host sync), and the
+        members found diverged are masked out of this and every later step."""
+        inputs, targets = self._batch(index)
+        logits, losses, cache = self._forward(inputs, targets)
+        alive = self._sums.alive
+        detached = losses.detach()
+        alive &= torch.isfinite(detached) & (detached <= self._loss_limit)
+        self._backward(losses, cache, alive)
+        self._finish_step(logits, targets, losses, alive)
+        return losses
+
+    def _device_checked_step(self, index: Tensor, *, full: bool) -> Tensor:
+        """`_device_step`, replayed from a CUDA graph for full batches when possible."""
+        graph = self._graph
+        if graph is None or not full:
+            return self._device_step(index)
+        return graph.run(index, self._device_step, self.optimizer)
 
     def _freeze_nonfinite(self, finite: Tensor | list[bool], alive: Tensor) -> None:
         """Freeze the members alive on the host whose `finite` flag is False (a host sync

@@ -92,7 +92,20 @@ class StackedOptimizer:
         # buffer and the per-member lr is applied by one broadcast multiply-add.
         self.fused = kind in ("adam", "adamw") and hasattr(torch, "_fused_adam_")
         self._updates: list[Tensor] = []  # the unit-lr update buffers, allocated when needed
+        # The step count on the device, for the fused kernel's bias corrections: advanced
+        # by a device op, so a captured CUDA graph counts its replays itself.
         self._step = torch.zeros((), dtype=torch.float32, device=device)
+
+    @property
+    def graph_safe(self) -> bool:
+        """Whether a step can be captured in a CUDA graph and replayed: every per-step
+        number it uses lives on the device (Adam's bias corrections do only in the fused
+        kernel; SGD's first step differs, and captures come after warm-up steps)."""
+        return self.fused or self.kind == "sgd"
+
+    def count_replayed_step(self) -> None:
+        """Count a step run by replaying a captured graph (which does not run `step`)."""
+        self.step_count += 1
 
     def _same_lr(self) -> float | None:
         """The learning rate shared by every member, or None when they differ."""
@@ -154,6 +167,7 @@ class StackedOptimizer:
             grads = [torch.where(mask, g, zero) for g, mask in zip(grads, masks, strict=True)]
             lrs = lrs * alive
         self.step_count += 1
+        self._step.add_(1.0)
         if self.kind == "sgd":
             self._sgd(grads, lrs)
         else:
@@ -168,7 +182,6 @@ class StackedOptimizer:
             # Decoupled decay: p *= 1 - lr * wd, per member.
             torch._foreach_mul_(params, self._member_views(1.0 - lrs * self.weight_decay))
         if self.fused:
-            self._step.fill_(self.step_count)
             # One lr for every member: the kernel updates the parameters in place with that
             # scalar lr (no buffer, no extra pass). A member left out of this step gets zero
             # state as well as zero gradient, so its update is exactly 0 / (0 + eps) = 0: its
@@ -249,6 +262,7 @@ class StackedOptimizer:
         if state["kind"] != self.kind:
             raise ValueError(f"checkpoint holds a {state['kind']} optimizer, not {self.kind}")
         self.step_count = int(state["step"])
+        self._step.fill_(self.step_count)
         self.lrs.copy_(state["lrs"])
         self._common_lr = self._same_lr()
         for name in ("exp_avg", "exp_avg_sq", "momentum_buffer"):

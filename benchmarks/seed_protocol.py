@@ -12,6 +12,7 @@ member as members are added (activation x seed).
     python benchmarks/seed_protocol.py --epochs 1      # a quick run
     python benchmarks/seed_protocol.py --epochs 1 --members 4,12,24,48 --skip-plain
     python benchmarks/seed_protocol.py --interleave   # also epoch by epoch, alternately
+    python benchmarks/seed_protocol.py --device cuda  # on a GPU (plain loop moves each batch)
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ def peak_rss_mb() -> float:
 class PlainRun:
     """The loop a tutorial writes for one activation: nn.Sequential, DataLoader, Adam."""
 
-    def __init__(self, dataset, name: str, x_train: torch.Tensor) -> None:
+    def __init__(self, dataset, name: str, x_train: torch.Tensor, device: str = "cpu") -> None:
         torch.manual_seed(0)
+        self.device = torch.device(device)
         act = PLAIN_ACTIVATIONS[name]
         self.model = nn.Sequential(
             nn.Flatten(),
@@ -57,7 +59,7 @@ class PlainRun:
             nn.Linear(128, 128),
             act(),
             nn.Linear(128, dataset.num_classes),
-        )
+        ).to(self.device)
         self.loader = DataLoader(
             TensorDataset(x_train, dataset.y_train), batch_size=64, shuffle=True
         )
@@ -67,6 +69,7 @@ class PlainRun:
     def train_epoch(self) -> None:
         self.model.train()
         for x, y in self.loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             self.optimizer.zero_grad()
             loss = self.loss_fn(self.model(x), y)
             loss.backward()
@@ -75,18 +78,19 @@ class PlainRun:
     @torch.no_grad()
     def test_accuracy(self, dataset, x_test: torch.Tensor) -> float:
         self.model.eval()
-        predictions = self.model(x_test).argmax(1)
+        predictions = self.model(x_test.to(self.device)).argmax(1).cpu()
         return (predictions == dataset.y_test).double().mean().item()
 
 
-def plain_loop(dataset, epochs: int) -> tuple[float, dict[str, float]]:
-    """The plain loop, once per activation, one after another."""
+def plain_loop(dataset, epochs: int, device: str = "cpu") -> tuple[float, dict[str, float]]:
+    """The plain loop, once per activation, one after another (the data stays on the CPU
+    in the DataLoader; each batch moves to the device, as a tutorial does)."""
     x_train = dataset.float_inputs(dataset.x_train)
     x_test = dataset.float_inputs(dataset.x_test)
     accuracies = {}
     start = time.perf_counter()
     for name in ACTIVATIONS:
-        run = PlainRun(dataset, name, x_train)
+        run = PlainRun(dataset, name, x_train, device)
         for _ in range(epochs):
             run.train_epoch()
         accuracies[name] = run.test_accuracy(dataset, x_test)
@@ -160,7 +164,7 @@ def profile_fused_step(dataset, config: ExperimentConfig, steps: int = 100) -> N
     print(events.table(sort_by="self_cpu_time_total", row_limit=15))
 
 
-def scaling(dataset, members: list[int], epochs: int, threads: int | None) -> None:
+def scaling(dataset, members: list[int], epochs: int, threads: int | None, device: str) -> None:
     """Cost per member per epoch as members (activation x seed) are added."""
     print("\nmembers  seeds  epoch time  per member per epoch")
     for count in members:
@@ -171,7 +175,7 @@ def scaling(dataset, members: list[int], epochs: int, threads: int | None) -> No
             dataset=dataset.name,
             seeds=seeds,
             epochs=epochs,
-            device="cpu",
+            device=device,
             threads=threads,
             diagnostics=False,
         )
@@ -188,6 +192,7 @@ def main() -> None:
     parser.add_argument("--members", default=None, help="e.g. 4,12,24,48: cost per member")
     parser.add_argument("--skip-plain", action="store_true", help="skip the plain loop")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the profile: CPU only)")
     parser.add_argument(
         "--interleave", action="store_true", help="also time both sides epoch by epoch, alternately"
     )
@@ -200,12 +205,13 @@ def main() -> None:
         f"{args.dataset}: {dataset.train_size} train, {dataset.test_size} test; "
         f"{args.epochs} epochs; torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}"
+        + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else "")
     )
     config = ExperimentConfig(
-        dataset=args.dataset, epochs=args.epochs, device="cpu", threads=args.threads
+        dataset=args.dataset, epochs=args.epochs, device=args.device, threads=args.threads
     )
     if not args.skip_plain:
-        plain_time, plain_acc = plain_loop(dataset, args.epochs)
+        plain_time, plain_acc = plain_loop(dataset, args.epochs, args.device)
         print(f"plain loop:          {plain_time:7.1f} s  (peak RSS {peak_rss_mb():.0f} MB)")
     fused_time, fused_acc = fused(dataset, config.replace(diagnostics=False))
     print(f"actlab (no diag):    {fused_time:7.1f} s  (peak RSS {peak_rss_mb():.0f} MB)")
@@ -218,12 +224,15 @@ def main() -> None:
     for name in ACTIVATIONS:
         plain = f"{100 * plain_acc[name]:6.2f}%" if not args.skip_plain else "      -"
         print(f"  {name:<18} {plain}  {100 * fused_acc[name]:6.2f}%")
+    if args.device != "cpu":
+        args.interleave, args.no_profile = False, True  # both are CPU measurements
     if args.interleave:
         interleaved(dataset, config.replace(diagnostics=False))
     if not args.no_profile:
         profile_fused_step(dataset, config.replace(diagnostics=False))
     if args.members:
-        scaling(dataset, [int(m) for m in args.members.split(",")], args.epochs, args.threads)
+        members = [int(m) for m in args.members.split(",")]
+        scaling(dataset, members, args.epochs, args.threads, args.device)
     print(f"\npeak RSS: {peak_rss_mb():.0f} MB")
 
 
