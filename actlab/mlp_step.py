@@ -9,7 +9,7 @@ actlab.models (activations (K, units, B)), layer by layer, from the top:
     dlogits = (softmax(logits) - onehot(y)) / B        (K, classes, B), per member
     dW = d @ h_in^T,   db = sum_B d,   dh_in = W^T @ d (batched over K)
     dh *= dropout mask (0 or 1/(1-p), as drawn in the forward pass)
-    dz = dh * f'(z)                                     (actlab.derivatives)
+    dz = dh * f'(z)                                     (actlab.closed_forms)
     layer 1: dW1 = dz1 @ x, as one wide GEMM per seed   (W1 viewed as (S, K/S * H, D))
 
 Members whose `alive` flag is False get zero gradients (a select, not a product, so a
@@ -18,7 +18,7 @@ NaN member cannot leak into the others). Activations without a closed-form deriv
 activation alone; learnable activations (PReLU, swish_beta) are not supported here, and
 the engine trains those models with autograd.
 
-The gradients are written into each parameter's ``.grad`` (allocated once), for
+The gradients are written into each parameter's ``.grad`` (buffers allocated once), for
 ``actlab.optim.StackedOptimizer`` and the gradient-norm diagnostics to read.
 """
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from actlab.derivatives import Derivative, derivative_for
+from actlab.closed_forms import ClosedForm, closed_form
 from actlab.models import StackedMLP, StackedModel
 
 
@@ -39,23 +39,46 @@ def supports(model: StackedModel) -> bool:
     return isinstance(model, StackedMLP) and not any(info.learnable for info in model.infos)
 
 
-@dataclass
-class _Hidden:
-    """What the backward pass needs of one hidden layer."""
+class _Workspace:
+    """The step's tensors for one batch size, allocated once, with each activation group's
+    view of them ((S, A, L, units, B)[:, a]): the step writes into them with ``out=``
+    kernels (no allocation, no regrouping copies), and a CUDA graph finds them in place."""
 
-    z: Tensor  # pre-activation (K, units, B)
-    h: Tensor  # activation output (K, units, B), before dropout
-    out: Tensor  # the layer's output after dropout (the next layer's input)
-    mask: Tensor | None  # dropout mask (K, units, B), None without dropout
-    leaf: Tensor | None  # the autograd leaf of z, when the activation needs autograd
+    def __init__(self, model: StackedMLP, batch: int) -> None:
+        S, A, L = model.grid.shape
+        K = model.num_members
+        weight = model.weights[0]
+        options = {"dtype": weight.dtype, "device": weight.device}
+        widths = [w.shape[1] for w in model.weights]
+
+        def new(units: int) -> Tensor:
+            return torch.empty(K, units, batch, **options)
+
+        def groups(t: Tensor) -> list[Tensor]:
+            return list(t.view(S, A, L, t.shape[1], batch).unbind(1))
+
+        self.z = [new(units) for units in widths[:-1]]  # pre-activations
+        self.h = [new(units) for units in widths[:-1]]  # activations (before dropout)
+        self.dh = [new(units) for units in widths[:-1]]
+        self.dz = [new(units) for units in widths[:-1]]
+        self.z_groups = [groups(t) for t in self.z]
+        self.h_groups = [groups(t) for t in self.h]
+        self.dh_groups = [groups(t) for t in self.dh]
+        self.dz_groups = [groups(t) for t in self.dz]
+        self.logits = new(widths[-1])  # (K, classes, B)
+        self.d = new(widths[-1])  # its gradient
+        self.minus_one = torch.full((K, 1, batch), -1.0, **options)
 
 
 @dataclass
 class StepCache:
-    """The forward pass's tensors, kept for `MLPStep.backward`."""
+    """What `MLPStep.backward` needs of the forward pass."""
 
+    workspace: _Workspace
     x: Tensor  # inputs (S, B, D)
-    hidden: list[_Hidden]
+    outs: list[Tensor]  # each hidden layer's output after dropout (the next layer's input)
+    masks: list[Tensor | None]  # dropout masks (K, units, B)
+    graphs: list[tuple[Tensor, Tensor] | None]  # (z leaf, h) where autograd differentiates
     logp: Tensor  # log-softmax of the logits (K, classes, B)
     targets: Tensor  # (K, 1, B)
 
@@ -69,13 +92,24 @@ class MLPStep:
                 "the hand-written backward needs a StackedMLP without learnable activations"
             )
         self.model = model
-        derivatives = [derivative_for(info.name) for info in model.infos]
+        forms = [closed_form(info.name) for info in model.infos]
         # Closed forms apply per activation group; one group without leaves the whole
         # layer's activation to autograd (it may mix units, as softmax does).
-        self.derivatives: list[Derivative] | None = (
-            derivatives if all(d is not None for d in derivatives) else None
+        self.closed_forms: list[ClosedForm] | None = (
+            forms if all(form is not None for form in forms) else None
         )
         self.params = [info.params for info in model.infos]
+        self.grads = [torch.empty_like(p) for p in self._parameters()]
+        self._workspaces: dict[int, _Workspace] = {}
+
+    def _parameters(self) -> list[Tensor]:
+        model = self.model
+        return [t for pair in zip(model.weights, model.biases, strict=True) for t in pair]
+
+    def _workspace(self, batch: int) -> _Workspace:
+        if batch not in self._workspaces:
+            self._workspaces[batch] = _Workspace(self.model, batch)
+        return self._workspaces[batch]
 
     # --- forward ------------------------------------------------------------------------
 
@@ -86,43 +120,54 @@ class MLPStep:
         model = self.model
         S, B = inputs.shape[:2]
         K = model.num_members
+        ws = self._workspace(B)
         x = inputs.reshape(S, B, -1)
         weight, bias = model.weights[0], model.biases[0]
-        D, H = weight.shape[2], weight.shape[1]
-        z = torch.baddbmm(bias.view(S, -1, 1), weight.view(S, -1, D), x.transpose(1, 2))
-        z = z.view(K, H, B)
-        hidden = [self._activate(0, z)]
-        for layer in range(1, model.num_hidden):
-            z = torch.baddbmm(
-                model.biases[layer].unsqueeze(2), model.weights[layer], hidden[-1].out
-            )
-            hidden.append(self._activate(layer, z))
-        h_in = hidden[-1].out
-        logits = torch.baddbmm(model.biases[-1].unsqueeze(2), model.weights[-1], h_in)
+        D = weight.shape[2]
+        # Layer 1: one wide GEMM per seed, (S, K/S * H, D) @ (S, D, B).
+        torch.baddbmm(
+            bias.view(S, -1, 1),
+            weight.view(S, -1, D),
+            x.transpose(1, 2),
+            out=ws.z[0].view(S, -1, B),
+        )
+        outs, masks, graphs = [], [], []
+        for layer in range(model.num_hidden):
+            if layer > 0:
+                bias, weight = model.biases[layer], model.weights[layer]
+                torch.baddbmm(bias.unsqueeze(2), weight, outs[-1], out=ws.z[layer])
+            h, graph = self._activate(layer, ws)
+            mask = None
+            if model.dropout > 0 and model.training:
+                mask = model._dropout_mask(h.shape, h.dtype, h.device).transpose(1, 2)
+                h = h * mask
+            outs.append(h)
+            masks.append(mask)
+            graphs.append(graph)
+        bias, weight = model.biases[-1], model.weights[-1]
+        logits = torch.baddbmm(bias.unsqueeze(2), weight, outs[-1], out=ws.logits)
         logp = torch.log_softmax(logits, dim=1)
         targets = targets.view(K, 1, B)
         losses = logp.gather(1, targets).view(K, B).mean(dim=1).neg_()
-        return logits.transpose(1, 2), losses, StepCache(x, hidden, logp, targets)
+        cache = StepCache(ws, x, outs, masks, graphs, logp, targets)
+        return logits.transpose(1, 2), losses, cache
 
-    def _activate(self, layer: int, z: Tensor) -> _Hidden:
+    def _activate(self, layer: int, ws: _Workspace) -> tuple[Tensor, tuple | None]:
+        """The layer's activation of ws.z[layer]: (output, None) in closed form, written
+        group by group into ws.h[layer]; else (output, (z leaf, output)) with a graph."""
+        if self.closed_forms is not None:
+            z_groups, h_groups = ws.z_groups[layer], ws.h_groups[layer]
+            for a, form in enumerate(self.closed_forms):
+                form.forward(z_groups[a], self.params[a], h_groups[a])
+            return ws.h[layer], None
         model = self.model
-        K, units, B = z.shape
+        K, units, B = ws.z[layer].shape
         S, A, L = model.grid.shape
-        leaf = None
-        if self.derivatives is None:
-            leaf = z.detach().requires_grad_(True)
-            with torch.enable_grad():  # a view made under no_grad would leave the graph
-                h = model._activate(layer, leaf.view(S, A, L, units, B), 0, member_perm=(1, 0))
-                h = h.view(K, units, B)
-        else:
-            h = model._activate(layer, z.view(S, A, L, units, B), 0, member_perm=(1, 0))
+        leaf = ws.z[layer].detach().requires_grad_(True)
+        with torch.enable_grad():  # a view made under no_grad would leave the graph
+            h = model._activate(layer, leaf.view(S, A, L, units, B), 0, member_perm=(1, 0))
             h = h.view(K, units, B)
-        mask = None
-        out = h.detach()
-        if model.dropout > 0 and model.training:
-            mask = model._dropout_mask(z.shape, z.dtype, z.device).transpose(1, 2)
-            out = out * mask
-        return _Hidden(z, h, out, mask, leaf)
+        return h.detach(), (leaf, h)
 
     # --- backward -----------------------------------------------------------------------
 
@@ -131,48 +176,39 @@ class MLPStep:
         """Write every parameter's gradient of sum_k L_k (over members `alive`, a (K,) bool
         tensor; None for all) into its ``.grad``."""
         model = self.model
-        weights, biases = list(model.weights), list(model.biases)
-        for p in weights + biases:
-            if p.grad is None:
-                p.grad = torch.empty_like(p)
+        for p, grad in zip(self._parameters(), self.grads, strict=True):
+            p.grad = grad
+        ws = cache.workspace
         K, _, B = cache.logp.shape
         # d = (softmax - onehot(y)) / B, the gradient of the mean cross-entropy.
-        d = cache.logp.exp()
-        d.scatter_add_(1, cache.targets, torch.full_like(cache.targets, -1, dtype=d.dtype))
-        if alive is None:
-            d.mul_(1.0 / B)
-        else:
-            d = torch.where(alive.view(K, 1, 1), d * (1.0 / B), 0.0)
-        for layer in range(len(weights) - 1, 0, -1):
-            below = cache.hidden[layer - 1]
-            torch.bmm(d, below.out.transpose(1, 2), out=weights[layer].grad)
-            torch.sum(d, dim=2, out=biases[layer].grad)
-            dh = torch.bmm(weights[layer].transpose(1, 2), d)
-            if below.mask is not None:
-                dh.mul_(below.mask)
-            d = self._activation_backward(layer - 1, below, dh)
+        d = torch.exp(cache.logp, out=ws.d)
+        d.scatter_add_(1, cache.targets, ws.minus_one)
+        d.mul_(1.0 / B)
+        if alive is not None:
+            d.masked_fill_(~alive.view(K, 1, 1), 0.0)  # a select: NaN * 0 would be NaN
+        for layer in range(model.num_hidden, 0, -1):
+            below = layer - 1
+            weight, bias = model.weights[layer], model.biases[layer]
+            torch.bmm(d, cache.outs[below].transpose(1, 2), out=weight.grad)
+            torch.sum(d, dim=2, out=bias.grad)
+            dh = torch.bmm(weight.transpose(1, 2), d, out=ws.dh[below])
+            if cache.masks[below] is not None:
+                dh.mul_(cache.masks[below])
+            d = self._activation_backward(below, cache, dh)
         S, _, D = cache.x.shape
-        weight = weights[0]
-        torch.bmm(d.view(S, -1, B), cache.x, out=weight.grad.view(S, -1, D))
-        torch.sum(d, dim=2, out=biases[0].grad)
+        torch.bmm(d.view(S, -1, B), cache.x, out=model.weights[0].grad.view(S, -1, D))
+        torch.sum(d, dim=2, out=model.biases[0].grad)
 
-    def _activation_backward(self, layer: int, hidden: _Hidden, dh: Tensor) -> Tensor:
-        """dz = dh * f'(z), group by group (closed form) or through the layer's autograd graph."""
-        if hidden.leaf is not None:
-            (dz,) = torch.autograd.grad(hidden.h, hidden.leaf, dh)
+    def _activation_backward(self, layer: int, cache: StepCache, dh: Tensor) -> Tensor:
+        """dz = dh * f'(z): group by group in closed form, or through the layer's graph."""
+        graph = cache.graphs[layer]
+        if graph is not None:
+            leaf, h = graph
+            (dz,) = torch.autograd.grad(h, leaf, dh)
             return dz
-        K, units, B = dh.shape
-        S, A, L = self.model.grid.shape
-        if A == 1:
-            return self.derivatives[0](dh, hidden.z, hidden.h, self.params[0], torch.empty_like(dh))
-        dz = torch.empty_like(dh)
-        shape = (S, A, L, units, B)
-        g5, z5, h5, out5 = (
-            dh.view(shape),
-            hidden.z.view(shape),
-            hidden.h.view(shape),
-            dz.view(shape),
-        )
-        for a, derivative in enumerate(self.derivatives):
-            derivative(g5[:, a], z5[:, a], h5[:, a], self.params[a], out5[:, a])
-        return dz
+        ws = cache.workspace
+        z_groups, h_groups = ws.z_groups[layer], ws.h_groups[layer]
+        dh_groups, dz_groups = ws.dh_groups[layer], ws.dz_groups[layer]
+        for a, form in enumerate(self.closed_forms):
+            form.backward(dh_groups[a], z_groups[a], h_groups[a], self.params[a], dz_groups[a])
+        return ws.dz[layer]

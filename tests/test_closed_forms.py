@@ -1,4 +1,4 @@
-"""The closed-form derivatives against autograd through the catalog's own modules, and
+"""The closed-form kernels against the catalog's own modules and autograd, and
 the hand-written MLP backward against autograd through the stacked model."""
 
 import pytest
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from test_engine import make_data, small_config
 
 from actlab import catalog
-from actlab.derivatives import DERIVATIVES, derivative_for
+from actlab.closed_forms import CLOSED_FORMS, closed_form
 from actlab.engine import Trainer
 from actlab.mlp_step import MLPStep, supports
 from actlab.models import activation_info
@@ -38,29 +38,36 @@ SPECS = {
 
 
 def test_every_closed_form_is_tested_and_is_a_catalog_entry():
-    assert set(SPECS) == set(DERIVATIVES)
+    assert set(SPECS) == set(CLOSED_FORMS)
     names = {spec.name for spec in catalog.list_activations()}
-    assert set(DERIVATIVES) <= names
-    assert derivative_for("prelu") is None and derivative_for("rrelu") is None
+    assert set(CLOSED_FORMS) <= names
+    assert closed_form("prelu") is None and closed_form("rrelu") is None
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(SPECS))
-def test_closed_form_derivative_equals_autograd_through_the_catalog_module(name):
+def test_closed_form_equals_the_catalog_module_and_autograd(name, device):
     info = activation_info(SPECS[name])
     assert info.name == name
     module = catalog.get(SPECS[name])
+    form = closed_form(name)
     # Kinks and edges of every entry (0, +-0.5, +-1, +-2, 3, 6, softplus's threshold / beta)
-    # and a spread of random values, in float64.
+    # and a spread of random values; float64, and float32 as the engine trains.
     special = torch.tensor([0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0, 3.0, -3.0, 6.0, 2.5, 20.0])
-    x = torch.cat([special, torch.randn(500, generator=torch.Generator().manual_seed(0)) * 4])
-    x = x.double().requires_grad_(True)
-    y = module(x)
-    grad = torch.rand_like(x)
-    (expected,) = torch.autograd.grad(y, x, grad)
-    out = torch.empty_like(x)
-    result = derivative_for(name)(grad, x.detach(), y.detach(), info.params, out)
-    assert result.data_ptr() == out.data_ptr()
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    values = torch.randn(500, generator=torch.Generator().manual_seed(0)) * 4
+    for dtype in (torch.float64, torch.float32):
+        x = torch.cat([special, values]).to(device, dtype).requires_grad_(True)
+        y = module(x)
+        grad = torch.rand_like(x)
+        (expected,) = torch.autograd.grad(y, x, grad)
+        out = torch.empty_like(x)
+        assert form.forward(x.detach(), info.params, out) is out
+        assert torch.equal(out, y.detach())  # the very kernel the module runs
+        assert form.backward(grad, x.detach(), y.detach(), info.params, out) is out
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)  # autograd's own kernel
 
 
 ACTIVATION_MIXES = {
@@ -78,7 +85,7 @@ def test_hand_written_backward_equals_autograd(mix, dropout):
     model = trainer.model
     assert supports(model)
     step = MLPStep(model)
-    assert (step.derivatives is None) == (mix == "autograd-fallback")
+    assert (step.closed_forms is None) == (mix == "autograd-fallback")
     data = trainer.data
     index = torch.arange(40).view(1, 40).expand(2, 40) + torch.tensor([[0], [100]])
     inputs, targets = trainer._batch(index)
