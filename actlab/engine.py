@@ -142,8 +142,10 @@ class StepGraph:
     replayed: the batch index is copied into a static buffer, and the graph runs the
     gather, forward, backward, divergence mask, optimizer step and epoch sums. Eager warm-up
     steps on a side stream come first (cuBLAS and the allocator initialise outside the
-    capture). Off for dropout (its per-seed generators) and without a device-side
-    optimizer step count (see ``StackedOptimizer.graph_safe``)."""
+    capture). Used with the hand-written MLP step only (autograd's backward is not
+    captured: the CNN and learnable activations step eagerly), not with dropout (its
+    per-seed generators), and only with a device-side optimizer step count (see
+    ``StackedOptimizer.graph_safe``)."""
 
     WARMUP_STEPS = 3
 
@@ -157,6 +159,7 @@ class StepGraph:
     def for_trainer(cls, trainer: Trainer) -> StepGraph | None:
         usable = (
             trainer.device.type == "cuda"
+            and trainer.mlp_step is not None  # no autograd inside the capture
             and trainer.model.dropout == 0
             and trainer.optimizer.graph_safe
         )

@@ -55,7 +55,10 @@ CASES = {
 def test_cuda_engine_matches_plain_cuda_models_trained_one_by_one(case):
     data = on_cuda(make_data())
     steps_per_epoch = math.ceil(N_TRAIN / 40)
-    epochs = math.ceil(200 / steps_per_epoch)
+    # cuDNN runs a grouped convolution with other algorithms (summation orders) than a
+    # plain one; Adam turns those 1e-7 differences into a different path within ~100 steps
+    # (1e-3 in a weight whose gradient is near 0), so the CNN is held to 2 epochs.
+    epochs = 2 if case == "adam-cnn" else math.ceil(200 / steps_per_epoch)
     config = small_config(epochs=epochs, device="cuda", **CASES[case])
     trainer = Trainer(config, data)
     assert not trainer.check_on_host  # the on-device divergence path
@@ -65,18 +68,15 @@ def test_cuda_engine_matches_plain_cuda_models_trained_one_by_one(case):
     for _ in range(epochs):
         result = trainer.train_epoch(lambda info: fused_losses.append(info.losses.tolist()))
         assert all(row["status"] == "ok" for row in result.metrics)
-    # cuDNN runs a grouped convolution with other algorithms (summation orders) than a
-    # plain one, and 200 Adam steps grow those 1e-7 differences to ~1e-4 (seen: 1.7e-4).
-    rtol, atol = (2e-3, 1e-3) if config.model == "cnn" else (1e-4, 1e-5)
     for k, member in enumerate(trainer.members):
         plain_losses = train_plain(config, data, plain_models[k], member, len(fused_losses))
         fused = torch.tensor([losses[k] for losses in fused_losses])
-        torch.testing.assert_close(fused, torch.tensor(plain_losses), rtol=rtol, atol=atol)
+        torch.testing.assert_close(fused, torch.tensor(plain_losses), rtol=1e-4, atol=1e-5)
         exported = trainer.model.export_member(k)
         for fused_p, plain_p in zip(
             exported.parameters(), plain_models[k].parameters(), strict=True
         ):
-            torch.testing.assert_close(fused_p, plain_p, rtol=rtol, atol=max(atol, 1e-4))
+            torch.testing.assert_close(fused_p, plain_p, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
@@ -165,8 +165,8 @@ def test_compare_cli_on_cuda_writes_and_resumes_the_run(tmp_path):
     "changes",
     [{}, {"lrs": (1e-3, 1e-2), "optimizer": "adamw", "weight_decay": 0.01},
      {"optimizer": "sgd", "lrs": (0.05,)}, {"diagnostics": True},
-     {"model": "cnn", "hidden": (8,), "activations": ("relu", "tanh")}],
-    ids=["adam", "adamw-two-lrs", "sgd", "diagnostics", "cnn"],
+     {"activations": ("relu", "expr:x * tanh(softplus(x))")}],
+    ids=["adam", "adamw-two-lrs", "sgd", "diagnostics", "autograd-activation"],
 )  # fmt: skip
 def test_cuda_graph_replays_match_eager_steps(changes):
     config = small_config(epochs=2, device="cuda", **changes)
@@ -182,3 +182,14 @@ def test_cuda_graph_replays_match_eager_steps(changes):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
     for p, q in zip(graphed.optimizer.params, eager.optimizer.params, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"model": "cnn", "hidden": (8,)}, {"activations": ("relu", "prelu")}, {"dropout": 0.2}],
+    ids=["cnn", "learnable", "dropout"],
+)
+def test_models_outside_the_graph_step_eagerly(changes):
+    trainer = Trainer(small_config(device="cuda", **changes), on_cuda(make_data()))
+    assert trainer._graph is None
+    assert all(row["status"] == "ok" for row in trainer.train_epoch().metrics)
