@@ -56,9 +56,11 @@ def test_cuda_engine_matches_plain_cuda_models_trained_one_by_one(case):
     data = on_cuda(make_data())
     steps_per_epoch = math.ceil(N_TRAIN / 40)
     # cuDNN runs a grouped convolution with other algorithms (summation orders) than a
-    # plain one; Adam turns those 1e-7 differences into a different path within ~100 steps
-    # (1e-3 in a weight whose gradient is near 0), so the CNN is held to 2 epochs.
-    epochs = 2 if case == "adam-cnn" else math.ceil(200 / steps_per_epoch)
+    # plain one. Adam's step lr * m / sqrt(v) is ill-conditioned where the gradient is near
+    # 0, so those 1e-7 differences move such a weight by up to lr per step: the CNN is held
+    # to 2 epochs, its weights to one lr (seen: 6 of 18432 conv weights off by 2.4e-4).
+    cnn = case == "adam-cnn"
+    epochs = 2 if cnn else math.ceil(200 / steps_per_epoch)
     config = small_config(epochs=epochs, device="cuda", **CASES[case])
     trainer = Trainer(config, data)
     assert not trainer.check_on_host  # the on-device divergence path
@@ -76,7 +78,7 @@ def test_cuda_engine_matches_plain_cuda_models_trained_one_by_one(case):
         for fused_p, plain_p in zip(
             exported.parameters(), plain_models[k].parameters(), strict=True
         ):
-            torch.testing.assert_close(fused_p, plain_p, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(fused_p, plain_p, rtol=1e-4, atol=1e-3 if cnn else 1e-4)
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
