@@ -82,6 +82,15 @@ def activation_info(spec: str, *, allow_last_dim: bool = True) -> ActivationInfo
     )
 
 
+def _module(info: ActivationInfo) -> nn.Module:
+    """A fresh module of the activation, never in place: the stacked model applies it to
+    views of shared tensors (and autograd may need its input), where an in-place write
+    fails; the numbers are the same either way."""
+    if info.params.get("inplace"):
+        return catalog.get(info.spec, inplace=False)
+    return catalog.get(info.spec)
+
+
 # --- member layout ----------------------------------------------------------------------
 
 
@@ -156,9 +165,9 @@ class StackedModel(nn.Module):
             groups = nn.ModuleList()
             for info in self.infos:
                 if info.learnable:
-                    groups.append(nn.ModuleList(catalog.get(info.spec) for _ in range(S * L)))
+                    groups.append(nn.ModuleList(_module(info) for _ in range(S * L)))
                 else:
-                    groups.append(catalog.get(info.spec))
+                    groups.append(_module(info))
             self.acts.append(groups)
         self._generators = (
             [torch.Generator().manual_seed(s + DROPOUT_SEED_OFFSET) for s in self.grid.seeds]

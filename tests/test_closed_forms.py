@@ -123,3 +123,20 @@ def test_learnable_activations_and_the_cnn_train_with_autograd():
     plain = Trainer(small_config(), make_data())
     assert prelu.mlp_step is None and cnn.mlp_step is None
     assert isinstance(plain.mlp_step, MLPStep)
+
+
+@pytest.mark.parametrize(
+    "activations",
+    [("rrelu(inplace=True)", "relu"), ("relu(inplace=True)", "leaky_relu(inplace=True)"),
+     ("threshold(threshold=0.1, value=0.0, inplace=True)",)],
+    ids=["autograd-fallback", "closed-forms", "threshold"],
+)  # fmt: skip
+def test_inplace_activation_specs_train_like_their_out_of_place_twins(activations):
+    inplace = Trainer(small_config(activations=activations), make_data())
+    plain = [a.replace("inplace=True", "inplace=False") for a in activations]
+    twin = Trainer(small_config(activations=tuple(plain)), make_data())
+    rows, twin_rows = inplace.train_epoch().metrics, twin.train_epoch().metrics
+    for a, b in zip(rows, twin_rows, strict=True):
+        assert a["status"] == b["status"] == "ok"
+        if "rrelu" not in a["activation"]:  # rrelu draws random slopes in training
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
