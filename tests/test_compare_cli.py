@@ -179,11 +179,13 @@ def test_python_api_returns_the_metrics_frame(small, tmp_path):
 @pytest.mark.slow
 def test_sigkill_in_epoch_3_then_rerun_gives_the_uninterrupted_metrics(tmp_path):
     data = write_npz(tmp_path / "big.npz", 6000, 200, side=28)
+    # On the CPU: the kill is timed, and a GPU's epochs are too short to land in epoch 3.
     options = ["--dataset", data, "--epochs", "4", "--hidden", "64,64", "--batch-size", "32",
-               "--activations", "relu,tanh", "--threads", "1", "--no-report", "--quiet"]  # fmt: skip
+               "--activations", "relu,tanh", "--threads", "1", "--no-report", "--quiet",
+               "--device", "cpu"]  # fmt: skip
     reference = tmp_path / "reference"
     config = ExperimentConfig(dataset=data, epochs=4, hidden=(64, 64), batch_size=32,
-                              activations=("relu", "tanh"), threads=1)  # fmt: skip
+                              activations=("relu", "tanh"), threads=1, device="cpu")  # fmt: skip
     run_study(config, out=reference)
 
     run = tmp_path / "run"
