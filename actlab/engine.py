@@ -490,7 +490,7 @@ class Trainer:
     def _device_checked_step(self, index: Tensor, *, full: bool) -> Tensor:
         """`_device_step`, replayed from a CUDA graph for full batches when possible."""
         graph = self._graph
-        if graph is None or not full:
+        if graph is None or not full or self.mlp_step is None:
             return self._device_step(index)
         return graph.run(index, self._device_step, self.optimizer)
 
