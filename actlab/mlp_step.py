@@ -99,12 +99,10 @@ class MLPStep:
             forms if all(form is not None for form in forms) else None
         )
         self.params = [info.params for info in model.infos]
-        self.grads = [torch.empty_like(p) for p in self._parameters()]
+        # Every trainable tensor is a stacked weight or bias (no learnable activation).
+        self._trainable = [p for p, _ in model.parameter_members()]
+        self.grads = [torch.empty_like(p) for p in self._trainable]
         self._workspaces: dict[int, _Workspace] = {}
-
-    def _parameters(self) -> list[Tensor]:
-        model = self.model
-        return [t for pair in zip(model.weights, model.biases, strict=True) for t in pair]
 
     def _workspace(self, batch: int) -> _Workspace:
         if batch not in self._workspaces:
@@ -177,7 +175,7 @@ class MLPStep:
         """Write every parameter's gradient of sum_k L_k (over members `alive`, a (K,) bool
         tensor; None for all) into its ``.grad``."""
         model = self.model
-        for p, grad in zip(self._parameters(), self.grads, strict=True):
+        for p, grad in zip(self._trainable, self.grads, strict=True):
             p.grad = grad
         ws = cache.workspace
         K, _, B = cache.logp.shape

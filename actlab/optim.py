@@ -167,7 +167,8 @@ class StackedOptimizer:
             grads = [torch.where(mask, g, zero) for g, mask in zip(grads, masks, strict=True)]
             lrs = lrs * alive
         self.step_count += 1
-        self._step.add_(1.0)
+        if self.fused:  # only the fused kernel reads the device count
+            self._step.add_(1.0)
         if self.kind == "sgd":
             self._sgd(grads, lrs)
         else:
