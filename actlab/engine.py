@@ -222,12 +222,17 @@ def train(
     depth: int | None = None,
     state: dict | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
+    budget_members: int | None = None,
 ) -> Iterator[EpochResult]:
     """Train the stacked model of `depth` for `config.epochs` epochs, one result per epoch.
 
     `dataset` is an actlab.data.Dataset (or a DeviceData); `state` an `EpochResult.state`
-    to resume from (training continues after its epoch)."""
-    trainer = Trainer(config, dataset, depth=depth)
+    to resume from (training continues after its epoch). `budget_members`: see Trainer.
+
+    A member's initial weights, batch order and dropout masks depend on its seed alone, so
+    a shard of whole seeds (``config.replace(seeds=...)``, actlab.cluster) gives the rows
+    of the full study: every GEMM of a seed's members keeps its shape."""
+    trainer = Trainer(config, dataset, depth=depth, budget_members=budget_members)
     if state is not None:
         trainer.load_state(state)
     while trainer.epoch < config.epochs:
@@ -244,7 +249,11 @@ class Trainer:
         *,
         depth: int | None = None,
         model: nn.Module | None = None,
+        budget_members: int | None = None,
     ) -> None:
+        """`budget_members`: the member count that sizes the evaluation chunks and the
+        probe batch (ACTIVATION_BUDGET); default, this model's. A shard of a study passes
+        the whole study's count, so its diagnostics probe the same samples."""
         self.config = config
         self.depth = depth
         self.device = resolve_device(config.device)
@@ -293,10 +302,11 @@ class Trainer:
         # launch instead of hundreds of small kernels (set it to None for eager steps).
         self._graph = StepGraph.for_trainer(self)
         units = self._units_per_sample()
-        self.eval_chunk = samples_within_budget(units, len(self.members), EVAL_CHUNK)
+        sized_for = budget_members or len(self.members)
+        self.eval_chunk = samples_within_budget(units, sized_for, EVAL_CHUNK)
         n = self.data.x_train.shape[0]
         probe = torch.randperm(n, generator=torch.Generator().manual_seed(PROBE_SEED))
-        probe_size = samples_within_budget(units, len(self.members), PROBE_SIZE)
+        probe_size = samples_within_budget(units, sized_for, PROBE_SIZE)
         self.probe_index = probe[:probe_size].to(self.device)
 
     @torch.no_grad()

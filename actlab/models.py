@@ -292,14 +292,23 @@ class StackedModel(nn.Module):
         return h_t * self._dropout_mask(h_t.shape, h_t.dtype, h_t.device).transpose(1, 2)
 
     def _dropout_mask(self, shape: tuple[int, ...], dtype: torch.dtype, device) -> Tensor:
-        """A (K, B, units) mask of 0 and 1/(1-p), drawn as `shape` = (K, units, B) (the
-        feature-major layout) and returned transposed: member k's mask is ``mask[k]``."""
+        """A (K, B, units) mask of 0 and 1/(1-p) for `shape` = (K, units, B) (the
+        feature-major layout), returned transposed: member k's mask is ``mask[k]``.
+
+        One (units, B) mask is drawn per seed from that seed's generator and shared by the
+        seed's members (a view, not a copy): like the initial weights and the batch order,
+        a member's masks depend on its seed alone, not on which other members (activations,
+        lrs, seeds) share its stacked model, so the same member gives the same numbers
+        alone, in a full study or in any shard of one (actlab.cluster), and the
+        activations of a seed are compared under the same masks (paired)."""
         keep = 1.0 - self.dropout
-        mask = torch.empty(shape, dtype=dtype, device=device)
+        K, units, B = shape
         per_seed = self.num_members // self.num_seeds
+        mask = torch.empty((self.num_seeds, 1, units, B), dtype=dtype, device=device)
         for s, generator in enumerate(self._generators):
-            mask[s * per_seed : (s + 1) * per_seed].bernoulli_(keep, generator=generator)
-        return mask.div_(keep).transpose(1, 2)
+            mask[s].bernoulli_(keep, generator=generator)
+        mask = mask.div_(keep).expand(self.num_seeds, per_seed, units, B).reshape(K, units, B)
+        return mask.transpose(1, 2)
 
     def _dense(self, layer: int, h_t: Tensor) -> Tensor:
         """Feature-major (K, in, B) -> (K, out, B) for stacked layer `layer`: b + W @ h_t.
