@@ -21,6 +21,7 @@ import torch
 from actlab import store
 from actlab.config import ExperimentConfig
 from actlab.engine import DeviceData, EpochResult, StepInfo, members_of, resolve_device, train
+from actlab.errors import RunDirError
 
 
 @dataclass
@@ -95,6 +96,11 @@ def run_study(
 def _train_depths(config, dataset, device, writer, on_step, on_epoch, on_start) -> StudyResult:
     depths = config.depth_list
     checkpoint = writer.checkpoint if writer is not None else None
+    if checkpoint is not None and "shards" in checkpoint:
+        raise RunDirError(
+            f"{writer.path} was written by `actlab compare --ray`; resume it with --ray "
+            "(or choose another --out)"
+        )
     done_index, done_epoch = (
         (checkpoint["depth_index"], checkpoint["epoch"]) if checkpoint else (-1, config.epochs)
     )

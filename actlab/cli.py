@@ -202,6 +202,29 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         help="continue the run in --out from its last complete epoch",
     )
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="ADDRESS",
+        help="train shards of members on a Ray cluster: auto (RAY_ADDRESS or a local "
+        "`ray start --head`, the default with a bare --ray), local (a cluster for this run), "
+        'or HOST:PORT; needs pip install "actlab[ray]"',
+    )
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        help="with --ray: members per shard, rounded down to whole seeds (default: enough "
+        "shards to fill the cluster's GPUs, else its CPUs)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1,
+        help="with --ray: epochs between shard checkpoints sent to the driver (default 1)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
@@ -277,19 +300,42 @@ def cmd_compare(args: argparse.Namespace) -> int:
         diagnostics=not args.no_diagnostics,
     )
     config.check_activations()
+    if args.ray is None and (args.shard_size is not None or args.checkpoint_every != 1):
+        raise ConfigError("--shard-size and --checkpoint-every apply with --ray only; add --ray")
+    if args.ray is not None:
+        from actlab.cluster import import_ray
+
+        import_ray()  # before the dataset is loaded: without Ray, say how to install it
     out = args.out or default_out(config.dataset)
     dataset = load_study_dataset(config, progress=not args.quiet)
     progress = None if args.quiet else CompareProgress()
     try:
-        result = run_study(
-            config,
-            out=out,
-            resume=args.resume,
-            dataset=dataset,
-            on_start=progress.start if progress else None,
-            on_step=progress.step if progress else None,
-            on_epoch=progress.epoch if progress else None,
-        )
+        if args.ray is not None:
+            from actlab.cluster import run_study_on_ray
+
+            result = run_study_on_ray(
+                config,
+                address=args.ray,
+                out=out,
+                resume=args.resume,
+                dataset=dataset,
+                shard_size=args.shard_size,
+                checkpoint_every=args.checkpoint_every,
+                on_start=progress.start if progress else None,
+                on_progress=progress.advance if progress else None,
+                on_epoch=progress.epoch if progress else None,
+                on_shards=None if args.quiet else print_shards,
+            )
+        else:
+            result = run_study(
+                config,
+                out=out,
+                resume=args.resume,
+                dataset=dataset,
+                on_start=progress.start if progress else None,
+                on_step=progress.step if progress else None,
+                on_epoch=progress.epoch if progress else None,
+            )
     finally:
         if progress is not None:
             progress.close()
@@ -380,12 +426,17 @@ class CompareProgress:
         )
 
     def step(self, info) -> None:
-        key = (info.depth, info.epoch)
+        self.advance(1, info.depth, info.epoch, info.epochs)
+
+    def advance(self, steps: float, depth: int | None, epoch: int, epochs: int) -> None:
+        """`steps` more steps of the study done (a Ray shard's epoch is a fraction of one
+        epoch's steps); the description names the depth and epoch."""
+        key = (depth, epoch)
         if key != self.described:
-            depth = "" if info.depth is None else f"depth {info.depth} "
-            self.bar.set_description(f"{depth}epoch {info.epoch}/{info.epochs}", refresh=False)
+            where = "" if depth is None else f"depth {depth} "
+            self.bar.set_description(f"{where}epoch {epoch}/{epochs}", refresh=False)
             self.described = key
-        self.bar.update(1)
+        self.bar.update(steps)
 
     def epoch(self, result) -> None:
         from tqdm import tqdm
@@ -398,6 +449,16 @@ class CompareProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def print_shards(shards, plan) -> None:
+    """One line: how the study is split over the Ray cluster."""
+    kind = f"{plan.num_gpus} GPU" if plan.num_gpus else f"{plan.num_cpus} CPU"
+    sizes = sorted({len(shard.members) for shard in shards})
+    print(
+        f"ray: {len(shards)} shards of {'/'.join(map(str, sizes))} members, {kind} each, "
+        f"{plan.slots} at once"
+    )
 
 
 def selection_line(metrics) -> str:

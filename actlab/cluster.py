@@ -1,0 +1,505 @@
+"""A study across a Ray cluster: shards of members on Ray workers, one driver, one run directory.
+
+The members of each depth are split into **shards** of whole seeds (every activation and lr
+of a seed), each one stacked model trained by `actlab.engine.train` on one Ray worker, the
+same entry point a local run uses. A member's initial weights, batch order and dropout masks
+depend on its seed alone, and a shard of whole seeds keeps the shape of every GEMM of its
+members, so a study gives the same numbers on 1 or N shards (see README, "Beyond one
+machine", for the one exception measured).
+
+- Shards run as Ray streaming-generator tasks, one task per checkpoint interval
+  (``checkpoint_every`` epochs): each yields every epoch's metrics and diagnostics rows as
+  soon as the epoch ends, and its last epoch also carries the shard's engine state.
+- The driver (this process) is the only writer of the run directory (actlab.store): it
+  buffers rows until every shard has finished an epoch, appends them in member order (so
+  metrics.csv reads exactly as a local run's), and after a checkpoint interval writes one
+  checkpoint.pt holding every shard's state. No shared filesystem is needed.
+- A worker (or node) that dies is retried by Ray (``max_retries``): the task restarts from
+  the state it was given, the shard's last checkpoint, and Ray drops the epochs it had
+  already streamed (a replay of a deterministic generator), so nothing is lost or doubled.
+  A killed driver is rerun like any `actlab compare`: it resumes every shard from the
+  checkpoint in the run directory.
+- What the cluster lacks (Ray itself, a GPU, CPUs or memory for a shard) is one line
+  before any work starts.
+
+Ray is imported only here, and only when asked for (``pip install "actlab[ray]"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from actlab import store
+from actlab.api import StudyResult, load_study_dataset
+from actlab.config import ExperimentConfig, members_for
+from actlab.engine import EpochResult, members_of, train
+from actlab.errors import ConfigError, RunDirError
+
+INSTALL_HINT = 'pip install "actlab[ray]"'
+MAX_RETRIES = 3  # Ray retries of a shard's task after its worker or node dies
+# Bytes a shard needs beyond its dataset and parameters, for the step's activations and
+# Python/torch itself (a rough floor: the check is for clearly impossible shards).
+SHARD_OVERHEAD_BYTES = 300 * 2**20
+
+
+# --- shards -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Whole seeds of one depth, trained as one stacked model on one Ray worker."""
+
+    depth_index: int
+    depth: int | None
+    seeds: tuple[int, ...]
+    members: tuple[int, ...]  # their indices in the depth's stacked model (members_for)
+
+    @property
+    def name(self) -> str:
+        depth = "" if self.depth is None else f"-depth{self.depth}"
+        return f"actlab{depth}-seeds{'_'.join(map(str, self.seeds))}"
+
+
+def plan_shards(
+    config: ExperimentConfig, shard_size: int | None, slots: int
+) -> list[list[tuple[int, ...]]]:
+    """The seeds of each shard, per depth: consecutive seeds, ``max(1, shard_size //
+    members_per_seed)`` of them per shard; by default (None), enough shards to give each of
+    the cluster's `slots` (GPUs, else CPU slots) one, and no more shards than seeds.
+
+    A shard always holds whole seeds (every activation and lr of each): the members of a
+    seed share one layer-1 GEMM, whose shape must not change for the numbers to be the same
+    as in a local run."""
+    seeds = config.seeds
+    per_seed = len(config.activations) * len(config.lrs)
+    if shard_size is None:
+        count = max(1, min(len(seeds), slots))
+        size = math.ceil(len(seeds) / count)
+    else:
+        if shard_size < 1:
+            raise ConfigError(f"--shard-size must be at least 1 member, got {shard_size}")
+        size = max(1, shard_size // per_seed)
+    groups = [tuple(seeds[i : i + size]) for i in range(0, len(seeds), size)]
+    return [list(groups) for _ in config.depth_list]
+
+
+def shards_of(config: ExperimentConfig, plan: Sequence[Sequence[tuple[int, ...]]]) -> list[Shard]:
+    """Shard objects of a plan, depth after depth, with their members' indices."""
+    shards = []
+    for depth_index, depth in enumerate(config.depth_list):
+        members = members_for(config, depth)
+        for seeds in plan[depth_index]:
+            index = tuple(m.index for m in members if m.seed in seeds)
+            shards.append(Shard(depth_index, depth, tuple(seeds), index))
+    return shards
+
+
+def shard_config(config: ExperimentConfig, shard: Shard) -> ExperimentConfig:
+    """The config a worker trains: the study's, restricted to the shard's seeds."""
+    return config.replace(seeds=shard.seeds)
+
+
+def to_study_rows(rows: Sequence[dict], shard: Shard) -> list[dict]:
+    """A shard's rows with `member` renumbered from the shard's model to the study's."""
+    return [{**row, "member": shard.members[row["member"]]} for row in rows]
+
+
+# --- the worker side ------------------------------------------------------------------------
+
+_DATA_CACHE: dict[str, object] = {}  # per worker process: dataset ObjectRef hex -> Dataset
+
+
+def train_shard(
+    config: ExperimentConfig,
+    depth: int | None,
+    dataset,
+    state: dict | None,
+    until_epoch: int,
+    budget_members: int,
+):
+    """Train one shard from `state` (None: from scratch) through epoch `until_epoch`,
+    yielding one dict per epoch: its rows, its time and, for the last, the engine state.
+
+    It is `actlab.engine.train` itself, stopped after `until_epoch`; Ray runs it as a
+    streaming generator. Pure apart from the training: no file is read or written."""
+    for result in train(config, dataset, depth=depth, state=state, budget_members=budget_members):
+        last = result.epoch >= until_epoch
+        yield {
+            "epoch": result.epoch,
+            "metrics": result.metrics,
+            "diagnostics": result.diagnostics,
+            "epoch_time_s": result.epoch_time_s,
+            "state": result.state if last else None,
+        }
+        if last:
+            return
+
+
+def _remote_shard(
+    config: ExperimentConfig,
+    depth: int | None,
+    dataset_box: list,
+    previous: dict | None,
+    until_epoch: int,
+    budget_members: int,
+    threads: int,
+):
+    """The Ray task: the dataset comes once per worker process from the object store (it
+    is passed boxed in a list so that Ray does not fetch it for every task)."""
+    import ray
+
+    torch.set_num_threads(threads)
+    (dataset_ref,) = dataset_box
+    key = dataset_ref.hex()
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = ray.get(dataset_ref)
+    state = None if previous is None else previous["state"]
+    yield from train_shard(config, depth, _DATA_CACHE[key], state, until_epoch, budget_members)
+
+
+# --- the cluster --------------------------------------------------------------------------
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"--ray needs Ray, which is not installed; {INSTALL_HINT}") from None
+    return ray
+
+
+def connect(address: str):
+    """Connect to the cluster `address` asks for: ``auto`` (RAY_ADDRESS, else a cluster
+    started on this machine with `ray start --head`), ``local`` (a cluster for this run
+    alone) or ``HOST:PORT``. Returns the ray module."""
+    ray = import_ray()
+    options = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address == "local":
+        ray.init(include_dashboard=False, **options)
+        return ray
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        where = "RAY_ADDRESS" if address == "auto" and os.environ.get("RAY_ADDRESS") else address
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"no Ray cluster reachable at --ray {where} ({first}); start one with "
+            "`ray start --head`, give --ray HOST:PORT, or use --ray local"
+        ) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """What each shard's task asks Ray for, checked against the cluster before any work."""
+
+    num_cpus: int
+    num_gpus: int
+    slots: int  # shards the cluster can run at once
+
+
+def plan_resources(config: ExperimentConfig, nodes: Sequence[dict]) -> ClusterPlan:
+    """One GPU per shard when the cluster has GPUs and the study may use them (``--device
+    auto`` or ``cuda``), else ``--threads`` CPUs (default 1). `nodes`: ``ray.nodes()``."""
+    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive", True)]
+    gpus = sum(int(r.get("GPU", 0)) for r in alive)
+    wants_gpu = config.device.startswith("cuda")
+    if wants_gpu and gpus == 0:
+        raise ConfigError(
+            f"--device {config.device} but the Ray cluster has no GPU; add a GPU node or use --device cpu"
+        )
+    if config.device in ("auto",) and gpus > 0 or wants_gpu:
+        return ClusterPlan(num_cpus=1, num_gpus=1, slots=gpus)
+    threads = config.threads or 1
+    most = max((int(r.get("CPU", 0)) for r in alive), default=0)
+    if most < threads:
+        raise ConfigError(
+            f"a shard needs {threads} CPUs (--threads {threads}) but the largest Ray node has "
+            f"{most}; use --threads {max(most, 1)} or add a larger node"
+        )
+    slots = sum(int(r.get("CPU", 0)) // threads for r in alive)
+    return ClusterPlan(num_cpus=threads, num_gpus=0, slots=max(slots, 1))
+
+
+def shard_bytes(config: ExperimentConfig, dataset, members: int, depth: int | None) -> int:
+    """A rough upper estimate of one shard's memory: the float32 dataset, the stacked
+    parameters four times (weights, gradients, Adam's two moments) and a fixed overhead."""
+    from actlab.models import build_model
+
+    one = config.replace(
+        seeds=config.seeds[:1], activations=config.activations[:1], lrs=config.lrs[:1]
+    )
+    probe = build_model(
+        one, members_for(one, depth), dataset.input_shape, dataset.num_classes, "cpu", depth
+    )
+    per_member = sum(p.numel() for p in probe.parameters()) * 4
+    samples = dataset.train_size + dataset.val_size + len(dataset.y_test)
+    data = samples * math.prod(dataset.input_shape) * 4
+    return data + 4 * per_member * members + SHARD_OVERHEAD_BYTES
+
+
+def check_memory(needed: int, nodes: Sequence[dict], device_gpu: bool) -> None:
+    """Refuse a shard that fits no node's memory (Ray's "memory" resource)."""
+    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive", True)]
+    largest = max((float(r.get("memory", 0)) for r in alive), default=0.0)
+    if largest and needed > largest and not device_gpu:
+        raise ConfigError(
+            f"a shard needs about {needed / 2**30:.1f} GiB but the largest Ray node offers "
+            f"{largest / 2**30:.1f} GiB; use a smaller --shard-size or larger nodes"
+        )
+
+
+# --- the driver ---------------------------------------------------------------------------
+
+
+def run_study_on_ray(
+    config: ExperimentConfig,
+    *,
+    address: str = "auto",
+    out: str | Path | None = None,
+    resume: bool = False,
+    dataset=None,
+    shard_size: int | None = None,
+    checkpoint_every: int = 1,
+    on_start: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[int, int | None, int, int], None] | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    on_shards: Callable[[list[Shard], ClusterPlan], None] | None = None,
+) -> StudyResult:
+    """`actlab.api.run_study` on a Ray cluster: the same run directory, the same rows.
+
+    `on_progress(steps, depth, epoch, epochs)` is called as shards finish epochs (steps of
+    the whole study, as `on_start` counts them); `on_shards(shards, plan)` once, before
+    training."""
+    if checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every must be at least 1 epoch, got {checkpoint_every}")
+    config.check_activations()
+    ray = connect(address)
+    try:
+        nodes = ray.nodes()
+        plan = plan_resources(config, nodes)
+        if dataset is None:
+            dataset = load_study_dataset(config)
+        writer = None
+        if out is not None:
+            environment = store.describe_environment(
+                "cuda" if plan.num_gpus else "cpu", plan.num_cpus
+            )
+            environment["ray"] = {
+                "address": address,
+                "nodes": sum(1 for node in nodes if node.get("Alive", True)),
+                "ray": ray.__version__,
+                "shard_size": shard_size,
+                "checkpoint_every": checkpoint_every,
+            }
+            writer = store.open_run_dir(
+                out,
+                config,
+                members=[dataclasses.asdict(m) for m in members_of(config)],
+                dataset=dataset.summary(),
+                environment=environment,
+                resume=resume,
+            )
+        try:
+            checkpoint = writer.checkpoint if writer is not None else None
+            if checkpoint is not None and "shards" not in checkpoint:
+                raise RunDirError(
+                    f"{writer.path} was written by a local run; resume it without --ray "
+                    "(or choose another --out)"
+                )
+            layout = plan_shards(config, shard_size, plan.slots)
+            if checkpoint is not None:
+                layout[checkpoint["depth_index"]] = [
+                    tuple(seeds) for seeds in checkpoint["shards"]["seeds"]
+                ]
+            shards = shards_of(config, layout)
+            for depth_index, depth in enumerate(config.depth_list):
+                largest = max(len(s.members) for s in shards if s.depth_index == depth_index)
+                check_memory(
+                    shard_bytes(config, dataset, largest, depth), nodes, bool(plan.num_gpus)
+                )
+            if on_shards is not None:
+                on_shards(shards, plan)
+            driver = _Driver(ray, config, dataset, writer, plan, checkpoint_every)
+            rows = driver.run(shards, checkpoint, on_start, on_progress, on_epoch)
+        finally:
+            if writer is not None:
+                writer.close()
+    finally:
+        ray.shutdown()
+    finished = driver.already_complete
+    resumed_from = driver.resumed_from
+    if writer is None:
+        from actlab.api import metrics_frame
+
+        return StudyResult(metrics_frame(rows), None, finished, resumed_from)
+    metrics = store.read_run(writer.path).metrics[list(store.METRICS_COLUMNS)]
+    return StudyResult(metrics, writer.path, finished, resumed_from)
+
+
+class _Driver:
+    """The driver's loop: submit shard tasks, gather their epochs, write the run directory."""
+
+    def __init__(self, ray, config, dataset, writer, plan: ClusterPlan, checkpoint_every: int):
+        self.ray = ray
+        self.config = config
+        self.writer = writer
+        self.checkpoint_every = checkpoint_every
+        self.dataset_box = [ray.put(dataset)]
+        self.steps_per_epoch = -(-dataset.train_size // config.batch_size)
+        self.task = ray.remote(_remote_shard)
+        self.task_options = {
+            "num_cpus": plan.num_cpus,
+            "num_gpus": plan.num_gpus,
+            "max_retries": MAX_RETRIES,
+        }
+        self.threads = plan.num_cpus
+        self.already_complete = False
+        self.resumed_from: tuple[int | None, int] | None = None
+
+    def run(self, shards, checkpoint, on_start, on_progress, on_epoch) -> list[dict]:
+        config = self.config
+        depths = config.depth_list
+        done_index, done_epoch = (
+            (checkpoint["depth_index"], checkpoint["epoch"]) if checkpoint else (-1, config.epochs)
+        )
+        if checkpoint:
+            self.resumed_from = (depths[done_index], done_epoch)
+        finished = done_index == len(depths) - 1 and done_epoch == config.epochs
+        self.already_complete = finished
+        rows: list[dict] = []
+        if finished:
+            return rows
+        total = self.steps_per_epoch * config.epochs * len(depths)
+        done = (
+            self.steps_per_epoch * (config.epochs * max(done_index, 0) + done_epoch)
+            if checkpoint
+            else 0
+        )
+        if on_start is not None:
+            on_start(total, done)
+        for index in range(len(depths)):
+            if index < done_index or (index == done_index and done_epoch == config.epochs):
+                continue
+            mine = [s for s in shards if s.depth_index == index]
+            resuming = checkpoint is not None and index == done_index
+            states = checkpoint["shards"]["states"] if resuming else [None] * len(mine)
+            first_epoch = done_epoch + 1 if resuming else 1
+            rows += self._train_depth(mine, states, first_epoch, on_progress, on_epoch)
+        return rows
+
+    def _until(self, epoch: int) -> int:
+        """The last epoch of the checkpoint interval that starts at `epoch`."""
+        every = self.checkpoint_every
+        return min(self.config.epochs, ((epoch - 1) // every + 1) * every)
+
+    def _submit(self, shard: Shard, previous, first_epoch: int, members: int):
+        until = self._until(first_epoch)
+        return self.task.options(
+            name=f"{shard.name}-epoch{first_epoch}", **self.task_options
+        ).remote(
+            shard_config(self.config, shard),
+            shard.depth,
+            self.dataset_box,
+            previous,
+            until,
+            members,
+            self.threads,
+        )
+
+    def _train_depth(self, shards, states, first_epoch, on_progress, on_epoch) -> list[dict]:
+        ray, config = self.ray, self.config
+        depth_index, depth = shards[0].depth_index, shards[0].depth
+        members = members_for(config, depth)
+        total_members = len(members)
+        # The first task of a resumed shard gets its checkpointed state, boxed as the
+        # yields of a previous task are (a dict holding "state").
+        pending = {
+            self._submit(
+                shard, None if state is None else {"state": state}, first_epoch, total_members
+            ): i
+            for i, (shard, state) in enumerate(zip(shards, states, strict=True))
+        }
+        arrived: dict[int, dict[int, dict]] = {}  # epoch -> shard -> its yield
+        next_epoch = first_epoch
+        rows: list[dict] = []
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for generator in ready:
+                i = pending.pop(generator)
+                try:
+                    ref = next(generator)
+                except StopIteration:
+                    continue
+                part = _get(ray, ref)
+                arrived.setdefault(part["epoch"], {})[i] = part
+                if on_progress is not None:
+                    steps = self.steps_per_epoch * len(shards[i].members) / total_members
+                    on_progress(steps, depth, part["epoch"], config.epochs)
+                if part["state"] is None:
+                    pending[generator] = i
+                elif part["epoch"] < config.epochs:
+                    pending[self._submit(shards[i], ref, part["epoch"] + 1, total_members)] = i
+            while len(arrived.get(next_epoch, {})) == len(shards):
+                parts = arrived.pop(next_epoch)
+                rows += self._write_epoch(shards, parts, depth_index, depth, members, on_epoch)
+                next_epoch += 1
+        return rows
+
+    def _write_epoch(self, shards, parts, depth_index, depth, members, on_epoch) -> list[dict]:
+        """Append one epoch of every shard, in member order; checkpoint at an interval's end."""
+        epoch = parts[0]["epoch"]
+        metrics, diagnostics = [], []
+        for i, shard in enumerate(shards):
+            metrics += to_study_rows(parts[i]["metrics"], shard)
+            diagnostics += to_study_rows(parts[i]["diagnostics"], shard)
+        if self.writer is not None:
+            self.writer.append_rows(metrics, diagnostics)
+            if parts[0]["state"] is not None:
+                self.writer.save_checkpoint(
+                    {
+                        "depth_index": depth_index,
+                        "depth": depth,
+                        "epoch": epoch,
+                        "shards": {
+                            "seeds": [list(s.seeds) for s in shards],
+                            "states": [parts[i]["state"] for i in range(len(shards))],
+                        },
+                    }
+                )
+        if on_epoch is not None:
+            on_epoch(
+                EpochResult(
+                    depth=depth,
+                    epoch=epoch,
+                    epochs=self.config.epochs,
+                    members=list(members),
+                    metrics=metrics,
+                    diagnostics=diagnostics,
+                    epoch_time_s=max(p["epoch_time_s"] for p in parts.values()),
+                    diverged=[row["member"] for row in metrics if row["status"] == "diverged"],
+                )
+            )
+        return metrics
+
+
+def _get(ray, ref):
+    """ray.get, with a shard's user error (ActlabError) re-raised as itself: one line."""
+    from actlab.errors import ActlabError
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as error:
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, ActlabError):
+            raise cause from None
+        raise

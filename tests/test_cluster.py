@@ -1,0 +1,336 @@
+"""`actlab compare --ray` on a real local Ray cluster: a head node and a second node, each
+started with `ray start --block` (1 CPU, 100 MB object store, no dashboard) and shared by
+the tests of this module. The oracle is the local run of the same study (one thread)."""
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from actlab import cluster, store
+from actlab.api import run_study
+from actlab.cli import main
+from actlab.config import ExperimentConfig
+from actlab.errors import ConfigError, RunDirError
+
+
+def write_npz(path: Path, n_train: int, n_test: int, side: int, seed: int = 0) -> str:
+    """uint8 images whose class (of 4) is the argmax of a fixed linear map of the pixels."""
+    rng = np.random.default_rng(seed)
+    projection = np.random.default_rng(99).normal(size=(side * side, 4))
+
+    def split(n):
+        x = rng.integers(0, 256, (n, side, side), dtype=np.uint8)
+        return x, (x.reshape(n, -1).astype(float) @ projection).argmax(1).astype(np.int64)
+
+    (x_train, y_train), (x_test, y_test) = split(n_train), split(n_test)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return f"npz:{path}"
+
+
+def without_time(path: Path, name: str = store.METRICS_FILE) -> list[dict]:
+    """A run's CSV rows without the wall time (the one column that may differ)."""
+    with (path / name).open() as handle:
+        return [
+            {k: v for k, v in row.items() if k != "epoch_time_s"} for row in csv.DictReader(handle)
+        ]
+
+
+# --- shards (no cluster) ------------------------------------------------------------------
+
+
+def test_shards_are_whole_seeds_and_renumber_members():
+    config = ExperimentConfig(
+        activations=("relu", "tanh"), lrs=(1e-3, 3e-3), seeds=(0, 1, 2, 5, 7), depths=(1, 2)
+    )
+    # 4 members per seed: --shard-size 9 rounds down to 2 seeds per shard.
+    plan = cluster.plan_shards(config, 9, slots=1)
+    assert plan == [[(0, 1), (2, 5), (7,)]] * 2
+    assert cluster.plan_shards(config, 3, slots=1)[0] == [(0,), (1,), (2,), (5,), (7,)]
+    # By default: as many shards as the cluster has slots, never more than seeds.
+    assert cluster.plan_shards(config, None, slots=2)[0] == [(0, 1, 2), (5, 7)]
+    assert cluster.plan_shards(config, None, slots=64)[0] == [(s,) for s in config.seeds]
+    shards = cluster.shards_of(config, plan)
+    assert [s.depth for s in shards] == [1, 1, 1, 2, 2, 2]
+    assert shards[1].members == (8, 9, 10, 11, 12, 13, 14, 15)
+    shard_config = cluster.shard_config(config, shards[1])
+    assert shard_config.seeds == (2, 5) and shard_config.study_key() == config.study_key()
+    rows = cluster.to_study_rows([{"member": 0, "seed": 2}, {"member": 7, "seed": 5}], shards[1])
+    assert [r["member"] for r in rows] == [8, 15]
+    with pytest.raises(ConfigError, match="--shard-size"):
+        cluster.plan_shards(config, 0, slots=1)
+
+
+def test_resources_are_checked_before_any_work():
+    cpu_node = {"Alive": True, "Resources": {"CPU": 2.0, "memory": 2.0 * 2**30}}
+    plan = cluster.plan_resources(ExperimentConfig(device="auto"), [cpu_node, cpu_node])
+    assert (plan.num_cpus, plan.num_gpus, plan.slots) == (1, 0, 4)
+    with pytest.raises(ConfigError, match="no GPU"):
+        cluster.plan_resources(ExperimentConfig(device="cuda"), [cpu_node])
+    with pytest.raises(ConfigError, match="needs 4 CPUs"):
+        cluster.plan_resources(ExperimentConfig(threads=4), [cpu_node])
+    gpu_node = {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 2.0}}
+    assert cluster.plan_resources(ExperimentConfig(), [gpu_node]).num_gpus == 1
+    with pytest.raises(ConfigError, match="smaller --shard-size"):
+        cluster.check_memory(3 * 2**30, [cpu_node], device_gpu=False)
+
+
+def test_without_ray_the_flag_says_how_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(ConfigError, match=r'pip install "actlab\[ray\]"'):
+        cluster.import_ray()
+    code = main(["compare", "--dataset", "digits", "--epochs", "1", "--ray", "--quiet"])
+    assert code == 2 and 'pip install "actlab[ray]"' in capsys.readouterr().err
+
+
+def test_shard_options_need_ray(capsys):
+    assert main(["compare", "--shard-size", "4", "--quiet"]) == 2
+    assert "--ray" in capsys.readouterr().err
+
+
+# --- a real cluster -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ray.scripts.scripts", *args]
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A head node and a second node on this machine, 1 CPU each; stopped in teardown by
+    interrupting the two `ray start --block` processes (each stops what it started)."""
+    pytest.importorskip("ray")
+    temp = tempfile.mkdtemp(prefix="alr", dir="/tmp")  # short: Ray's socket paths are limited
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--num-cpus", "1", "--object-store-memory", "100000000", "--block"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    nodes = []
+    try:
+        nodes.append(
+            subprocess.Popen(
+                ray_command(
+                    "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
+                    "--include-dashboard=false", "--temp-dir", temp,
+                    "--ray-client-server-port", str(free_port()),
+                    "--dashboard-agent-listen-port", str(free_port()), *common,
+                ),
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+        wait_for_cpus(address, 1, nodes)
+        nodes.append(
+            subprocess.Popen(
+                ray_command(
+                    "start", "--address", address, "--node-ip-address", "127.0.0.1",
+                    "--dashboard-agent-listen-port", str(free_port()), *common,
+                ),
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+        wait_for_cpus(address, 2, nodes)
+        yield address
+    finally:
+        for node in reversed(nodes):
+            node.send_signal(signal.SIGINT)
+        for node in nodes:
+            try:
+                node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def wait_for_cpus(address: str, cpus: int, nodes: list, timeout: float = 120) -> None:
+    """Poll the cluster (from a subprocess: this process never connects) until it has
+    `cpus` CPUs."""
+    probe = (
+        f"import ray, logging; ray.init(address={address!r}, logging_level=logging.ERROR); "
+        "print(int(ray.cluster_resources().get('CPU', 0)))"
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(node.poll() is not None for node in nodes):
+            raise RuntimeError("a `ray start` process exited during startup")
+        result = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+        )
+        if result.returncode == 0 and result.stdout.strip() == str(cpus):
+            return
+        time.sleep(1)
+    raise RuntimeError(f"the Ray cluster at {address} did not reach {cpus} CPUs")
+
+
+def actlab_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "actlab", "compare", "--threads", "1", "--no-report", *args]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    return write_npz(tmp_path_factory.mktemp("data") / "ray.npz", 1200, 200, side=8)
+
+
+STUDY = [
+    "--activations", "relu,tanh", "--lr", "1e-3,3e-3", "--seeds", "3", "--epochs", "3",
+    "--hidden", "32,16", "--dropout", "0.2",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def local_run(data, tmp_path_factory) -> Path:
+    """The oracle: the same study trained locally, one stacked model, one thread."""
+    out = tmp_path_factory.mktemp("local") / "run"
+    assert main(["compare", "--threads", "1", "--no-report", "--quiet", "--dataset", data, *STUDY, "--out", str(out)]) == 0  # fmt: skip
+    return out
+
+
+def test_ray_study_has_the_local_numbers_and_resumes_nothing_when_done(
+    ray_address, data, local_run, tmp_path
+):
+    out = tmp_path / "ray"
+    run = subprocess.run(
+        actlab_cli("--dataset", data, *STUDY, "--out", str(out), "--ray", ray_address),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "ray: 2 shards of 8/4 members, 1 CPU each, 2 at once" in run.stdout
+    # metrics.csv and diagnostics.csv row for row as the local run (in member order).
+    assert without_time(out) == without_time(local_run)
+    assert without_time(out, store.DIAGNOSTICS_FILE) == without_time(
+        local_run, store.DIAGNOSTICS_FILE
+    )
+    environment = store.read_run(out).environment
+    assert environment["ray"]["nodes"] == 2
+    checkpoint = torch.load(out / store.CHECKPOINT_FILE, weights_only=True)
+    assert checkpoint["epoch"] == 3 and checkpoint["shards"]["seeds"] == [[0, 1], [2]]
+    # A local run cannot continue a Ray run directory (its checkpoint holds shards).
+    config = store.read_run(out).config
+    with pytest.raises(RunDirError, match="--ray"):
+        run_study(config, out=out)
+    again = subprocess.run(
+        actlab_cli("--dataset", data, *STUDY, "--out", str(out), "--ray", ray_address),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0 and "already complete" in again.stdout
+
+
+def test_depth_study_with_sparse_checkpoints(ray_address, data, tmp_path):
+    study = ["--activations", "relu,sigmoid", "--seeds", "2", "--epochs", "3", "--depths", "1,2"]
+    local, ray_out = tmp_path / "local", tmp_path / "ray"
+    assert main(["compare", "--threads", "1", "--no-report", "--quiet", "--dataset", data, *study, "--out", str(local)]) == 0  # fmt: skip
+    run = subprocess.run(
+        actlab_cli("--dataset", data, *study, "--out", str(ray_out), "--ray", ray_address,
+                   "--shard-size", "2", "--checkpoint-every", "2", "--quiet"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert without_time(ray_out) == without_time(local)
+
+
+def process_titled(prefix: str) -> int | None:
+    """The pid of the process whose title (Ray sets ``ray::<task name>``) starts with
+    `prefix`, if any."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith(prefix):
+            return int(entry.name)
+    return None
+
+
+@pytest.fixture(scope="module")
+def slow_data(tmp_path_factory) -> str:
+    """Enough samples for an epoch of a second or more, so a kill lands inside one."""
+    return write_npz(tmp_path_factory.mktemp("slow") / "slow.npz", 6000, 200, side=16)
+
+
+SLOW_STUDY = ["--activations", "relu,tanh", "--seeds", "2", "--epochs", "3", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def slow_local(slow_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("slow_local") / "run"
+    assert main(["compare", "--threads", "1", "--no-report", "--quiet", "--dataset", slow_data, *SLOW_STUDY, "--out", str(out)]) == 0  # fmt: skip
+    return out
+
+
+def wait_for(condition, timeout: float, process: subprocess.Popen):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process.poll() is not None:
+            raise AssertionError(f"the driver exited early: {process.stderr.read()}")
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def test_a_worker_killed_in_epoch_2_is_retried_from_its_checkpoint(
+    ray_address, slow_data, slow_local, tmp_path
+):
+    out = tmp_path / "ray"
+    driver = subprocess.Popen(
+        actlab_cli("--dataset", slow_data, *SLOW_STUDY, "--out", str(out), "--ray", ray_address, "--quiet"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # The task of seed 1's shard for epoch 2 (its worker's title is the task's name).
+        pid = wait_for(lambda: process_titled("ray::actlab-seeds1-epoch2"), 240, driver)
+        os.kill(pid, signal.SIGKILL)
+        stdout, stderr = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, stderr
+    # The retried shard continued from its epoch-1 checkpoint: every row once, and the
+    # numbers of the uninterrupted local run.
+    assert without_time(out) == without_time(slow_local)
+
+
+def test_a_killed_driver_is_rerun_and_resumes_every_shard(
+    ray_address, slow_data, slow_local, tmp_path
+):
+    out = tmp_path / "ray"
+    command = actlab_cli("--dataset", slow_data, *SLOW_STUDY, "--out", str(out), "--ray", ray_address)  # fmt: skip
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+
+        def one_epoch_checkpointed() -> bool:
+            path = out / store.CHECKPOINT_FILE
+            return path.exists() and len(without_time(out)) >= 4
+
+        wait_for(one_epoch_checkpointed, 240, driver)
+        driver.kill()  # SIGKILL: no cleanup at all
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    done = torch.load(out / store.CHECKPOINT_FILE, weights_only=True)["epoch"]
+    assert done < 3
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming: {done * 750}/2250 steps already done" in rerun.stdout
+    assert without_time(out) == without_time(slow_local)
