@@ -190,7 +190,7 @@ def data(tmp_path_factory) -> str:
 
 STUDY = [
     "--activations", "relu,tanh", "--lr", "1e-3,3e-3", "--seeds", "3", "--epochs", "3",
-    "--hidden", "32,16", "--dropout", "0.2",
+    "--hidden", "32,16", "--dropout", "0.2", "--standardize",
 ]  # fmt: skip
 
 
@@ -211,7 +211,7 @@ def test_ray_study_has_the_local_numbers_and_resumes_nothing_when_done(
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert "ray: 2 shards of 8/4 members, 1 CPU each, 2 at once" in run.stdout
+    assert "ray: 2 shards of 4/8 members, 1 CPU each, 2 at once" in run.stdout
     # metrics.csv and diagnostics.csv row for row as the local run (in member order).
     assert without_time(out) == without_time(local_run)
     assert without_time(out, store.DIAGNOSTICS_FILE) == without_time(
