@@ -135,7 +135,7 @@ def ray_address():
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         )  # fmt: skip
-        wait_for_cpus(address, 1, nodes)
+        wait_for_port(port, nodes)
         nodes.append(
             subprocess.Popen(
                 ray_command(
@@ -157,6 +157,19 @@ def ray_address():
                 node.kill()
                 node.wait()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def wait_for_port(port: int, nodes: list, timeout: float = 120) -> None:
+    """Wait until the head node's GCS port accepts connections."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(node.poll() is not None for node in nodes):
+            raise RuntimeError("`ray start --head` exited during startup")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the Ray head node did not open port {port}")
 
 
 def wait_for_cpus(address: str, cpus: int, nodes: list, timeout: float = 120) -> None:
@@ -190,7 +203,7 @@ def data(tmp_path_factory) -> str:
 
 STUDY = [
     "--activations", "relu,tanh", "--lr", "1e-3,3e-3", "--seeds", "3", "--epochs", "3",
-    "--hidden", "32,16", "--dropout", "0.2", "--standardize",
+    "--depths", "1,2", "--hidden", "32", "--dropout", "0.2", "--standardize",
 ]  # fmt: skip
 
 
@@ -202,47 +215,30 @@ def local_run(data, tmp_path_factory) -> Path:
     return out
 
 
-def test_ray_study_has_the_local_numbers_and_resumes_nothing_when_done(
-    ray_address, data, local_run, tmp_path
-):
+@pytest.mark.slow
+def test_ray_study_has_the_local_numbers(ray_address, data, local_run, tmp_path):
     out = tmp_path / "ray"
     run = subprocess.run(
-        actlab_cli("--dataset", data, *STUDY, "--out", str(out), "--ray", ray_address),
+        actlab_cli("--dataset", data, *STUDY, "--out", str(out), "--ray", ray_address,
+                   "--checkpoint-every", "2"),
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert "ray: 2 shards of 4/8 members, 1 CPU each, 2 at once" in run.stdout
+    # 4 members per seed, 2 CPUs: shards of 2 and 1 seeds, for each depth.
+    assert "ray: 4 shards of 4/8 members, 1 CPU each, 2 at once" in run.stdout
     # metrics.csv and diagnostics.csv row for row as the local run (in member order).
     assert without_time(out) == without_time(local_run)
     assert without_time(out, store.DIAGNOSTICS_FILE) == without_time(
         local_run, store.DIAGNOSTICS_FILE
     )
-    environment = store.read_run(out).environment
-    assert environment["ray"]["nodes"] == 2
+    assert store.read_run(out).environment["ray"]["nodes"] == 2
+    # Checkpoints every 2 epochs, and at the end of each depth.
     checkpoint = torch.load(out / store.CHECKPOINT_FILE, weights_only=True)
-    assert checkpoint["epoch"] == 3 and checkpoint["shards"]["seeds"] == [[0, 1], [2]]
+    assert (checkpoint["depth"], checkpoint["epoch"]) == (2, 3)
+    assert checkpoint["shards"]["seeds"] == [[0, 1], [2]]
     # A local run cannot continue a Ray run directory (its checkpoint holds shards).
-    config = store.read_run(out).config
     with pytest.raises(RunDirError, match="--ray"):
-        run_study(config, out=out)
-    again = subprocess.run(
-        actlab_cli("--dataset", data, *STUDY, "--out", str(out), "--ray", ray_address),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert again.returncode == 0 and "already complete" in again.stdout
-
-
-def test_depth_study_with_sparse_checkpoints(ray_address, data, tmp_path):
-    study = ["--activations", "relu,sigmoid", "--seeds", "2", "--epochs", "3", "--depths", "1,2"]
-    local, ray_out = tmp_path / "local", tmp_path / "ray"
-    assert main(["compare", "--threads", "1", "--no-report", "--quiet", "--dataset", data, *study, "--out", str(local)]) == 0  # fmt: skip
-    run = subprocess.run(
-        actlab_cli("--dataset", data, *study, "--out", str(ray_out), "--ray", ray_address,
-                   "--shard-size", "2", "--checkpoint-every", "2", "--quiet"),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    assert without_time(ray_out) == without_time(local)
+        run_study(store.read_run(out).config, out=out)
 
 
 def process_titled(prefix: str) -> int | None:
@@ -262,11 +258,11 @@ def process_titled(prefix: str) -> int | None:
 
 @pytest.fixture(scope="module")
 def slow_data(tmp_path_factory) -> str:
-    """Enough samples for an epoch of a second or more, so a kill lands inside one."""
-    return write_npz(tmp_path_factory.mktemp("slow") / "slow.npz", 6000, 200, side=16)
+    """Enough samples for an epoch of about a second, so that a kill lands inside one."""
+    return write_npz(tmp_path_factory.mktemp("slow") / "slow.npz", 3000, 200, side=16)
 
 
-SLOW_STUDY = ["--activations", "relu,tanh", "--seeds", "2", "--epochs", "3", "--batch-size", "8"]
+SLOW_STUDY = ["--activations", "relu,tanh", "--seeds", "2", "--epochs", "2", "--batch-size", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -288,16 +284,30 @@ def wait_for(condition, timeout: float, process: subprocess.Popen):
     raise AssertionError("timed out")
 
 
-def test_a_worker_killed_in_epoch_2_is_retried_from_its_checkpoint(
+@pytest.mark.slow
+def test_killed_driver_and_killed_worker_end_with_the_uninterrupted_numbers(
     ray_address, slow_data, slow_local, tmp_path
 ):
+    """The driver is SIGKILLed after epoch 1 and rerun: it resumes both shards from the run
+    directory. Then the worker training seed 1's epoch 2 is SIGKILLed: Ray retries the
+    task from that shard's epoch-1 checkpoint (sent back by the rerun driver). Every row is there once, with the numbers of
+    the uninterrupted local run."""
     out = tmp_path / "ray"
-    driver = subprocess.Popen(
-        actlab_cli("--dataset", slow_data, *SLOW_STUDY, "--out", str(out), "--ray", ray_address, "--quiet"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    command = actlab_cli("--dataset", slow_data, *SLOW_STUDY, "--out", str(out), "--ray", ray_address)  # fmt: skip
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        # The task of seed 1's shard for epoch 2 (its worker's title is the task's name).
+        wait_for(lambda: (out / store.CHECKPOINT_FILE).exists(), 240, driver)
+        driver.kill()  # SIGKILL: no cleanup at all
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    done = torch.load(out / store.CHECKPOINT_FILE, weights_only=True)["epoch"]
+    assert done == 1  # the kill lands well within epoch 2 (about a second)
+
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The worker running seed 1's epoch 2 (its title is the task's name).
         pid = wait_for(lambda: process_titled("ray::actlab-seeds1-epoch2"), 240, driver)
         os.kill(pid, signal.SIGKILL)
         stdout, stderr = driver.communicate(timeout=300)
@@ -305,32 +315,5 @@ def test_a_worker_killed_in_epoch_2_is_retried_from_its_checkpoint(
         if driver.poll() is None:
             driver.kill()
     assert driver.returncode == 0, stderr
-    # The retried shard continued from its epoch-1 checkpoint: every row once, and the
-    # numbers of the uninterrupted local run.
-    assert without_time(out) == without_time(slow_local)
-
-
-def test_a_killed_driver_is_rerun_and_resumes_every_shard(
-    ray_address, slow_data, slow_local, tmp_path
-):
-    out = tmp_path / "ray"
-    command = actlab_cli("--dataset", slow_data, *SLOW_STUDY, "--out", str(out), "--ray", ray_address)  # fmt: skip
-    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-
-        def one_epoch_checkpointed() -> bool:
-            path = out / store.CHECKPOINT_FILE
-            return path.exists() and len(without_time(out)) >= 4
-
-        wait_for(one_epoch_checkpointed, 240, driver)
-        driver.kill()  # SIGKILL: no cleanup at all
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    done = torch.load(out / store.CHECKPOINT_FILE, weights_only=True)["epoch"]
-    assert done < 3
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"resuming: {done * 750}/2250 steps already done" in rerun.stdout
+    assert "resuming: 375/750 steps already done" in stdout
     assert without_time(out) == without_time(slow_local)
