@@ -180,12 +180,16 @@ def import_ray():
 def connect(address: str):
     """Connect to the cluster `address` asks for: ``auto`` (RAY_ADDRESS, else a cluster
     started on this machine with `ray start --head`), ``local`` (a cluster for this run
-    alone) or ``HOST:PORT``. Returns the ray module."""
+    alone) or ``HOST:PORT``. Returns (the ray module, whether this call connected: a
+    connection made before, e.g. ``ray.init(num_cpus=2)`` in a notebook, is used as it is
+    and left open)."""
     ray = import_ray()
+    if ray.is_initialized():
+        return ray, False
     options = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address == "local":
         ray.init(include_dashboard=False, **options)
-        return ray
+        return ray, True
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
@@ -195,7 +199,7 @@ def connect(address: str):
             f"no Ray cluster reachable at --ray {where} ({first}); start one with "
             "`ray start --head`, give --ray HOST:PORT, or use --ray local"
         ) from None
-    return ray
+    return ray, True
 
 
 @dataclass(frozen=True)
@@ -283,7 +287,7 @@ def run_study_on_ray(
     if checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every must be at least 1 epoch, got {checkpoint_every}")
     config.check_activations()
-    ray = connect(address)
+    ray, connected = connect(address)
     try:
         nodes = ray.nodes()
         plan = plan_resources(config, nodes)
@@ -335,7 +339,8 @@ def run_study_on_ray(
             if writer is not None:
                 writer.close()
     finally:
-        ray.shutdown()
+        if connected:
+            ray.shutdown()
     finished = driver.already_complete
     resumed_from = driver.resumed_from
     if writer is None:
@@ -502,4 +507,9 @@ def _get(ray, ref):
         cause = getattr(error, "cause", None)
         if isinstance(cause, ActlabError):
             raise cause from None
+        if "No module named 'actlab'" in str(error):
+            raise ConfigError(
+                "the Ray workers cannot import actlab; install the same actlab on every node "
+                f"({INSTALL_HINT}, into the Python that runs `ray start`)"
+            ) from None
         raise
