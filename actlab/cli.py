@@ -303,9 +303,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.ray is None and (args.shard_size is not None or args.checkpoint_every != 1):
         raise ConfigError("--shard-size and --checkpoint-every apply with --ray only; add --ray")
     if args.ray is not None:
-        from actlab.cluster import import_ray
+        from actlab.cluster import check_reachable, import_ray
 
-        import_ray()  # before the dataset is loaded: without Ray, say how to install it
+        # Before the dataset is loaded: no Ray, or no cluster at the address, is one line.
+        import_ray()
+        check_reachable(args.ray)
     out = args.out or default_out(config.dataset)
     dataset = load_study_dataset(config, progress=not args.quiet)
     progress = None if args.quiet else CompareProgress()

@@ -31,6 +31,7 @@ import dataclasses
 import logging
 import math
 import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,10 +138,22 @@ def train_shard(
             "metrics": result.metrics,
             "diagnostics": result.diagnostics,
             "epoch_time_s": result.epoch_time_s,
-            "state": result.state if last else None,
+            "state": to_cpu(result.state) if last else None,
         }
         if last:
             return
+
+
+def to_cpu(value):
+    """`value` with every tensor in it moved to the CPU (a GPU worker's state must be
+    readable by a driver without a GPU; the engine copies it back onto its device)."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: to_cpu(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(to_cpu(item) for item in value)
+    return value
 
 
 def _remote_shard(
@@ -190,6 +203,7 @@ def connect(address: str):
     if address == "local":
         ray.init(include_dashboard=False, **options)
         return ray, True
+    check_reachable(os.environ.get("RAY_ADDRESS", "") if address == "auto" else address)
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
@@ -200,6 +214,21 @@ def connect(address: str):
             "`ray start --head`, give --ray HOST:PORT, or use --ray local"
         ) from None
     return ray, True
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse at once a HOST:PORT nobody listens on (ray.init would retry for minutes).
+    Other forms (empty, ``auto``, ``ray://...``) are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if not host or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise ConfigError(
+            f"no Ray cluster reachable at {address} ({error.strerror or error}); start one "
+            "with `ray start --head`, check the address and port, or use --ray local"
+        ) from None
 
 
 @dataclass(frozen=True)

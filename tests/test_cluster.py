@@ -93,6 +93,14 @@ def test_without_ray_the_flag_says_how_to_install(monkeypatch, capsys):
     assert code == 2 and 'pip install "actlab[ray]"' in capsys.readouterr().err
 
 
+def test_an_address_nobody_listens_on_is_one_line(capsys):
+    pytest.importorskip("ray")
+    port = free_port()  # closed again: nothing listens there
+    code = main(["compare", "--dataset", "digits", "--epochs", "1", "--ray", f"127.0.0.1:{port}", "--quiet"])  # fmt: skip
+    error = capsys.readouterr().err
+    assert code == 2 and f"no Ray cluster reachable at 127.0.0.1:{port}" in error
+
+
 def test_shard_options_need_ray(capsys):
     assert main(["compare", "--shard-size", "4", "--quiet"]) == 2
     assert "--ray" in capsys.readouterr().err
