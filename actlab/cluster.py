@@ -457,32 +457,34 @@ class _Driver:
         total_members = len(members)
         # The first task of a resumed shard gets its checkpointed state, boxed as the
         # yields of a previous task are (a dict holding "state").
-        pending = {
-            self._submit(
-                shard, None if state is None else {"state": state}, first_epoch, total_members
-            ): i
-            for i, (shard, state) in enumerate(zip(shards, states, strict=True))
-        }
+        pending = {}  # generator -> (shard, the epoch its next yield is)
+        for i, (shard, state) in enumerate(zip(shards, states, strict=True)):
+            previous = None if state is None else {"state": state}
+            pending[self._submit(shard, previous, first_epoch, total_members)] = (i, first_epoch)
         arrived: dict[int, dict[int, dict]] = {}  # epoch -> shard -> its yield
         next_epoch = first_epoch
         rows: list[dict] = []
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for generator in ready:
-                i = pending.pop(generator)
+                i, epoch = pending.pop(generator)
                 try:
                     ref = next(generator)
                 except StopIteration:
                     continue
+                if epoch < self._until(epoch):
+                    pending[generator] = (i, epoch + 1)
+                elif epoch < config.epochs:
+                    # The interval's last epoch holds the shard's state: the next task gets
+                    # it by reference (no copy through the driver) and starts while the
+                    # driver fetches its own copy for the checkpoint.
+                    next_task = self._submit(shards[i], ref, epoch + 1, total_members)
+                    pending[next_task] = (i, epoch + 1)
                 part = _get(ray, ref)
-                arrived.setdefault(part["epoch"], {})[i] = part
+                arrived.setdefault(epoch, {})[i] = part
                 if on_progress is not None:
                     steps = self.steps_per_epoch * len(shards[i].members) / total_members
-                    on_progress(steps, depth, part["epoch"], config.epochs)
-                if part["state"] is None:
-                    pending[generator] = i
-                elif part["epoch"] < config.epochs:
-                    pending[self._submit(shards[i], ref, part["epoch"] + 1, total_members)] = i
+                    on_progress(steps, depth, epoch, config.epochs)
             while len(arrived.get(next_epoch, {})) == len(shards):
                 parts = arrived.pop(next_epoch)
                 rows += self._write_epoch(shards, parts, depth_index, depth, members, on_epoch)
