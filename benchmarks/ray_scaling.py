@@ -59,6 +59,9 @@ def training_seconds(path: Path, parallel: bool) -> float:
 def timed_ray_run(config, dataset, out: Path, workers: int) -> float:
     import ray
 
+    # A throwaway cluster on this machine: no token authentication (Ray would otherwise
+    # create ~/.ray/auth_token and turn it on for every later `ray start` here).
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
     try:
         start = time.perf_counter()

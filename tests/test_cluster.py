@@ -128,8 +128,16 @@ def ray_address():
     port = free_port()
     address = f"127.0.0.1:{port}"
     common = ["--num-cpus", "1", "--object-store-memory", "100000000", "--block"]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
+    # The nodes, the probes and the drivers (subprocesses) all inherit these: no token
+    # authentication (a throwaway cluster on 127.0.0.1; Ray would otherwise turn it on
+    # when ~/.ray/auth_token exists), no usage reporting, no other cluster's address.
+    saved = {
+        name: os.environ.get(name)
+        for name in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED", "RAY_ADDRESS")
+    }
+    os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    os.environ.pop("RAY_ADDRESS", None)
+    env = dict(os.environ)
     nodes = []
     try:
         nodes.append(
@@ -165,6 +173,11 @@ def ray_address():
                 node.kill()
                 node.wait()
         shutil.rmtree(temp, ignore_errors=True)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def wait_for_port(port: int, nodes: list, timeout: float = 120) -> None:
