@@ -41,7 +41,7 @@ import torch
 from actlab import store
 from actlab.api import StudyResult, load_study_dataset
 from actlab.config import ExperimentConfig, members_for
-from actlab.engine import EpochResult, members_of, train
+from actlab.engine import DeviceData, EpochResult, members_of, resolve_device, train
 from actlab.errors import ConfigError, RunDirError
 
 INSTALL_HINT = 'pip install "actlab[ray]"'
@@ -115,7 +115,9 @@ def to_study_rows(rows: Sequence[dict], shard: Shard) -> list[dict]:
 
 # --- the worker side ------------------------------------------------------------------------
 
-_DATA_CACHE: dict[str, object] = {}  # per worker process: dataset ObjectRef hex -> Dataset
+# Per worker process: (dataset ObjectRef hex, device) -> the dataset on that device, so the
+# dataset crosses the network and is converted to float once per process, not per task.
+_DATA_CACHE: dict[tuple[str, str], DeviceData] = {}
 
 
 def train_shard(
@@ -171,10 +173,11 @@ def _remote_shard(
 
     torch.set_num_threads(threads)
     (dataset_ref,) = dataset_box
-    key = dataset_ref.hex()
+    device = resolve_device(config.device)
+    key = (dataset_ref.hex(), str(device))
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
-        _DATA_CACHE[key] = ray.get(dataset_ref)
+        _DATA_CACHE[key] = DeviceData.from_dataset(ray.get(dataset_ref), device)
     state = None if previous is None else previous["state"]
     yield from train_shard(config, depth, _DATA_CACHE[key], state, until_epoch, budget_members)
 
