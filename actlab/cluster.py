@@ -42,7 +42,7 @@ from actlab import store
 from actlab.api import StudyResult, load_study_dataset
 from actlab.config import ExperimentConfig, members_for
 from actlab.engine import DeviceData, EpochResult, members_of, resolve_device, train
-from actlab.errors import ConfigError, RunDirError
+from actlab.errors import ClusterError, ConfigError, RunDirError
 
 INSTALL_HINT = 'pip install "actlab[ray]"'
 MAX_RETRIES = 3  # Ray retries of a shard's task after its worker or node dies
@@ -546,4 +546,10 @@ def _get(ray, ref):
                 "the Ray workers cannot import actlab; install the same actlab on every node "
                 f"({INSTALL_HINT}, into the Python that runs `ray start`)"
             ) from None
-        raise
+        raise  # a bug in actlab: keep its traceback
+    except ray.exceptions.RayError as error:  # workers or nodes lost beyond the retries
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ClusterError(
+            f"a shard was lost after {MAX_RETRIES} retries ({type(error).__name__}: {first}); "
+            "rerun the same command to resume from the last checkpoint"
+        ) from None

@@ -28,3 +28,8 @@ class RunDirError(ActlabError):
 
 class ConfigError(ActlabError, ValueError):
     """An experiment configuration that cannot run as asked (the message says why)."""
+
+
+class ClusterError(ActlabError):
+    """A Ray cluster that cannot run the study (unreachable, workers lost beyond retries);
+    the message says how to go on (rerunning resumes from the last checkpoint)."""
