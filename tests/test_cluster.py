@@ -2,6 +2,7 @@
 started with `ray start --block` (1 CPU, 100 MB object store, no dashboard) and shared by
 the tests of this module. The oracle is the local run of the same study (one thread)."""
 
+import contextlib
 import csv
 import os
 import shutil
@@ -164,20 +165,59 @@ def ray_address():
         wait_for_cpus(address, 2, nodes)
         yield address
     finally:
-        for node in reversed(nodes):
-            node.send_signal(signal.SIGINT)
-        for node in nodes:
-            try:
-                node.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait()
+        stop_nodes(nodes)
         shutil.rmtree(temp, ignore_errors=True)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def process_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time) of a process, from /proc; None when it is gone."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def descendants(pid: int) -> list[tuple[int, int]]:
+    """(pid, start time) of the processes started, directly or not, by `pid`."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for entry in Path("/proc").iterdir():
+        stat = process_stat(int(entry.name)) if entry.name.isdigit() else None
+        if stat is not None:
+            children.setdefault(stat[0], []).append((int(entry.name), stat[1]))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child[0])
+    return found
+
+
+def stop_nodes(nodes: list) -> None:
+    """Interrupt each `ray start --block` (it then stops the processes it started); what
+    is still running after 10 s of the node's processes (the same pid and start time as
+    before the interrupt) is killed by pid."""
+    trees = [descendants(node.pid) for node in nodes]
+    for node in reversed(nodes):
+        node.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 10
+    for node in nodes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            node.wait(timeout=max(0.1, deadline - time.monotonic()))
+    for node, tree in zip(nodes, trees, strict=True):
+        for pid, started in tree:
+            stat = process_stat(pid)
+            if stat is not None and stat[1] == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if node.poll() is None:
+            node.kill()
+        node.wait()
 
 
 def wait_for_port(port: int, nodes: list, timeout: float = 120) -> None:
