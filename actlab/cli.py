@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  actlab compare --dataset fashion-mnist --seeds 3 --epochs 3\n"
         "  actlab compare --activations relu,gelu,'expr:x*sigmoid(1.702*x)' --seeds 5\n"
         "  actlab compare --lr 3e-4,1e-3,3e-3 --select val --val-size 5000\n"
-        "  actlab compare --depths 2,4,8,16 --activations relu,sigmoid,tanh\n",
+        "  actlab compare --depths 2,4,8,16 --activations relu,sigmoid,tanh\n"
+        "  actlab compare --seeds 5 --lr 3e-4,1e-3,3e-3 --ray HEAD:6379   # on a Ray cluster\n",
     )
     add_compare_arguments(p)
     p.set_defaults(handler=cmd_compare)
