@@ -108,9 +108,15 @@ def shard_config(config: ExperimentConfig, shard: Shard) -> ExperimentConfig:
     return config.replace(seeds=shard.seeds)
 
 
-def to_study_rows(rows: Sequence[dict], shard: Shard) -> list[dict]:
-    """A shard's rows with `member` renumbered from the shard's model to the study's."""
-    return [{**row, "member": shard.members[row["member"]]} for row in rows]
+def to_study_rows(rows: Sequence[dict], index: dict[tuple, int]) -> list[dict]:
+    """A shard's rows with `member` set to the member's index in the study's stacked
+    model; `index` maps (seed, activation, lr) to it (see `member_index`)."""
+    return [{**row, "member": index[(row["seed"], row["activation"], row["lr"])]} for row in rows]
+
+
+def member_index(config: ExperimentConfig, depth: int | None) -> dict[tuple, int]:
+    """(seed, activation, lr) -> the member's index in the depth's stacked model."""
+    return {(m.seed, m.activation, m.lr): m.index for m in members_for(config, depth)}
 
 
 # --- the worker side ------------------------------------------------------------------------
@@ -498,9 +504,10 @@ class _Driver:
         """Append one epoch of every shard, in member order; checkpoint at an interval's end."""
         epoch = parts[0]["epoch"]
         metrics, diagnostics = [], []
-        for i, shard in enumerate(shards):
-            metrics += to_study_rows(parts[i]["metrics"], shard)
-            diagnostics += to_study_rows(parts[i]["diagnostics"], shard)
+        index = member_index(self.config, depth)
+        for i in range(len(shards)):
+            metrics += to_study_rows(parts[i]["metrics"], index)
+            diagnostics += to_study_rows(parts[i]["diagnostics"], index)
         if self.writer is not None:
             self.writer.append_rows(metrics, diagnostics)
             if parts[0]["state"] is not None:

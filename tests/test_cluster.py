@@ -66,8 +66,12 @@ def test_shards_are_whole_seeds_and_renumber_members():
     assert shards[1].members == (8, 9, 10, 11, 12, 13, 14, 15)
     shard_config = cluster.shard_config(config, shards[1])
     assert shard_config.seeds == (2, 5) and shard_config.study_key() == config.study_key()
-    rows = cluster.to_study_rows([{"member": 0, "seed": 2}, {"member": 7, "seed": 5}], shards[1])
-    assert [r["member"] for r in rows] == [8, 15]
+    index = cluster.member_index(config, 1)
+    rows = [
+        {"member": 0, "seed": 2, "activation": "relu", "lr": 1e-3},
+        {"member": 7, "seed": 5, "activation": "tanh", "lr": 3e-3},
+    ]
+    assert [r["member"] for r in cluster.to_study_rows(rows, index)] == [8, 15]
     with pytest.raises(ConfigError, match="--shard-size"):
         cluster.plan_shards(config, 0, slots=1)
 
