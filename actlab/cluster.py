@@ -103,9 +103,12 @@ def shards_of(config: ExperimentConfig, plan: Sequence[Sequence[tuple[int, ...]]
     return shards
 
 
-def shard_config(config: ExperimentConfig, shard: Shard) -> ExperimentConfig:
-    """The config a worker trains: the study's, restricted to the shard's seeds."""
-    return config.replace(seeds=shard.seeds)
+def shard_config(
+    config: ExperimentConfig, shard: Shard, device: str | None = None
+) -> ExperimentConfig:
+    """The config a worker trains: the study's, restricted to the shard's seeds, on
+    `device` (the GPU Ray gave the task is always ``cuda``; default: the study's)."""
+    return config.replace(seeds=shard.seeds, device=device or config.device)
 
 
 def to_study_rows(rows: Sequence[dict], index: dict[tuple, int]) -> list[dict]:
@@ -259,7 +262,7 @@ def plan_resources(config: ExperimentConfig, nodes: Sequence[dict]) -> ClusterPl
         raise ConfigError(
             f"--device {config.device} but the Ray cluster has no GPU; add a GPU node or use --device cpu"
         )
-    if config.device in ("auto",) and gpus > 0 or wants_gpu:
+    if wants_gpu or (config.device == "auto" and gpus > 0):
         return ClusterPlan(num_cpus=1, num_gpus=1, slots=gpus)
     threads = config.threads or 1
     most = max((int(r.get("CPU", 0)) for r in alive), default=0)
@@ -450,7 +453,7 @@ class _Driver:
         return self.task.options(
             name=f"{shard.name}-epoch{first_epoch}", **self.task_options
         ).remote(
-            shard_config(self.config, shard),
+            shard_config(self.config, shard, "cuda" if self.task_options["num_gpus"] else "cpu"),
             shard.depth,
             self.dataset_box,
             previous,
