@@ -292,15 +292,24 @@ def shard_bytes(config: ExperimentConfig, dataset, members: int, depth: int | No
     return data + 4 * per_member * members + SHARD_OVERHEAD_BYTES
 
 
-def check_memory(needed: int, nodes: Sequence[dict], device_gpu: bool) -> None:
-    """Refuse a shard that fits no node's memory (Ray's "memory" resource)."""
-    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive", True)]
-    largest = max((float(r.get("memory", 0)) for r in alive), default=0.0)
-    if largest and needed > largest and not device_gpu:
+def check_memory(needed: int, available: float, where: str) -> None:
+    """Refuse a shard that needs more than `available` bytes (0: unknown, not checked)."""
+    if available and needed > available:
         raise ConfigError(
-            f"a shard needs about {needed / 2**30:.1f} GiB but the largest Ray node offers "
-            f"{largest / 2**30:.1f} GiB; use a smaller --shard-size or larger nodes"
+            f"a shard needs about {needed / 2**30:.1f} GiB but {where} offers "
+            f"{available / 2**30:.1f} GiB; use a smaller --shard-size or larger nodes"
         )
+
+
+def node_memory(nodes: Sequence[dict]) -> float:
+    """The largest alive node's memory for tasks (Ray's "memory" resource), in bytes."""
+    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive", True)]
+    return max((float(r.get("memory", 0)) for r in alive), default=0.0)
+
+
+def _gpu_memory() -> int:
+    """Total memory of the GPU Ray gives this task (a probe, run before any training)."""
+    return int(torch.cuda.get_device_properties(0).total_memory)
 
 
 # --- the driver ---------------------------------------------------------------------------
@@ -369,9 +378,12 @@ def run_study_on_ray(
             shards = shards_of(config, layout)
             for depth_index, depth in enumerate(config.depth_list):
                 largest = max(len(s.members) for s in shards if s.depth_index == depth_index)
-                check_memory(
-                    shard_bytes(config, dataset, largest, depth), nodes, bool(plan.num_gpus)
-                )
+                needed = shard_bytes(config, dataset, largest, depth)
+                if plan.num_gpus:
+                    gpu = ray.remote(_gpu_memory).options(num_gpus=1, num_cpus=plan.num_cpus)
+                    check_memory(needed, ray.get(gpu.remote(), timeout=600), "a GPU of the cluster")
+                else:
+                    check_memory(needed, node_memory(nodes), "the largest Ray node")
             if on_shards is not None:
                 on_shards(shards, plan)
             driver = _Driver(ray, config, dataset, writer, plan, checkpoint_every)

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -86,8 +87,18 @@ def test_resources_are_checked_before_any_work():
         cluster.plan_resources(ExperimentConfig(threads=4), [cpu_node])
     gpu_node = {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 2.0}}
     assert cluster.plan_resources(ExperimentConfig(), [gpu_node]).num_gpus == 1
-    with pytest.raises(ConfigError, match="smaller --shard-size"):
-        cluster.check_memory(3 * 2**30, [cpu_node], device_gpu=False)
+    assert cluster.node_memory([cpu_node]) == 2 * 2**30
+    with pytest.raises(ConfigError, match="3.0 GiB but the largest Ray node offers 2.0 GiB"):
+        cluster.check_memory(3 * 2**30, 2 * 2**30, "the largest Ray node")
+    cluster.check_memory(3 * 2**30, 0.0, "a node of unknown memory")  # not checked
+    # The estimate: the float32 dataset, 4 copies of each member's parameters, overhead.
+    config = ExperimentConfig(dataset="digits", hidden=(16,), activations=("relu", "tanh"))
+    dataset = SimpleNamespace(
+        input_shape=(1, 8, 8), num_classes=10, train_size=100, val_size=0, y_test=[0] * 20
+    )
+    parameters = (64 * 16 + 16) + (16 * 10 + 10)
+    expected = 120 * 64 * 4 + 4 * parameters * 4 * 3 + cluster.SHARD_OVERHEAD_BYTES
+    assert cluster.shard_bytes(config, dataset, 3, None) == expected
 
 
 def test_without_ray_the_flag_says_how_to_install(monkeypatch, capsys):
