@@ -14,8 +14,8 @@ every weight gradient is contiguous: no transpose copies in the backward pass):
 - Each non-learnable activation runs once per layer on its group's ``(S, L, H, B)``
   slice (a strided view: no permutation copy); a learnable one (PReLU, swish_beta) is one
   module per member on its own slice. The group outputs are stacked back into ``(K, H, B)``.
-- Dropout: inverted (kept units scaled by ``1/(1-p)``), one mask per member drawn from one
-  ``torch.Generator`` per seed, off in ``eval()`` mode.
+- Dropout: inverted (kept units scaled by ``1/(1-p)``), one mask per seed drawn from that
+  seed's ``torch.Generator`` and shared by its members, off in ``eval()`` mode.
 
 The CNN (``config.model == "cnn"``) stacks the same way with grouped convolutions; see
 :class:`StackedCNN`.
