@@ -46,16 +46,6 @@ def metrics_without_time(path: Path) -> list[list[str]]:
     return [line.split(",")[:column] + line.split(",")[column + 1 :] for line in lines]
 
 
-def training_seconds(path: Path, parallel: bool) -> float:
-    """Seconds spent in the shards' epochs (metrics.csv's epoch_time_s, one per seed and
-    epoch): summed over shards run one after the other, the slowest shard when parallel."""
-    import pandas as pd
-
-    frame = pd.read_csv(path / store.METRICS_FILE).drop_duplicates(["seed", "epoch"])
-    per_shard = frame.groupby("seed")["epoch_time_s"].sum()
-    return float(per_shard.max() if parallel else per_shard.sum())
-
-
 def timed_ray_run(config, dataset, out: Path, workers: int) -> float:
     import ray
 
@@ -123,20 +113,13 @@ def main() -> None:
             == metrics_without_time(root / "ray1")
             == metrics_without_time(root / "ray2")
         )
-        trained = {
-            "ray, 1 worker": training_seconds(root / "ray1", parallel=False),
-            "ray, 2 workers": training_seconds(root / "ray2", parallel=True),
-        }
     print(f"  load average before: {load[0]:.1f}, after: {os.getloadavg()[0]:.1f}")
     for name, seconds in (
         ("local (no Ray)", local),
         ("ray, 1 worker", one),
         ("ray, 2 workers", two),
     ):
-        line = f"  {name:<15} {seconds:7.1f} s  {member_epochs / seconds:6.2f} member-epochs/s"
-        if name in trained:
-            line += f"  (in epochs {trained[name]:.1f} s, the rest {seconds - trained[name]:.1f} s)"
-        print(line)
+        print(f"  {name:<15} {seconds:7.1f} s  {member_epochs / seconds:6.2f} member-epochs/s")
     print(f"  ray 1 worker / local: {one / local:.2f}x (Ray's own overhead)")
     print(f"  speedup 2 workers vs 1: {one / two:.2f}x, scaling efficiency {one / (2 * two):.0%}")
     print(f"  metrics.csv identical in all three: {same}")
