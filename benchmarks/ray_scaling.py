@@ -2,8 +2,8 @@
 
 Runs the same study three ways, one after another in this process: locally (one stacked
 model, `actlab.api.run_study`), then on a local Ray cluster started with ``ray.init
-(num_cpus=1)`` (one worker: the shards run one after the other) and with ``num_cpus=2``
-(two workers). Every way uses one thread per worker. Prints the wall time of each (Ray's
+(num_cpus=1)`` (one worker, so by default one shard of all the members) and with
+``num_cpus=2`` (two workers, two shards). Every way uses one thread per worker. Prints the wall time of each (Ray's
 includes starting the cluster's workers, shipping the dataset, every epoch's rows and
 checkpoints), the throughput in member-epochs per second, the scaling efficiency
 ``t(1 worker) / (2 * t(2 workers))``, checks that all three wrote the same metrics, and
