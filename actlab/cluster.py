@@ -307,6 +307,22 @@ def node_memory(nodes: Sequence[dict]) -> float:
     return max((float(r.get("memory", 0)) for r in alive), default=0.0)
 
 
+def check_shard_memory(ray, config, dataset, shards, plan: ClusterPlan, nodes) -> None:
+    """The largest shard of each depth against a GPU's memory (a probe task) on a GPU
+    cluster, else against the largest node's memory."""
+    available = None
+    for depth_index, depth in enumerate(config.depth_list):
+        largest = max(len(s.members) for s in shards if s.depth_index == depth_index)
+        needed = shard_bytes(config, dataset, largest, depth)
+        if plan.num_gpus:
+            if available is None:
+                probe = ray.remote(_gpu_memory).options(num_gpus=1, num_cpus=plan.num_cpus)
+                available = ray.get(probe.remote(), timeout=600)
+            check_memory(needed, available, "a GPU of the cluster")
+        else:
+            check_memory(needed, node_memory(nodes), "the largest Ray node")
+
+
 def _gpu_memory() -> int:
     """Total memory of the GPU Ray gives this task (a probe, run before any training)."""
     return int(torch.cuda.get_device_properties(0).total_memory)
@@ -343,6 +359,8 @@ def run_study_on_ray(
         plan = plan_resources(config, nodes)
         if dataset is None:
             dataset = load_study_dataset(config)
+        layout = plan_shards(config, shard_size, plan.slots)
+        check_shard_memory(ray, config, dataset, shards_of(config, layout), plan, nodes)
         writer = None
         if out is not None:
             environment = store.describe_environment(
@@ -370,20 +388,11 @@ def run_study_on_ray(
                     f"{writer.path} was written by a local run; resume it without --ray "
                     "(or choose another --out)"
                 )
-            layout = plan_shards(config, shard_size, plan.slots)
-            if checkpoint is not None:
+            if checkpoint is not None:  # the shards in progress keep their seeds
                 layout[checkpoint["depth_index"]] = [
                     tuple(seeds) for seeds in checkpoint["shards"]["seeds"]
                 ]
             shards = shards_of(config, layout)
-            for depth_index, depth in enumerate(config.depth_list):
-                largest = max(len(s.members) for s in shards if s.depth_index == depth_index)
-                needed = shard_bytes(config, dataset, largest, depth)
-                if plan.num_gpus:
-                    gpu = ray.remote(_gpu_memory).options(num_gpus=1, num_cpus=plan.num_cpus)
-                    check_memory(needed, ray.get(gpu.remote(), timeout=600), "a GPU of the cluster")
-                else:
-                    check_memory(needed, node_memory(nodes), "the largest Ray node")
             if on_shards is not None:
                 on_shards(shards, plan)
             driver = _Driver(ray, config, dataset, writer, plan, checkpoint_every)
