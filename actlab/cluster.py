@@ -42,7 +42,7 @@ from actlab import store
 from actlab.api import StudyResult, load_study_dataset
 from actlab.config import ExperimentConfig, members_for
 from actlab.engine import DeviceData, EpochResult, members_of, resolve_device, train
-from actlab.errors import ClusterError, ConfigError, RunDirError
+from actlab.errors import ActlabError, ClusterError, ConfigError, RunDirError
 
 INSTALL_HINT = 'pip install "actlab[ray]"'
 MAX_RETRIES = 3  # Ray retries of a shard's task after its worker or node dies
@@ -564,8 +564,6 @@ class _Driver:
 
 def _get(ray, ref):
     """ray.get, with a shard's user error (ActlabError) re-raised as itself: one line."""
-    from actlab.errors import ActlabError
-
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as error:
