@@ -289,6 +289,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             on_start=progress.start if progress else None,
             on_step=progress.step if progress else None,
             on_epoch=progress.epoch if progress else None,
+            on_note=lambda note: print(f"actlab: note: {note}", file=sys.stderr),
         )
     finally:
         if progress is not None:

@@ -24,6 +24,7 @@ validation.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import io
 import os
 import tarfile
@@ -174,7 +175,18 @@ class Dataset:
             "source": self.source,
             "mean": self.mean,
             "std": self.std,
+            "fingerprint": self.fingerprint(),
         }
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the splits as trained on (shapes, dtypes and bytes of x and y of train,
+        val and test), so that a study is never resumed on other data (see actlab.store)."""
+        digest = hashlib.sha256()
+        for tensor in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test):
+            array = tensor.detach().cpu().contiguous().numpy()
+            digest.update(f"{array.dtype.str}{array.shape};".encode())
+            digest.update(memoryview(array).cast("B"))
+        return "sha256:" + digest.hexdigest()
 
 
 @dataclass(frozen=True)
