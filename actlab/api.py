@@ -21,6 +21,7 @@ import torch
 from actlab import store
 from actlab.config import ExperimentConfig
 from actlab.engine import DeviceData, EpochResult, StepInfo, members_of, resolve_device, train
+from actlab.memory import check_study_memory
 
 
 @dataclass
@@ -76,6 +77,7 @@ def run_study(
     if dataset is None:
         dataset = load_study_dataset(config)
     device = resolve_device(config.device)
+    check_study_memory(config, dataset, device)  # before a byte is allocated for training
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     writer = None

@@ -264,7 +264,12 @@ def read_config_document(config_path: Path) -> dict:
             f"{config_path} has schema version {document['schema']!r}, this actlab reads version "
             f"{SCHEMA_VERSION}; use the actlab version that wrote it"
         )
-    for key, kind in (("config", dict), ("members", list), ("dataset", dict), ("environment", dict)):
+    for key, kind in (
+        ("config", dict),
+        ("members", list),
+        ("dataset", dict),
+        ("environment", dict),
+    ):
         if key in document and not isinstance(document[key], kind):
             raise RunDirError(
                 f"{config_path}: {key!r} is a {type(document[key]).__name__}, expected a "
@@ -607,10 +612,14 @@ def _read_csv(path: Path, columns: tuple[str, ...], problems: list[str]) -> pd.D
             what = "is blank" if not record else "has the wrong number of fields"
             problems.append(f"{path.name}: line {line} {what}; skipped it")
         elif not _valid_record(record, columns):
-            problems.append(f"{path.name}: line {line} holds a value that is not valid there; skipped it")
+            problems.append(
+                f"{path.name}: line {line} holds a value that is not valid there; skipped it"
+            )
         else:
             kept.append(record)
-    frame = pd.DataFrame(kept, columns=list(columns)) if kept else pd.DataFrame(columns=list(columns))
+    frame = (
+        pd.DataFrame(kept, columns=list(columns)) if kept else pd.DataFrame(columns=list(columns))
+    )
     return _typed(frame, columns)
 
 
