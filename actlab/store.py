@@ -458,9 +458,11 @@ def _replace_atomic(file: Path, write: Callable[[IO[bytes]], object]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, file)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             temp.unlink()
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = str(file)  # name the file in the one-line message
         raise
     _fsync_dir(file.parent)
 
