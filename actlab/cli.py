@@ -36,8 +36,16 @@ EPILOG = """examples:
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (exit 2) that says where help is, like every
+    other error of actlab, instead of the usage block followed by the error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {one_line(message)}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="actlab",
         description="The activation-function laboratory for PyTorch.",
         epilog=EPILOG,
@@ -510,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def one_line(text: str) -> str:
     """An error message as one line, whatever a path or spec in it holds."""
-    return " ".join(text.split("\n")).replace("\r", " ")
+    return " ".join(text.splitlines())  # also \r, \f, \x1c-\x1e, \x85, \u2028, \u2029
 
 
 # What to do about an OSError, by errno: the message names the path, this the way out.

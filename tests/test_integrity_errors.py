@@ -135,17 +135,47 @@ def idx_dir_with_overflowing_header(folder: Path) -> str:
     "make, words",
     [
         (lambda p: (p.write_text("not a zip"), f"npz:{p}")[1], ["not an .npz archive"]),
-        (lambda p: (np.save(p.with_suffix(".npy"), np.zeros(3)),
-                    p.with_suffix(".npy").rename(p), f"npz:{p}")[2], ["not an .npz archive"]),  # fmt: skip
-        (lambda p: (npz_with_absurd_header(p), f"npz:{p}")[1], ["claims shape (1000000000000, 4, 4)"]),
-        (lambda p: write_labels(p, np.full(32, 2**63 + 5, np.uint64)), ["label 9223372036854775813"]),
+        (
+            lambda p: (
+                np.save(p.with_suffix(".npy"), np.zeros(3)),
+                p.with_suffix(".npy").rename(p),
+                f"npz:{p}",
+            )[2],
+            ["not an .npz archive"],
+        ),  # fmt: skip
+        (
+            lambda p: (npz_with_absurd_header(p), f"npz:{p}")[1],
+            ["claims shape (1000000000000, 4, 4)"],
+        ),
+        (
+            lambda p: write_labels(p, np.full(32, 2**63 + 5, np.uint64)),
+            ["label 9223372036854775813"],
+        ),
         (lambda p: write_labels(p, np.arange(32) * 10**9), ["labels are class indices"]),
-        (lambda p: (np.savez(p, x_train=np.zeros((8, 0)), y_train=np.zeros(8, int),
-                             x_test=np.zeros((4, 0)), y_test=np.zeros(4, int)), f"npz:{p}")[1],
-         ["with no values"]),  # fmt: skip
+        (
+            lambda p: (
+                np.savez(
+                    p,
+                    x_train=np.zeros((8, 0)),
+                    y_train=np.zeros(8, int),
+                    x_test=np.zeros((4, 0)),
+                    y_test=np.zeros(4, int),
+                ),
+                f"npz:{p}",
+            )[1],
+            ["with no values"],
+        ),  # fmt: skip
         (lambda p: idx_dir_with_overflowing_header(p.with_suffix("")), ["truncated IDX file"]),
     ],
-    ids=["text", "npy", "absurd-header", "uint64-labels", "huge-labels", "zero-width", "idx-overflow"],
+    ids=[
+        "text",
+        "npy",
+        "absurd-header",
+        "uint64-labels",
+        "huge-labels",
+        "zero-width",
+        "idx-overflow",
+    ],
 )
 def test_malformed_data_is_one_line(tmp_path, make, words):
     spec = make(tmp_path / "bad.npz")
@@ -292,7 +322,9 @@ def test_a_closed_stdout_does_not_stop_the_study_or_its_report(data, tmp_path, m
 
 def test_actlab_show_into_head_exits_quietly():
     process = subprocess.Popen(
-        [sys.executable, "-m", "actlab", "show", "leaky_relu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "actlab", "show", "leaky_relu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     process.stdout.readline()
     process.stdout.close()  # what `| head -1` does

@@ -62,7 +62,10 @@ def test_completion_finds_the_comparable_epoch_and_what_is_missing():
     (state,) = completion.completion(metrics, members, planned=4)
     # tanh seed 0 diverged at epoch 1 (stopped on purpose), sigmoid seed 0 has no row
     assert state.epoch == 2 and not state.finished
-    assert state.missing == ("relu lr=0.001 seed 1 (epochs 3-4)", "sigmoid lr=0.001 seed 0 (no epoch)")
+    assert state.missing == (
+        "relu lr=0.001 seed 1 (epochs 3-4)",
+        "sigmoid lr=0.001 seed 0 (no epoch)",
+    )
     kept = completion.at_comparable_epoch(metrics, [state])
     assert kept["epoch"].max() == 2 and len(kept) == len(metrics[metrics["epoch"] <= 2])
     text = completion.unfinished_text([state])

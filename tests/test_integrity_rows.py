@@ -79,7 +79,9 @@ def test_a_finished_run_that_lost_its_last_row_gets_it_back(data, reference, tmp
     pd.testing.assert_frame_equal(rows(run), reference)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "emptied", "deleted", "header only", "cut mid-row"])
+@pytest.mark.parametrize(
+    "damage", ["truncated", "emptied", "deleted", "header only", "cut mid-row"]
+)
 def test_an_unfinished_run_with_a_damaged_metrics_csv_resumes_without_losing_epochs(
     data, reference, tmp_path, damage
 ):

@@ -98,7 +98,9 @@ def test_sigkill_anywhere_then_rerun_gives_the_rows_of_an_uninterrupted_run(tmp_
     reference = tmp_path / "reference"
     total = durable_calls(command(data, reference))
     assert total > 20  # config, CSV headers, 3 epochs of appends and checkpoints, report
-    expected = {name: rows(reference, name) for name in (store.METRICS_FILE, store.DIAGNOSTICS_FILE)}
+    expected = {
+        name: rows(reference, name) for name in (store.METRICS_FILE, store.DIAGNOSTICS_FILE)
+    }
 
     points = sorted({int(p) for p in np.linspace(1, total, KILL_POINTS).round()})
     for number, kill_at in enumerate(points):
