@@ -20,6 +20,14 @@ the engine trains those models with autograd.
 
 The gradients are written into each parameter's ``.grad`` (buffers allocated once), for
 ``actlab.optim.StackedOptimizer`` and the gradient-norm diagnostics to read.
+
+On a CPU a step of the classic protocol is ~1.4 ms, of which the GEMMs and the Adam pass
+(benchmarks/floor.py) are ~1.1 ms, so everything else is written to cost little: the batch
+is gathered into a preallocated buffer (a fresh 200 kB tensor per step comes from mmap and
+costs ~50 page faults), every tensor of the step lives in the workspace (``out=`` kernels),
+the parameters' views are made once, and the accuracy count reads the logits in their
+feature-major layout (an argmax over the class dim of (K, classes, B) is vectorised over B;
+over the last dim of a (K, B, classes) copy it is a slow short reduction per row).
 """
 
 from __future__ import annotations
@@ -66,8 +74,16 @@ class _Workspace:
         self.dh_groups = [groups(t) for t in self.dh]
         self.dz_groups = [groups(t) for t in self.dz]
         self.logits = new(widths[-1])  # (K, classes, B)
+        self.logp = new(widths[-1])  # its log-softmax
         self.d = new(widths[-1])  # its gradient
         self.minus_one = torch.full((K, 1, batch), -1.0, **options)
+        D = model.weights[0].shape[2]
+        self.x = torch.empty(S, batch, D, **options)  # the batch, gathered (S, B, D)
+        long = {"dtype": torch.long, "device": weight.device}
+        self.labels = torch.empty(S, 1, batch, **long)
+        self.targets = torch.empty(K, 1, batch, **long)  # each member's seed's labels
+        self.predicted = torch.empty(K, batch, **long)  # argmax over the classes
+        self.hits = torch.empty(K, batch, dtype=torch.bool, device=weight.device)
 
 
 @dataclass
@@ -103,6 +119,23 @@ class MLPStep:
         self._trainable = [p for p, _ in model.parameter_members()]
         self.grads = [torch.empty_like(p) for p in self._trainable]
         self._workspaces: dict[int, _Workspace] = {}
+        # Views of the parameters and their gradients, made once: optimizers and checkpoint
+        # loads update the parameters in place, so the views stay valid.
+        S = model.num_seeds
+        with torch.no_grad():
+            weights = [w.detach() for w in model.weights]
+            biases = [b.detach() for b in model.biases]
+            D = weights[0].shape[2]
+            grads = dict(zip(map(id, self._trainable), self.grads, strict=True))
+            self.weight_grads = [grads[id(w)] for w in model.weights]
+            self.bias_grads = [grads[id(b)] for b in model.biases]
+            # Layer 1: one wide GEMM per seed, W1 viewed as (S, K/S * H, D).
+            self.wide_weight = weights[0].view(S, -1, D)
+            self.wide_bias = biases[0].view(S, -1, 1)
+            self.wide_weight_grad = self.weight_grads[0].view(S, -1, D)
+            self.weights = weights
+            self.weights_t = [w.transpose(1, 2) for w in weights]
+            self.biases = [b.unsqueeze(2) for b in biases]
 
     def _workspace(self, batch: int) -> _Workspace:
         if batch not in self._workspaces:
@@ -112,28 +145,35 @@ class MLPStep:
     # --- forward ------------------------------------------------------------------------
 
     @torch.no_grad()
+    def batch(self, x_train: Tensor, y_train: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch `index` (S, B) of each seed, gathered into the workspace: inputs
+        (S, B, C, H, W) and member targets (K, B), as ``Trainer._batch`` returns them."""
+        S, B = index.shape
+        K = self.model.num_members
+        ws = self._workspace(B)
+        flat = index.reshape(S * B)
+        torch.index_select(x_train.view(x_train.shape[0], -1), 0, flat, out=ws.x.view(S * B, -1))
+        torch.index_select(y_train, 0, flat, out=ws.labels.view(S * B))
+        ws.targets.view(S, K // S, B).copy_(ws.labels.expand(S, K // S, B))
+        return ws.x.view(S, B, *x_train.shape[1:]), ws.targets.view(K, B)
+
+    @torch.no_grad()
     def forward(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, StepCache]:
-        """inputs (S, B, C, H, W), targets (K, B). Returns logits (K, B, classes),
-        the members' mean losses (K,) and the cache for `backward`."""
+        """inputs (S, B, C, H, W), targets (K, B). Returns logits (K, B, classes) (a view of
+        the workspace, valid until the next step), the members' mean losses (K,) and the
+        cache for `backward`."""
         model = self.model
         S, B = inputs.shape[:2]
         K = model.num_members
         ws = self._workspace(B)
         x = inputs.reshape(S, B, -1)
-        weight, bias = model.weights[0], model.biases[0]
-        D = weight.shape[2]
-        # Layer 1: one wide GEMM per seed, (S, K/S * H, D) @ (S, D, B).
         torch.baddbmm(
-            bias.view(S, -1, 1),
-            weight.view(S, -1, D),
-            x.transpose(1, 2),
-            out=ws.z[0].view(S, -1, B),
+            self.wide_bias, self.wide_weight, x.transpose(1, 2), out=ws.z[0].view(S, -1, B)
         )
         outs, masks, graphs = [], [], []
         for layer in range(model.num_hidden):
             if layer > 0:
-                bias, weight = model.biases[layer], model.weights[layer]
-                torch.baddbmm(bias.unsqueeze(2), weight, outs[-1], out=ws.z[layer])
+                torch.baddbmm(self.biases[layer], self.weights[layer], outs[-1], out=ws.z[layer])
             h, graph = self._activate(layer, ws)
             mask = None
             if model.dropout > 0 and model.training:
@@ -142,14 +182,22 @@ class MLPStep:
             outs.append(h)
             masks.append(mask)
             graphs.append(graph)
-        bias, weight = model.biases[-1], model.weights[-1]
-        logits = torch.baddbmm(bias.unsqueeze(2), weight, outs[-1], out=ws.logits)
-        logp = torch.log_softmax(logits, dim=1)
-        targets = targets.view(K, 1, B)
-        losses = logp.gather(1, targets).view(K, B).mean(dim=1).neg_()
-        cache = StepCache(ws, x, outs, masks, graphs, logp, targets)
-        # (K, B, classes), contiguous: argmax over a strided last dim is 4x slower.
-        return logits.transpose(1, 2).contiguous(), losses, cache
+        logits = torch.baddbmm(self.biases[-1], self.weights[-1], outs[-1], out=ws.logits)
+        logp = torch.log_softmax(logits, dim=1, out=ws.logp)
+        if targets.data_ptr() != ws.targets.data_ptr():  # not gathered by `batch`
+            ws.targets.copy_(targets.view(K, 1, B))
+        losses = logp.gather(1, ws.targets).view(K, B).mean(dim=1).neg_()
+        cache = StepCache(ws, x, outs, masks, graphs, logp, ws.targets)
+        return logits.transpose(1, 2), losses, cache
+
+    @torch.no_grad()
+    def count_correct(self, cache: StepCache, out: Tensor) -> None:
+        """Add each member's correct predictions of the step to `out` (K,): the argmax over
+        the classes of the feature-major logits (first maximum, as ``Tensor.argmax``)."""
+        ws = cache.workspace
+        torch.argmax(ws.logits, dim=1, out=ws.predicted)
+        torch.eq(ws.predicted, ws.targets.view(ws.predicted.shape), out=ws.hits)
+        out += ws.hits.sum(dim=1)
 
     def _activate(self, layer: int, ws: _Workspace) -> tuple[Tensor, tuple | None]:
         """The layer's activation of ws.z[layer]: (output, None) in closed form, written
@@ -176,7 +224,8 @@ class MLPStep:
         tensor; None for all) into its ``.grad``."""
         model = self.model
         for p, grad in zip(self._trainable, self.grads, strict=True):
-            p.grad = grad
+            if p.grad is not grad:  # the engine sets them to None between epochs
+                p.grad = grad
         ws = cache.workspace
         K, _, B = cache.logp.shape
         # d = (softmax - onehot(y)) / B, the gradient of the mean cross-entropy.
@@ -187,16 +236,15 @@ class MLPStep:
             d.masked_fill_(~alive.view(K, 1, 1), 0.0)  # a select: NaN * 0 would be NaN
         for layer in range(model.num_hidden, 0, -1):
             below = layer - 1
-            weight, bias = model.weights[layer], model.biases[layer]
-            torch.bmm(d, cache.outs[below].transpose(1, 2), out=weight.grad)
-            torch.sum(d, dim=2, out=bias.grad)
-            dh = torch.bmm(weight.transpose(1, 2), d, out=ws.dh[below])
+            torch.bmm(d, cache.outs[below].transpose(1, 2), out=self.weight_grads[layer])
+            torch.sum(d, dim=2, out=self.bias_grads[layer])
+            dh = torch.bmm(self.weights_t[layer], d, out=ws.dh[below])
             if cache.masks[below] is not None:
                 dh.mul_(cache.masks[below])
             d = self._activation_backward(below, cache, dh)
-        S, _, D = cache.x.shape
-        torch.bmm(d.view(S, -1, B), cache.x, out=model.weights[0].grad.view(S, -1, D))
-        torch.sum(d, dim=2, out=model.biases[0].grad)
+        S = cache.x.shape[0]
+        torch.bmm(d.view(S, -1, B), cache.x, out=self.wide_weight_grad)
+        torch.sum(d, dim=2, out=self.bias_grads[0])
 
     def _activation_backward(self, layer: int, cache: StepCache, dh: Tensor) -> Tensor:
         """dz = dh * f'(z): group by group in closed form, or through the layer's graph."""
