@@ -190,10 +190,11 @@ class StackedOptimizer:
 
     @torch.no_grad()
     def _flush_denormals(self) -> None:
-        """Set the optimizer state below FLUSH_BELOW to 0 (see the module docstring)."""
+        """Set the optimizer state below FLUSH_BELOW to 0 (see the module docstring), in one
+        in-place pass: hardshrink(x, t) = x if |x| > t else 0."""
         for name, below in FLUSH_BELOW.items():
             for state in getattr(self, name):
-                state.masked_fill_(state.abs() < below, 0.0)
+                torch.ops.aten.hardshrink.out(state, below, out=state)
 
     def _adam(self, grads: list[Tensor], lrs: Tensor, masks: list[Tensor] | None) -> None:
         """`masks`: the members updated in this step (as ``_member_views``), None for all;
