@@ -23,6 +23,7 @@ measured here); `--members 4,16,48` the cost per member-epoch as members are add
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import platform
 import resource
@@ -360,8 +361,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     dataset = load_dataset(args.dataset, progress=False)
-    import torch._dynamo  # noqa: F401  (torch.optim imports it on first use: seconds no side should pay)
-
+    importlib.import_module("torch._dynamo")  # torch.optim's first use imports it: seconds
     print(
         f"{args.dataset}: {dataset.train_size} train, {dataset.test_size} test; "
         f"{args.epochs} epochs; torch {torch.__version__}, {torch.get_num_threads()} threads, "
