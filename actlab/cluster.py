@@ -344,12 +344,13 @@ def run_study_on_ray(
     on_progress: Callable[[int, int | None, int, int], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_shards: Callable[[list[Shard], ClusterPlan], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> StudyResult:
     """`actlab.api.run_study` on a Ray cluster: the same run directory, the same rows.
 
     `on_progress(steps, depth, epoch, epochs)` is called as shards finish epochs (steps of
     the whole study, as `on_start` counts them); `on_shards(shards, plan)` once, before
-    training."""
+    training; `on_note(text)` once per repair made when the run directory was reopened."""
     if checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every must be at least 1 epoch, got {checkpoint_every}")
     config.check_activations()
@@ -381,16 +382,18 @@ def run_study_on_ray(
                 environment=environment,
                 resume=resume,
             )
+            for note in writer.notes if on_note is not None else ():
+                on_note(note)
         try:
             checkpoint = writer.checkpoint if writer is not None else None
-            if checkpoint is not None and "shards" not in checkpoint:
+            if checkpoint is not None and "shards" not in checkpoint["engine"]:
                 raise RunDirError(
                     f"{writer.path} was written by a local run; resume it without --ray "
                     "(or choose another --out)"
                 )
             if checkpoint is not None:  # the shards in progress keep their seeds
                 layout[checkpoint["depth_index"]] = [
-                    tuple(seeds) for seeds in checkpoint["shards"]["seeds"]
+                    tuple(seeds) for seeds in checkpoint["engine"]["shards"]["seeds"]
                 ]
             shards = shards_of(config, layout)
             if on_shards is not None:
@@ -459,7 +462,7 @@ class _Driver:
                 continue
             mine = [s for s in shards if s.depth_index == index]
             resuming = checkpoint is not None and index == done_index
-            states = checkpoint["shards"]["states"] if resuming else [None] * len(mine)
+            states = checkpoint["engine"]["shards"]["states"] if resuming else [None] * len(mine)
             first_epoch = done_epoch + 1 if resuming else 1
             rows += self._train_depth(mine, states, first_epoch, on_progress, on_epoch)
         return rows
@@ -540,9 +543,11 @@ class _Driver:
                         "depth_index": depth_index,
                         "depth": depth,
                         "epoch": epoch,
-                        "shards": {
-                            "seeds": [list(s.seeds) for s in shards],
-                            "states": [parts[i]["state"] for i in range(len(shards))],
+                        "engine": {
+                            "shards": {
+                                "seeds": [list(s.seeds) for s in shards],
+                                "states": [parts[i]["state"] for i in range(len(shards))],
+                            }
                         },
                     }
                 )

@@ -311,7 +311,7 @@ def test_ray_study_has_the_local_numbers(ray_address, data, local_run, tmp_path)
     # Checkpoints every 2 epochs, and at the end of each depth.
     checkpoint = torch.load(out / store.CHECKPOINT_FILE, weights_only=True)
     assert (checkpoint["depth"], checkpoint["epoch"]) == (2, 3)
-    assert checkpoint["shards"]["seeds"] == [[0, 1], [2]]
+    assert checkpoint["engine"]["shards"]["seeds"] == [[0, 1], [2]]
     # A local run cannot continue a Ray run directory (its checkpoint holds shards).
     with pytest.raises(RunDirError, match="--ray"):
         run_study(store.read_run(out).config, out=out)
