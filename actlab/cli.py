@@ -320,9 +320,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.ray is None and (args.shard_size is not None or args.checkpoint_every != 1):
         raise ConfigError("--shard-size and --checkpoint-every apply with --ray only; add --ray")
     if args.ray is not None:
-        from actlab.cluster import check_reachable, import_ray
+        from actlab.cluster import check_options, check_reachable, import_ray
 
-        # Before the dataset is loaded: no Ray, or no cluster at the address, is one line.
+        # Before the dataset is loaded: bad options, no Ray, or no cluster at the address.
+        check_options(args.ray, args.shard_size, args.checkpoint_every)
         import_ray()
         check_reachable(args.ray)
     out = args.out or default_out(config.dataset)

@@ -31,6 +31,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -194,6 +195,21 @@ def _remote_shard(
 # --- the cluster --------------------------------------------------------------------------
 
 
+def check_options(address: str, shard_size: int | None, checkpoint_every: int) -> None:
+    """One line for a malformed --ray, --shard-size or --checkpoint-every (before Ray)."""
+    well_formed = (
+        address in ("auto", "local")
+        or address.startswith("ray://")
+        or re.fullmatch(r"[^\s:/]+:\d{1,5}", address) is not None
+    )
+    if not well_formed:
+        raise ConfigError(f"--ray {address!r}: give auto, local or HOST:PORT (e.g. 10.0.0.1:6379)")
+    if shard_size is not None and shard_size < 1:
+        raise ConfigError(f"--shard-size must be at least 1 member, got {shard_size}")
+    if checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every must be at least 1 epoch, got {checkpoint_every}")
+
+
 def import_ray():
     try:
         import ray
@@ -351,8 +367,7 @@ def run_study_on_ray(
     `on_progress(steps, depth, epoch, epochs)` is called as shards finish epochs (steps of
     the whole study, as `on_start` counts them); `on_shards(shards, plan)` once, before
     training; `on_note(text)` once per repair made when the run directory was reopened."""
-    if checkpoint_every < 1:
-        raise ConfigError(f"--checkpoint-every must be at least 1 epoch, got {checkpoint_every}")
+    check_options(address, shard_size, checkpoint_every)
     config.check_activations()
     ray, connected = connect(address)
     try:

@@ -122,6 +122,23 @@ def test_shard_options_need_ray(capsys):
     assert "--ray" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--ray", "x"], "give auto, local or HOST:PORT"),
+        (["--ray", "host:port"], "give auto, local or HOST:PORT"),
+        (["--ray", "", "--shard-size", "2"], "give auto, local or HOST:PORT"),
+        (["--ray", "--shard-size", "0"], "--shard-size must be at least 1"),
+        (["--ray", "--checkpoint-every", "-1"], "--checkpoint-every must be at least 1"),
+    ],
+)
+def test_malformed_ray_options_are_one_line_before_anything(options, message, capsys):
+    # Refused before Ray is imported or the dataset is loaded.
+    code = main(["compare", "--quiet", "--no-download", *options])
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and len(error.splitlines()) == 1
+
+
 # --- a real cluster -----------------------------------------------------------------------
 
 

@@ -136,6 +136,10 @@ COMPARE_OPTIONS = {
     "--init": ["pytorch", "glorot", "x"],
     "--select": ["auto", "final", "val", "x"],
     "--output-activation": ["linear", "softmax", "relu", ""],
+    # Ray (issue 14): malformed, or nothing listening (never "auto": a cluster may be running).
+    "--ray": ["x", "127.0.0.1:1", ""],
+    "--shard-size": ["0", "2", "x"],
+    "--checkpoint-every": ["0", "1", "x"],
 }
 FLAGS = ["--standardize", "--init-gain", "--no-diagnostics", "--resume", "--no-download"]
 
