@@ -47,9 +47,6 @@ from actlab.errors import ActlabError, ClusterError, ConfigError, RunDirError
 
 INSTALL_HINT = 'pip install "actlab[ray]"'
 MAX_RETRIES = 3  # Ray retries of a shard's task after its worker or node dies
-# Bytes a shard needs beyond its dataset and parameters, for the step's activations and
-# Python/torch itself (a rough floor: the check is for clearly impossible shards).
-SHARD_OVERHEAD_BYTES = 300 * 2**20
 
 
 # --- shards -------------------------------------------------------------------------------
@@ -291,23 +288,6 @@ def plan_resources(config: ExperimentConfig, nodes: Sequence[dict]) -> ClusterPl
     return ClusterPlan(num_cpus=threads, num_gpus=0, slots=max(slots, 1))
 
 
-def shard_bytes(config: ExperimentConfig, dataset, members: int, depth: int | None) -> int:
-    """A rough upper estimate of one shard's memory: the float32 dataset, the stacked
-    parameters four times (weights, gradients, Adam's two moments) and a fixed overhead."""
-    from actlab.models import build_model
-
-    one = config.replace(
-        seeds=config.seeds[:1], activations=config.activations[:1], lrs=config.lrs[:1]
-    )
-    probe = build_model(
-        one, members_for(one, depth), dataset.input_shape, dataset.num_classes, "cpu", depth
-    )
-    per_member = sum(p.numel() for p in probe.parameters()) * 4
-    samples = dataset.train_size + dataset.val_size + len(dataset.y_test)
-    data = samples * math.prod(dataset.input_shape) * 4
-    return data + 4 * per_member * members + SHARD_OVERHEAD_BYTES
-
-
 def check_memory(needed: int, available: float, where: str) -> None:
     """Refuse a shard that needs more than `available` bytes (0: unknown, not checked)."""
     if available and needed > available:
@@ -324,19 +304,23 @@ def node_memory(nodes: Sequence[dict]) -> float:
 
 
 def check_shard_memory(ray, config, dataset, shards, plan: ClusterPlan, nodes) -> None:
-    """The largest shard of each depth against a GPU's memory (a probe task) on a GPU
-    cluster, else against the largest node's memory."""
-    available = None
-    for depth_index, depth in enumerate(config.depth_list):
-        largest = max(len(s.members) for s in shards if s.depth_index == depth_index)
-        needed = shard_bytes(config, dataset, largest, depth)
-        if plan.num_gpus:
-            if available is None:
-                probe = ray.remote(_gpu_memory).options(num_gpus=1, num_cpus=plan.num_cpus)
-                available = ray.get(probe.remote(), timeout=600)
-            check_memory(needed, available, "a GPU of the cluster")
-        else:
-            check_memory(needed, node_memory(nodes), "the largest Ray node")
+    """The largest shard, as a study of its own (`actlab.memory.study_bytes`), against a
+    GPU's memory (a probe task) on a GPU cluster, else against the largest node's memory."""
+    from actlab.memory import study_bytes
+
+    largest = max(shards, key=lambda shard: len(shard.members))
+    needed = study_bytes(
+        config.replace(seeds=largest.seeds),
+        tuple(dataset.input_shape),
+        int(dataset.num_classes),
+        dataset.train_size + dataset.val_size + dataset.test_size,
+        dataset.train_size,
+    )
+    if plan.num_gpus:
+        probe = ray.remote(_gpu_memory).options(num_gpus=1, num_cpus=plan.num_cpus)
+        check_memory(needed, ray.get(probe.remote(), timeout=600), "a GPU of the cluster")
+    else:
+        check_memory(needed, node_memory(nodes), "the largest Ray node")
 
 
 def _gpu_memory() -> int:

@@ -91,14 +91,18 @@ def test_resources_are_checked_before_any_work():
     with pytest.raises(ConfigError, match="3.0 GiB but the largest Ray node offers 2.0 GiB"):
         cluster.check_memory(3 * 2**30, 2 * 2**30, "the largest Ray node")
     cluster.check_memory(3 * 2**30, 0.0, "a node of unknown memory")  # not checked
-    # The estimate: the float32 dataset, 4 copies of each member's parameters, overhead.
-    config = ExperimentConfig(dataset="digits", hidden=(16,), activations=("relu", "tanh"))
+    # The largest shard is estimated as a study of its own (actlab.memory).
+    config = ExperimentConfig(hidden=(4096, 4096), activations=("relu", "tanh"), seeds=(0, 1, 2))
     dataset = SimpleNamespace(
-        input_shape=(1, 8, 8), num_classes=10, train_size=100, val_size=0, y_test=[0] * 20
+        input_shape=(1, 28, 28), num_classes=10, train_size=60000, val_size=0, test_size=10000
     )
-    parameters = (64 * 16 + 16) + (16 * 10 + 10)
-    expected = 120 * 64 * 4 + 4 * parameters * 4 * 3 + cluster.SHARD_OVERHEAD_BYTES
-    assert cluster.shard_bytes(config, dataset, 3, None) == expected
+    shards = cluster.shards_of(config, [[(0, 1), (2,)]])
+    small_node = {"Alive": True, "Resources": {"CPU": 1.0, "memory": 1.0 * 2**30}}
+    cpu_plan = cluster.ClusterPlan(num_cpus=1, num_gpus=0, slots=1)
+    with pytest.raises(ConfigError, match="but the largest Ray node offers 1.0 GiB"):
+        cluster.check_shard_memory(None, config, dataset, shards, cpu_plan, [small_node])
+    big_node = {"Alive": True, "Resources": {"CPU": 1.0, "memory": 64.0 * 2**30}}
+    cluster.check_shard_memory(None, config, dataset, shards, cpu_plan, [big_node])
 
 
 def test_without_ray_the_flag_says_how_to_install(monkeypatch, capsys):
