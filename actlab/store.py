@@ -442,10 +442,15 @@ def _csv_text(columns: Sequence[str], records: Sequence[Sequence[str]]) -> str:
 
 
 def _append_records(file: Path, records: Sequence[Sequence[str]]) -> None:
-    with open(file, "a", encoding="utf-8", newline="") as handle:
-        csv.writer(handle, lineterminator="\n").writerows(records)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(file, "a", encoding="utf-8", newline="") as handle:
+            csv.writer(handle, lineterminator="\n").writerows(records)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:  # a full disk: a row cut off here is dropped on reopening
+        if error.filename is None:
+            error.filename = str(file)
+        raise
 
 
 def _replace_atomic(file: Path, write: Callable[[IO[bytes]], object]) -> None:
