@@ -47,9 +47,10 @@ DIAGNOSTICS_COLUMNS = (
 # === writing ==============================================================================
 #
 # One process writes a run directory at a time (an fcntl lock on run.lock). Rows are
-# appended and fsynced as each epoch ends, then the checkpoint is replaced atomically, so
-# after a crash the checkpoint is at most one epoch behind the CSVs: reopening the
-# directory drops the rows beyond the checkpoint, and nothing is lost or duplicated.
+# appended and fsynced as each epoch ends, then the checkpoint (which carries a copy of
+# every row) is replaced atomically, so after a crash the checkpoint is at most one epoch
+# behind the CSVs: reopening the directory drops the rows beyond the checkpoint and restores
+# rows the CSVs lost, and nothing is lost or duplicated.
 
 
 def describe_environment(device: str, threads: int) -> dict:
