@@ -375,12 +375,23 @@ def _reconcile_with_checkpoint(
     saved = checkpoint.get("rows") if checkpoint is not None else None
     if saved is None and checkpoint is None:
         saved = {METRICS_FILE: [], DIAGNOSTICS_FILE: []}
+    if saved is not None and not (
+        isinstance(saved, dict) and all(isinstance(v, list) for v in saved.values())
+    ):
+        raise RunDirError(
+            f"{path / CHECKPOINT_FILE} holds a damaged copy of the rows; delete it to restart the run"
+        )
+
+    def position(record: list[str]) -> tuple[int, int] | None:
+        """(depth index, epoch) of a row; None for a row that is not one (blank, garbage)."""
+        try:
+            return depth_index.get(record[0], len(depth_index)), int(record[5])
+        except (IndexError, ValueError):
+            return None
 
     def covered(record: list[str]) -> bool:
-        try:
-            return (depth_index.get(record[0], len(depth_index)), int(record[5])) <= done
-        except (IndexError, ValueError):
-            return False
+        where = position(record)
+        return where is not None and where <= done
 
     records: dict[str, list[list[str]]] = {}
     notes: list[str] = []
@@ -403,12 +414,15 @@ def _reconcile_with_checkpoint(
             expected = kept
         if kept == expected:
             if len(kept) != len(body) or not parsed.complete or not has_header:
-                dropped = len(body) - len(kept) + (0 if parsed.complete else 1)
-                if dropped:
+                unreadable = sum(position(r) is None for r in body)
+                beyond = len(body) - len(kept) - unreadable + (0 if parsed.complete else 1)
+                if beyond:
                     notes.append(
-                        f"{name}: dropped {dropped} row(s) beyond the checkpoint "
+                        f"{name}: dropped {beyond} row(s) beyond the checkpoint "
                         f"(epoch {done[1]}); those epochs are trained again"
                     )
+                if unreadable:
+                    notes.append(f"{name}: dropped {unreadable} blank or unreadable line(s)")
                 _write_atomic(file, _csv_text(columns, kept))
         elif kept == expected[: len(kept)]:
             notes.append(
