@@ -289,7 +289,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
             on_start=progress.start if progress else None,
             on_step=progress.step if progress else None,
             on_epoch=progress.epoch if progress else None,
+            on_plan=progress.plan if progress else None,
+            on_threads=progress.threads if progress else None,
         )
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"interrupted; the run directory {out} keeps every finished epoch: rerun the "
+            "same command to resume"
+        ) from None
     finally:
         if progress is not None:
             progress.close()
@@ -362,22 +369,38 @@ def default_out(dataset: str) -> str:
 
 
 class CompareProgress:
-    """A tqdm bar on stderr (depth, epoch, step, ETA) and one line per member per epoch."""
+    """A tqdm bar on stderr (depth, epoch, step, elapsed<remaining), the thread choice and
+    the time estimate before training, one line per member per epoch, and after each epoch
+    a line with the elapsed and remaining time (also when stdout is a log file)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock=None) -> None:
+        import time
+
         self.bar = None
         self.described: tuple | None = None
+        self.clock = clock or time.perf_counter
+        self.total = self.done_at_start = self.done = 0
+        self.started: float | None = None
 
     def start(self, total: int, done: int) -> None:
         from tqdm import tqdm
 
-        if done:
-            tqdm.write(f"resuming: {done}/{total} steps already done", file=sys.stdout)
+        self.total, self.done_at_start, self.done = total, done, done
+        self.started = self.clock()
         # disable=None: a bar on a terminal; none when stderr is a log file (CI), where the
         # per-epoch lines on stdout already say how far the study is.
         self.bar = tqdm(
             total=total, initial=done, unit="step", file=sys.stderr, leave=False, disable=None
         )
+
+    def plan(self, plan) -> None:
+        for line in (plan.resume_line(), plan.threads and plan.threads.describe(), plan.describe()):
+            if line:
+                self.write(line)
+        self.started = self.clock()  # the remaining-time estimate counts training only
+
+    def threads(self, choice, reason: str) -> None:
+        self.write(f"{reason}: {choice.describe()}")
 
     def step(self, info) -> None:
         key = (info.depth, info.epoch)
@@ -385,15 +408,37 @@ class CompareProgress:
             depth = "" if info.depth is None else f"depth {info.depth} "
             self.bar.set_description(f"{depth}epoch {info.epoch}/{info.epochs}", refresh=False)
             self.described = key
+        self.done += 1
         self.bar.update(1)
 
     def epoch(self, result) -> None:
-        from tqdm import tqdm
-
         from actlab.api import epoch_lines
 
         for line in epoch_lines(result):
-            tqdm.write(line, file=sys.stdout)
+            self.write(line)
+        self.write(self.time_line(result))
+
+    def time_line(self, result) -> str:
+        """``epoch 3/10 done (30% of the steps): 31 s elapsed, about 1 min 12 s left``."""
+        from actlab.api import format_duration
+
+        elapsed = self.clock() - (self.started if self.started is not None else self.clock())
+        trained = self.done - self.done_at_start
+        left = self.total - self.done
+        depth = "" if result.depth is None else f"depth {result.depth} "
+        text = (
+            f"{depth}epoch {result.epoch}/{result.epochs} done "
+            f"({100 * self.done / max(1, self.total):.0f}% of the steps): "
+            f"{format_duration(elapsed)} elapsed"
+        )
+        if trained and left:
+            text += f", about {format_duration(elapsed / trained * left)} left"
+        return text
+
+    def write(self, line: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stdout)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -481,8 +526,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ActlabError as error:
         print(f"actlab: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("actlab: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"actlab: {interrupt or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
