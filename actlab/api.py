@@ -177,7 +177,9 @@ class ThreadKeeper:
     def __init__(self, config: ExperimentConfig, data: DeviceData, device: torch.device) -> None:
         self.config = config
         self.data = data
-        self.measure = device.type == "cpu" and config.threads is None
+        # On the CPU the step is always timed (for the estimate); with --threads N only N.
+        self.measure = device.type == "cpu"
+        self.forced = config.threads is not None
         self.cpus = available_cpus()
         self.choice: ThreadChoice | None = None
         self.eval_s: float | None = None  # one evaluation of val + test, measured
@@ -185,7 +187,7 @@ class ThreadKeeper:
         self._trainer: Trainer | None = None
         self.depth: int | None = None  # the depth of the last measurement
         self._last_step: float | None = None
-        if device.type == "cpu" and config.threads is not None:
+        if self.measure and self.forced:
             self.choice = ThreadChoice(config.threads, True, self.cpus)
 
     def how_chosen(self) -> str:
@@ -202,7 +204,9 @@ class ThreadKeeper:
             self.depth = depth
             self.eval_s = None
         trainer = self._trainer
-        self.choice = choose_threads(trainer.timing_step, candidate_counts(self.cpus))
+        candidates = [self.config.threads] if self.forced else candidate_counts(self.cpus)
+        self.choice = choose_threads(trainer.timing_step, candidates)
+        self.choice.cpus, self.choice.forced = self.cpus, self.forced
         if self.eval_s is None:
             self.eval_s = self._time_evaluation(trainer)
         self.watch.reset()
@@ -228,7 +232,7 @@ class ThreadKeeper:
 
     def step(self, info: StepInfo) -> bool:
         """After each training step: True when the thread count was chosen again."""
-        if not self.measure:
+        if not self.measure or self.forced:
             return False
         now = time.perf_counter()
         last, self._last_step = self._last_step, now
@@ -280,7 +284,7 @@ def _train_depths(
                 continue
             if keeper.measure and depth != keeper.depth:
                 keeper.choose(depth)
-                if on_threads is not None:
+                if on_threads is not None and not keeper.forced:
                     on_threads(keeper.choice, f"depth {depth}")
             state = checkpoint["engine"] if checkpoint and index == done_index else None
             for result in train(config, data, depth=depth, state=state, on_step=step_callback):
