@@ -31,6 +31,7 @@ TIE_TOLERANCE = 0.05
 # A re-check is due when the median step time of a window is this many times the baseline.
 DEGRADED_FACTOR = 1.5
 WINDOW_STEPS = 50  # steps per window of the step-time watch
+LOSER_FACTOR = 3.0  # a candidate this many times slower than the best is timed no further
 
 
 def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -119,7 +120,12 @@ def choose_threads(
     interleaved and their order rotated each round, so that a load that comes and goes is
     shared by all. One untimed warm-up step per candidate first (OpenMP starts its pool;
     buffers are allocated). After the first round, rounds stop once `budget_s` is spent.
-    Candidates within TIE_TOLERANCE of the fastest tie; the fewest threads win a tie."""
+    Candidates within TIE_TOLERANCE of the fastest tie; the fewest threads win a tie.
+
+    A clear loser costs little on a busy machine (where a step with too many threads can
+    take 50x longer): a round of a candidate stops after a step slower than
+    LOSER_FACTOR x the best median so far, and after the first round candidates slower
+    than that are timed no more."""
     candidates = list(dict.fromkeys(int(c) for c in candidates))
     if not candidates or min(candidates) < 1:
         raise ValueError(f"thread candidates must be counts >= 1, got {candidates}")
@@ -128,15 +134,23 @@ def choose_threads(
         set_threads(count)
         step()
     samples: dict[int, list[float]] = {count: [] for count in candidates}
+    racing = list(candidates)
     for round_index in range(rounds):
-        shift = round_index % len(candidates)
-        for count in candidates[shift:] + candidates[:shift]:
+        shift = round_index % len(racing)
+        for count in racing[shift:] + racing[:shift]:
+            best = min((statistics.median(v) for v in samples.values() if v), default=math.inf)
             set_threads(count)
-            begin = clock()
+            times = []
             for _ in range(steps_per_round):
+                begin = clock()
                 step()
-            samples[count].append((clock() - begin) / steps_per_round)
-        if clock() - start > budget_s:
+                times.append(clock() - begin)
+                if times[-1] > LOSER_FACTOR * best:
+                    break
+            samples[count].append(sum(times) / len(times))
+        best = min(statistics.median(v) for v in samples.values())
+        racing = [c for c in racing if statistics.median(samples[c]) <= LOSER_FACTOR * best]
+        if clock() - start > budget_s or len(racing) == 1:
             break
     medians = {count: statistics.median(values) for count, values in samples.items()}
     fastest = min(medians.values())

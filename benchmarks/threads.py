@@ -14,6 +14,7 @@ Wall time is the whole command (data loading, the measurement itself, training, 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from actlab.store import _cpu_model_name
 from actlab.threads import available_cpus
@@ -29,7 +31,7 @@ BUSY_LOOP = "while True: pass"
 
 
 def run_compare(arguments: list[str], threads: int | None, out: str) -> tuple[float, str]:
-    """Wall seconds of one `actlab compare` and the thread line it printed."""
+    """Wall seconds of one `actlab compare` and the thread count it recorded."""
     command = [sys.executable, "-m", "actlab", "compare", *arguments, "--out", out, "--no-report"]
     if threads is not None:
         command += ["--threads", str(threads)]
@@ -38,8 +40,8 @@ def run_compare(arguments: list[str], threads: int | None, out: str) -> tuple[fl
     seconds = time.perf_counter() - start
     if finished.returncode not in (0, 3):
         raise SystemExit(f"{' '.join(command)} failed:\n{finished.stderr}")
-    chosen = next((line for line in finished.stdout.splitlines() if "threads:" in line), "")
-    return seconds, chosen
+    environment = json.loads(Path(out, "config.json").read_text())["environment"]
+    return seconds, str(environment["threads"])
 
 
 def measure(arguments: list[str], counts: list[int], repeats: int) -> dict:
@@ -55,7 +57,7 @@ def measure(arguments: list[str], counts: list[int], repeats: int) -> dict:
                 seconds, line = run_compare(arguments, None if mode == "auto" else mode, out)
                 times[mode].append(seconds)
                 if mode == "auto":
-                    chosen.append(line.split(" CPUs")[0].replace("threads: ", ""))
+                    chosen.append(line)
                 print(f"  {'auto' if mode == 'auto' else f'--threads {mode}':<12} {seconds:7.1f} s")
     medians = {mode: statistics.median(values) for mode, values in times.items()}
     return {"medians": medians, "chosen": chosen}
