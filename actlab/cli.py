@@ -30,14 +30,28 @@ EPILOG = """examples:
 """
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written, and every option's default shown in --help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if isinstance(action, argparse._StoreTrueAction | argparse._VersionAction):
+            return action.help  # "(default: False)" says nothing
+        if action.default is None:
+            return action.help  # "(default: None)" says nothing; the help says what it means
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from actlab import __version__
+
     parser = argparse.ArgumentParser(
         prog="actlab",
         description="The activation-function laboratory for PyTorch.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action="version", version=f"actlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help: str, examples: str) -> argparse.ArgumentParser:
         return sub.add_parser(
@@ -45,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=help,
             description=help,
             epilog="examples:\n" + examples,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=HelpFormatter,
         )
 
     # --- catalog -------------------------------------------------------------------------
@@ -67,9 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
         "  actlab plot gelu silu mish --range -4 4 --derivatives 0,1,2 -o smooth.svg\n",
     )
     p.add_argument("names", nargs="+", help="activation specs")
-    p.add_argument("--range", nargs=2, type=float, default=(-5.0, 5.0), metavar=("LO", "HI"))
-    p.add_argument("--derivatives", default="0,1", help="orders to draw, from 0,1,2 (default 0,1)")
-    p.add_argument("-o", "--output", default="activations.png", help="out.png or out.svg")
+    p.add_argument(
+        "--range", nargs=2, type=float, default=(-5.0, 5.0), metavar=("LO", "HI"), help="x range"
+    )
+    p.add_argument("--derivatives", default="0,1", help="orders to draw, from 0,1,2")
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="the figure file: .png, .svg, .pdf, .jpg; default activations.png",
+    )
     p.set_defaults(handler=cmd_plot)
 
     # --- data ----------------------------------------------------------------------------
@@ -104,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  actlab report runs/compare\n  actlab report runs/a runs/b -o merged.html\n",
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("-o", "--output", default=None, help="HTML file (default RUN_DIR/report.html)")
+    p.add_argument("-o", "--output", default=None, help="HTML file; default RUN_DIR/report.html")
     p.set_defaults(handler=cmd_report)
 
     # --- explanation ---------------------------------------------------------------------
@@ -114,10 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
         "  actlab bench\n  actlab bench relu gelu tanh --size 4194304 --dtype bfloat16\n",
     )
     p.add_argument("names", nargs="*", help="activation specs (default: the whole catalog)")
-    p.add_argument("--size", type=int, default=None, help="elements per tensor")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument(
-        "--dtype", default="float32", choices=("float32", "bfloat16", "float16", "float64")
+        "--size",
+        type=int,
+        default=None,
+        help="elements per tensor; default 4 Mi on a GPU, 1 Mi on a CPU",
+    )
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to time")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16", "float64"),
+        help="element type",
     )
     p.add_argument("-o", "--output", default="bench.csv", help="CSV file to write")
     p.set_defaults(handler=cmd_bench)
@@ -130,7 +159,11 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         default="mnist",
         help="mnist, fashion-mnist, kmnist, digits, cifar10, npz:PATH, idx:DIR",
     )
-    p.add_argument("--data-dir", default=None)
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="look here first; default $ACTLAB_DATA, the cache, /usr/share/datasets",
+    )
     p.add_argument(
         "--no-download", action="store_true", help="never download; fail if the files are not found"
     )
@@ -145,27 +178,39 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         "--limit-train",
         type=int,
         default=None,
-        help="use only the first N train samples (quick runs)",
+        help="use only the first N train samples (quick runs); default all",
     )
-    p.add_argument("--limit-test", type=int, default=None)
+    p.add_argument(
+        "--limit-test",
+        type=int,
+        default=None,
+        help="use only the first N test samples; default all",
+    )
     p.add_argument(
         "--standardize",
         action="store_true",
         help="standardise inputs with train mean/std (default: x/255)",
     )
-    p.add_argument("--model", default="mlp", choices=("mlp", "cnn"))
-    p.add_argument("--hidden", default="128,128", help="hidden widths, e.g. 128,128")
+    p.add_argument("--model", default="mlp", choices=("mlp", "cnn"), help="the network")
+    p.add_argument("--hidden", default="128,128", help="hidden widths, e.g. 256,128,64")
     p.add_argument(
         "--depths", default=None, help="depth study, e.g. 2,4,8,16 (width = first --hidden)"
     )
-    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument(
+        "--dropout", type=float, default=0.0, help="dropout after each hidden activation"
+    )
     p.add_argument(
         "--output-activation",
         default=None,
         help="refused unless 'linear': the model outputs logits for cross-entropy "
         "(a softmax here would be a double softmax)",
     )
-    p.add_argument("--init", default="pytorch", choices=("pytorch", "glorot", "kaiming", "lecun"))
+    p.add_argument(
+        "--init",
+        default="pytorch",
+        choices=("pytorch", "glorot", "kaiming", "lecun"),
+        help="weight initialisation (glorot is Keras' default)",
+    )
     p.add_argument(
         "--init-gain", action="store_true", help="scale init by the activation's recommended gain"
     )
@@ -174,28 +219,52 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         default="relu,sigmoid,tanh,leaky_relu",
         help="comma-separated catalog specs",
     )
-    p.add_argument("--seeds", default="1", help="a count N (seeds 0..N-1) or a list like 0,1,7")
+    p.add_argument(
+        "--seeds",
+        default="1",
+        help="a count N (seeds 0..N-1, or from --seed-start), a range A..B (inclusive, e.g. "
+        "3..4 to add two seeds to a run of --seeds 3) or a list like 0,1,7",
+    )
+    p.add_argument(
+        "--seed-start",
+        type=int,
+        default=0,
+        help="the first seed of a count: --seeds 2 --seed-start 3 means seeds 3,4",
+    )
     p.add_argument("--lr", default="1e-3", help="one lr or a list, e.g. 1e-4,3e-4,1e-3")
     p.add_argument(
         "--select",
         default="auto",
         choices=("auto", "final", "val"),
         help="val: choose each activation's lr on the validation split (never the test set); "
-        "auto (default): val when several --lr are given, else final",
+        "auto: val when several --lr are given, else final",
     )
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=10,
+        help="epochs to train; rerun a finished study with more to continue it",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    p.add_argument(
+        "--optimizer", default="adam", choices=("adam", "adamw", "sgd"), help="the optimizer"
+    )
+    p.add_argument("--weight-decay", type=float, default=0.0, help="(adamw, sgd)")
+    p.add_argument("--momentum", type=float, default=0.9, help="(sgd)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads; default: the fastest count, measured on a few steps of the "
+        "study's own model (fewer than the cores when the machine is busy)",
+    )
     p.add_argument(
         "--no-diagnostics",
         action="store_true",
         help="skip gradient/dead-unit/saturation diagnostics",
     )
-    p.add_argument("--out", default=None, help="run directory (default runs/compare-<dataset>)")
+    p.add_argument("--out", default=None, help="run directory; default runs/compare-<dataset>")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -233,7 +302,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
             f"--derivatives {args.derivatives!r} must be orders from 0,1,2 separated by commas, e.g. 0,1"
         ) from None
     figure = plot_activations(args.names, tuple(args.range), orders)
-    print(save_figure(figure, args.output))
+    path = save_figure(figure, args.output or "activations.png")
+    print(f"wrote {path}" + ("" if args.output else " (choose the file with -o FILE)"))
     return EXIT_OK
 
 
@@ -264,7 +334,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         init=args.init,
         init_gain=args.init_gain,
         activations=split_specs(args.activations),
-        seeds=parse_seeds(args.seeds),
+        seeds=parse_seeds(args.seeds, args.seed_start),
         lrs=parse_floats(args.lr, "--lr"),
         select=args.select,
         epochs=args.epochs,
@@ -336,13 +406,27 @@ def split_specs(text: str) -> tuple[str, ...]:
     return tuple(spec for spec in specs if spec)
 
 
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """``3`` means seeds 0, 1, 2; ``0,5,7`` (or ``7,``) is a list of seeds."""
+def parse_seeds(text: str, start: int = 0) -> tuple[int, ...]:
+    """``3`` means seeds 0, 1, 2 (``start``, start+1, ... with --seed-start); ``3..4`` is the
+    inclusive range 3, 4; ``0,5,7`` (or ``7,``) is a list of seeds."""
+    text = text.strip()
+    if ".." in text:
+        low, _, high = text.partition("..")
+        first, last = parse_ints(low, "--seeds")[:1], parse_ints(high, "--seeds")[:1]
+        if not first or not last or first[0] > last[0] or first[0] < 0:
+            raise ConfigError(
+                f"--seeds {text}: a range is FIRST..LAST with 0 <= FIRST <= LAST, e.g. 3..4"
+            )
+        return tuple(range(first[0], last[0] + 1))
     if "," not in text:
-        count = parse_ints(text, "--seeds")[0]
+        count = parse_ints(text, "--seeds")[0] if text else 0
         if count < 1:
-            raise ConfigError(f"--seeds {text}: give a count >= 1 or a list like 0,5,7")
-        return tuple(range(count))
+            raise ConfigError(
+                f"--seeds {text}: give a count >= 1, a range like 3..4 or a list like 0,5,7"
+            )
+        if start < 0:
+            raise ConfigError(f"--seed-start {start}: seeds are counted from 0")
+        return tuple(range(start, start + count))
     return parse_ints(text, "--seeds")
 
 
@@ -499,9 +583,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_run_report(run, args.output)
     for problem in run.problems:
         print(f"actlab: warning: {problem}", file=sys.stderr)
+    if len(run.paths) > 1:
+        print(merge_line(run))
     print(path)
     print(path.with_suffix(".md"))
     return EXIT_OK
+
+
+def merge_line(run) -> str:
+    """``merged 2 runs of one study: runs/a (seeds 0, 1), runs/b (seed 2): 3 seeds``."""
+    parts = []
+    for index, path in enumerate(run.paths):
+        seeds = sorted(set(run.metrics.loc[run.metrics["run"] == index, "seed"]))
+        word = "seed" if len(seeds) == 1 else "seeds"
+        parts.append(f"{path} ({word} {', '.join(map(str, seeds)) or 'none'})")
+    total = run.metrics["seed"].nunique()
+    return (
+        f"merged {len(run.paths)} runs of one study: {', '.join(parts)}; the report pools "
+        f"{total} seed{'s' if total != 1 else ''} (a seed in several runs is counted once)"
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -514,13 +614,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = run_bench(args.names, args.size, args.device, args.dtype)
     print(format_table(rows))
     print(describe_run(rows, time.perf_counter() - start))
-    print(f"wrote {write_csv(rows, args.output)}")
+    print(
+        f"wrote {write_csv(rows, args.output)} (every column, memory in bytes; -o FILE to choose)"
+    )
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # `actlab` alone: what it can do, not an error
+        parser.print_help()
+        return EXIT_OK
     try:
         return args.handler(args)
     except ActlabError as error:

@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # never open a window, also when a display is present
 
 _DERIVATIVE_NAMES = {0: "f(x)", 1: "f'(x)", 2: "f''(x)"}
 _DERIVATIVE_TITLES = {0: "Activation", 1: "First derivative", 2: "Second derivative"}
-FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
 
 
 def activation_curves(
@@ -81,7 +81,8 @@ def plot_activations(
     derivatives: Sequence[int] = (0, 1),
 ) -> Figure:
     """One panel per derivative order (0: f, 1: f', 2: f''), one line per activation, all
-    derivatives by autograd. Labels are the catalog's canonical labels."""
+    derivatives by autograd. Labels are the specs as the user typed them (``swish``, not
+    the catalog's ``silu``); specs that are not strings get the catalog's label."""
     from actlab.catalog import canonical_label
     from actlab.errors import ConfigError
 
@@ -98,7 +99,7 @@ def plot_activations(
     axes = fig.subplots(1, len(orders), squeeze=False)[0]
     palette = matplotlib.colormaps["tab10"].colors
     for index, spec in enumerate(specs):
-        label = canonical_label(spec)
+        label = spec.strip() if isinstance(spec, str) else canonical_label(spec)
         curves = activation_curves(spec, x, orders)
         # A line style per curve, so that overlapping curves (relu, leaky_relu) stay visible.
         style = ("-", "--", "-.", ":")[index % 4]
@@ -114,13 +115,13 @@ def plot_activations(
         ax.set_ylabel(_DERIVATIVE_NAMES[order])
         ax.set_xlim(low, high)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="best")
+    axes[0].legend(fontsize=LEGEND_FONT_SIZE - 1, loc="best")
     fig.suptitle("Activation functions" + (" and derivatives (autograd)" if orders != [0] else ""))
     return fig
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as PNG, SVG or PDF by the file's suffix (creating the folder)."""
+    """Write ``fig`` as PNG, SVG, PDF or JPEG by the file's suffix (creating the folder)."""
     from actlab.errors import ConfigError
 
     path = Path(path)
