@@ -36,4 +36,4 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     """The public API first among the module's names, so that dir(actlab) and tab
     completion show `get`, `compare`, ... although they are imported lazily."""
-    return sorted(set(globals()) | set(__all__))
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})
