@@ -123,18 +123,27 @@ def choose_threads(
     Candidates within TIE_TOLERANCE of the fastest tie; the fewest threads win a tie.
 
     A clear loser costs little on a busy machine (where a step with too many threads can
-    take 50x longer): a round of a candidate stops after a step slower than
-    LOSER_FACTOR x the best median so far, and after the first round candidates slower
-    than that are timed no more."""
+    take 50x longer): a candidate whose warm-up step is LOSER_FACTOR x slower than the
+    fastest warm-up is not timed again; a round of a candidate stops after a step slower
+    than LOSER_FACTOR x the best median so far; and after the first round candidates
+    slower than that are timed no more."""
     candidates = list(dict.fromkeys(int(c) for c in candidates))
     if not candidates or min(candidates) < 1:
         raise ValueError(f"thread candidates must be counts >= 1, got {candidates}")
     start = clock()
+    warmup = {}
     for count in candidates:
         set_threads(count)
+        begin = clock()
         step()
+        warmup[count] = clock() - begin
     samples: dict[int, list[float]] = {count: [] for count in candidates}
-    racing = list(candidates)
+    # A warm-up step far slower than the fastest warm-up (which also paid for the first
+    # allocations) already shows a loser: its warm-up is its only sample.
+    racing = [c for c in candidates if warmup[c] <= LOSER_FACTOR * min(warmup.values())]
+    for count in candidates:
+        if count not in racing:
+            samples[count].append(warmup[count])
     for round_index in range(rounds):
         shift = round_index % len(racing)
         for count in racing[shift:] + racing[:shift]:

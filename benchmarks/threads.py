@@ -89,7 +89,9 @@ def main() -> None:
         busy = []
         if condition == "busy":
             busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(args.busy)]
-        print(f"{condition}{f' ({args.busy} busy-loop process)' if busy else ''}:")
+        load = os.getloadavg()[0]
+        print(f"{condition}{f' ({args.busy} busy-loop process)' if busy else ''}, "
+              f"load average before: {load:.1f}:")  # fmt: skip
         try:
             results[condition] = measure(arguments, counts, args.repeats)
         finally:
