@@ -324,11 +324,19 @@ def describe_run(rows: Sequence[dict], seconds: float) -> str:
     size_mib = first["tensor_bytes"] / 2**20
     return (
         "memory columns: forward peak / forward+backward peak / kept for backward, in multiples "
-        f"of the input tensor ({size_mib:.2f} MiB); the CSV has them in bytes\n"
+        f"of the input tensor ({_bytes_text(first['tensor_bytes'])}); the CSV has them in bytes\n"
         f"{len(rows)} activations, {first['size']} {first['dtype']} elements ({size_mib:.1f} MiB) "
         f"on {first['device']} with {first['threads']} threads, torch {torch.__version__}; "
         f"copy {first['copy_gbps']:.1f} GB/s; {seconds:.1f} s; {_load()}"
     )
+
+
+def _bytes_text(count: float) -> str:
+    """4096 -> '4.0 KiB', 4194304 -> '4.0 MiB'."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count:.0f} B"
 
 
 def _load() -> str:

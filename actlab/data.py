@@ -508,7 +508,9 @@ def _refuse_mismatches(dataset: str, statuses: dict[str, str], folder: Path) -> 
         if status == "mismatch":
             # A system file (a Debian package's, under /usr/share) is not the user's to
             # delete: the way out is the package manager.
-            system = str(folder).startswith("/usr/") or not os.access(folder, os.W_OK)
+            system = any(Path(folder).is_relative_to(d) for d in SYSTEM_DIRS) or not os.access(
+                folder, os.W_OK
+            )
             way_out = (
                 "it is a system file: reinstall the package that provides it "
                 f"(e.g. apt-get install --reinstall dataset-{dataset})"
