@@ -503,16 +503,16 @@ class CompareProgress:
         self.write(self.time_line(result))
 
     def time_line(self, result) -> str:
-        """``epoch 3/10 done (30% of the steps): 31 s elapsed, about 1 min 12 s left``."""
+        """``progress: 3/10 epochs (30% of the steps), 31 s elapsed, about 1 min 12 s left``."""
         from actlab.api import format_duration
 
         elapsed = self.clock() - (self.started if self.started is not None else self.clock())
         trained = self.done - self.done_at_start
         left = self.total - self.done
-        depth = "" if result.depth is None else f"depth {result.depth} "
+        depth = "" if result.depth is None else f"depth {result.depth}: "
         text = (
-            f"{depth}epoch {result.epoch}/{result.epochs} done "
-            f"({100 * self.done / max(1, self.total):.0f}% of the steps): "
+            f"progress: {depth}{result.epoch}/{result.epochs} epochs "
+            f"({100 * self.done / max(1, self.total):.0f}% of the steps), "
             f"{format_duration(elapsed)} elapsed"
         )
         if trained and left:

@@ -162,9 +162,11 @@ def test_the_cli_prints_the_choice_the_estimate_and_time_per_epoch(small, tmp_pa
     assert code == 0
     assert out[0].startswith("threads: ") and "CPUs, the fastest measured" in out[0]
     assert out[1].startswith("estimate: ") and "for 8 steps" in out[1]
-    timing = [line for line in out if " done (" in line]
-    assert timing[0].startswith("epoch 1/2 done (50% of the steps): ") and "left" in timing[0]
-    assert timing[1].startswith("epoch 2/2 done (100% of the steps): ")
+    timing = [line for line in out if line.startswith("progress: ")]
+    assert timing[0].startswith("progress: 1/2 epochs (50% of the steps), ")
+    assert timing[0].endswith(" left") and " elapsed, about " in timing[0]
+    assert timing[1].startswith("progress: 2/2 epochs (100% of the steps), ")
+    assert timing[1].endswith(" elapsed")
     main(["compare", "--dataset", small, "--hidden", "8", "--epochs", "2", "--threads", "1",
           "--activations", "relu", "--no-report", "--out", str(tmp_path / "f")])  # fmt: skip
     assert capsys.readouterr().out.startswith("threads: 1 (--threads;")
