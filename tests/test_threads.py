@@ -178,3 +178,19 @@ def test_durations_read_naturally():
     ]  # fmt: skip
     choice = ThreadChoice(2, False, 2, {1: 0.01, 2: 0.005}, 0.2)
     assert choice.describe().startswith("threads: 2 of 2 CPUs, the fastest measured (1: 10.0 ms")
+
+
+def test_re_checks_during_training_change_no_number(small, tmp_path, monkeypatch):
+    import actlab.api
+
+    config = ExperimentConfig(dataset=small, hidden=(8,), epochs=2, seeds=(0, 1), dropout=0.2, batch_size=32,
+                              activations=("relu", "tanh"), device="cpu")  # fmt: skip
+    plain = run_study(config, out=tmp_path / "plain").metrics
+    # a watch that finds every window degraded: the thread count is measured again and again
+    monkeypatch.setattr(actlab.api, "StepWatch", lambda: StepWatch(window=2, factor=0.0))
+    rechecks = []
+    checked = run_study(config, out=tmp_path / "checked",
+                        on_threads=lambda choice, why: rechecks.append(why)).metrics  # fmt: skip
+    assert len(rechecks) >= 2 and set(rechecks) == {"the step time degraded"}
+    columns = [c for c in plain.columns if c != "epoch_time_s"]
+    assert plain[columns].equals(checked[columns])
