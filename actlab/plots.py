@@ -345,9 +345,14 @@ def plot_lr_sensitivity(
     return fig
 
 
-def plot_depth_study(summary: pd.DataFrame, colors: Mapping[str, object] | None = None) -> Figure:
-    """Final test accuracy vs depth per arm, mean with 95% CI error bars
-    (`stats.summary_table` rows with a depth), clipped to 0-100%."""
+def plot_depth_study(
+    summary: pd.DataFrame,
+    colors: Mapping[str, object] | None = None,
+    members: pd.DataFrame | None = None,
+) -> Figure:
+    """Final test accuracy vs depth per arm, mean with error bars: the 95% CI with 3 seeds
+    or more (`stats.summary_table` rows with a depth), min-max over the seeds with 2 (from
+    `members`, `stats.arm_results` rows, when given), clipped to 0-100%."""
     fig = Figure(figsize=(6.5, 4.6), layout="constrained")
     ax = fig.subplots()
     arms = list(dict.fromkeys(summary["arm"]))
@@ -355,8 +360,16 @@ def plot_depth_study(summary: pd.DataFrame, colors: Mapping[str, object] | None 
     for arm, group in summary.groupby("arm", sort=False):
         group = group.sort_values("depth")
         mean = 100 * group["final_test_acc_mean"]
-        high = np.minimum(100 * group["final_test_acc_ci_high"], 100.0)
-        low = np.maximum(100 * group["final_test_acc_ci_low"], 0.0)
+        high, low = group["final_test_acc_ci_high"], group["final_test_acc_ci_low"]
+        if members is not None:
+            ok = members[(members["arm"] == arm) & ~members["diverged"]]
+            spread = ok.groupby(ok["depth"].astype(float))["final_test_acc"].agg(["min", "max"])
+            few = (group["n"] < MIN_SEEDS_FOR_CI).to_numpy()
+            depth = group["depth"].astype(float)
+            high = np.where(few, depth.map(spread["max"]), high)
+            low = np.where(few, depth.map(spread["min"]), low)
+        high = pd.Series(np.minimum(100 * np.asarray(high, dtype=float), 100.0), index=group.index)
+        low = pd.Series(np.maximum(100 * np.asarray(low, dtype=float), 0.0), index=group.index)
         error = np.vstack([(mean - low).fillna(0), (high - mean).fillna(0)])
         ax.errorbar(group["depth"].astype(float), mean, yerr=error, label=str(arm), capsize=3,
                     **styles[arm])  # fmt: skip

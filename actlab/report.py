@@ -532,8 +532,9 @@ def charts(analysis: Analysis) -> list[tuple[str, str, Figure]]:
                         f"band: 95% CI with {plots.MIN_SEEDS_FOR_CI} seeds or more (none with fewer)",
                         plots.plot_lr_sensitivity(sensitivity, selected, act_colors)))  # fmt: skip
     if several_depths:
-        out.append(("depth", "Final test accuracy vs depth (95% CI)",
-                    plots.plot_depth_study(analysis.summary, colors)))  # fmt: skip
+        out.append(("depth", "Final test accuracy vs depth; error bars: 95% CI with 3 seeds or "
+                    "more, min-max over the seeds with 2, none with 1; clipped to 0-100%",
+                    plots.plot_depth_study(analysis.summary, colors, analysis.arms)))  # fmt: skip
     diagnostics = _arm_diagnostics(analysis)
     if diagnostics is not None and len(diagnostics):
         for depth in analysis.depths:

@@ -199,3 +199,18 @@ def test_code_is_rendered_as_code(tmp_path):
 def test_percent_axis_never_leaves_its_range():
     assert plots.metric_range("test_acc") == (0.0, 100.0)
     assert plots.metric_range("train_loss") == (0.0, math.inf)
+
+
+def test_depth_chart_error_bars_are_min_max_with_two_seeds(tmp_path):
+    from matplotlib.collections import LineCollection
+
+    run = read_run(write_run(tmp_path / "d", depths=(2, 4), seeds=(0, 1), diagnostics=False,
+                             noise=0.05))  # fmt: skip
+    caption, fig = next((c, f) for c, f in _figures(run) if c.startswith("Final test accuracy"))
+    assert "min-max over the seeds with 2" in caption
+    assert fig.axes[0].get_ylabel() == "final test accuracy (%)"
+    bars = [c for c in fig.axes[0].collections if isinstance(c, LineCollection)]
+    arms = stats.arm_results(stats.member_results(run.metrics))
+    relu = arms[(arms["arm"] == "relu") & (arms["depth"] == 2)]["final_test_acc"]
+    first = bars[0].get_segments()[0][:, 1]  # relu at depth 2
+    assert np.allclose(sorted(first), [100 * relu.min(), 100 * relu.max()])
