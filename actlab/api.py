@@ -31,6 +31,8 @@ from actlab.engine import (
     train,
 )
 from actlab.threads import (
+    MAX_WINDOW_STEPS,
+    WINDOW_STEPS,
     StepWatch,
     ThreadChoice,
     available_cpus,
@@ -185,6 +187,7 @@ class ThreadKeeper:
         self.eval_s: float | None = None  # one evaluation of val + test, measured
         self.watch = StepWatch()
         self._trainer: Trainer | None = None
+        self._measured: Trainer | None = None  # the trainer of the last measurement
         self.depth: int | None = None  # the depth of the last measurement
         self._last_step: float | None = None
         if self.measure and self.forced:
@@ -205,7 +208,9 @@ class ThreadKeeper:
             self.eval_s = None
         trainer = self._trainer
         candidates = [self.config.threads] if self.forced else candidate_counts(self.cpus)
-        self.choice = choose_threads(trainer.timing_step, candidates)
+        warm = self.choice is not None and self.choice.step_seconds and trainer is self._measured
+        self.choice = choose_threads(trainer.timing_step, candidates, warm=bool(warm))
+        self._measured = trainer
         self.choice.cpus, self.choice.forced = self.cpus, self.forced
         if self.eval_s is None:
             self.eval_s = self._time_evaluation(trainer)
@@ -240,7 +245,15 @@ class ThreadKeeper:
             return False
         if not self.watch.observe(now - last):
             return False
+        before = self.choice.threads
         self.choose(info.depth)
+        # The same count again: the load, not the threads, made it slower; look less often
+        # (the window doubles, up to MAX_WINDOW_STEPS), so that a fluctuating load does not
+        # turn into a re-check every few seconds.
+        unchanged = self.choice.threads == before
+        self.watch.window = (
+            min(2 * self.watch.window, MAX_WINDOW_STEPS) if unchanged else WINDOW_STEPS
+        )
         self._last_step = time.perf_counter()
         return True
 

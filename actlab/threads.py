@@ -31,6 +31,7 @@ TIE_TOLERANCE = 0.05
 # A re-check is due when the median step time of a window is this many times the baseline.
 DEGRADED_FACTOR = 1.5
 WINDOW_STEPS = 50  # steps per window of the step-time watch
+MAX_WINDOW_STEPS = 1600  # the window after re-checks that kept the count (it doubles each)
 LOSER_FACTOR = 3.0  # a candidate this many times slower than the best is timed no further
 
 
@@ -112,14 +113,15 @@ def choose_threads(
     rounds: int = 3,
     steps_per_round: int = 3,
     budget_s: float = 0.6,
+    warm: bool = False,
     clock: Callable[[], float] = time.perf_counter,
     set_threads: Callable[[int], None] = torch.set_num_threads,
 ) -> ThreadChoice:
     """Time `step` (one real training step) under each candidate thread count and keep the
     fastest: the median over rounds of the mean step time of a round, the candidates
     interleaved and their order rotated each round, so that a load that comes and goes is
-    shared by all. One untimed warm-up step per candidate first (OpenMP starts its pool;
-    buffers are allocated). After the first round, rounds stop once `budget_s` is spent.
+    shared by all. One warm-up step per candidate first (OpenMP starts its pool; buffers
+    are allocated), unless `warm` (a re-check). After the first round, rounds stop once `budget_s` is spent.
     Candidates within TIE_TOLERANCE of the fastest tie; the fewest threads win a tie.
 
     A clear loser costs little on a busy machine (where a step with too many threads can
@@ -131,19 +133,21 @@ def choose_threads(
     if not candidates or min(candidates) < 1:
         raise ValueError(f"thread candidates must be counts >= 1, got {candidates}")
     start = clock()
-    warmup = {}
-    for count in candidates:
-        set_threads(count)
-        begin = clock()
-        step()
-        warmup[count] = clock() - begin
     samples: dict[int, list[float]] = {count: [] for count in candidates}
-    # A warm-up step far slower than the fastest warm-up (which also paid for the first
-    # allocations) already shows a loser: its warm-up is its only sample.
-    racing = [c for c in candidates if warmup[c] <= LOSER_FACTOR * min(warmup.values())]
-    for count in candidates:
-        if count not in racing:
-            samples[count].append(warmup[count])
+    racing = list(candidates)
+    if not warm:  # `warm`: measured before, so the pools and buffers exist already
+        warmup = {}
+        for count in candidates:
+            set_threads(count)
+            begin = clock()
+            step()
+            warmup[count] = clock() - begin
+        # A warm-up step far slower than the fastest warm-up (which also paid for the
+        # first allocations) already shows a loser: its warm-up is its only sample.
+        racing = [c for c in candidates if warmup[c] <= LOSER_FACTOR * min(warmup.values())]
+        for count in candidates:
+            if count not in racing:
+                samples[count].append(warmup[count])
     for round_index in range(rounds):
         shift = round_index % len(racing)
         for count in racing[shift:] + racing[:shift]:
@@ -179,7 +183,7 @@ class StepWatch:
     taken after the next choice)."""
 
     def __init__(self, window: int = WINDOW_STEPS, factor: float = DEGRADED_FACTOR) -> None:
-        self.window = window
+        self.window = self.initial_window = window
         self.factor = factor
         self.baseline: float | None = None
         self._times: list[float] = []

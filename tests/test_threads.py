@@ -87,6 +87,10 @@ def test_a_tie_goes_to_fewer_threads_and_the_budget_stops_rounds():
     choice = choose_threads(busy.step, [1, 2], clock=busy.clock, set_threads=busy.set_threads)
     assert choice.threads == 1 and busy.calls == [1, 2, 1, 1, 1]
     assert choice.step_seconds == pytest.approx({1: 0.004, 2: 0.100})
+    rechecked = FakeMachine({1: 0.004, 2: 0.100})  # a re-check: no warm-up steps
+    choose_threads(rechecked.step, [1, 2], warm=True, clock=rechecked.clock,
+                   set_threads=rechecked.set_threads)  # fmt: skip
+    assert rechecked.calls == [1, 1, 1, 2]  # a round of 1, one step of the loser, done
     with pytest.raises(ValueError):
         choose_threads(slow.step, [0])
 
