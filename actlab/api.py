@@ -32,7 +32,6 @@ from actlab.engine import (
 )
 from actlab.threads import (
     MAX_WINDOW_STEPS,
-    WINDOW_STEPS,
     StepWatch,
     ThreadChoice,
     available_cpus,
@@ -251,8 +250,9 @@ class ThreadKeeper:
         # (the window doubles, up to MAX_WINDOW_STEPS), so that a fluctuating load does not
         # turn into a re-check every few seconds.
         unchanged = self.choice.threads == before
-        self.watch.window = (
-            min(2 * self.watch.window, MAX_WINDOW_STEPS) if unchanged else WINDOW_STEPS
+        watch = self.watch
+        watch.window = (
+            min(2 * watch.window, MAX_WINDOW_STEPS) if unchanged else watch.initial_window
         )
         self._last_step = time.perf_counter()
         return True

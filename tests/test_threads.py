@@ -187,7 +187,7 @@ def test_durations_read_naturally():
 def test_re_checks_during_training_change_no_number(small, tmp_path, monkeypatch):
     import actlab.api
 
-    config = ExperimentConfig(dataset=small, hidden=(8,), epochs=2, seeds=(0, 1), dropout=0.2, batch_size=32,
+    config = ExperimentConfig(dataset=small, hidden=(8,), epochs=2, seeds=(0, 1), dropout=0.2, batch_size=16,
                               activations=("relu", "tanh"), device="cpu")  # fmt: skip
     plain = run_study(config, out=tmp_path / "plain").metrics
     # a watch that finds every window degraded: the thread count is measured again and again
