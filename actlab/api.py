@@ -207,8 +207,8 @@ class ThreadKeeper:
             self.eval_s = None
         trainer = self._trainer
         candidates = [self.config.threads] if self.forced else candidate_counts(self.cpus)
-        warm = self.choice is not None and self.choice.step_seconds and trainer is self._measured
-        self.choice = choose_threads(trainer.timing_step, candidates, warm=bool(warm))
+        warm = trainer is self._measured  # a re-check: its pools and buffers exist
+        self.choice = choose_threads(trainer.timing_step, candidates, warm=warm)
         self._measured = trainer
         self.choice.cpus, self.choice.forced = self.cpus, self.forced
         if self.eval_s is None:
