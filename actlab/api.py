@@ -30,6 +30,7 @@ from actlab.engine import (
     resolve_device,
     train,
 )
+from actlab.memory import check_study_memory
 from actlab.threads import (
     MAX_WINDOW_STEPS,
     StepWatch,
@@ -48,6 +49,7 @@ class StudyResult:
     out: Path | None
     already_complete: bool  # the run directory held a finished run: nothing was trained
     resumed_from: tuple[int | None, int] | None  # (depth, epoch) of the checkpoint used
+    notes: list[str] = dataclasses.field(default_factory=list)  # repairs made on reopening
 
     @property
     def diverged(self) -> bool:
@@ -81,6 +83,7 @@ def run_study(
     on_start: Callable[[int, int], None] | None = None,
     on_plan: Callable[[StudyPlan], None] | None = None,
     on_threads: Callable[[ThreadChoice, str], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> StudyResult:
     """Train every depth of `config`, writing the run directory `out` (if given).
 
@@ -90,7 +93,8 @@ def run_study(
     `on_start(steps_total, steps_done)` is called once before training (progress bars);
     `on_plan(plan)` then, with the thread choice and the time estimate;
     `on_threads(choice, reason)` whenever the thread count is chosen again (a new depth,
-    or a step time that degraded).
+    or a step time that degraded); `on_note(text)` once per repair made when the run
+    directory was reopened.
 
     On the CPU without `config.threads`, the thread count is chosen by timing a few steps
     of the study's own stacked model with each candidate count (actlab.threads), and
@@ -100,6 +104,7 @@ def run_study(
     if dataset is None:
         dataset = load_study_dataset(config)
     device = resolve_device(config.device)
+    check_study_memory(config, dataset, device)  # before a byte is allocated for training
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     data = DeviceData.from_dataset(dataset, device)
@@ -117,6 +122,8 @@ def run_study(
             environment=environment,
             resume=resume,
         )
+        for note in writer.notes if on_note is not None else ():
+            on_note(note)
     callbacks = (on_step, on_epoch, on_start, on_plan, on_threads)
     try:
         return _train_depths(config, data, keeper, writer, *callbacks)
@@ -318,7 +325,7 @@ def _train_depths(
         return StudyResult(metrics_frame(rows), None, finished, resumed_from)
     # Read back from the directory: it also holds the rows of epochs before a resume.
     metrics = store.read_run(writer.path).metrics[list(store.METRICS_COLUMNS)]
-    return StudyResult(metrics, writer.path, finished, resumed_from)
+    return StudyResult(metrics, writer.path, finished, resumed_from, list(writer.notes))
 
 
 def metrics_frame(rows: list[dict]) -> pd.DataFrame:
