@@ -345,12 +345,15 @@ def run_study_on_ray(
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_shards: Callable[[list[Shard], ClusterPlan], None] | None = None,
     on_note: Callable[[str], None] | None = None,
+    on_resume: Callable[[str], None] | None = None,
 ) -> StudyResult:
     """`actlab.api.run_study` on a Ray cluster: the same run directory, the same rows.
 
     `on_progress(steps, depth, epoch, epochs)` is called as shards finish epochs (steps of
     the whole study, as `on_start` counts them); `on_shards(shards, plan)` once, before
-    training; `on_note(text)` once per repair made when the run directory was reopened."""
+    training; `on_note(text)` once per repair made when the run directory was reopened;
+    `on_resume(line)` once when training continues a checkpoint (``resuming after epoch
+    3/10``, as a local run says)."""
     check_options(address, shard_size, checkpoint_every)
     config.check_activations()
     ray, connected = connect(address)
@@ -398,6 +401,14 @@ def run_study_on_ray(
             if on_shards is not None:
                 on_shards(shards, plan)
             driver = _Driver(ray, config, dataset, writer, plan, checkpoint_every)
+            if (
+                checkpoint is not None
+                and on_resume is not None
+                and not _finished(config, checkpoint)
+            ):
+                depth = config.depth_list[checkpoint["depth_index"]]
+                where = "" if depth is None else f" of depth {depth}"
+                on_resume(f"resuming after epoch {checkpoint['epoch']}/{config.epochs}{where}")
             rows = driver.run(shards, checkpoint, on_start, on_progress, on_epoch)
         finally:
             if writer is not None:
@@ -413,6 +424,12 @@ def run_study_on_ray(
         return StudyResult(metrics_frame(rows), None, finished, resumed_from)
     metrics = store.read_run(writer.path).metrics[list(store.METRICS_COLUMNS)]
     return StudyResult(metrics, writer.path, finished, resumed_from)
+
+
+def _finished(config: ExperimentConfig, checkpoint: dict) -> bool:
+    """Whether a checkpoint is the study's last epoch of its last depth."""
+    last = len(config.depth_list) - 1
+    return checkpoint["depth_index"] == last and checkpoint["epoch"] == config.epochs
 
 
 class _Driver:
