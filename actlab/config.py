@@ -64,8 +64,10 @@ class ExperimentConfig:
     # Analysis. The smallest gap in accuracy, in percentage points, that matters to the user:
     # the report says how many seeds would detect it, and calls two activations "practically
     # equivalent" only when a TOST shows their gap is inside +-min_gap (see stats.tost).
-    # 0.3 pp is about the seed-to-seed spread of a paired difference on Fashion-MNIST.
-    min_gap: float = 0.3
+    # Fixed before the data are seen (TOST needs that). Half a point: on Fashion-MNIST with the
+    # classic MLP one network's accuracy moves by 0.3-0.45 pp (SD) from seed to seed alone,
+    # so a smaller gap between activations is smaller than what reseeding changes.
+    min_gap: float = 0.5
 
     # Execution. These do not change the numbers on CPU (except threads, in the last bits
     # of float reductions), so they are excluded from `study_key`.

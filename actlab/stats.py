@@ -199,9 +199,10 @@ def seeds_needed(
     with probability `power`, if the SD of the paired differences is `std`:
 
         min { n >= 2 : paired_t_power(gap / std, n, alpha) >= power }
+          = min { n >= 2 : detectable_effect(n, alpha, power) <= gap / std }
 
-    (the power rises with n at a fixed effect, so a doubling search then bisection finds it).
-    inf when more than `max_seeds` would be needed; NaN when `std` is unknown."""
+    (the power rises with n at a fixed effect, so a doubling search then bisection over n
+    finds it). inf when more than `max_seeds` would be needed; NaN when `std` is unknown."""
     if _missing(std) or _missing(gap):
         return math.nan
     if std == 0:
@@ -209,7 +210,7 @@ def seeds_needed(
     effect = abs(gap) / std
 
     def enough(n: int) -> bool:
-        return paired_t_power(effect, n, alpha) >= power
+        return detectable_effect(n, alpha, power) <= effect
 
     low, high = 1, 2  # enough(low) is false by definition (no test with one seed)
     while not enough(high):
@@ -409,10 +410,12 @@ def pairwise(
         ok = group[~group["diverged"]]
         table = ok.pivot_table(index="seed", columns="arm", values=metric, aggfunc="first")
         order = table.mean().sort_values(ascending=False).index.tolist()
+        values = {arm: table[arm].to_numpy(dtype=float) for arm in order}
         for a, b in itertools.combinations(order, 2):
-            both = table[[a, b]].dropna()
-            row = {"depth": depth, "a": a, "b": b, **paired_test(both[a], both[b])}
-            row["tost_p"] = math.nan if margin is None else tost(both[a], both[b], margin)["p"]
+            both = ~np.isnan(values[a]) & ~np.isnan(values[b])  # seeds where both finished
+            x, y = values[a][both], values[b][both]
+            row = {"depth": depth, "a": a, "b": b, **paired_test(x, y)}
+            row["tost_p"] = math.nan if margin is None else tost(x, y, margin)["p"]
             rows.append(row)
     columns = ["depth", "a", "b", "n", "mean_diff", "std", "ci_low", "ci_high", "p", "tost_p"]
     frame = pd.DataFrame(rows, columns=columns)
