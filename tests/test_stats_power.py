@@ -163,7 +163,9 @@ def test_pairwise_columns_follow_the_functions():
         assert row.std == pytest.approx(d.std(ddof=1))
         assert row.detectable_gap == pytest.approx(row.std * stats.detectable_effect(6, 0.05 / 3))
         assert row.seeds_needed == stats.seeds_needed(0.005, row.std, 0.05 / 3)
-        assert row.tost_p == pytest.approx(ttost_paired(values[row.a], values[row.b], -0.005, 0.005)[0])
+        assert row.tost_p == pytest.approx(
+            ttost_paired(values[row.a], values[row.b], -0.005, 0.005)[0]
+        )
     assert list(pairs["tost_p_holm"]) == pytest.approx(list(stats.holm(pairs["tost_p"])))
     assert list(pairs["equivalent"]) == list(pairs["tost_p_holm"] < 0.05)
     no_margin = stats.pairwise(arms)
