@@ -467,6 +467,8 @@ def pair_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
     header = (["depth"] if depth_column else []) + [
         "comparison", "seeds", "difference", "95% CI (pp)", "p", "p (Holm)", "significant at 5%",
     ]  # fmt: skip
+    gap_pp = analysis.run.config.min_gap
+    header += ["detectable gap (pp)", f"seeds for {gap_pp:g} pp", "TOST p (Holm)", "reading"]
     rows = []
     for row in analysis.pairs.itertuples():
         ci = (
@@ -477,8 +479,24 @@ def pair_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
         significant = "–" if _missing(row.p_holm) else ("yes" if row.significant else "no")
         cells = [f"{row.a} − {row.b}", str(row.n), signed_pp(row.mean_diff), ci,
                  pvalue(row.p), pvalue(row.p_holm), significant]  # fmt: skip
+        seeds = row.seeds_needed
+        seeds = (
+            "–"
+            if _missing(seeds)
+            else (f"> {stats.MAX_SEEDS}" if math.isinf(seeds) else f"{seeds:.0f}")
+        )
+        cells += [_pp_short(row.detectable_gap), seeds, pvalue(row.tost_p_holm), _reading(row)]
         rows.append(([str(_depth(row.depth))] if depth_column else []) + cells)
     return header, rows
+
+
+def _reading(pair: object) -> str:
+    """The verdict's word for a pair (see _depth_verdict)."""
+    if _missing(pair.p_holm):
+        return "–"
+    if pair.significant:
+        return "different, within the min gap" if pair.equivalent else "different"
+    return "practically equivalent" if pair.equivalent else "not resolved"
 
 
 def member_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
@@ -793,7 +811,11 @@ def render_html(analysis: Analysis) -> str:
         parts.append('<p class="note">Difference = first − second, in percentage points of final test '
                      "accuracy, paired by seed (members of one seed share initial weights and batch order). "
                      "Intervals are per pair; significance is judged on Holm-corrected p-values, so an "
-                     "interval may exclude 0 while the pair is not significant after correction.</p>")  # fmt: skip
+                     "interval may exclude 0 while the pair is not significant after correction. "
+                     "Detectable gap: the true gap this many seeds would find with 80% power at the "
+                     "Holm level 0.05/m, if the SD of the paired differences is the one observed; "
+                     "seeds for the min gap: how many would find --min-gap so; TOST: the test that "
+                     "the gap is inside ±min gap (practically equivalent).</p>")  # fmt: skip
     if analysis.sensitivity is not None:
         parts.append('<h2 id="lr">Learning-rate selection</h2>')
         rule = (

@@ -150,3 +150,18 @@ def test_cli_summary_has_the_interval_and_the_caution():
     many = run_with(STUDY)
     table = summary_table(many.metrics, many.config)
     assert "caution" not in table and "per seed" not in table and "95% CI" in table
+
+
+def test_pairs_table_reading_column(analysis):
+    from actlab.report import pair_rows
+
+    header, rows = pair_rows(analysis)
+    assert header[-4:] == ["detectable gap (pp)", "seeds for 0.5 pp", "TOST p (Holm)", "reading"]
+    reading = {row[0]: row[-1] for row in rows}
+    assert reading["relu − sigmoid"] == "different"
+    assert reading["relu − leaky_relu"] == "practically equivalent"
+    assert reading["relu − tanh"] == "not resolved"
+    tanh = pair(analysis, "relu", "tanh")
+    row = next(r for r in rows if r[0] == "relu − tanh")
+    assert row[-3] == f"{tanh['seeds_needed']:.0f}"
+    assert float(row[-4]) == pytest.approx(100 * tanh["detectable_gap"], abs=0.006)
