@@ -165,3 +165,18 @@ def test_pairs_table_reading_column(analysis):
     row = next(r for r in rows if r[0] == "relu − tanh")
     assert row[-3] == f"{tanh['seeds_needed']:.0f}"
     assert float(row[-4]) == pytest.approx(100 * tanh["detectable_gap"], abs=0.006)
+
+
+def test_bad_min_gap_is_one_line(tmp_path, capsys):
+    from fixtures.run_dir import write_run
+
+    from actlab.cli import main
+
+    assert main(["compare", "--dataset", "mnist", "--no-download", "--min-gap", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--min-gap" in err and "(0, 100)" in err
+    run_dir = write_run(tmp_path / "run", diagnostics=False)
+    assert main(["report", str(run_dir), "--min-gap", "-0.3"]) == 2
+    assert "--min-gap" in capsys.readouterr().err
+    assert main(["report", str(run_dir), "--min-gap", "0.2"]) == 0
+    assert "within ±0.2 pp" in (run_dir / "report.md").read_text()
