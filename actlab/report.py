@@ -306,7 +306,15 @@ def _depth_verdict(analysis: Analysis, depth: int | None) -> list[str]:
         else:
             unresolved.append((arm, pair))
     if better:
-        sentences.append(f"It is significantly better than {_join(better)}.")
+        few = int(best.n) < stats.SMALL_N
+        sentences.append(
+            f"It is significantly better than {_join(better)}"
+            + (
+                f", on {int(best.n) - 1} degrees of freedom (see the caution below)."
+                if few
+                else "."
+            )
+        )
     if small:
         sentences.append(
             f"It is significantly better than {_join(small)}, but by less than "

@@ -180,3 +180,11 @@ def test_bad_min_gap_is_one_line(tmp_path, capsys):
     assert "--min-gap" in capsys.readouterr().err
     assert main(["report", str(run_dir), "--min-gap", "0.2"]) == 0
     assert "within ±0.2 pp" in (run_dir / "report.md").read_text()
+
+
+def test_small_n_significance_points_to_the_caution():
+    study = {"relu": BEST[:3], "sigmoid": BEST[:3] - 0.010 + np.array([0.0001, -0.0001, 0.0])}
+    text = " ".join(verdict(analyse(run_with(study))))
+    assert "It is significantly better than sigmoid (gap +1.00 pp" in text
+    assert "on 2 degrees of freedom (see the caution below)." in text
+    assert "Caution: only 3 seeds." in text
