@@ -45,7 +45,9 @@ class OneLineParser(argparse.ArgumentParser):
     other error of actlab, instead of the usage block followed by the error."""
 
     def error(self, message: str):
-        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {one_line(message)}; see `{self.prog} --help`\n")
+        self.exit(
+            EXIT_USER_ERROR, f"{self.prog}: error: {one_line(message)}; see `{self.prog} --help`\n"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
