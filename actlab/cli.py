@@ -532,7 +532,15 @@ def print_verdict(out: str | Path, min_gap: float) -> None:
 
     print("verdict:")
     for paragraph in verdict(analyse(with_min_gap(read_run(out), min_gap))):
-        print(textwrap.fill(paragraph, width=96, initial_indent="  ", subsequent_indent="  "))
+        print(
+            textwrap.fill(
+                paragraph,
+                width=96,
+                initial_indent="  ",
+                subsequent_indent="  ",
+                break_on_hyphens=False,
+            )
+        )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
