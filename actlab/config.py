@@ -70,7 +70,7 @@ class ExperimentConfig:
     # the report says how many seeds would detect it, and calls two activations "practically
     # equivalent" only when a TOST shows their gap is inside +-min_gap (see stats.tost).
     # Fixed before the data are seen (TOST needs that). Half a point: on Fashion-MNIST with the
-    # classic MLP one network's accuracy moves by 0.3-0.45 pp (SD) from seed to seed alone,
+    # classic MLP one network's accuracy moves by 0.27-0.41 pp (SD) from seed to seed alone,
     # so a smaller gap between activations is smaller than what reseeding changes.
     min_gap: float = 0.5
 
