@@ -291,7 +291,7 @@ def verdict(analysis: Analysis) -> list[str]:
     if n < 2:
         paragraphs.append(
             "With a single seed no confidence interval or significance test can be given, so "
-            "these differences may be seed noise; run with --seeds 3 or more, or add seeds "
+            "these differences may be seed noise; run with --seeds 10 (the default), or add seeds "
             "later and merge the runs with `actlab report RUN_A RUN_B`."
         )
     diverged = analysis.results[analysis.results["diverged"]]
@@ -437,9 +437,10 @@ def _power_sentence(unresolved: list[tuple[str, pd.Series]], gap_pp: float) -> s
 
 
 def _pp_short(fraction: float) -> str:
-    value = 100 * fraction
+    """A gap in pp with two significant digits or so: 0.58, 3.3, 19."""
     if _missing(fraction):
         return "–"
+    value = 100 * fraction
     if math.isinf(value):
         return "any"
     return f"{value:.2f}" if value < 1 else (f"{value:.1f}" if value < 10 else f"{value:.0f}")

@@ -441,8 +441,9 @@ def pairwise(
 
 
 def letter_groups(order: Sequence[str], pairs: pd.DataFrame) -> dict[str, str]:
-    """Compact letter display: arms that share a letter cannot be told apart at 5% (Holm);
-    arms with no letter in common differ significantly. `order` is best first; "a" is the
+    """Compact letter display: arms that share a letter were not shown to differ at 5%
+    (Holm), which is not evidence that they are equal (see `tost`); arms with no letter in
+    common differ significantly. `order` is best first; "a" is the
     best arm's group. Each letter is a maximal set of mutually indistinguishable arms
     (a maximal clique of the "not significant" graph, Bron-Kerbosch).
 
