@@ -26,8 +26,8 @@ seeds it measures:
   gap; a fresh study with that many seeds (capped at 200): the share that resolves it.
   With the observed SD in place of the true one the plan is noisy at small n.
 
-    python benchmarks/stats_power.py            # 1000 replicates per n (36 min on a
-                                                # heavily shared 2-core VM)
+    python benchmarks/stats_power.py            # 1000 replicates per n: 288 s on a
+                                                # shared 2-core VM at load 6
     python benchmarks/stats_power.py --reps 300 --seeds 3
 """
 
