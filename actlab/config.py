@@ -260,7 +260,13 @@ def validate(config: ExperimentConfig) -> None:
         isinstance(config.min_gap, (int, float)) and 0 < config.min_gap < 100,
         f"--min-gap is in percentage points of accuracy and must be in (0, 100), got {config.min_gap}",
     )
-    need(config.weight_decay >= 0, f"--weight-decay must be >= 0, got {config.weight_decay}")
+    # Typical values are 1e-5..1e-1; above 1 the decay outweighs the gradient (and 1e308
+    # overflows the float32 optimizer kernels), so it is refused rather than trained.
+    need(
+        0 <= config.weight_decay <= 1,
+        f"--weight-decay must be in [0, 1], got {config.weight_decay}",
+    )
+    need(0 <= config.momentum < 1, f"--momentum must be in [0, 1), got {config.momentum}")
     check_output_activation(config.output_activation)
     need(
         config.val_size >= 0 and (config.val_size < 1 or float(config.val_size).is_integer()),
