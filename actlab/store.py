@@ -47,9 +47,10 @@ DIAGNOSTICS_COLUMNS = (
 # === writing ==============================================================================
 #
 # One process writes a run directory at a time (an fcntl lock on run.lock). Rows are
-# appended and fsynced as each epoch ends, then the checkpoint is replaced atomically, so
-# after a crash the checkpoint is at most one epoch behind the CSVs: reopening the
-# directory drops the rows beyond the checkpoint, and nothing is lost or duplicated.
+# appended and fsynced as each epoch ends, then the checkpoint (which carries a copy of
+# every row) is replaced atomically, so after a crash the checkpoint is at most one epoch
+# behind the CSVs: reopening the directory drops the rows beyond the checkpoint and restores
+# rows the CSVs lost, and nothing is lost or duplicated.
 
 
 def describe_environment(device: str, threads: int) -> dict:
@@ -171,9 +172,11 @@ def open_run_dir(
     try:
         config_path = path / CONFIG_FILE
         if config_path.is_file() and (resume or _has_progress(path)):
-            _check_same_study(config_path, config, dataset)
+            existing = _check_same_study(config_path, config, dataset)
             checkpoint = _load_checkpoint(path)
             records, notes = _reconcile_with_checkpoint(path, config, checkpoint)
+            if config.epochs > existing.epochs:  # training longer: continue from the checkpoint
+                _extend_epochs(config_path, existing.epochs, config.epochs)
             if config.diagnostics and not (path / DIAGNOSTICS_FILE).exists():
                 _write_atomic(path / DIAGNOSTICS_FILE, ",".join(DIAGNOSTICS_COLUMNS) + "\n")
             writer = RunWriter(path, lock_file, checkpoint, records, notes)
@@ -293,11 +296,24 @@ def config_from_document(document: dict, config_path: Path) -> ExperimentConfig:
 DATA_KEYS = ("train_size", "val_size", "test_size", "input_shape", "num_classes", "fingerprint")
 
 
-def _check_same_study(config_path: Path, config: ExperimentConfig, dataset: dict) -> None:
+def _check_same_study(
+    config_path: Path, config: ExperimentConfig, dataset: dict
+) -> ExperimentConfig:
+    """The run's config, when it is the same study as `config` on the same data; more
+    epochs than the run has are the same study trained longer (not for a depth study: only
+    the last depth's checkpoint is kept, so the earlier depths could not continue)."""
     document = read_config_document(config_path)
     existing = config_from_document(document, config_path)
     mine, theirs = config.study_key(), existing.study_key()
     mine["seeds"], theirs["seeds"] = config.seeds, existing.seeds
+    if config.epochs > existing.epochs and len(config.depth_list) > 1:
+        raise RunDirError(
+            f"{config_path.parent} holds a depth study of {existing.epochs} epochs; a depth "
+            "study cannot be continued with more --epochs (only its last depth has a "
+            "checkpoint); choose another --out"
+        )
+    if config.epochs > existing.epochs:
+        theirs["epochs"] = config.epochs
     differing = [name for name in mine if mine[name] != theirs.get(name)]
     if differing:
         details = ", ".join(
@@ -321,6 +337,21 @@ def _check_same_study(config_path: Path, config: ExperimentConfig, dataset: dict
             f"{config_path.parent} was started on other data ({details}); restore the "
             "original data, or choose another --out to start a new study on this data"
         )
+    return existing
+
+
+def _extend_epochs(config_path: Path, old: int, new: int) -> None:
+    """Record in config.json that the study now trains for `new` epochs (it had `old`)."""
+    document = json.loads(config_path.read_text(encoding="utf-8"))
+    document["config"]["epochs"] = new
+    document.setdefault("continued", []).append(
+        {
+            "from_epochs": old,
+            "to_epochs": new,
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }  # fmt: skip
+    )
+    _write_atomic(config_path, json.dumps(document, indent=2) + "\n")
 
 
 def _short(value: object) -> str:
@@ -374,12 +405,23 @@ def _reconcile_with_checkpoint(
     saved = checkpoint.get("rows") if checkpoint is not None else None
     if saved is None and checkpoint is None:
         saved = {METRICS_FILE: [], DIAGNOSTICS_FILE: []}
+    if saved is not None and not (
+        isinstance(saved, dict) and all(isinstance(v, list) for v in saved.values())
+    ):
+        raise RunDirError(
+            f"{path / CHECKPOINT_FILE} holds a damaged copy of the rows; delete it to restart the run"
+        )
+
+    def position(record: list[str]) -> tuple[int, int] | None:
+        """(depth index, epoch) of a row; None for a row that is not one (blank, garbage)."""
+        try:
+            return depth_index.get(record[0], len(depth_index)), int(record[5])
+        except (IndexError, ValueError):
+            return None
 
     def covered(record: list[str]) -> bool:
-        try:
-            return (depth_index.get(record[0], len(depth_index)), int(record[5])) <= done
-        except (IndexError, ValueError):
-            return False
+        where = position(record)
+        return where is not None and where <= done
 
     records: dict[str, list[list[str]]] = {}
     notes: list[str] = []
@@ -402,12 +444,15 @@ def _reconcile_with_checkpoint(
             expected = kept
         if kept == expected:
             if len(kept) != len(body) or not parsed.complete or not has_header:
-                dropped = len(body) - len(kept) + (0 if parsed.complete else 1)
-                if dropped:
+                unreadable = sum(position(r) is None for r in body)
+                beyond = len(body) - len(kept) - unreadable + (0 if parsed.complete else 1)
+                if beyond:
                     notes.append(
-                        f"{name}: dropped {dropped} row(s) beyond the checkpoint "
+                        f"{name}: dropped {beyond} row(s) beyond the checkpoint "
                         f"(epoch {done[1]}); those epochs are trained again"
                     )
+                if unreadable:
+                    notes.append(f"{name}: dropped {unreadable} blank or unreadable line(s)")
                 _write_atomic(file, _csv_text(columns, kept))
         elif kept == expected[: len(kept)]:
             notes.append(
@@ -442,10 +487,15 @@ def _csv_text(columns: Sequence[str], records: Sequence[Sequence[str]]) -> str:
 
 
 def _append_records(file: Path, records: Sequence[Sequence[str]]) -> None:
-    with open(file, "a", encoding="utf-8", newline="") as handle:
-        csv.writer(handle, lineterminator="\n").writerows(records)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(file, "a", encoding="utf-8", newline="") as handle:
+            csv.writer(handle, lineterminator="\n").writerows(records)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:  # a full disk: a row cut off here is dropped on reopening
+        if error.filename is None:
+            error.filename = str(file)
+        raise
 
 
 def _replace_atomic(file: Path, write: Callable[[IO[bytes]], object]) -> None:
