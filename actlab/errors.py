@@ -28,3 +28,8 @@ class RunDirError(ActlabError):
 
 class ConfigError(ActlabError, ValueError):
     """An experiment configuration that cannot run as asked (the message says why)."""
+
+
+class ExportError(ActlabError):
+    """An export (TensorBoard, MLflow) that cannot be done: a missing package, a target
+    that holds another study, a tracking store that refuses the export."""
