@@ -317,6 +317,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from actlab.export import parse_log_specs
 
         log_specs = parse_log_specs(args.log)  # a missing package fails before training
+        quiet_store_logs()
     dataset = load_study_dataset(config, progress=not args.quiet)
     progress = None if args.quiet else CompareProgress()
     live_log = None
@@ -519,10 +520,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         for kind, where in (("tensorboard", args.tensorboard), ("mlflow", args.mlflow))
         if where is not None
     }
+    quiet_store_logs()
     for run_dir in args.run_dirs:
         for line in export_run(run_dir, targets):
             print(f"{run_dir}: {line}")
     return EXIT_OK
+
+
+def quiet_store_logs() -> None:
+    """MLflow logs its database migrations at INFO between the per-epoch lines; keep them
+    for warnings."""
+    import logging
+
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def warn(message: str) -> None:

@@ -189,7 +189,7 @@ def final_metrics(history: Sequence[MemberEpoch], with_val: bool) -> dict[str, f
 
 
 def hparams_of(study: Study, key: MemberKey) -> dict[str, object]:
-    """A member's hyperparameters for the HParams dashboard and MLflow params."""
+    """A member's hyperparameters for the HParams dashboard (depth: hidden layers)."""
     depth, activation, lr, seed = key
     config = study.config
     return {
@@ -199,7 +199,22 @@ def hparams_of(study: Study, key: MemberKey) -> dict[str, object]:
         "depth": depth if depth is not None else len(config.hidden),
         "model": config.model,
         "dataset": config.dataset,
-        "hidden": ",".join(str(h) for h in config.hidden_for(depth)),
+    }
+
+
+def varying_hparams(config: ExperimentConfig) -> set[str]:
+    """The member dimensions that take several values in a study."""
+    sizes = {"activation": len(config.activations), "lr": len(config.lrs),
+             "seed": len(config.seeds), "depth": len(config.depth_list)}  # fmt: skip
+    return {name for name, size in sizes.items() if size > 1}
+
+
+def member_params(study: Study, key: MemberKey) -> dict[str, object]:
+    """A member's MLflow params: its hyperparameters and the training settings."""
+    config = study.config
+    return {
+        **hparams_of(study, key),
+        "hidden": ",".join(str(h) for h in config.hidden_for(key[0])),
         "optimizer": config.optimizer,
         "batch_size": config.batch_size,
         "epochs": config.epochs,
@@ -376,25 +391,62 @@ class _EventRun:
 
 
 def _hparams_start_events(study: Study, key: MemberKey) -> list:
-    """The HParams experiment and session-start summaries (torch.utils.tensorboard's
-    `hparams`), written into the member's own run: `SummaryWriter.add_hparams` would write
-    them into a new sub-run and copy the metrics there as extra scalars."""
-    from tensorboard.compat.proto import event_pb2
-    from torch.utils.tensorboard.summary import hparams
+    """The HParams experiment and session-start summaries, written into the member's own run
+    (`SummaryWriter.add_hparams` would write them into a new sub-run and copy the metrics
+    there as extra scalars). The hyperparameters that vary in the study are marked
+    ``differs``, so the dashboard shows them first."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+    from tensorboard.plugins.hparams.metadata import EXPERIMENT_TAG, SESSION_START_INFO_TAG
 
-    metric_names = final_metrics([], bool(study.config.val_size))
-    experiment, session_start, _ = hparams(
-        hparams_of(study, key), {HPARAMS_PREFIX + name: 0.0 for name in metric_names}
-    )
-    return [event_pb2.Event(wall_time=time.time(), summary=s) for s in (experiment, session_start)]
+    hparams = hparams_of(study, key)
+    varying = varying_hparams(study.config)
+    infos, start = [], plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    for name, value in hparams.items():
+        if isinstance(value, str):
+            start.hparams[name].string_value = value
+            kind = api_pb2.DATA_TYPE_STRING
+        else:
+            start.hparams[name].number_value = float(value)
+            kind = api_pb2.DATA_TYPE_FLOAT64
+        infos.append(api_pb2.HParamInfo(name=name, type=kind, differs=name in varying))
+    metrics = [
+        api_pb2.MetricInfo(
+            name=api_pb2.MetricName(tag=HPARAMS_PREFIX + name), display_name=name.replace("_", " ")
+        )
+        for name in final_metrics([], bool(study.config.val_size))
+    ]
+    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
+    return [
+        _hparams_event(EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)),
+        _hparams_event(
+            SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start)
+        ),
+    ]
 
 
 def _hparams_end_event():
-    from tensorboard.compat.proto import event_pb2
-    from torch.utils.tensorboard.summary import hparams
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+    from tensorboard.plugins.hparams.metadata import SESSION_END_INFO_TAG
 
-    _, _, session_end = hparams({}, {})
-    return event_pb2.Event(wall_time=time.time(), summary=session_end)
+    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
+    return _hparams_event(
+        SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end)
+    )
+
+
+def _hparams_event(tag: str, data):
+    """An event holding one HParams plugin summary (no value: the metadata is the data)."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME
+
+    data.version = PLUGIN_DATA_VERSION
+    plugin = summary_pb2.SummaryMetadata.PluginData(
+        plugin_name=PLUGIN_NAME, content=data.SerializeToString()
+    )
+    value = summary_pb2.Summary.Value(
+        tag=tag, metadata=summary_pb2.SummaryMetadata(plugin_data=plugin)
+    )
+    return event_pb2.Event(wall_time=time.time(), summary=summary_pb2.Summary(value=[value]))
 
 
 # === MLflow ===============================================================================
@@ -538,7 +590,7 @@ class MlflowTarget:
                     "depth": str(hparams["depth"]),
                 },
             )
-            self.client.log_batch(run.info.run_id, params=_params(hparams))
+            self.client.log_batch(run.info.run_id, params=_params(member_params(study, key)))
             self._children[label] = _ChildRun(run.info.run_id, run.info.status, fresh=True)
         return self._children[label]
 
@@ -694,6 +746,10 @@ class LiveLog:
         """An `engine.EpochResult` (the run directory already holds its rows)."""
         self._queue.put(("rows", list(result.metrics), list(result.diagnostics)))
 
+    def flush(self) -> None:
+        """Wait until every epoch queued so far is exported (benchmarks, tests)."""
+        self._queue.join()
+
     def close(self, stall_timeout: float = STALL_TIMEOUT_S) -> list[str]:
         """Export what is left (and the report as an MLflow artifact); wait while the exports
         make progress. Returns one line per target saying where the study went."""
@@ -717,6 +773,7 @@ class LiveLog:
         while True:
             item = self._queue.get()
             if item is None:
+                self._queue.task_done()
                 return
             try:
                 self._handle(item)
@@ -724,6 +781,7 @@ class LiveLog:
                 for kind in self.specs:
                     self._fail(kind, _one_line(error))
             self._progress = time.monotonic()
+            self._queue.task_done()
 
     def _handle(self, item: tuple) -> None:
         if self._rows is None:  # the first call: everything the run directory holds

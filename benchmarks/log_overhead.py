@@ -1,0 +1,120 @@
+"""The cost of `compare --log`: the seed protocol with and without live logging, in one process.
+
+The classic protocol (Fashion-MNIST, relu/sigmoid/tanh/leaky_relu, 10 epochs, 1 seed, with
+diagnostics and a run directory, as `actlab compare` writes it) is trained twice at once,
+epoch by epoch, alternately: one study without logging, one with `--log tensorboard=DIR --log
+mlflow=sqlite:///DB` (both), so that a drift in a shared machine's speed hits both alike.
+
+An epoch of the logged study is timed until its export has finished (`LiveLog.flush`), so
+the background thread's work is counted in full, never hidden in the other study's epoch:
+with training and export overlapping (as in `actlab compare`) the cost is at most this.
+The tracking store is a copy of an empty sqlite store (MLflow creates its tables once per
+store, in seconds: done before the clock starts).
+
+    python benchmarks/log_overhead.py                  # 10 epochs
+    python benchmarks/log_overhead.py --epochs 3 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from actlab import store
+from actlab.config import ExperimentConfig
+from actlab.data import load_dataset
+from actlab.engine import DeviceData, members_of, train
+from actlab.export import LiveLog
+
+
+def study_epochs(config, dataset, data, out: Path, live: LiveLog | None):
+    """A study's epochs as `api.run_study` runs them (train, append rows, checkpoint,
+    on_epoch), one per `next()`; logged epochs return once their export is done."""
+    writer = store.open_run_dir(
+        out,
+        config,
+        members=[dataclasses.asdict(m) for m in members_of(config)],
+        dataset=dataset.summary(),
+        environment=store.describe_environment("cpu", torch.get_num_threads()),
+    )
+    with writer:
+        for result in train(config, data):
+            writer.append_rows(result.metrics, result.diagnostics)
+            writer.save_checkpoint(
+                {"depth_index": 0, "depth": None, "epoch": result.epoch, "engine": result.state}
+            )
+            if live is not None:
+                live.on_epoch(result)
+                live.flush()
+            yield
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+
+    from mlflow.tracking import MlflowClient
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    dataset = load_dataset(args.dataset, progress=False)
+    data = DeviceData.from_dataset(dataset, "cpu")
+    config = ExperimentConfig(
+        dataset=args.dataset, epochs=args.epochs, threads=args.threads, device="cpu"
+    )
+    print(
+        f"{store._cpu_model_name()}, {platform.machine()}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; {args.dataset}, {len(config.activations)} members, "
+        f"{args.epochs} epochs, diagnostics on"
+    )
+    with tempfile.TemporaryDirectory() as temp:
+        root = Path(temp)
+        MlflowClient(f"sqlite:///{root / 'empty.db'}").search_experiments()  # tables, once
+        shutil.copy(root / "empty.db", root / "mlflow.db")
+        warnings: list[str] = []
+        specs = {"tensorboard": str(root / "tb"), "mlflow": f"sqlite:///{root / 'mlflow.db'}"}
+        live = LiveLog(specs, root / "logged", warn=warnings.append)
+        plain = study_epochs(config, dataset, data, root / "plain", None)
+        logged = study_epochs(config, dataset, data, root / "logged", live)
+        ratios, totals = [], [0.0, 0.0]
+        for epoch in range(1, args.epochs + 1):
+            times = []
+            for side in (plain, logged) if epoch % 2 else (logged, plain):
+                start = time.perf_counter()
+                next(side)
+                times.append(time.perf_counter() - start)
+            base, with_log = times if epoch % 2 else times[::-1]
+            totals[0] += base
+            totals[1] += with_log
+            ratios.append(with_log / base)
+            print(
+                f"epoch {epoch:2d}: without --log {base:.2f} s, with {with_log:.2f} s "
+                f"(export included), ratio {with_log / base:.3f}"
+            )
+        start = time.perf_counter()
+        lines = live.close()
+        tail = time.perf_counter() - start
+        if warnings:
+            raise SystemExit(f"the exports failed: {warnings}")
+    print("\n".join(lines))
+    print(
+        f"total: without {totals[0]:.1f} s, with {totals[1]:.1f} s, "
+        f"ratio {totals[1] / totals[0]:.3f}; per-epoch median ratio "
+        f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}); "
+        f"close() after training: {tail:.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
