@@ -770,6 +770,12 @@ class LiveLog:
         ]
 
     def _work(self) -> None:
+        for kind, where in self.specs.items():  # while the data loads and epoch 1 trains
+            try:
+                self.targets[kind] = open_target(kind, where)
+            except Exception as error:
+                self._fail(kind, _one_line(error))
+        self._progress = time.monotonic()
         while True:
             item = self._queue.get()
             if item is None:
