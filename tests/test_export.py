@@ -34,10 +34,11 @@ def small(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def run_dir(small, tmp_path_factory) -> Path:
-    """8 members (2 activations x 2 lrs x 2 seeds), 2 epochs, a validation split, diagnostics."""
+    """8 members (2 activations x 2 lrs x 2 seeds), 2 epochs, a validation split, diagnostics;
+    at lr 30, relu (both seeds) and tanh (seed 1) diverge in epoch 1."""
     out = tmp_path_factory.mktemp("runs") / "study"
     config = ExperimentConfig(dataset=small, epochs=2, hidden=(8, 8), activations=("relu", "tanh"),
-                              lrs=(1e-3, 3e-3), seeds=(0, 1), threads=1)  # fmt: skip
+                              lrs=(1e-3, 30.0), seeds=(0, 1), threads=1)  # fmt: skip
     run_study(config, out=out)
     (out / "report.md").write_text("# a report\n")  # an artifact for MLflow to keep
     return out
@@ -149,16 +150,18 @@ def test_tensorboard_export_reads_back_with_hparams_and_twice_adds_nothing(run_d
     logdir = tmp_path / "tb"
     lines = export.export_run(run_dir, {"tensorboard": str(logdir)})
     count = sum(len(values) for values in expected_scalars(run_dir).values())
-    assert count == 8 * 2 * (8 + 2 * 6 + 2)  # members x epochs x (metrics + diagnostics)
+    # 5 members x 2 epochs x (8 metrics + 2 x 6 + 2 diagnostics); 3 diverged epochs
+    # (diverged, epoch_time_s)
+    assert count == 5 * 2 * (8 + 2 * 6 + 2) + 3 * 2
     assert lines == [f"tensorboard: {logdir / 'study'} (8 runs), {count} values written"]
     check_tensorboard(logdir, run_dir)
 
     metrics = rows(run_dir / store.METRICS_FILE)
     study = export.study_of(store.read_run(run_dir))
-    for row in metrics:
-        if row["epoch"] != "2":
-            continue
+    last_rows = {export.member_key(r): r for r in metrics}  # rows are in epoch order
+    for row in last_rows.values():
         key = export.member_key(row)
+        diverged = row["status"] == "diverged"
         name = export.tensorboard_run_name(study, key)
         assert name == f"study/{row['activation']}/lr={float(row['lr']):g}/seed={row['seed']}"
         accumulator = EventAccumulator(str(logdir / name), size_guidance={"scalars": 0})
@@ -180,7 +183,12 @@ def test_tensorboard_export_reads_back_with_hparams_and_twice_adds_nothing(run_d
         assert metric_tags <= scalar_tags  # linked: each metric has its scalar in the run
         assert not metric_tags & {tag for tag, _ in expected_scalars(run_dir)[name]}
         final = accumulator.Scalars("hparams/final_test_acc")
-        assert [(e.step, e.value) for e in final] == [(2, np.float32(float(row["test_acc"])))]
+        assert [e.step for e in final] == [int(row["epoch"])]
+        assert accumulator.Scalars("hparams/diverged")[0].value == float(diverged)
+        if diverged:  # in its first epoch here: no ok epoch, no final metrics
+            assert row["epoch"] == "1" and np.isnan(final[0].value)
+            continue
+        assert final[0].value == np.float32(float(row["test_acc"]))
         best = max(float(r["test_acc"]) for r in metrics if export.member_key(r) == key)
         assert accumulator.Scalars("hparams/best_test_acc")[0].value == np.float32(best)
 
@@ -213,7 +221,7 @@ def test_mlflow_export_nests_members_under_the_study_and_twice_adds_nothing(
 
     uri = mlflow_uri(empty_mlflow_db, tmp_path / "mlflow.db")
     assert main(["export", str(run_dir), "--mlflow", uri]) == 0
-    assert f"{8 * 2 * 22} values written" in capsys.readouterr().out
+    assert f"{5 * 2 * 22 + 3 * 2} values written" in capsys.readouterr().out
     check_mlflow(uri, run_dir)
 
     client = MlflowClient(uri)
@@ -222,12 +230,15 @@ def test_mlflow_export_nests_members_under_the_study_and_twice_adds_nothing(
     assert len(relu) == 4 and all(r.data.tags["actlab.role"] == "member" for r in relu)
     (parent,) = client.search_runs([experiment], "tags.`actlab.role` = 'study'")
     assert parent.data.params["activations"] == "relu,tanh"
-    assert parent.data.params["lrs"] == "0.001,0.003" and parent.data.params["epochs"] == "2"
+    assert parent.data.params["lrs"] == "0.001,30.0" and parent.data.params["epochs"] == "2"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert artifacts == {"config.json", "report.md"}
     assert Path(parent.info.artifact_uri.removeprefix("file://")).is_relative_to(tmp_path)
     child = relu[0]
     assert child.data.params["model"] == "mlp" and child.data.params["depth"] == "2"
+    status = {(r.data.params["lr"], r.data.params["seed"]): r.data.tags["status"] for r in relu}
+    assert status == {("0.001", "0"): "ok", ("0.001", "1"): "ok",
+                      ("30.0", "0"): "diverged", ("30.0", "1"): "diverged"}  # fmt: skip
 
     everything = client.search_runs([experiment])
     histories = {
@@ -347,3 +358,17 @@ def test_sigkill_during_a_logged_run_then_resume_logs_each_epoch_once(tmp_path, 
     assert len(rows(run / store.METRICS_FILE)) == 2 * 8
     check_tensorboard(logdir, run)
     check_mlflow(uri, run)
+
+
+def test_mlflow_uri_is_the_environment_s_else_mlflow_s_sqlite_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert export.open_target("mlflow").uri == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/elsewhere.db")
+    assert export.open_target("mlflow").uri == f"sqlite:///{tmp_path}/elsewhere.db"
+    assert export.open_target("mlflow", "sqlite:///given.db").uri == "sqlite:///given.db"
+    assert not (tmp_path / "mlruns").exists()
+    assert (
+        export._sqlite_artifact_location("sqlite:///given.db")
+        == (tmp_path / "mlartifacts").as_uri()
+    )
