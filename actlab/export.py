@@ -21,8 +21,9 @@ Names, shared by both tools:
   ``seed``, ``depth`` for ``mlflow.search_runs``, metrics with ``step=epoch``).
 
 A study is identified by ``actlab.study_id``: a hash of its config.json (creation time and
-study, without the epoch count), so renaming or moving the run directory does not duplicate
-its export, while a new study in a reused directory is a new one.
+study, without the epoch count), so moving the run directory does not duplicate its MLflow
+runs (TensorBoard runs are named after the directory), while a new study in a reused
+directory is a new one.
 
 Live logging (`LiveLog`) runs the exports on a background thread: training never waits for
 a slow tracking server, and a failing target warns once and is dropped (the run directory is

@@ -7,7 +7,10 @@ mlflow=sqlite:///DB` (both), so that a drift in a shared machine's speed hits bo
 
 An epoch of the logged study is timed until its export has finished (`LiveLog.flush`), so
 the background thread's work is counted in full, never hidden in the other study's epoch:
-with training and export overlapping (as in `actlab compare`) the cost is at most this.
+with training and export overlapping (as in `actlab compare`) the cost is at most this. The
+export's own time (from `on_epoch` to the end of `flush`) is also printed per epoch, as a
+fraction of the logged epoch: on a shared machine whose speed jumps from epoch to epoch
+this is the steadier figure.
 The tracking store is a copy of an empty sqlite store (MLflow creates its tables once per
 store, in seconds: done before the clock starts).
 
@@ -37,7 +40,8 @@ from actlab.export import LiveLog
 
 def study_epochs(config, dataset, data, out: Path, live: LiveLog | None):
     """A study's epochs as `api.run_study` runs them (train, append rows, checkpoint,
-    on_epoch), one per `next()`; logged epochs return once their export is done."""
+    on_epoch), one per `next()`, which gives the seconds spent waiting for the export (0
+    without logging)."""
     writer = store.open_run_dir(
         out,
         config,
@@ -51,10 +55,13 @@ def study_epochs(config, dataset, data, out: Path, live: LiveLog | None):
             writer.save_checkpoint(
                 {"depth_index": 0, "depth": None, "epoch": result.epoch, "engine": result.state}
             )
+            waited = 0.0
             if live is not None:
+                start = time.perf_counter()
                 live.on_epoch(result)
                 live.flush()
-            yield
+                waited = time.perf_counter() - start
+            yield waited
 
 
 def main() -> None:
@@ -87,20 +94,23 @@ def main() -> None:
         live = LiveLog(specs, root / "logged", warn=warnings.append)
         plain = study_epochs(config, dataset, data, root / "plain", None)
         logged = study_epochs(config, dataset, data, root / "logged", live)
-        ratios, totals = [], [0.0, 0.0]
+        ratios, fractions, totals, exported = [], [], [0.0, 0.0], 0.0
         for epoch in range(1, args.epochs + 1):
-            times = []
+            times, waited = [], 0.0
             for side in (plain, logged) if epoch % 2 else (logged, plain):
                 start = time.perf_counter()
-                next(side)
+                waited += next(side)
                 times.append(time.perf_counter() - start)
             base, with_log = times if epoch % 2 else times[::-1]
             totals[0] += base
             totals[1] += with_log
+            exported += waited
             ratios.append(with_log / base)
+            fractions.append(waited / with_log)
             print(
                 f"epoch {epoch:2d}: without --log {base:.2f} s, with {with_log:.2f} s "
-                f"(export included), ratio {with_log / base:.3f}"
+                f"(ratio {with_log / base:.3f}), of which the export {waited:.3f} s "
+                f"({100 * waited / with_log:.2f}%)"
             )
         start = time.perf_counter()
         lines = live.close()
@@ -111,7 +121,12 @@ def main() -> None:
     print(
         f"total: without {totals[0]:.1f} s, with {totals[1]:.1f} s, "
         f"ratio {totals[1] / totals[0]:.3f}; per-epoch median ratio "
-        f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}); "
+        f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})"
+    )
+    print(
+        f"export time: {exported:.2f} s of {totals[1]:.1f} s = {100 * exported / totals[1]:.2f}% "
+        f"(per epoch: median {100 * statistics.median(fractions):.2f}%, "
+        f"max {100 * max(fractions):.2f}%, epoch 1 opens the stores); "
         f"close() after training: {tail:.2f} s"
     )
 
