@@ -464,10 +464,9 @@ class MlflowTarget:
     kind = "mlflow"
 
     def __init__(self, uri: str | None = None, experiment: str | None = None) -> None:
-        import mlflow
         from mlflow.tracking import MlflowClient
 
-        self.uri = uri or mlflow.get_tracking_uri()  # $MLFLOW_TRACKING_URI, else the default
+        self.uri = tracking_uri(uri)
         self.experiment_name = experiment or os.environ.get(
             "MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT
         )
@@ -596,6 +595,14 @@ class MlflowTarget:
         return self._children[label]
 
 
+def tracking_uri(uri: str | None = None) -> str:
+    """`uri`, else $MLFLOW_TRACKING_URI, else MLflow's own default (MLflow >= 3.7:
+    ``sqlite:///mlflow.db`` in the working directory, unless ./mlruns already holds runs)."""
+    import mlflow
+
+    return uri or mlflow.get_tracking_uri()
+
+
 @dataclass
 class _ChildRun:
     run_id: str
@@ -717,13 +724,16 @@ def parse_log_specs(specs: Sequence[str]) -> dict[str, str]:
 
 
 class LiveLog:
-    """`compare --log`: exports each epoch as it ends, on a background thread.
+    """`compare --log`: exports each epoch as it ends, one background thread per target (a
+    slow tracking server holds up neither training nor the other target).
 
-    The targets are opened on that thread too (importing MLflow and opening its store take
-    seconds). The first epoch (or `close`, if no epoch ran) exports all of the run directory
-    that the targets do not hold yet, so that a resumed study's earlier epochs, and an epoch
-    a crash left half-exported, are written exactly once; later epochs are exported from the
-    engine's rows. A target that fails warns once through `warn` and is dropped."""
+    The packages are imported here, before training (MLflow's import takes seconds, and
+    on a thread it would compete with training for the GIL and lag the first epochs); each
+    thread opens its target (a new MLflow store creates its tables) while the data loads. Its first epoch (or `close`, if no epoch ran) exports all of the
+    run directory that the target does not hold yet, so that a resumed study's earlier
+    epochs, and an epoch a crash left half-exported, are written exactly once; later epochs
+    are exported from the engine's rows. A target that fails warns once through `warn` and
+    is dropped."""
 
     def __init__(
         self,
@@ -731,107 +741,126 @@ class LiveLog:
         run_dir: str | Path,
         warn: Callable[[str], None] | None = None,
     ) -> None:
-        self.specs = dict(specs)
         self.run_dir = Path(run_dir)
         self.warn = warn or (lambda message: warnings.warn(message, stacklevel=2))
-        self.failed: dict[str, str] = {}  # kind -> reason
-        self.targets: dict[str, object] = {}
-        self.study: Study | None = None
-        self._rows: StudyRows | None = None
-        self._queue: queue.Queue = queue.Queue()
-        self._progress = time.monotonic()
-        self._thread = threading.Thread(target=self._work, name="actlab-log", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        for kind in specs:
+            _import_modules(kind)
+        self.workers = [_LogWorker(kind, where, self) for kind, where in specs.items()]
 
     def on_epoch(self, result) -> None:
         """An `engine.EpochResult` (the run directory already holds its rows)."""
-        self._queue.put(("rows", list(result.metrics), list(result.diagnostics)))
+        for worker in self.workers:
+            worker.queue.put(("rows", list(result.metrics), list(result.diagnostics)))
 
     def flush(self) -> None:
         """Wait until every epoch queued so far is exported (benchmarks, tests)."""
-        self._queue.join()
+        for worker in self.workers:
+            worker.queue.join()
 
     def close(self, stall_timeout: float = STALL_TIMEOUT_S) -> list[str]:
         """Export what is left (and the report as an MLflow artifact); wait while the exports
         make progress. Returns one line per target saying where the study went."""
-        self._queue.put(("finish",))
-        self._queue.put(None)
-        while self._thread.is_alive():
-            self._thread.join(timeout=0.1)
-            if time.monotonic() - self._progress > stall_timeout:
-                for kind in self.specs:
-                    self._fail(kind, f"no progress for {stall_timeout:g} s; stopped waiting")
-                break
-        if self.study is None:
-            return []
+        for worker in self.workers:
+            worker.queue.put(("finish",))
+            worker.queue.put(None)
+        for worker in self.workers:
+            while worker.thread.is_alive():
+                worker.thread.join(timeout=0.1)
+                if time.monotonic() - worker.progress > stall_timeout:
+                    worker.fail(f"no progress for {stall_timeout:g} s; stopped waiting")
+                    break
         return [
-            f"{kind}: {target.where(self.study)}"
-            for kind, target in self.targets.items()
-            if kind not in self.failed
+            f"{worker.kind}: {worker.target.where(worker.study)}"
+            for worker in self.workers
+            if worker.failed is None and worker.study is not None
         ]
 
+    @property
+    def failed(self) -> dict[str, str]:
+        """kind -> why, for the targets that were dropped."""
+        return {w.kind: w.failed for w in self.workers if w.failed is not None}
+
+
+def _import_modules(kind: str) -> None:
+    """Import what a target will use (a broken install then fails in its worker, once)."""
+    import importlib
+
+    modules = {
+        "tensorboard": ("tensorboard.compat.proto.event_pb2",
+                        "tensorboard.backend.event_processing.event_file_loader",
+                        "tensorboard.plugins.hparams.plugin_data_pb2",
+                        "tensorboard.summary.writer.record_writer"),
+        "mlflow": ("mlflow", "mlflow.tracking", "mlflow.entities",
+                   "mlflow.store.tracking.sqlalchemy_store"),
+    }  # fmt: skip
+    for module in modules[kind]:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return
+
+
+class _LogWorker:
+    """One `--log` target and the thread that feeds it."""
+
+    def __init__(self, kind: str, where: str, log: LiveLog) -> None:
+        self.kind, self.where, self.log = kind, where, log
+        self.target = None
+        self.study: Study | None = None
+        self.rows: StudyRows | None = None
+        self.failed: str | None = None
+        self.queue: queue.Queue = queue.Queue()
+        self.progress = time.monotonic()
+        self.thread = threading.Thread(target=self._work, name=f"actlab-log-{kind}", daemon=True)
+        self.thread.start()
+
     def _work(self) -> None:
-        for kind, where in self.specs.items():  # while the data loads and epoch 1 trains
-            try:
-                self.targets[kind] = open_target(kind, where)
-            except Exception as error:
-                self._fail(kind, _one_line(error))
-        self._progress = time.monotonic()
+        try:
+            self.target = open_target(self.kind, self.where)
+        except Exception as error:
+            self.fail(_one_line(error))
+        self.progress = time.monotonic()
         while True:
-            item = self._queue.get()
+            item = self.queue.get()
+            if item is not None and self.failed is None:
+                try:
+                    self._handle(item)
+                except Exception as error:
+                    self.fail(_one_line(error))
+            self.progress = time.monotonic()
+            self.queue.task_done()
             if item is None:
-                self._queue.task_done()
                 return
-            try:
-                self._handle(item)
-            except Exception as error:  # the run directory could not be read
-                for kind in self.specs:
-                    self._fail(kind, _one_line(error))
-            self._progress = time.monotonic()
-            self._queue.task_done()
 
     def _handle(self, item: tuple) -> None:
-        if self._rows is None:  # the first call: everything the run directory holds
-            if not (self.run_dir / store.CONFIG_FILE).is_file():
+        if self.rows is None:  # the first call: everything the run directory holds
+            run_dir = self.log.run_dir
+            if not (run_dir / store.CONFIG_FILE).is_file():
                 return
-            run = store.read_run(self.run_dir)
+            run = store.read_run(run_dir)
             if run.metrics.empty:
                 return
             self.study = study_of(run)
-            self._rows = StudyRows(self.study)
-            first = self._rows.batch(*run_rows(run))
-            self._each_target(lambda target: target.write(self.study, first))
+            self.rows = StudyRows(self.study)
+            self.target.write(self.study, self.rows.batch(*run_rows(run)))
         elif item[0] == "rows":
-            batch = self._rows.batch(item[1], item[2])
-            self._each_target(lambda target: target.write(self.study, batch))
-        if item[0] == "finish" and self._rows is not None:
-            complete = self._rows.is_complete()
-            self._each_target(lambda target: target.finish(self.study, complete))
+            self.target.write(self.study, self.rows.batch(item[1], item[2]))
+        if item[0] == "finish" and self.rows is not None:
+            self.target.finish(self.study, self.rows.is_complete())
 
-    def _each_target(self, action: Callable) -> None:
-        for kind, where in self.specs.items():
-            if kind in self.failed:
-                continue
-            try:
-                if kind not in self.targets:
-                    self.targets[kind] = open_target(kind, where)
-                action(self.targets[kind])
-            except Exception as error:
-                self._fail(kind, _one_line(error))
-            self._progress = time.monotonic()
-
-    def _fail(self, kind: str, reason: str) -> None:
-        if kind in self.failed:
+    def fail(self, reason: str) -> None:
+        if self.failed is not None:
             return
-        self.failed[kind] = reason
-        where = self.specs[kind]
-        target = f"{kind}={where}" if where else kind
-        again = f"--{kind} {where}".rstrip()
-        self.warn(
-            f"--log {target}: {reason}; logging there stopped, training goes on "
-            f"(the run directory is complete: `actlab export {self.run_dir} {again}` "
-            "adds the rest later)"
-        )
+        self.failed = reason
+        target = f"{self.kind}={self.where}" if self.where else self.kind
+        again = f"--{self.kind} {self.where}".rstrip()
+        with self.log._lock:
+            self.log.warn(
+                f"--log {target}: {reason}; logging there stopped, training goes on "
+                f"(the run directory is complete: `actlab export {self.log.run_dir} {again}` "
+                "adds the rest later)"
+            )
 
 
 def _one_line(error: BaseException) -> str:
