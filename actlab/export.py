@@ -25,7 +25,7 @@ study, without the epoch count), so moving the run directory does not duplicate 
 runs (TensorBoard runs are named after the directory), while a new study in a reused
 directory is a new one.
 
-Live logging (`LiveLog`) runs the exports on a background thread: training never waits for
+Live logging (`LiveLog`) runs each export on a background thread: training never waits for
 a slow tracking server, and a failing target warns once and is dropped (the run directory is
 complete either way; `actlab export` adds the rest later).
 """
@@ -53,10 +53,11 @@ from actlab.errors import ActlabError, ExportError
 DEFAULT_TENSORBOARD_DIR = "runs/tb"
 DEFAULT_EXPERIMENT = "actlab"
 HPARAMS_PREFIX = "hparams/"
-# Metric columns exported as scalars (numeric ones; `status` becomes `diverged`).
-METRIC_SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                  "epoch_time_s")  # fmt: skip
-DIAGNOSTIC_SCALARS = store.DIAGNOSTICS_COLUMNS[7:]  # grad_norm ... preact_std
+# The columns that name a row; every other column is a number exported as a scalar (and
+# `status` becomes `diverged`).
+ROW_NAMES = ("depth", "member", "activation", "seed", "lr", "epoch", "layer", "status")
+METRIC_SCALARS = tuple(c for c in store.METRICS_COLUMNS if c not in ROW_NAMES)
+DIAGNOSTIC_SCALARS = tuple(c for c in store.DIAGNOSTICS_COLUMNS if c not in ROW_NAMES)
 # How long `LiveLog.close` waits for a target that makes no progress (an unreachable server
 # retrying) before it gives up on it.
 STALL_TIMEOUT_S = 30.0
@@ -342,8 +343,14 @@ class _EventRun:
                         self.existing.add((value.tag, int(event.step)))
 
     def write(
-        self, study: Study, key: MemberKey, epochs: list[MemberEpoch], final: dict | None
+        self,
+        study: Study,
+        key: MemberKey,
+        epochs: list[MemberEpoch],
+        final: tuple[int, dict[str, float]] | None,
     ) -> int:
+        """Append what the run lacks of `epochs` (and of `final`, the member's last epoch
+        and final metrics); returns the number of per-epoch scalars written."""
         from tensorboard.compat.proto import event_pb2, summary_pb2
 
         def scalar_event(tag: str, value: float, step: int) -> event_pb2.Event:
@@ -473,8 +480,9 @@ class MlflowTarget:
         self.client = MlflowClient(tracking_uri=self.uri)
         self.written = 0
         self.parent_id: str | None = None
+        self._parent_status = ""
         self._experiment_id: str | None = None
-        self._children: dict[MemberKey, _ChildRun] = {}
+        self._children: dict[str, _ChildRun] = {}  # by member label
 
     def describe(self) -> str:
         return f"mlflow {self.uri}"
