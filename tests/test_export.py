@@ -373,3 +373,16 @@ def test_mlflow_uri_is_the_environment_s_else_mlflow_s_sqlite_default(tmp_path, 
         == (tmp_path / "mlartifacts").as_uri()
     )
     assert list(tmp_path.iterdir()) == []  # no ./mlruns, no database: nothing was written
+
+
+def test_a_depth_study_exports_one_run_per_depth(small, tmp_path):
+    config = ExperimentConfig(dataset=small, epochs=1, hidden=(8,), depths=(1, 3),
+                              activations=("relu", "sigmoid"), threads=1)  # fmt: skip
+    run_study(config, out=tmp_path / "depths")
+    export.export_run(tmp_path / "depths", {"tensorboard": str(tmp_path / "tb")})
+    check_tensorboard(tmp_path / "tb", tmp_path / "depths")
+    runs = sorted(str(p.relative_to(tmp_path / "tb")) for p in (tmp_path / "tb").glob("*/*/*/*/*"))
+    assert runs == [f"depths/{a}/depth={d}/lr=0.001/seed=0" for a in ("relu", "sigmoid")
+                    for d in (1, 3)]  # fmt: skip
+    layers = {tag for tag, _, _ in tensorboard_events(tmp_path / "tb" / runs[1])}
+    assert {"grad_norm/layer4", "dead_frac/layer3"} <= layers  # depth 3: 4 weight layers
