@@ -334,7 +334,7 @@ def exported_epoch(logdir: Path, uri: str) -> int:
 
 @pytest.mark.slow
 def test_sigkill_during_a_logged_run_then_resume_logs_each_epoch_once(tmp_path, empty_mlflow_db):
-    data = write_npz(tmp_path / "big.npz", 3000, 200, side=28)
+    data = write_npz(tmp_path / "big.npz", 2000, 200, side=28)
     run, logdir = tmp_path / "run", tmp_path / "tb"
     uri = mlflow_uri(empty_mlflow_db, tmp_path / "mlflow.db")
     command = [sys.executable, "-m", "actlab", "compare", "--dataset", data, "--epochs", "12",
