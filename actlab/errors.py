@@ -33,3 +33,18 @@ class ConfigError(ActlabError, ValueError):
 class ExportError(ActlabError):
     """An export (TensorBoard, MLflow) that cannot be done: a missing package, a target
     that holds another study, a tracking store that refuses the export."""
+
+
+def control_characters(text: str) -> list[str]:
+    """The control and format characters in `text` (Unicode categories Cc, Cf, Zl, Zp:
+    newlines, form feeds, record separators, bidi overrides ...), as escapes like '\\n'.
+    Names and specs travel through CSV rows, terminal lines, plot labels and reports, where
+    such characters split rows or hide text, so they are refused where they enter."""
+    import unicodedata
+
+    found = {
+        repr(char)[1:-1]
+        for char in text
+        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") and char != " "
+    }
+    return sorted(found)

@@ -701,7 +701,7 @@ def export_run(run_dir: str | Path, targets: dict[str, str]) -> list[str]:
             target = open_target(kind, where)
             target.write(study, batch)
             target.finish(study, rows.is_complete())
-        except ActlabError:
+        except (ActlabError, OSError):  # OSError: the CLI names the path and the way out
             raise
         except Exception as error:
             name = target.describe() if target is not None else f"{kind} {where}".strip()
