@@ -290,7 +290,7 @@ class TensorBoardTarget:
         return f"tensorboard {self.logdir}"
 
     def where(self, study: Study) -> str:
-        return f"{self.logdir / _path_part(study.name)} ({len(self._members)} runs)"
+        return f"{self.logdir / _path_part(study.name)} ({_count(len(self._members), 'run')})"
 
     def write(self, study: Study, batch: Batch) -> None:
         by_member: dict[MemberKey, list[MemberEpoch]] = {}
@@ -490,7 +490,7 @@ class MlflowTarget:
     def where(self, study: Study) -> str:
         return (
             f"{self.uri}, experiment {self.experiment_name!r}, run {self.parent_id} "
-            f"({len(self._children)} child runs)"
+            f"({_count(len(self._children), 'child run')})"
         )
 
     def write(self, study: Study, batch: Batch) -> None:
@@ -869,6 +869,10 @@ class _LogWorker:
                 f"(the run directory is complete: `actlab export {self.log.run_dir} {again}` "
                 "adds the rest later)"
             )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _one_line(error: BaseException) -> str:
