@@ -776,7 +776,7 @@ class LiveLog:
             while worker.thread.is_alive():
                 worker.thread.join(timeout=0.1)
                 if time.monotonic() - worker.progress > stall_timeout:
-                    worker.fail(f"no progress for {stall_timeout:g} s; stopped waiting")
+                    worker.fail(f"no progress for {stall_timeout:g} s", training=False)
                     break
         return [
             f"{worker.kind}: {worker.target.where(worker.study)}"
@@ -857,17 +857,17 @@ class _LogWorker:
         if item[0] == "finish" and self.rows is not None:
             self.target.finish(self.study, self.rows.is_complete())
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, training: bool = True) -> None:
         if self.failed is not None:
             return
         self.failed = reason
         target = f"{self.kind}={self.where}" if self.where else self.kind
         again = f"--{self.kind} {self.where}".rstrip()
+        effect = "logging there stopped, training goes on" if training else "stopped waiting"
         with self.log._lock:
             self.log.warn(
-                f"--log {target}: {reason}; logging there stopped, training goes on "
-                f"(the run directory is complete: `actlab export {self.log.run_dir} {again}` "
-                "adds the rest later)"
+                f"--log {target}: {reason}; {effect} (the run directory is complete: "
+                f"`actlab export {self.log.run_dir} {again}` adds the rest later)"
             )
 
 

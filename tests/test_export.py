@@ -76,7 +76,8 @@ def expected_scalars(run: Path) -> dict[str, dict[tuple[str, int], float]]:
             if row[column] != "":
                 values[(column, epoch)] = float(row[column])
         values[("diverged", epoch)] = float(row["status"] == "diverged")
-    for row in rows(run / store.DIAGNOSTICS_FILE):
+    diagnostics = run / store.DIAGNOSTICS_FILE
+    for row in rows(diagnostics) if diagnostics.exists() else []:
         name = export.tensorboard_run_name(study, export.member_key(row))
         for column in export.DIAGNOSTIC_SCALARS:
             if row[column] != "":
@@ -386,3 +387,34 @@ def test_a_depth_study_exports_one_run_per_depth(small, tmp_path):
                     for d in (1, 3)]  # fmt: skip
     layers = {tag for tag, _, _ in tensorboard_events(tmp_path / "tb" / runs[1])}
     assert {"grad_norm/layer4", "dead_frac/layer3"} <= layers  # depth 3: 4 weight layers
+
+
+def test_a_stalled_target_is_given_up_at_close_without_holding_up_the_other(
+    small, tmp_path, monkeypatch
+):
+    """A tracking server that never answers (here: a write that blocks) costs the other
+    target nothing, and `close` stops waiting for it after `stall_timeout`."""
+    release = __import__("threading").Event()
+    real_open = export.open_target
+
+    def open_target(kind, where=""):
+        if kind == "tensorboard":
+            return real_open(kind, where)
+        target = export.TensorBoardTarget(tmp_path / "stalled")  # in the mlflow slot
+        target.write = lambda study, batch: release.wait()
+        return target
+
+    monkeypatch.setattr(export, "open_target", open_target)
+    warnings = []
+    live = export.LiveLog({"tensorboard": str(tmp_path / "tb"), "mlflow": "http://x"},
+                          tmp_path / "run", warn=warnings.append)  # fmt: skip
+    config = ExperimentConfig(dataset=small, epochs=2, hidden=(8,), activations=("relu",),
+                              threads=1, diagnostics=False)  # fmt: skip
+    run_study(config, out=tmp_path / "run", on_epoch=live.on_epoch)
+    start = time.monotonic()
+    lines = live.close(stall_timeout=0.5)
+    release.set()
+    assert time.monotonic() - start < 10
+    assert [line.split(":")[0] for line in lines] == ["tensorboard"]
+    assert len(warnings) == 1 and "no progress for 0.5 s; stopped waiting" in warnings[0]
+    check_tensorboard(tmp_path / "tb", tmp_path / "run")
