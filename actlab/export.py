@@ -785,6 +785,12 @@ class LiveLog:
         ]
 
     @property
+    def cpu_seconds(self) -> float:
+        """CPU time the export threads have used so far (`time.thread_time`): what they can
+        take from training; their wall time is mostly waiting for the disk or the server."""
+        return sum(worker.cpu_s for worker in self.workers)
+
+    @property
     def failed(self) -> dict[str, str]:
         """kind -> why, for the targets that were dropped."""
         return {w.kind: w.failed for w in self.workers if w.failed is not None}
@@ -820,6 +826,7 @@ class _LogWorker:
         self.failed: str | None = None
         self.queue: queue.Queue = queue.Queue()
         self.progress = time.monotonic()
+        self.cpu_s = 0.0
         self.thread = threading.Thread(target=self._work, name=f"actlab-log-{kind}", daemon=True)
         self.thread.start()
 
@@ -829,13 +836,16 @@ class _LogWorker:
         except Exception as error:
             self.fail(_one_line(error))
         self.progress = time.monotonic()
+        self.cpu_s = time.thread_time()
         while True:
             item = self.queue.get()
             if item is not None and self.failed is None:
+                start = time.thread_time()
                 try:
                     self._handle(item)
                 except Exception as error:
                     self.fail(_one_line(error))
+                self.cpu_s += time.thread_time() - start
             self.progress = time.monotonic()
             self.queue.task_done()
             if item is None:
