@@ -16,6 +16,7 @@ import dataclasses
 import html
 import io
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,7 @@ def analyse(run: RunData) -> Analysis:
     arms = stats.arm_results(results, selected)
     summary = stats.summary_table(arms)
     ranking = stats.ranking(arms)
-    pairs = stats.pairwise(arms)
+    pairs = stats.pairwise(arms, margin=run.config.min_gap / 100)  # pp -> accuracy fraction
     if len(summary):
         summary = summary.merge(
             ranking[["depth", "arm", "rank", "group", "tied_with_best"]].astype({"depth": object}),
@@ -137,13 +138,25 @@ def _depth_sort_key(column: pd.Series) -> pd.Series:
 # --- writing ------------------------------------------------------------------------------
 
 
-def write_report(run_dirs: Path | str | Sequence[Path | str], output: Path | None = None) -> Path:
+def write_report(
+    run_dirs: Path | str | Sequence[Path | str],
+    output: Path | None = None,
+    *,
+    min_gap: float | None = None,
+) -> Path:
     """Read run directories (merged when several: same study, seeds pooled) and write
     report.html (default: in the first run directory) and report.md next to it.
-    Returns the HTML path. Raises RunDirError for a bad run directory or a merge of
-    different studies."""
+    `min_gap` (pp) replaces the one recorded in config.json. Returns the HTML path. Raises
+    RunDirError for a bad run directory or a merge of different studies."""
     paths = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
-    return write_run_report(merge_runs(paths), output)
+    return write_run_report(with_min_gap(merge_runs(paths), min_gap), output)
+
+
+def with_min_gap(run: RunData, min_gap: float | None) -> RunData:
+    """`run` analysed with another smallest gap that matters (pp); None keeps the recorded one."""
+    if min_gap is None:
+        return run
+    return dataclasses.replace(run, config=run.config.replace(min_gap=min_gap))
 
 
 MARKDOWN_MARK = "<!-- written by actlab report -->"
@@ -213,6 +226,12 @@ def pvalue(p: float) -> str:
     return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
+def p_is(p: float) -> str:
+    """'= 0.0231' or '< 0.0001', for a sentence."""
+    text = pvalue(p)
+    return text if text.startswith("<") else f"= {text}"
+
+
 def ci_pct(low: float, high: float) -> str:
     return "n/a (1 seed)" if _missing(low) else f"[{pct(low)}, {pct(high)}]"
 
@@ -246,7 +265,7 @@ def verdict(analysis: Analysis) -> list[str]:
     n = analysis.n_seeds
     config = analysis.run.config
     sentences.append(
-        f"{len(analysis.summary.drop_duplicates('arm'))} activations on "
+        f"{compared_text(analysis)} on "
         f"{config.dataset}, {n} seed{'s' if n != 1 else ''} each, {config.epochs} epochs; "
         "the accuracy compared is the final-epoch test accuracy."
     )
@@ -257,15 +276,23 @@ def verdict(analysis: Analysis) -> list[str]:
         )
         sentences.append(
             "Each activation's learning rate was chosen on the validation split "
-            f"(mean validation accuracy over the last {stats.SELECTION_LAST_EPOCHS} epochs): {chosen}."
+            f"(mean validation accuracy over {selection_window(analysis)}): {chosen}."
         )
     paragraphs.append(" ".join(sentences))
     for depth in analysis.depths:
         paragraphs.append(" ".join(_depth_verdict(analysis, depth)))
+    if 2 <= n < stats.SMALL_N:
+        paragraphs.append(
+            f"Caution: only {n} seeds. Every interval and test here rests on {n - 1} degree"
+            f"{'s' if n != 2 else ''} of freedom, so its width depends on the chance spread of "
+            f"{n} values (the per-seed values are shown beside the means), and a paired test "
+            "at the Holm level has little power. Stacked seeds are cheap: run with --seeds 10 "
+            "or more, or add seeds later and merge the runs with `actlab report RUN_A RUN_B`."
+        )
     if n < 2:
         paragraphs.append(
             "With a single seed no confidence interval or significance test can be given, so "
-            "these differences may be seed noise; run with --seeds 3 or more, or add seeds "
+            "these differences may be seed noise; run with --seeds 10 (the default), or add seeds "
             "later and merge the runs with `actlab report RUN_A RUN_B`."
         )
     diverged = analysis.results[analysis.results["diverged"]]
@@ -277,6 +304,45 @@ def verdict(analysis: Analysis) -> list[str]:
             + "."
         )
     return [p for p in paragraphs if p]
+
+
+def compared_text(analysis: Analysis) -> str:
+    """What is compared, counted and named: "4 activations (relu, sigmoid, tanh and
+    leaky_relu)", or "4 activation-lr pairs (relu and tanh, each at lr 0.001 and 0.01)"
+    when every (activation, lr) is an arm of its own."""
+    arms = analysis.arms.drop_duplicates("arm") if len(analysis.arms) else analysis.arms
+    activations = list(dict.fromkeys(arms["activation"])) if len(arms) else []
+    lrs = sorted(dict.fromkeys(arms["lr"])) if len(arms) else []
+    names = _and(activations)
+    if len(arms) > len(activations):  # several lrs per activation, each its own arm
+        each = "each " if len(activations) > 1 else ""
+        return (
+            f"{len(arms)} activation-lr pairs ({names}, {each}at lr "
+            f"{_and([lr_text(lr) for lr in lrs])})"
+        )
+    noun = "activation" if len(activations) == 1 else "activations"
+    return f"{len(activations)} {noun} ({names})"
+
+
+def selection_window(analysis: Analysis) -> str:
+    """The epochs whose validation accuracy was averaged to choose an lr, as they really
+    were: "the last 3 epochs (8-10)", "the 2 epochs (1-2)", "epoch 1 only"."""
+    epochs = analysis.results["epochs"] if len(analysis.results) else pd.Series([0])
+    last = int(epochs.max()) if len(epochs) else 0
+    window = min(stats.SELECTION_LAST_EPOCHS, last)
+    if window <= 1:
+        return f"epoch {last} only"
+    first = last - window + 1
+    if window < stats.SELECTION_LAST_EPOCHS:
+        return f"all {window} epochs ({first}-{last})"
+    return f"the last {window} epochs ({first}-{last})"
+
+
+def _and(items: list[str]) -> str:
+    items = [str(i) for i in items]
+    if len(items) <= 2:
+        return " and ".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _unfinished_verdict(analysis: Analysis) -> list[str]:
@@ -293,48 +359,150 @@ def _unfinished_verdict(analysis: Analysis) -> list[str]:
 
 
 def _depth_verdict(analysis: Analysis, depth: int | None) -> list[str]:
+    """The best arm of a depth against each other arm, each pair in one of four words:
+    significantly better; better but by less than --min-gap (both tests pass); practically
+    equivalent (TOST); or not resolved, with the gap the seeds could have detected and the
+    seeds that would detect --min-gap. Never "equal" from a test that found no difference."""
     rows = _rows_at(analysis.summary, depth).dropna(subset=["final_test_acc_mean"])
     if not len(rows):
         return []
     prefix = "" if depth is None else f"At depth {depth}, "
     best = rows.iloc[0]
-    text = f"{prefix}the best is {best.arm} with {pct(best.final_test_acc_mean)}% " + (
-        f"(95% CI {ci_pct(best.final_test_acc_ci_low, best.final_test_acc_ci_high)})."
-        if not _missing(best.final_test_acc_ci_low)
-        else "(one seed, no interval)."
-    )
+    if _missing(best.final_test_acc_ci_low):
+        where = "(one seed, no interval)."
+    else:
+        interval = ci_pct(best.final_test_acc_ci_low, best.final_test_acc_ci_high)
+        where = f"(95% CI {interval}"
+        if best.n < stats.SMALL_N:
+            where += f" from {best.n} seeds: {_per_seed_text(analysis, depth, best.arm)}"
+        where += ")."
+    text = f"{prefix}the best is {best.arm} with {pct(best.final_test_acc_mean)}% {where}"
     sentences = [text[0].upper() + text[1:]]
     if _missing(best["group"]):
         return sentences
     pairs = _rows_at(analysis.pairs, depth)
+    gap_pp = analysis.run.config.min_gap
 
-    def gap(arm: str) -> str:
-        pair = pairs[
+    def pair_of(arm: str) -> pd.Series | None:
+        match = pairs[
             ((pairs["a"] == best.arm) & (pairs["b"] == arm))
             | ((pairs["b"] == best.arm) & (pairs["a"] == arm))
         ]
-        if not len(pair):
-            return arm
-        row = pair.iloc[0]
-        sign = 1 if row["a"] == best.arm else -1  # report best - arm
-        low, high = sorted((sign * row["ci_low"], sign * row["ci_high"]))
+        return match.iloc[0] if len(match) else None
+
+    def gap(arm: str, pair: pd.Series) -> str:
+        sign = 1 if pair["a"] == best.arm else -1  # report best - arm
+        low, high = sorted((sign * pair["ci_low"], sign * pair["ci_high"]))
         return (
-            f"{arm} (gap {signed_pp(sign * row['mean_diff'])}, 95% CI [{100 * low:+.2f}, "
-            f"{100 * high:+.2f}], Holm p = {pvalue(row['p_holm'])})"
+            f"{arm} (gap {signed_pp(sign * pair['mean_diff'])}, 95% CI [{100 * low:+.2f}, "
+            f"{100 * high:+.2f}], Holm p {p_is(pair['p_holm'])}"
         )
 
-    tied = [r.arm for r in rows.iloc[1:].itertuples() if r.tied_with_best]
-    worse = [r.arm for r in rows.iloc[1:].itertuples() if r.tied_with_best is False]
-    if tied:
+    better, small, equivalent, unresolved = [], [], [], []
+    for arm in rows["arm"].iloc[1:]:
+        pair = pair_of(arm)
+        if pair is None or _missing(pair["p_holm"]):
+            continue
+        if pair["significant"] and pair["equivalent"]:
+            small.append(f"{gap(arm, pair)}, TOST p {p_is(pair['tost_p_holm'])})")
+        elif pair["significant"]:
+            better.append(gap(arm, pair) + ")")
+        elif pair["equivalent"]:
+            equivalent.append(
+                f"{arm} (gap {signed_pp(abs(pair['mean_diff']))}, "
+                f"TOST p {p_is(pair['tost_p_holm'])})"
+            )
+        else:
+            unresolved.append((arm, pair))
+    if better:
+        few = int(best.n) < stats.SMALL_N
         sentences.append(
-            f"It cannot be told apart at 5% from {_join([gap(a) for a in tied])}: "
-            "these differences may be seed noise."
+            f"It is significantly better than {_join(better)}"
+            + (
+                f", on {int(best.n) - 1} degrees of freedom (see the caution below)."
+                if few
+                else "."
+            )
         )
-    if worse:
-        sentences.append(f"It is significantly better than {_join([gap(a) for a in worse])}.")
-    if not tied and not worse:
+    if small:
+        sentences.append(
+            f"It is significantly better than {_join(small)}, but by less than "
+            f"{gap_pp:g} pp: practically equivalent."
+        )
+    if equivalent:
+        sentences.append(
+            f"It is practically equivalent (within ±{gap_pp:g} pp) to {_join(equivalent)}."
+        )
+    if unresolved:
+        sentences.append(
+            f"It is not resolved against {_join([gap(a, p) + ')' for a, p in unresolved])}: "
+            f"the seeds show neither a difference nor equivalence within ±{gap_pp:g} pp, so "
+            "this is an open question, not a tie."
+        )
+        sentences.append(_power_sentence(unresolved, gap_pp))
+    if len(rows) == 1:
         sentences.append("It is the only activation compared.")
     return sentences
+
+
+def _power_sentence(unresolved: list[tuple[str, pd.Series]], gap_pp: float) -> str:
+    """The issue's sentence, per unresolved pair: "With 3 seeds only gaps above 1.1 pp could
+    be detected; about 14 seeds would detect 0.3 pp" (80% power at the Holm level, observed SD)."""
+    names = len(unresolved) > 1
+    seeds = {int(pair["n"]) for _, pair in unresolved}
+    one_count = len(seeds) == 1
+
+    def named(text: str, arm: str, n: int | None = None) -> str:
+        label = [arm] if names else []
+        label += [f"{n} seeds"] if n is not None and not one_count else []
+        return f"{text} ({', '.join(label)})" if label else text
+
+    detectable, needed = [], []
+    for arm, pair in unresolved:
+        n = int(pair["n"])
+        detectable.append(named(f"{_pp_short(pair['detectable_gap'])} pp", arm, n))
+        count = pair["seeds_needed"]
+        if not _missing(count) and count <= n:
+            needed.append(named(f"the {n} seeds at hand", arm))
+        else:
+            needed.append(named(_seeds_text(count), arm))
+    level = unresolved[0][1]["level"]
+    count = f"{seeds.pop()} seeds" if one_count else "the seeds at hand"
+    return (
+        f"With {count} only gaps above {_join_and(detectable)} could be detected; "
+        f"{_join_and(needed)} would detect {gap_pp:g} pp (80% power of the paired t-test at "
+        f"the Holm level {stats.ALPHA:g}/{round(stats.ALPHA / level)} = {level:.3g}, if the SD "
+        "of the paired differences stays at the one observed)."
+    )
+
+
+def _pp_short(fraction: float) -> str:
+    """A gap in pp with two significant digits or so: 0.58, 3.3, 19."""
+    if _missing(fraction):
+        return "–"
+    value = 100 * fraction
+    if math.isinf(value):
+        return "any"
+    return f"{value:.2f}" if value < 1 else (f"{value:.1f}" if value < 10 else f"{value:.0f}")
+
+
+def _seeds_text(count: float) -> str:
+    if _missing(count):
+        return "an unknown number of seeds"
+    if math.isinf(count):
+        return f"more than {stats.MAX_SEEDS} seeds"
+    return f"about {int(count)} seeds"
+
+
+def _join_and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _per_seed_text(analysis: Analysis, depth: int | None, arm: str) -> str:
+    """The final test accuracies of an arm's finished members, by seed: "88.13, 88.41, 87.75"."""
+    members = _rows_at(analysis.arms, depth)
+    members = members[(members["arm"] == arm) & ~members["diverged"]].sort_values("seed")
+    return ", ".join(pct(v) for v in members["final_test_acc"])
 
 
 def _join(items: list[str]) -> str:
@@ -358,24 +526,31 @@ def _member_text(row: object) -> str:
 
 
 def summary_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
-    """The summary table: one row per arm (and depth)."""
+    """The summary table: one row per arm (and depth). Below stats.SMALL_N seeds an arm's
+    interval is marked with its degrees of freedom, and a "per seed" column shows the values
+    the mean and interval come from."""
     depth_column = any(_depth(d) is not None for d in analysis.summary["depth"])
+    small = any(2 <= n < stats.SMALL_N for n in analysis.summary["n"])
     header = ["rank", "activation"]
     if depth_column:
         header.insert(0, "depth")
-    header += ["lr", "seeds", "final test acc %", "± std", "95% CI", "best-epoch test acc %",
-               "final test loss", "95% CI (loss)", "group", "diverged"]  # fmt: skip
+    header += ["lr", "seeds", "final test acc %", "± std", "95% CI"]
+    if small:
+        header.append("per seed %")
+    header += ["best-epoch test acc %", "final test loss", "95% CI (loss)", "group", "diverged"]
     rows = []
     for row in analysis.summary.itertuples():
-        cells = [str(row.rank), row.arm]
+        cells = [rank_text(row.rank, row.n, row.n_diverged), row.arm]
         if depth_column:
             cells.insert(0, str(_depth(row.depth)))
+        interval = ci_pct(row.final_test_acc_ci_low, row.final_test_acc_ci_high)
+        if 2 <= row.n < stats.SMALL_N:
+            interval += f" ({row.n - 1} df!)"
+        cells += [lr_text(row.lr), str(row.n), pct(row.final_test_acc_mean),
+                  pct(row.final_test_acc_std), interval]  # fmt: skip
+        if small:
+            cells.append(_per_seed_text(analysis, _depth(row.depth), row.arm))
         cells += [
-            lr_text(row.lr),
-            str(row.n),
-            pct(row.final_test_acc_mean),
-            pct(row.final_test_acc_std),
-            ci_pct(row.final_test_acc_ci_low, row.final_test_acc_ci_high),
             pct(row.best_test_acc_mean),
             num(row.final_test_loss_mean),
             ci_num(row.final_test_loss_ci_low, row.final_test_loss_ci_high),
@@ -388,11 +563,39 @@ def summary_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def summary_note(analysis: Analysis) -> str:
+    """What the summary table's intervals and letters mean, with the small-n caution."""
+    note = (
+        "Mean over seeds of non-diverged members; std with ddof=1; 95% CI from the t "
+        "distribution. Activations that share a group letter were not shown to differ at 5% "
+        "(paired t-tests over seeds, Holm-corrected over all pairs); that is not evidence that "
+        "they are equal (the verdict says which pairs are practically equivalent, by TOST "
+        f'within ±{analysis.run.config.min_gap:g} pp). "a" is the best group. Best-epoch '
+        "accuracy picks the epoch on the test split and is optimistic."
+    )
+    if any(2 <= n < stats.SMALL_N for n in analysis.summary["n"]):
+        note += (
+            f' An interval marked "df!" comes from fewer than {stats.SMALL_N} seeds: with so '
+            "few degrees of freedom its width rests on the chance spread of the values shown "
+            "beside it, and a second run can fall outside it."
+        )
+    return note
+
+
+def rank_text(rank: object, n: int, n_diverged: int) -> str:
+    """An integer rank (1 is best); an arm with no member left to rank says why."""
+    if not _missing(rank):
+        return str(int(rank))
+    return "– (all diverged)" if n_diverged and not n else "–"
+
+
 def pair_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
     depth_column = any(_depth(d) is not None for d in analysis.pairs["depth"])
     header = (["depth"] if depth_column else []) + [
         "comparison", "seeds", "difference", "95% CI (pp)", "p", "p (Holm)", "significant at 5%",
     ]  # fmt: skip
+    gap_pp = analysis.run.config.min_gap
+    header += ["detectable gap (pp)", f"seeds for {gap_pp:g} pp", "TOST p (Holm)", "reading"]
     rows = []
     for row in analysis.pairs.itertuples():
         ci = (
@@ -403,8 +606,24 @@ def pair_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
         significant = "–" if _missing(row.p_holm) else ("yes" if row.significant else "no")
         cells = [f"{row.a} − {row.b}", str(row.n), signed_pp(row.mean_diff), ci,
                  pvalue(row.p), pvalue(row.p_holm), significant]  # fmt: skip
+        seeds = row.seeds_needed
+        seeds = (
+            "–"
+            if _missing(seeds)
+            else (f"> {stats.MAX_SEEDS}" if math.isinf(seeds) else f"{seeds:.0f}")
+        )
+        cells += [_pp_short(row.detectable_gap), seeds, pvalue(row.tost_p_holm), _reading(row)]
         rows.append(([str(_depth(row.depth))] if depth_column else []) + cells)
     return header, rows
+
+
+def _reading(pair: object) -> str:
+    """The verdict's word for a pair (see _depth_verdict)."""
+    if _missing(pair.p_holm):
+        return "–"
+    if pair.significant:
+        return "different, within the min gap" if pair.equivalent else "different"
+    return "practically equivalent" if pair.equivalent else "not resolved"
 
 
 def member_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
@@ -530,7 +749,9 @@ def charts(analysis: Analysis) -> list[tuple[str, str, Figure]]:
             rows = metrics[metrics["depth"].isna()]
         curves = {c: stats.curves(rows, c, analysis.arm_of) for c in CURVE_COLUMNS}
         if len(curves["test_acc"]):
-            out.append(("curves", f"Training curves{where}: mean over seeds with 95% CI bands",
+            bands = plots.band_caption(list(curves["test_acc"]["n"]))
+            out.append(("curves", f"Training curves{where}: mean over seeds; {bands}, "
+                        "clipped to the metric's range",
                         plots.plot_training_curves(curves, colors)))  # fmt: skip
     activation_figure = _activation_figure(analysis)
     if activation_figure is not None:
@@ -553,11 +774,13 @@ def charts(analysis: Analysis) -> list[tuple[str, str, Figure]]:
             selected = None if analysis.selected is None else _rows_at(analysis.selected, depth)
             act_colors = plots.arm_colors(analysis.run.config.activations)
             where = f" ({_depth_title(depth)})" if several_depths else ""
-            out.append(("lr", f"Validation accuracy vs learning rate{where}",
+            out.append(("lr", f"Validation accuracy vs learning rate{where}: mean over seeds; "
+                        f"band: 95% CI with {plots.MIN_SEEDS_FOR_CI} seeds or more (none with fewer)",
                         plots.plot_lr_sensitivity(sensitivity, selected, act_colors)))  # fmt: skip
     if several_depths:
-        out.append(("depth", "Final test accuracy vs depth (95% CI)",
-                    plots.plot_depth_study(analysis.summary, colors)))  # fmt: skip
+        out.append(("depth", "Final test accuracy vs depth; error bars: 95% CI with 3 seeds or "
+                    "more, min-max over the seeds with 2, none with 1; clipped to 0-100%",
+                    plots.plot_depth_study(analysis.summary, colors, analysis.arms)))  # fmt: skip
     diagnostics = _arm_diagnostics(analysis)
     if diagnostics is not None and len(diagnostics):
         for depth in analysis.depths:
@@ -568,12 +791,14 @@ def charts(analysis: Analysis) -> list[tuple[str, str, Figure]]:
             out.append(
                 (
                     "diagnostics",
-                    f"Weight-gradient norm per layer{where}",
+                    f"Weight-gradient norm per layer{where}: the {plots.GRADIENT_NORM_LABEL}, "
+                    "mean over seeds",
                     plots.plot_gradient_norms(rows),
                 )
             )
             if rows["dead_frac"].notna().any() or rows["saturated_frac"].notna().any():
-                out.append(("diagnostics", f"Dead and saturated hidden units{where}",
+                out.append(("diagnostics", f"Dead and saturated units of each hidden layer{where} "
+                            "on the probe batch, mean over seeds (one line per layer)",
                             plots.plot_unit_health(rows, colors)))  # fmt: skip
     return out
 
@@ -646,6 +871,8 @@ figcaption { color: #5b6570; font-size: 0.9em; }
 .note { color: #5b6570; font-size: 0.9em; }
 .grid { display: flex; flex-wrap: wrap; gap: 0 3em; }
 details summary { cursor: pointer; color: #3b7dd8; }
+code { font: 0.92em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+       background: #eef1f4; padding: 0.05em 0.3em; border-radius: 3px; }
 """
 
 
@@ -696,10 +923,12 @@ def render_html(analysis: Analysis) -> str:
         f"<h1>{esc(title)}</h1>",
         f'<p class="subtitle">{esc(_subtitle(analysis))}<br>run: {esc(sources)}; created {esc(run.created)}</p>',
         '<h2 id="verdict">Verdict</h2>',
-        '<div class="verdict">' + "".join(f"<p>{esc(p)}</p>" for p in verdict(analysis)) + "</div>",
+        '<div class="verdict">'
+        + "".join(f"<p>{inline_code(esc(p))}</p>" for p in verdict(analysis))
+        + "</div>",
     ]
     if run.problems:
-        items = "".join(f"<li>{esc(p)}</li>" for p in run.problems)
+        items = "".join(f"<li>{inline_code(esc(p))}</li>" for p in run.problems)
         parts.append(
             f'<div class="problems"><b>Problems found while reading the run:</b><ul>{items}</ul></div>'
         )
@@ -712,12 +941,7 @@ def render_html(analysis: Analysis) -> str:
     if len(analysis.summary):
         parts.append('<h2 id="summary">Summary</h2>')
         parts.append(html_table(*summary_rows(analysis), css_id="summary-table"))
-        parts.append(
-            '<p class="note">Mean over seeds of non-diverged members; std with ddof=1; 95% CI from '
-            "the t distribution. Activations that share a group letter cannot be told apart at 5% "
-            '(paired t-tests over seeds, Holm-corrected over all pairs); "a" is the best group. '
-            "Best-epoch accuracy picks the epoch on the test split and is optimistic.</p>"
-        )
+        parts.append(f'<p class="note">{esc(summary_note(analysis))}</p>')
     parts += ['<h2 id="charts">Training curves</h2>', *section_figures.get("curves", [])]
     if "activations" in section_figures:
         parts += ['<h2 id="activations">Activations</h2>', *section_figures["activations"]]
@@ -728,17 +952,21 @@ def render_html(analysis: Analysis) -> str:
         parts.append('<p class="note">Difference = first − second, in percentage points of final test '
                      "accuracy, paired by seed (members of one seed share initial weights and batch order). "
                      "Intervals are per pair; significance is judged on Holm-corrected p-values, so an "
-                     "interval may exclude 0 while the pair is not significant after correction.</p>")  # fmt: skip
+                     "interval may exclude 0 while the pair is not significant after correction. "
+                     "Detectable gap: the true gap this many seeds would find with 80% power at the "
+                     "Holm level 0.05/m, if the SD of the paired differences is the one observed; "
+                     "seeds for the min gap: how many would find --min-gap so; TOST: the test that "
+                     "the gap is inside ±min gap (practically equivalent).</p>")  # fmt: skip
     if analysis.sensitivity is not None:
         parts.append('<h2 id="lr">Learning-rate selection</h2>')
         rule = (
             f"Rule: for each activation, the lr with the highest mean over seeds of the validation "
-            f"accuracy averaged over the last {stats.SELECTION_LAST_EPOCHS} epochs (a diverged member "
+            f"accuracy averaged over {selection_window(analysis)} (a diverged member "
             "counts as 0); ties go to the smaller lr. Test numbers are never read for the choice."
             if analysis.selected is not None
             else "--select final: every (activation, lr) is compared as it is; no lr was selected."
         )
-        parts.append(f'<p class="note">{esc(rule)}</p>')
+        parts.append(f'<p class="note">{inline_code(esc(rule))}</p>')
         parts.append(html_table(*_escaped(selection_rows(analysis)), css_id="lr-table", raw=True))
         parts += section_figures.get("lr", [])
     if "depth" in section_figures:
@@ -747,7 +975,9 @@ def render_html(analysis: Analysis) -> str:
         parts.append('<h2 id="diagnostics">Diagnostics</h2>')
         if analysis.findings:
             parts.append(
-                "<ul>" + "".join(f"<li>{esc(s)}</li>" for s in analysis.findings) + "</ul>"
+                "<ul>"
+                + "".join(f"<li>{inline_code(esc(s))}</li>" for s in analysis.findings)
+                + "</ul>"
             )
         parts += section_figures.get("diagnostics", [])
         parts.append(f'<p class="note">{esc(diagnostics_definitions())}</p>')
@@ -782,6 +1012,11 @@ def render_html(analysis: Analysis) -> str:
                  f"<code>actlab report {esc(' '.join(str(p) for p in run.paths))}</code>.</p>")  # fmt: skip
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def inline_code(escaped: str) -> str:
+    """`code` in already escaped text as <code>code</code>, as Markdown renders it."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
 
 
 def _escaped(table: tuple[list[str], list[list[str]]]) -> tuple[list[str], list[list[str]]]:
@@ -852,8 +1087,7 @@ def render_markdown(analysis: Analysis) -> str:
     ]
     if len(analysis.summary):
         parts += ["## Summary\n", markdown_table(*summary_rows(analysis)),
-                  "Mean over seeds; 95% CI from the t distribution; shared group letter = not "
-                  "distinguishable at 5% (paired t-tests, Holm).\n"]  # fmt: skip
+                  summary_note(analysis) + "\n"]  # fmt: skip
     if len(analysis.pairs):
         parts += [
             "## Paired differences (final test accuracy)\n",

@@ -48,7 +48,8 @@ def restore_threads():
 
 
 def compare(*args: str) -> int:
-    return main(["compare", "--threads", "1", "--no-report", *args])
+    # one seed unless a test asks for more (the command's default is 10)
+    return main(["compare", "--threads", "1", "--no-report", "--seeds", "1", *args])
 
 
 def metric_rows(run: Path) -> list[dict]:
@@ -65,7 +66,9 @@ def test_compare_prints_tutorial_lines_and_summary_and_writes_the_run(small, tmp
                    "--activations", "relu,tanh", "--out", str(run))  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
-    assert out.splitlines()[0].startswith("relu      seed 0  epoch 1/2  train loss ")
+    first, second = out.splitlines()[:2]  # the thread count and the estimate come first
+    assert first.startswith("threads: 1 (--threads;") and second.startswith("estimate: ")
+    assert out.splitlines()[2].startswith("relu      seed 0  epoch 1/2  train loss ")
     lines = [line for line in out.splitlines() if "epoch 2/2" in line]
     assert len(lines) == 4 and all("test acc" in line and line.endswith("%") for line in lines)
     assert "final test acc" in out and "best epoch" in out
@@ -182,7 +185,7 @@ def test_sigkill_in_epoch_3_then_rerun_gives_the_uninterrupted_metrics(tmp_path)
     # On the CPU: the kill is timed, and a GPU's epochs are too short to land in epoch 3.
     options = ["--dataset", data, "--epochs", "4", "--hidden", "64,64", "--batch-size", "32",
                "--activations", "relu,tanh", "--threads", "1", "--no-report", "--quiet",
-               "--device", "cpu"]  # fmt: skip
+               "--device", "cpu", "--seeds", "1"]  # fmt: skip
     reference = tmp_path / "reference"
     config = ExperimentConfig(dataset=data, epochs=4, hidden=(64, 64), batch_size=32,
                               activations=("relu", "tanh"), threads=1, device="cpu")  # fmt: skip
