@@ -340,7 +340,7 @@ def test_sigkill_during_a_logged_run_then_resume_logs_each_epoch_once(tmp_path, 
     uri = mlflow_uri(empty_mlflow_db, tmp_path / "mlflow.db")
     command = [sys.executable, "-m", "actlab", "compare", "--dataset", data, "--epochs", "12",
                "--hidden", "64,64", "--batch-size", "32", "--activations", "relu,tanh",
-               "--threads", "1", "--no-report", "--quiet", "--device", "cpu", "--out", str(run),
+               "--seeds", "1", "--threads", "1", "--no-report", "--quiet", "--device", "cpu", "--out", str(run),
                "--log", f"tensorboard={logdir}", "--log", f"mlflow={uri}"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # Kill once epoch 2 is in both exports, while the study still trains (the resumed run
