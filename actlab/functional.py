@@ -306,8 +306,15 @@ class StackedUserModel(nn.Module):
         for group in self.groups:
             index = self.seed_index[group.members]
             inputs = x[0] if shared else x.index_select(0, index)
+            one_input = shared
+            if shared and group.stacked:
+                # Batched like a training input (a free expand, no copy): vmap then runs
+                # each member's layers exactly as in training, whatever the group size
+                # (an unbatched input would merge the members' convolutions into one,
+                # whose rounding depends on how many members there are).
+                inputs, one_input = inputs.expand(len(group.members), *inputs.shape), False
             run = self._stacked if group.stacked else self._one_by_one
-            logits, captured = run(group, inputs, shared, preactivations is not None)
+            logits, captured = run(group, inputs, one_input, preactivations is not None)
             outs.append(logits)
             captures.append(captured)
         logits = torch.cat(outs).index_select(0, self.inverse_order)
