@@ -254,6 +254,15 @@ def build_member(
     return model, report
 
 
+def describe(user: UserModel, activation: str, swap_targets: Sequence[str] = ()) -> str:
+    """One line on what actlab does to the model: where each member's activation goes."""
+    _, report = build_member(user, activation, 0, swap_targets)
+    if user.kind == BUILDER:
+        places = ", ".join(path for path, _ in report.modules)
+        return f"model {user.reference} (builder): act() at {len(report.modules)} places ({places})"
+    return f"model {user.reference} (nn.Module, seed 0, {activation}): {report.summary()}"
+
+
 def _fresh(spec: str) -> nn.Module:
     """A new activation module, never in place (members share views of stacked tensors)."""
     entry, params = catalog.resolve(spec)
