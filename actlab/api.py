@@ -20,8 +20,8 @@ import torch
 
 from actlab import store, user_model
 from actlab.config import MODELS, ExperimentConfig
-from actlab.errors import ConfigError
 from actlab.engine import DeviceData, EpochResult, StepInfo, members_of, resolve_device, train
+from actlab.errors import ConfigError
 
 
 @dataclass

@@ -876,7 +876,9 @@ def from_tensors(
     arrays = []
     for label, value in (("x_train", x_train), ("y_train", y_train), ("x_test", x_test), ("y_test", y_test)):  # fmt: skip
         if not isinstance(value, Tensor | np.ndarray):
-            raise DataError(f"dataset {label} must be a tensor or array, got {type(value).__name__}")
+            raise DataError(
+                f"dataset {label} must be a tensor or array, got {type(value).__name__}"
+            )
         arrays.append(value.detach().cpu().numpy() if isinstance(value, Tensor) else value)
     x_tr, y_tr, x_te, y_te = arrays
     if len(x_tr) != len(y_tr) or len(x_te) != len(y_te):
@@ -893,7 +895,9 @@ def from_tensors(
     if labels.size and (labels.dtype.kind not in "iu" or labels.min() < 0):
         raise DataError("dataset labels must be integer class indices 0..C-1 (not one-hot)")
     if images and x_tr.ndim in (2, 3):
-        x_tr, x_te = (x.reshape(len(x), 1, *([1] * (3 - x.ndim)), *x.shape[1:]) for x in (x_tr, x_te))
+        x_tr, x_te = (
+            x.reshape(len(x), 1, *([1] * (3 - x.ndim)), *x.shape[1:]) for x in (x_tr, x_te)
+        )
     scale = 255.0 if x_tr.dtype == np.uint8 else 1.0
     if scale == 1.0:
         x_tr, x_te = x_tr.astype(np.float32), x_te.astype(np.float32)

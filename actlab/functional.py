@@ -138,7 +138,9 @@ class GroupStack(nn.Module):
         self.buffer_names = [name for name, _ in first.named_buffers()]
         try:
             self.params = nn.ParameterList(
-                nn.Parameter(torch.stack([_named(m.named_parameters(), n).detach() for m in models]))
+                nn.Parameter(
+                    torch.stack([_named(m.named_parameters(), n).detach() for m in models])
+                )
                 for n in self.param_names
             )
             for i, name in enumerate(self.buffer_names):
@@ -377,8 +379,13 @@ class StackedUserModel(nn.Module):
             source.mode, source.generator = "member", self._dropout_generators[k]
             captured: list[Tensor] = []
             generator = self._random_generators[k]
-            with torch.random.fork_rng(devices=[]), (
-                _capturing(group.base, group.sites, captured) if capture else contextlib.nullcontext()
+            with (
+                torch.random.fork_rng(devices=[]),
+                (
+                    _capturing(group.base, group.sites, captured)
+                    if capture
+                    else contextlib.nullcontext()
+                ),
             ):
                 torch.set_rng_state(generator.get_state())
                 out = functional_call(

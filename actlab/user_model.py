@@ -36,10 +36,18 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from actlab import catalog
-from actlab.errors import ConfigError
+from actlab.errors import ConfigError, SpecError
 
 BUILDER = "builder"
 MODULE = "module"
+
+# Functional calls swapped when no `old` is named: the rectifier family, whose calls are
+# activations. sigmoid, tanh, softplus and the like are left alone by default: inside a
+# forward they are as often gates or constraints (x * sigmoid(x), an LSTM's gates, a
+# softplus-positive scale) as activations; name them (--swap tanh) to replace their calls.
+DEFAULT_CALLS = frozenset(
+    ("relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish", "hard_swish")
+)
 
 
 # === loading =============================================================================
@@ -90,7 +98,9 @@ def load(reference: str) -> UserModel:
         defined = sorted(
             n
             for n, v in vars(module).items()
-            if not n.startswith("_") and (callable(v)) and getattr(v, "__module__", None) == module.__name__
+            if not n.startswith("_")
+            and (callable(v))
+            and getattr(v, "__module__", None) == module.__name__
         )
         hint = f"; it defines {', '.join(defined)}" if defined else ""
         raise ConfigError(f"--model {reference!r}: {where} has no {name!r}{hint}")
@@ -332,7 +342,7 @@ def swap_activations(
 
     `old`: names of the activations to replace (catalog names such as ``"relu"``, or the
     class name of your own activation module); None replaces every elementwise catalog
-    activation found. Modules are replaced in place; functional calls in ``forward``
+    activation module found, and the calls of the rectifier family (DEFAULT_CALLS). Modules are replaced in place; functional calls in ``forward``
     (``F.relu(x)``, ``torch.relu(x)``, ``x.relu()``) through torch.fx, which returns an
     ``fx.GraphModule`` (the same parameters and buffers). Prints one line saying what was
     replaced (`verbose`); raises ConfigError when nothing was.
@@ -392,6 +402,16 @@ class Targets:
             names = (old,) if isinstance(old, str) else tuple(old)
             specs = []
             for name in names:
+                layer = getattr(nn, name, None)
+                if (
+                    isinstance(layer, type)
+                    and issubclass(layer, nn.Module)
+                    and layer.__module__ != "torch.nn.modules.activation"
+                ):
+                    raise ConfigError(
+                        f"swap target {name!r} is not an activation (torch.nn.{name} is a "
+                        "layer); name an activation such as relu"
+                    )
                 spec = _catalog_entry(name)
                 if spec is None:
                     continue
@@ -403,16 +423,18 @@ class Targets:
                 specs.append(spec)
         targets = cls(names, {}, {}, {})
         for spec in specs:
-            targets._add_spec(spec)
+            targets._add_spec(spec, calls=old is not None or spec.name in DEFAULT_CALLS)
         for name in names:
             if old is not None and _catalog_entry(name) is None:
                 targets._add_user_class(model, name)
         return targets
 
-    def _add_spec(self, spec: catalog.ActivationSpec) -> None:
+    def _add_spec(self, spec: catalog.ActivationSpec, *, calls: bool = True) -> None:
         if spec.torch_class:
             self.classes[getattr(nn, spec.torch_class)] = f"nn.{spec.torch_class}"
         self.catalog_names[spec.name] = spec.name
+        if not calls:
+            return
         fn = spec.fn
         fn_name = getattr(fn, "__name__", None)
         if getattr(nn.functional, fn_name or "", None) is fn:
@@ -461,8 +483,8 @@ def _catalog_entry(name: str) -> catalog.ActivationSpec | None:
         spec, _ = catalog.resolve(name)
     except catalog.UnknownActivationError:
         return None
-    except ConfigError:
-        return None
+    except SpecError:  # an entry that needs parameters (softmax's dim): the entry itself
+        spec, _ = catalog._lookup(name.split("(")[0].strip())
     return spec
 
 

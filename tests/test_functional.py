@@ -177,7 +177,7 @@ def check_against_plain(config, data, makers, *, expect_fallback: bool) -> None:
         reference = {**dict(plain.named_parameters()), **dict(plain.named_buffers())}
         # fx may rename nothing: the swapped model keeps the user's parameter names.
         common = [n for n in reference if not n.startswith("actlab_act")]
-        assert set(common) <= set(state), (set(common) - set(state))
+        assert set(common) <= set(state), set(common) - set(state)
         for name in common:
             torch.testing.assert_close(
                 state[name].float(), reference[name].detach().float(), rtol=1e-3, atol=2e-4,
