@@ -444,7 +444,6 @@ class Trainer:
         """Inputs (S, b, C, H, W) and member targets (K, b) of the per-seed batch `index`."""
         data = self.data
         S, b = index.shape
-        K = len(self.members)
         # index_select on the flat index is several times faster than x[index] on the
         # CPU (advanced indexing goes through a generic gather).
         flat_index = index.reshape(S * b)
