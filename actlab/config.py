@@ -17,6 +17,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 INITS = ("pytorch", "glorot", "kaiming", "lecun")
 MODELS = ("mlp", "cnn")
 SELECTIONS = ("auto", "final", "val")
+STACKINGS = ("auto", "vmap", "loop")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class ExperimentConfig:
     device: str = "auto"  # "auto" = CUDA when present
     threads: int | None = None
     diagnostics: bool = True
+    # How a user model's members run inside a step (actlab.functional): "vmap" (one
+    # batched call per activation), "loop" (member by member), "auto" (vmap, except
+    # convolutions on a CPU, where oneDNN's grouped convolutions are slower than G plain ones).
+    stacking: str = "auto"
 
     def __post_init__(self) -> None:
         # Resolve the automatic choices, so config.json records what actually ran.
@@ -120,7 +125,8 @@ class ExperimentConfig:
         """The fields that must agree for two runs to be merged or resumed together."""
         data = self.to_dict()
         for name in (
-            "device", "threads", "diagnostics", "data_dir", "download", "seeds", "model_source"
+            "device", "threads", "diagnostics", "data_dir", "download", "seeds", "model_source",
+            "stacking",
         ):  # fmt: skip
             data.pop(name)
         return data
@@ -214,6 +220,10 @@ def validate(config: ExperimentConfig) -> None:
         )
     else:
         need(not config.swap, "--swap applies to your own model (--model FILE.py:NAME) only")
+    need(
+        config.stacking in STACKINGS,
+        f"unknown stacking {config.stacking!r}; choose one of {', '.join(STACKINGS)}",
+    )
     need(
         config.select in SELECTIONS,
         f"unknown selection {config.select!r}; choose one of {', '.join(SELECTIONS)}",

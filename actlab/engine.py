@@ -279,6 +279,7 @@ class Trainer:
                 self.data.x_train[:2],
                 self.data.num_classes,
                 self.device,
+                stacking=config.stacking,
             )
         elif model is None:
             from actlab.models import build_model

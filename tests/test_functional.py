@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import actlab.user_model
 from actlab.config import ExperimentConfig, members_for
 from actlab.engine import DeviceData, Trainer, epoch_permutation, shuffle_generator, train
 from actlab.functional import FallbackNotice, StackedUserModel
@@ -168,6 +169,7 @@ def check_against_plain(config, data, makers, *, expect_fallback: bool) -> None:
     trainer = Trainer(config, data)
     model = trainer.model
     assert bool(model.fallbacks) == expect_fallback, model.fallbacks
+    assert all(g.stacked for g in model.groups) == (not expect_fallback)
     results = [trainer.train_epoch() for _ in range(EPOCHS)]
     for k, member in enumerate(trainer.members):
         plain, losses = train_plain(makers[member.activation], member, data)
@@ -195,6 +197,7 @@ def test_swapped_module_with_batchnorm_residual_dropout_matches_plain_models(net
     config = ExperimentConfig(
         model=f"{path}:Net", swap=("relu",), activations=("relu", "gelu", "tanh"),
         seeds=(0, 1), lrs=(1e-3,), epochs=EPOCHS, batch_size=BATCH, diagnostics=False,
+        stacking="vmap",
     )  # fmt: skip
     makers = {
         name: (lambda module=module, fn=fn: Net(module, fn))
@@ -209,6 +212,7 @@ def test_builder_with_prelu_matches_plain_models(nets):
     config = ExperimentConfig(
         model=f"{path}:build", activations=("prelu", "silu", "elu"), seeds=(0, 1),
         lrs=(1e-3, 3e-3), epochs=EPOCHS, batch_size=BATCH, diagnostics=False, select="final",
+        stacking="vmap",
     )  # fmt: skip
     modules = {"prelu": nn.PReLU, "silu": nn.SiLU, "elu": nn.ELU}
     makers = {name: (lambda m=m: build(m)) for name, m in modules.items()}
@@ -220,7 +224,7 @@ def test_fallback_one_by_one_matches_plain_models_and_says_why(nets):
     branchy = namespace["branchy"]
     config = ExperimentConfig(
         model=f"{path}:branchy", activations=("relu", "gelu", "prelu"), seeds=(0, 1),
-        epochs=EPOCHS, batch_size=BATCH, diagnostics=False,
+        epochs=EPOCHS, batch_size=BATCH, diagnostics=False, stacking="vmap",
     )  # fmt: skip
     modules = {"relu": nn.ReLU, "gelu": nn.GELU, "prelu": nn.PReLU}
     makers = {name: (lambda m=m: branchy(m)) for name, m in modules.items()}
@@ -235,7 +239,7 @@ def test_a_shard_of_members_trains_like_the_same_members_in_the_whole_study(nets
     path, _ = nets
     config = ExperimentConfig(
         model=f"{path}:build", activations=("relu", "prelu"), seeds=(0, 1, 2),
-        epochs=2, batch_size=BATCH,
+        epochs=2, batch_size=BATCH, stacking="vmap",
     )  # fmt: skip
     data = device_data()
     whole = Trainer(config, data)
@@ -264,6 +268,32 @@ def test_a_shard_of_members_trains_like_the_same_members_in_the_whole_study(nets
         state, reference = member_state(alone.model, i), member_state(whole.model, k)
         for name in state:
             torch.testing.assert_close(state[name], reference[name], rtol=1e-5, atol=1e-6)
+
+
+def test_auto_stacking_runs_convolutions_member_by_member_on_a_cpu(nets):
+    path, _ = nets
+    for name in ("build", "Net"):
+        config = ExperimentConfig(model=f"{path}:{name}", activations=("relu", "gelu"))
+        model = Trainer(config, device_data()).model
+        assert [g.stacked for g in model.groups] == [False, False]
+        assert model.fallbacks == []  # a choice, not a failure: nothing to report
+
+
+def test_the_builtin_mlp_as_a_user_model_trains_like_the_builtin_path():
+    """nn.Linear after torch.manual_seed(seed) is the built-in MLP's init ("pytorch"), and
+    the batch order is the seed's: the two paths are the same training."""
+    user = actlab.user_model.from_object(
+        lambda act: nn.Sequential(nn.Flatten(), nn.Linear(36, 16), act(), nn.Linear(16, 3))
+    )
+    options = dict(activations=("relu", "tanh"), seeds=(0, 1), epochs=3, batch_size=BATCH,
+                   lrs=(3e-3,), diagnostics=False)  # fmt: skip
+    data = device_data()
+    mine = [r.metrics for r in train(ExperimentConfig(model=user.reference, **options), data)]
+    builtin = [r.metrics for r in train(ExperimentConfig(hidden=(16,), **options), data)]
+    for rows, reference in zip(mine, builtin, strict=True):
+        for row, expected in zip(rows, reference, strict=True):
+            for key in ("member", "activation", "seed", "train_loss", "test_loss", "test_acc"):
+                assert row[key] == pytest.approx(expected[key], rel=1e-5), key
 
 
 def test_diagnostics_cover_every_weight_layer_and_every_swapped_activation(nets):
