@@ -280,6 +280,7 @@ class Trainer:
                 self.data.num_classes,
                 self.device,
                 stacking=config.stacking,
+                batch_size=config.batch_size,
             )
         elif model is None:
             from actlab.models import build_model

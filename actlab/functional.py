@@ -34,6 +34,7 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -202,6 +203,7 @@ class StackedUserModel(nn.Module):
         device: torch.device | str = "cpu",
         *,
         stacking: str = "auto",
+        batch_size: int = 64,
     ) -> None:
         super().__init__()
         self.user = user
@@ -236,7 +238,8 @@ class StackedUserModel(nn.Module):
         self.to(device)
         for group in self.groups:
             group.base.to(device)
-        sample = sample[:2].to(device)
+        sample = sample[:2].to(device).clone()
+        self._check_memory(sample, batch_size)
         for group in self.groups:
             self._check_output(group, sample)
             if stacking == "loop" or (stacking == "auto" and self._convolutions_on_cpu(group)):
@@ -433,6 +436,42 @@ class StackedUserModel(nn.Module):
             names = mine
         return names or []
 
+    def _check_memory(self, sample: Tensor, batch_size: int) -> None:
+        """Refuse a study that cannot fit: per member, the parameters four times (weights,
+        gradients, Adam's two moments) plus the tensors autograd keeps for backward on one
+        batch (measured on two samples, scaled to the batch), against the free memory."""
+        group = self.groups[0]
+        params, buffers = group.state(clone_buffers=True)
+        saved: dict[int, int] = {}
+
+        def pack(tensor: Tensor) -> Tensor:
+            if not (tensor.is_leaf and tensor.requires_grad):  # weights are counted below
+                saved[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+            return tensor
+
+        group.source.mode = "record"
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                member_params = {n: p[0].detach().requires_grad_() for n, p in params.items()}
+                functional_call(
+                    group.base, (member_params, {n: b[0] for n, b in buffers.items()}), (sample,)
+                )
+        except Exception:  # a forward that fails is reported by _check_output
+            return
+        weights = sum(p[0].numel() * p.element_size() for p in group.params)
+        per_member = 4 * weights + sum(saved.values()) * max(1, batch_size) / sample.shape[0]
+        free = free_memory(self.inverse_order.device)
+        needed = per_member * self.num_members
+        if free is not None and needed > 0.8 * free:
+            fit = int(0.8 * free // per_member)
+            raise ConfigError(
+                f"the {self.num_members} members of {self.user.reference} need about "
+                f"{needed / 2**30:.1f} GiB ({per_member / 2**20:.0f} MiB each: weights, "
+                f"gradients, Adam state and a batch of {batch_size}), but {free / 2**30:.1f} GiB "
+                f"are free; about {fit} members would fit: use fewer --seeds or --activations, "
+                "or a smaller --batch-size"
+            )
+
     @torch.no_grad()
     def _check_output(self, group: GroupStack, sample: Tensor) -> None:
         """Member 0 of the group on two samples, in eval mode: logits (2, classes)."""
@@ -504,6 +543,20 @@ class StackedUserModel(nn.Module):
                 FallbackNotice,
                 stacklevel=2,
             )
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for tensors: the GPU's free memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        text = Path("/proc/meminfo").read_text(encoding="ascii")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
 
 
 @contextlib.contextmanager

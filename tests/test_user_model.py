@@ -17,6 +17,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import actlab
+import actlab.functional
 from actlab import store
 from actlab.api import run_study
 from actlab.cli import main
@@ -298,6 +299,18 @@ def test_bad_models_are_one_line_errors(user_file, tmp_path, capsys, name, messa
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("actlab: error: ")
     assert re.search(message, err), err
+
+
+def test_a_study_that_does_not_fit_says_how_many_members_would(
+    user_file, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(actlab.functional, "free_memory", lambda device: 200_000)
+    data = write_small_npz(tmp_path / "d.npz")
+    code = main(["compare", "--model", f"{user_file}:build", "--dataset", data, "--seeds", "4",
+                 "--activations", "relu,gelu", "--quiet", "--out", str(tmp_path / "run")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert re.search(r"the 8 members of .* need about .* about \d members would fit", err), err
 
 
 def test_swap_target_that_is_not_an_activation_is_one_line(user_file, tmp_path, capsys):
