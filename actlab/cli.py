@@ -167,7 +167,8 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         "--swap",
         default=None,
         help="with your own nn.Module: the activations to replace, e.g. relu or relu,MyAct "
-        "(default: every catalog activation found, as modules or as F.*/torch.* calls)",
+        "(default: every catalog activation module found, and F.relu/torch.relu/x.relu()-style "
+        "calls of the rectifier family: relu, gelu, silu, elu, mish, ...)",
     )
     p.add_argument("--hidden", default="128,128", help="hidden widths, e.g. 128,128")
     p.add_argument(
@@ -205,6 +206,13 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--stacking",
+        default="auto",
+        choices=("auto", "vmap", "loop"),
+        help="your own model: run each activation's members as one vmapped call, or member by "
+        "member inside each step; auto: vmap, except convolutions on a CPU",
+    )
     p.add_argument(
         "--no-diagnostics",
         action="store_true",
@@ -298,6 +306,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         diagnostics=not args.no_diagnostics,
+        stacking=args.stacking,
     )
     config.check_activations()
     out = args.out or default_out(config.dataset, user.name if user else None)
