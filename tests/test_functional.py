@@ -310,3 +310,25 @@ def test_diagnostics_cover_every_weight_layer_and_every_swapped_activation(nets)
     assert all(r["grad_norm"] > 0 for r in rows)
     assert [r.get("dead_frac") is not None for r in rows] == [True, True, True, False]
     assert all(0 <= r["saturated_frac"] <= 1 for r in rows[:3])
+
+
+def test_a_diverging_member_is_frozen_and_the_others_train_on():
+    user = actlab.user_model.from_object(
+        lambda act: nn.Sequential(nn.Flatten(), nn.Linear(36, 16), act(), nn.Linear(16, 3))
+    )
+    config = ExperimentConfig(
+        model=user.reference, activations=("relu", "tanh"), lrs=(1e-3, 1e4), seeds=(0,),
+        optimizer="sgd", epochs=3, batch_size=BATCH, select="final",
+    )  # fmt: skip
+    trainer = Trainer(config, device_data())
+    results = [trainer.train_epoch()]
+    frozen = {name: t.clone() for name, t in member_state(trainer.model, 1).items()}
+    results += [trainer.train_epoch() for _ in range(2)]
+    status = {
+        (r["activation"], r["lr"], r["epoch"]): r["status"] for x in results for r in x.metrics
+    }
+    assert status[("relu", 1e4, 1)] == "diverged" and ("relu", 1e4, 2) not in status
+    assert all(status[(a, 1e-3, e)] == "ok" for a in ("relu", "tanh") for e in (1, 2, 3))
+    after = member_state(trainer.model, 1)  # relu|lr=1e4 does not move once frozen
+    assert all(torch.equal(after[name], frozen[name]) for name in frozen if "running" not in name)
+    assert all(r["train_loss"] < 2 for x in results for r in x.metrics if r["lr"] == 1e-3)
