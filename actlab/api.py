@@ -145,7 +145,7 @@ def _train_depths(config, dataset, device, writer, on_step, on_epoch, on_start) 
 
 def _check_model_source(config: ExperimentConfig) -> None:
     """The user's model loads, and is the one the config was made for (same source hash)."""
-    loaded = user_model.load(config.model)
+    loaded = user_model.load_for(config)
     if config.model_sha256 and loaded.sha256 and loaded.sha256 != config.model_sha256:
         raise ConfigError(
             f"{loaded.source} changed since this config was made (sha256 "

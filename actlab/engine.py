@@ -270,10 +270,10 @@ class Trainer:
         )
         if model is None and config.is_user_model:
             from actlab.functional import StackedUserModel
-            from actlab.user_model import load
+            from actlab.user_model import load_for
 
             model = StackedUserModel(
-                load(config.model),
+                load_for(config),
                 self.members,
                 config.swap,
                 self.data.x_train[:2],

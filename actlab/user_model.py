@@ -107,6 +107,23 @@ def load(reference: str) -> UserModel:
     return _classify(reference, getattr(module, name), source)
 
 
+def load_for(config) -> UserModel:
+    """The user model of an ExperimentConfig: its reference, or the recorded absolute path
+    of its file when the reference is a relative path that does not resolve from here (a
+    run resumed, or a shard trained, from another working directory)."""
+    where, _, name = config.model.rpartition(":")
+    source = config.model_source
+    if (
+        config.model not in _GIVEN
+        and where.endswith(".py")
+        and not Path(where).expanduser().is_file()
+        and source
+        and Path(source).is_file()
+    ):
+        return load(f"{source}:{name}")
+    return load(config.model)
+
+
 def from_object(obj: object) -> UserModel:
     """A UserModel for a builder, a module class or a factory given from Python."""
     if isinstance(obj, str):

@@ -256,6 +256,15 @@ def test_load_decides_builder_or_module(user_file):
     assert load("torch.nn:Identity").kind == MODULE  # an importable module.path:NAME
 
 
+def test_a_relative_model_path_resolves_from_another_directory(user_file, monkeypatch):
+    monkeypatch.chdir(user_file.parent)
+    config = ExperimentConfig(model="my_net.py:build", model_source=str(user_file.resolve()))
+    monkeypatch.chdir(user_file.parent.parent)
+    assert actlab.user_model.load_for(config).kind == BUILDER
+    with pytest.raises(ConfigError, match="file my_net.py not found"):
+        load(config.model)
+
+
 def test_members_are_built_after_their_seed():
     user = actlab.user_model.from_object(
         lambda act: nn.Sequential(nn.Linear(4, 8), act(), nn.Linear(8, 2))
