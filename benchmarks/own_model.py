@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=1, help="alternate both sides N times")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,8 +139,16 @@ def main() -> None:
             diagnostics=False,
         )  # fmt: skip
         members = len(members_for(config))
-        plain_s, plain_acc = one_by_one(reference, config, dataset, device)
-        stacked_s, stacked_acc = stacked(config, dataset)
+        # Alternate the two sides `repeats` times: a shared machine's speed drifts, and
+        # each pair's ratio is measured under about the same load.
+        ratios = []
+        for _ in range(args.repeats):
+            plain_s, plain_acc = one_by_one(reference, config, dataset, device)
+            stacked_s, stacked_acc = stacked(config, dataset)
+            ratios.append(plain_s / stacked_s)
+            if args.repeats > 1:
+                print(f"  {name} pair: one by one {plain_s:.1f} s, stacked {stacked_s:.1f} s, "
+                      f"{plain_s / stacked_s:.2f}x", flush=True)  # fmt: skip
         row = [name, members, plain_s, stacked_s, plain_s / stacked_s, plain_acc, stacked_acc]
         if name == "mlp":
             builtin = config.replace(
@@ -151,6 +161,11 @@ def main() -> None:
             f"{name}: {members} members; one by one {plain_s:.1f} s (mean acc "
             f"{mean_accuracy(plain_acc)}), stacked {stacked_s:.1f} s ({mean_accuracy(stacked_acc)})"
             f", one-by-one / stacked = {plain_s / stacked_s:.2f}x"
+            + (
+                f" (median of {len(ratios)} pairs {statistics.median(ratios):.2f}x)"
+                if len(ratios) > 1
+                else ""
+            )
             + (
                 f"; built-in hand-written path {row[7]:.1f} s ({mean_accuracy(row[8])}), "
                 f"stacked user model / built-in = {stacked_s / row[7]:.2f}x"
