@@ -30,6 +30,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,9 @@ from torch import fx, nn
 
 from actlab import catalog
 from actlab.errors import ConfigError, SpecError
+
+if TYPE_CHECKING:
+    from actlab.config import ExperimentConfig
 
 BUILDER = "builder"
 MODULE = "module"
@@ -107,7 +111,7 @@ def load(reference: str) -> UserModel:
     return _classify(reference, getattr(module, name), source)
 
 
-def load_for(config) -> UserModel:
+def load_for(config: ExperimentConfig) -> UserModel:
     """The user model of an ExperimentConfig: its reference, or the recorded absolute path
     of its file when the reference is a relative path that does not resolve from here (a
     run resumed, or a shard trained, from another working directory)."""
