@@ -348,7 +348,10 @@ class SwapReport:
             parts.append(f"{kind} x{len(places)} ({shown})")
         text = f"replaced {self.count} activation(s) by {self.new}: " + "; ".join(parts)
         for module, reason in self.untraced:
-            text += f"; could not read {module}.forward ({reason}), so calls in it were not swapped"
+            text += (
+                f"; could not read {module}.forward ({reason}), so activation calls in it (if "
+                "any) were not swapped: to be sure, give a builder that takes the activation"
+            )
         return text
 
 
