@@ -389,6 +389,10 @@ class StackedUserModel(nn.Module):
 
     def _one_by_one(self, group: GroupStack, inputs: Tensor, shared: bool, capture: bool):
         params, buffers = group.state()
+        # One unbind per tensor (its backward stacks the G gradients once), not G selects
+        # (each of whose backwards would fill a whole (G, ...) gradient).
+        member_params = _per_member(params, len(group.members))
+        member_buffers = _per_member(buffers, len(group.members))
         source = group.source
         outs, captures = [], []
         for i, k in enumerate(group.members):
@@ -405,11 +409,7 @@ class StackedUserModel(nn.Module):
                 ),
             ):
                 torch.set_rng_state(generator.get_state())
-                out = functional_call(
-                    group.base,
-                    ({n: p[i] for n, p in params.items()}, {n: b[i] for n, b in buffers.items()}),
-                    (x,),
-                )
+                out = functional_call(group.base, (member_params[i], member_buffers[i]), (x,))
                 generator.set_state(torch.get_rng_state())
             outs.append(out)
             captures.append(captured)
@@ -572,6 +572,12 @@ def _capturing(base: nn.Module, sites: Sequence[str], captured: list[Tensor]):
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _per_member(tensors: dict[str, Tensor], count: int) -> list[dict[str, Tensor]]:
+    """{name: (G, ...)} -> G dicts {name: member i's (...)} (views)."""
+    parts = {name: t.unbind(0) for name, t in tensors.items()}
+    return [{name: p[i] for name, p in parts.items()} for i in range(count)]
 
 
 def _argsort(values: Sequence[int]) -> list[int]:
