@@ -22,6 +22,7 @@ from actlab import store, user_model
 from actlab.config import MODELS, ExperimentConfig
 from actlab.engine import DeviceData, EpochResult, StepInfo, members_of, resolve_device, train
 from actlab.errors import ConfigError
+from actlab.memory import check_study_memory
 
 
 @dataclass
@@ -32,6 +33,7 @@ class StudyResult:
     out: Path | None
     already_complete: bool  # the run directory held a finished run: nothing was trained
     resumed_from: tuple[int | None, int] | None  # (depth, epoch) of the checkpoint used
+    notes: list[str] = dataclasses.field(default_factory=list)  # repairs made on reopening
 
     @property
     def diverged(self) -> bool:
@@ -63,12 +65,14 @@ def run_study(
     on_step: Callable[[StepInfo], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> StudyResult:
     """Train every depth of `config`, writing the run directory `out` (if given).
 
     Rerunning into the same `out` continues from its last complete epoch; rows written
     after that checkpoint (a crash between the CSV append and the checkpoint) are dropped.
-    `on_start(steps_total, steps_done)` is called once before training (progress bars).
+    `on_start(steps_total, steps_done)` is called once before training (progress bars);
+    `on_note(text)` once per repair made when the run directory was reopened.
     """
     config.check_activations()
     if dataset is None and config.dataset == "tensors":
@@ -81,6 +85,7 @@ def run_study(
     if dataset is None:
         dataset = load_study_dataset(config)
     device = resolve_device(config.device)
+    check_study_memory(config, dataset, device)  # before a byte is allocated for training
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     writer = None
@@ -93,6 +98,8 @@ def run_study(
             environment=store.describe_environment(str(device), torch.get_num_threads()),
             resume=resume,
         )
+        for note in writer.notes if on_note is not None else ():
+            on_note(note)
     try:
         return _train_depths(config, dataset, device, writer, on_step, on_epoch, on_start)
     finally:
@@ -140,7 +147,7 @@ def _train_depths(config, dataset, device, writer, on_step, on_epoch, on_start) 
         return StudyResult(metrics_frame(rows), None, finished, resumed_from)
     # Read back from the directory: it also holds the rows of epochs before a resume.
     metrics = store.read_run(writer.path).metrics[list(store.METRICS_COLUMNS)]
-    return StudyResult(metrics, writer.path, finished, resumed_from)
+    return StudyResult(metrics, writer.path, finished, resumed_from, list(writer.notes))
 
 
 def _check_model_source(config: ExperimentConfig) -> None:

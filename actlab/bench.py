@@ -102,6 +102,10 @@ def run_bench(
     specs = default_specs() if not specs else list(specs)
     activations = [_activation_pair(catalog, spec) for spec in specs]  # fail early
     torch_dtype = DTYPES[dtype]
+    from actlab.memory import check_tensor_memory
+
+    # x, grad_out, their float32 sources, and the outputs and gradients of one timed step
+    check_tensor_memory(size, 4, 8, torch.device(device), f"--size {size}")
     shape = (size // 1024, 1024) if size % 1024 == 0 else (size,)
     generator = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)

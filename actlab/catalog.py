@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from actlab.errors import SpecError, UnknownActivationError
+from actlab.errors import SpecError, UnknownActivationError, control_characters
 from actlab.expr import parse_expression
 
 # Differences between Keras 3 and PyTorch that are not about one activation, but change the
@@ -848,6 +848,12 @@ def resolve(
 
 
 def _resolve_text(text: str, given: dict) -> tuple[ActivationSpec, dict]:
+    bad = control_characters(text)
+    if bad:
+        raise SpecError(
+            f"activation spec {text!r} contains control characters ({', '.join(bad)}); "
+            "write it on one line without them"
+        )
     text = text.strip()
     if text.startswith("expr:"):
         if given:

@@ -1,12 +1,17 @@
 """The `actlab` command: parse, call one library function, print. Nothing else lives here.
 
-Exit codes: 0 success; 2 a user error (one line on stderr, no traceback);
-3 the study finished but some members diverged; 130 interrupted (Ctrl-C).
+Exit codes: 0 success; 1 an environment failure (a full disk, a read-only or missing
+path: one line on stderr naming the path); 2 a user error (one line on stderr, no
+traceback); 3 the study finished but some members diverged; 130 interrupted (Ctrl-C).
+A closed stdout (``actlab list | head -1``) never stops the work: output is dropped, the
+run directory and report are still written.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import re
 import sys
 import warnings
@@ -16,6 +21,7 @@ from pathlib import Path
 from actlab.errors import ActlabError, ConfigError
 
 EXIT_OK = 0
+EXIT_ENVIRONMENT = 1
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
@@ -31,8 +37,18 @@ EPILOG = """examples:
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (exit 2) that says where help is, like every
+    other error of actlab, instead of the usage block followed by the error."""
+
+    def error(self, message: str):
+        self.exit(
+            EXIT_USER_ERROR, f"{self.prog}: error: {one_line(message)}; see `{self.prog} --help`\n"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="actlab",
         description="The activation-function laboratory for PyTorch.",
         epilog=EPILOG,
@@ -325,6 +341,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             on_start=progress.start if progress else None,
             on_step=progress.step if progress else None,
             on_epoch=progress.epoch if progress else None,
+            on_note=lambda note: print(f"actlab: note: {note}", file=sys.stderr),
         )
     finally:
         if progress is not None:
@@ -367,12 +384,19 @@ def split_specs(text: str) -> tuple[str, ...]:
 
 def parse_seeds(text: str) -> tuple[int, ...]:
     """``3`` means seeds 0, 1, 2; ``0,5,7`` (or ``7,``) is a list of seeds."""
+    from actlab.config import MAX_MEMBERS
+
     if "," not in text:
-        count = parse_ints(text, "--seeds")[0]
-        if count < 1:
-            raise ConfigError(f"--seeds {text}: give a count >= 1 or a list like 0,5,7")
-        return tuple(range(count))
-    return parse_ints(text, "--seeds")
+        counts = parse_ints(text, "--seeds")
+        if len(counts) != 1 or not 1 <= counts[0] <= MAX_MEMBERS:
+            raise ConfigError(
+                f"--seeds {text}: give a count from 1 to {MAX_MEMBERS} or a list like 0,5,7"
+            )
+        return tuple(range(counts[0]))
+    seeds = parse_ints(text, "--seeds")
+    if any(not 0 <= seed < 2**63 for seed in seeds):
+        raise ConfigError(f"--seeds {text}: seeds must be integers from 0 to 2**63 - 1")
+    return seeds
 
 
 def parse_ints(text: str, option: str) -> tuple[int, ...]:
@@ -529,16 +553,94 @@ _python_showwarning = warnings.showwarning
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    stdout = sys.stdout
+    sys.stdout = PipeSafe(stdout)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_notices
             return args.handler(args)
     except ActlabError as error:
-        print(f"actlab: error: {error}", file=sys.stderr)
+        print(f"actlab: error: {one_line(str(error))}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as error:
+        print(f"actlab: error: {os_error_text(error)}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         print("actlab: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        sys.stdout.flush()
+        sys.stdout = stdout
+
+
+def one_line(text: str) -> str:
+    """An error message as one line, whatever a path or spec in it holds."""
+    return " ".join(text.splitlines())  # also \r, \f, \x1c-\x1e, \x85, \u2028, \u2029
+
+
+# What to do about an OSError, by errno: the message names the path, this the way out.
+_OS_ADVICE = {
+    errno.ENOSPC: "free some disk space or choose another location; a study resumes from its last complete epoch",
+    errno.EDQUOT: "free some space in your quota or choose another location",
+    errno.EROFS: "the file system is read-only; choose a writable location",
+    errno.EACCES: "you may not write or read there; choose another location or fix its permissions",
+    errno.EPERM: "the operation is not permitted there; choose another location",
+    errno.ENOENT: "check the path (a folder in it does not exist)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+    errno.EISDIR: "a folder is where a file belongs; remove or rename it, or choose another path",
+    errno.EEXIST: "remove it or choose another path",
+    errno.ENAMETOOLONG: "use a shorter path",
+    errno.EMFILE: "too many open files; raise `ulimit -n`",
+    errno.ENOMEM: "the machine is out of memory; close other programs or make the study smaller",
+}
+
+
+def os_error_text(error: OSError) -> str:
+    """One line for an OSError: the path, what went wrong, and the way out."""
+    path = error.filename if error.filename is not None else ""
+    what = error.strerror or type(error).__name__
+    advice = _OS_ADVICE.get(error.errno, "check the path and try again")
+    where = f"{path}: " if path else ""
+    return one_line(f"{where}{what}; {advice}")
+
+
+class PipeSafe:
+    """stdout that survives a closed pipe (``actlab compare ... | head -1``): once the reader
+    is gone, further output goes to /dev/null instead of raising BrokenPipeError, so
+    training, the run directory and the report go on. Everything else is the stream's."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self.broken = True
+        # Point the descriptor at /dev/null, so that the interpreter's own flush at exit
+        # does not fail on the same pipe ("Exception ignored ... BrokenPipeError").
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,20 @@ weights and the batch order) are contiguous: member ``k`` of a depth uses seed i
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
-from actlab.errors import ConfigError
+from actlab.errors import ConfigError, control_characters
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 INITS = ("pytorch", "glorot", "kaiming", "lecun")
 MODELS = ("mlp", "cnn")
 SELECTIONS = ("auto", "final", "val")
 STACKINGS = ("auto", "vmap", "loop")
+# More members than this is a mistake (a count typed as a list, an extra zero), not a study:
+# the bookkeeping alone would take minutes and gigabytes before any memory check could run.
+MAX_MEMBERS = 100_000
+MAX_THREADS = 4096
 
 
 @dataclass(frozen=True)
@@ -118,8 +123,16 @@ class ExperimentConfig:
         directory that used a user-registered activation must stay readable without it."""
         from actlab import catalog
 
+        seen: dict[str, str] = {}
         for spec in self.activations:
             catalog.resolve(spec)
+            label = catalog.canonical_label(spec)
+            if label in seen:
+                raise ConfigError(
+                    f"activations {seen[label]!r} and {spec!r} are the same activation "
+                    f"({label}); give each activation once"
+                )
+            seen[label] = spec
 
     def study_key(self) -> dict:
         """The fields that must agree for two runs to be merged or resumed together."""
@@ -229,6 +242,14 @@ def validate(config: ExperimentConfig) -> None:
         f"unknown selection {config.select!r}; choose one of {', '.join(SELECTIONS)}",
     )
     need(len(config.activations) > 0, "no activations given; e.g. --activations relu,tanh")
+    for spec in config.activations:
+        need(isinstance(spec, str), f"activation {spec!r} must be a spec string, e.g. 'relu'")
+        bad = control_characters(spec)
+        need(
+            not bad,
+            f"activation spec {spec!r} contains control characters ({', '.join(bad)}); "
+            "write it on one line without them",
+        )
     need(
         len(set(config.activations)) == len(config.activations),
         f"duplicate activations in {list(config.activations)}",
@@ -236,8 +257,22 @@ def validate(config: ExperimentConfig) -> None:
     need(len(config.seeds) > 0, "no seeds given; e.g. --seeds 3")
     need(len(set(config.seeds)) == len(config.seeds), f"duplicate seeds in {list(config.seeds)}")
     need(
-        len(config.lrs) > 0 and all(lr > 0 for lr in config.lrs),
-        f"learning rates must be positive, got {list(config.lrs)}",
+        len(config.lrs) > 0 and all(0 < lr < math.inf for lr in config.lrs),
+        f"learning rates must be positive finite numbers, got {list(config.lrs)}",
+    )
+    members = len(config.seeds) * len(config.activations) * len(config.lrs)
+    need(
+        members <= MAX_MEMBERS,
+        f"{members} members (seeds x activations x lrs) is more than {MAX_MEMBERS}; "
+        "give fewer --seeds, --activations or --lr",
+    )
+    need(
+        config.threads is None or 1 <= config.threads <= MAX_THREADS,
+        f"--threads must be between 1 and {MAX_THREADS}, got {config.threads}",
+    )
+    need(
+        math.isfinite(config.weight_decay) and math.isfinite(config.momentum),
+        "--weight-decay and --momentum must be finite numbers",
     )
     need(len(set(config.lrs)) == len(config.lrs), f"duplicate learning rates in {list(config.lrs)}")
     need(config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}")

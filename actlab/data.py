@@ -24,7 +24,9 @@ validation.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import io
+import math
 import os
 import tarfile
 import zipfile
@@ -39,6 +41,9 @@ from actlab import download as dl
 from actlab.errors import DataError
 from actlab.idx import check_idx_pair, gunzip_if_needed, parse_cifar_batch, parse_idx, read_bytes
 
+# A label beyond this is a mistake (ids, not class indices): the output layer would have
+# that many units per member.
+MAX_CLASSES = 100_000
 VAL_SPLIT_SEED = 20240611  # fixed: the validation split must not move with experiment seeds
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
@@ -174,7 +179,25 @@ class Dataset:
             "source": self.source,
             "mean": self.mean,
             "std": self.std,
+            "fingerprint": self.fingerprint(),
         }
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the splits as trained on (shapes, dtypes and bytes of x and y of train,
+        val and test), so that a study is never resumed on other data (see actlab.store)."""
+        digest = hashlib.sha256()
+        for tensor in (
+            self.x_train,
+            self.y_train,
+            self.x_val,
+            self.y_val,
+            self.x_test,
+            self.y_test,
+        ):
+            array = tensor.detach().cpu().contiguous().numpy()
+            digest.update(f"{array.dtype.str}{array.shape};".encode())
+            digest.update(array.reshape(-1).view(np.uint8))
+        return "sha256:" + digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -605,14 +628,20 @@ def _read_npz(path: Path) -> _Splits:
     if not path.is_file():
         raise DataError(f"npz:{path}: file not found")
     keys = ("x_train", "y_train", "x_test", "y_test")
+    if not zipfile.is_zipfile(path):  # a .npy, a pickle or any other file named .npz
+        raise DataError(
+            f"npz:{path}: not an .npz archive (np.savez writes one); save the arrays with "
+            "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in keys if k not in archive.files]
             if missing:
                 raise DataError(f"npz:{path}: missing arrays {missing}; it needs {', '.join(keys)}")
-            arrays = {k: archive[k] for k in keys}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise DataError(f"npz:{path}: not a readable .npz file ({error})") from None
+            arrays = {k: _npz_array(archive, k, path) for k in keys}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as error:
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"npz:{path}: not a readable .npz file ({text})") from None
     x_train, x_test = (_npz_images(arrays[k], path, k) for k in ("x_train", "x_test"))
     y_train, y_test = (_npz_labels(arrays[k], path, k) for k in ("y_train", "y_test"))
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -630,6 +659,37 @@ def _read_npz(path: Path) -> _Splits:
             )
     scale = 255.0 if x_train.dtype == np.uint8 else 1.0
     return _Splits(x_train, y_train, x_test, y_test, source=str(path), scale=scale)
+
+
+def _npz_array(archive, key: str, path: Path) -> np.ndarray:
+    """One array of an npz, its header checked before the data is read: a header may claim
+    a shape the file cannot hold (and numpy would try to allocate it)."""
+    member = key + ".npy"
+    try:
+        with archive.zip.open(member) as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(handle)
+        size = archive.zip.getinfo(member).file_size
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile, EOFError, SyntaxError) as error:
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"npz:{path}: array {key} is not a valid .npy ({text})") from None
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > size:
+        raise DataError(
+            f"npz:{path}: array {key} claims shape {shape} ({needed:,} bytes) but holds "
+            f"{size:,} bytes; the file is corrupt: write it again with np.savez"
+        )
+    try:
+        return archive[key]
+    except MemoryError:
+        raise DataError(
+            f"npz:{path}: array {key} of shape {shape} does not fit in memory"
+        ) from None
 
 
 def _npz_images(x: np.ndarray, path: Path, key: str) -> np.ndarray:
@@ -672,6 +732,11 @@ def _npz_labels(y: np.ndarray, path: Path, key: str) -> np.ndarray:
         )
     if y.size and y.min() < 0:
         raise DataError(f"npz:{path}: {key} has negative label {int(y.min())}; labels are 0..K-1")
+    if y.size and int(y.max()) >= MAX_CLASSES:  # also unsigned 64-bit labels beyond int64
+        raise DataError(
+            f"npz:{path}: {key} has label {int(y.max())}; labels are class indices 0..K-1 "
+            f"with K at most {MAX_CLASSES:,}: renumber the classes"
+        )
     return y.astype(np.int64)
 
 
@@ -745,6 +810,18 @@ def _make_dataset(
     name, splits: _Splits, num_classes, input_shape, val_size, limit_train, limit_test, standardize
 ) -> Dataset:
     n_train = len(splits.y_train)
+    features = math.prod(splits.x_train.shape[1:])
+    if features == 0:
+        raise DataError(
+            f"{name}: the inputs have shape {tuple(splits.x_train.shape[1:])}, with no values; "
+            "give inputs of at least one value per sample"
+        )
+    for split, labels in (("train", splits.y_train), ("test", splits.y_test)):
+        if len(labels) == 0:
+            raise DataError(
+                f"{name}: the {split} split is empty; a study needs samples in both train and "
+                "test (an accuracy of an empty split would be made up)"
+            )
     if isinstance(val_size, float) and 0 < val_size < 1:  # a fraction of the train split
         val_size = max(1, round(val_size * n_train))
     elif isinstance(val_size, float) and val_size.is_integer():

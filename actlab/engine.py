@@ -199,10 +199,17 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, TypeError, ValueError):
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for but CUDA is not available; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} "
+            "CUDA device(s), cuda:0 to cuda:N-1"
+        )
     return device
 
 
@@ -445,6 +452,8 @@ class Trainer:
     def _batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
         """Inputs (S, b, C, H, W) and member targets (K, b) of the per-seed batch `index`."""
         data = self.data
+        if self.mlp_step is not None:  # into its preallocated buffers
+            return self.mlp_step.batch(data.x_train, data.y_train, index)
         S, b = index.shape
         # index_select on the flat index is several times faster than x[index] on the
         # CPU (advanced indexing goes through a generic gather).
@@ -474,7 +483,9 @@ class Trainer:
             p.grad = None
         total.backward()
 
-    def _finish_step(self, logits: Tensor, targets: Tensor, losses: Tensor, alive) -> None:
+    def _finish_step(
+        self, logits: Tensor, targets: Tensor, losses: Tensor, alive, cache=None
+    ) -> None:
         """Diagnostics, the optimizer step and the epoch sums, after the backward pass."""
         sums = self._sums
         if self.with_diagnostics:
@@ -483,7 +494,10 @@ class Trainer:
         with torch.no_grad():
             losses = losses.detach()
             sums.loss += losses if alive is None else torch.where(alive, losses, 0.0)
-            sums.correct += (logits.detach().argmax(dim=-1) == targets).sum(dim=1)
+            if self.mlp_step is not None:
+                self.mlp_step.count_correct(cache, sums.correct)
+            else:
+                sums.correct += (logits.detach().argmax(dim=-1) == targets).sum(dim=1)
 
     def _host_checked_step(self, index: Tensor) -> Tensor:
         """The CPU step: one host read of the K losses, so a diverging member is frozen
@@ -497,7 +511,7 @@ class Trainer:
         # With every member alive (known on the host) no loss needs masking.
         alive = None if all(self.alive) else self._sums.alive
         self._backward(losses, cache, alive)
-        self._finish_step(logits, targets, losses, alive)
+        self._finish_step(logits, targets, losses, alive, cache)
         return losses
 
     def _device_step(self, index: Tensor) -> Tensor:
@@ -509,7 +523,7 @@ class Trainer:
         detached = losses.detach()
         alive &= torch.isfinite(detached) & (detached <= self._loss_limit)
         self._backward(losses, cache, alive)
-        self._finish_step(logits, targets, losses, alive)
+        self._finish_step(logits, targets, losses, alive, cache)
         return losses
 
     def _device_checked_step(self, index: Tensor, *, full: bool) -> Tensor:

@@ -28,3 +28,18 @@ class RunDirError(ActlabError):
 
 class ConfigError(ActlabError, ValueError):
     """An experiment configuration that cannot run as asked (the message says why)."""
+
+
+def control_characters(text: str) -> list[str]:
+    """The control and format characters in `text` (Unicode categories Cc, Cf, Zl, Zp:
+    newlines, form feeds, record separators, bidi overrides ...), as escapes like '\\n'.
+    Names and specs travel through CSV rows, terminal lines, plot labels and reports, where
+    such characters split rows or hide text, so they are refused where they enter."""
+    import unicodedata
+
+    found = {
+        repr(char)[1:-1]
+        for char in text
+        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") and char != " "
+    }
+    return sorted(found)

@@ -81,11 +81,14 @@ def parse_expression(text: str) -> Callable[[Tensor], Tensor]:
             f"bad expression {text!r}: invalid syntax at column {error.offset}; {_HELP}"
         ) from None
     body = _build(tree.body, text)
-    uses_x = any(isinstance(n, ast.Name) and n.id == "x" for n in ast.walk(tree))
+    if not any(isinstance(n, ast.Name) and n.id == "x" for n in ast.walk(tree)):
+        raise SpecError(
+            f"bad expression {text!r}: it does not use x, so it is a constant (no gradient "
+            "would flow through it); write a formula in x, e.g. 'x * sigmoid(x)'"
+        )
 
     def activation(x: Tensor) -> Tensor:
-        y = body(x)
-        return y if uses_x else y.expand_as(x).clone()
+        return body(x)
 
     # Catch wrong shapes or types now, not in the middle of a training run.
     try:
@@ -103,7 +106,12 @@ def _build(node: ast.AST, text: str) -> Node:
         value = node.value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(f"bad expression {text!r}: {value!r} is not a number; {_HELP}")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise SpecError(
+                f"bad expression {text!r}: the number {str(value)[:12]}... is too large for a float"
+            ) from None
         return lambda x: torch.tensor(number, dtype=x.dtype, device=x.device)
     if isinstance(node, ast.Name):
         if node.id == "x":

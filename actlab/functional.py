@@ -34,14 +34,13 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from actlab import catalog
+from actlab import catalog, memory
 from actlab import diagnostics as diagnostics_lib
 from actlab.config import Member
 from actlab.errors import ConfigError
@@ -460,7 +459,7 @@ class StackedUserModel(nn.Module):
             return
         weights = sum(p[0].numel() * p.element_size() for p in group.params)
         per_member = 4 * weights + sum(saved.values()) * max(1, batch_size) / sample.shape[0]
-        free = free_memory(self.inverse_order.device)
+        free = memory.available_bytes(self.inverse_order.device)
         needed = per_member * self.num_members
         if free is not None and needed > 0.8 * free:
             fit = int(0.8 * free // per_member)
@@ -543,20 +542,6 @@ class StackedUserModel(nn.Module):
                 FallbackNotice,
                 stacklevel=2,
             )
-
-
-def free_memory(device: torch.device) -> int | None:
-    """Bytes free for tensors: the GPU's free memory, or the host's MemAvailable."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        text = Path("/proc/meminfo").read_text(encoding="ascii")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return None
 
 
 @contextlib.contextmanager

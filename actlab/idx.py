@@ -18,6 +18,7 @@ tensor built from a file it could not fully validate.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -91,7 +92,7 @@ def parse_idx(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
             f"{path}: truncated IDX file (header needs {header_bytes} bytes, file has {len(data)})"
         )
     shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a header cannot overflow it
     found = len(data) - header_bytes
     if found < expected:
         raise DataError(

@@ -91,6 +91,24 @@ def _module(info: ActivationInfo) -> nn.Module:
     return catalog.get(info.spec)
 
 
+def _check_learnable_fit(infos: Sequence[ActivationInfo], hidden_shapes) -> None:
+    """Refuse a learnable activation whose parameter shape does not fit a hidden layer
+    (``prelu(num_parameters=7)`` on 128 units) before any weight is drawn."""
+    for info in infos:
+        if not info.learnable:
+            continue
+        for shape in hidden_shapes:
+            probe = torch.zeros((2, shape[0], 2, 2) if len(shape) == 4 else (2, shape[0]))
+            try:
+                with torch.no_grad():
+                    _module(info)(probe)
+            except (RuntimeError, ValueError) as error:
+                raise ConfigError(
+                    f"activation {info.spec!r} does not fit a layer of {shape[0]} units "
+                    f"({str(error).splitlines()[0]}); give it parameters of that size or 1"
+                ) from None
+
+
 # --- member layout ----------------------------------------------------------------------
 
 
@@ -151,6 +169,7 @@ class StackedModel(nn.Module):
 
         shapes = self._layer_shapes()
         self.num_hidden = len(shapes) - 1
+        _check_learnable_fit(self.infos, shapes[:-1])
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for weight, bias in _init_stack(config, self.grid, self.infos, shapes):

@@ -24,6 +24,18 @@ SGD with momentum (torch's convention, dampening 0): g = g + wd * p;
 
 A frozen (diverged) member does not change: its learning rate is masked to zero, its
 gradients are zeroed and its optimizer state is reset to zero.
+
+Two things only a CPU needs. Denormal floats (below 1.2e-38) cost x86 cores a microcode
+assist per operation, 10-100x the normal time: the first moment of a weight whose gradient
+has become exactly 0 (a dead ReLU unit) decays by beta1 each step through the denormal
+range, and in the classic protocol 3% of the Adam state sat there, making the Adam pass
+2-3x slower. So every FLUSH_EVERY steps the state below FLUSH_BELOW is set to 0 (one cheap
+pass). Such a value moves its weight by at most lr * 1e-30 / eps = 1e-25 (lr 1e-3, eps
+1e-8), invisible in float32 for any weight above 1e-17; it would reach the denormal range
+only after 175 more steps (beta1 = 0.9), so the state never gets there by decay. And with
+several learning rates, torch's fused Adam kernel (one pass over p, g, m, v) runs once
+per distinct lr on the members' slices, instead of writing a unit-lr update and applying
+the per-member lr in two more passes.
 """
 
 from __future__ import annotations
@@ -35,6 +47,9 @@ import torch
 from torch import Tensor, nn
 
 KINDS = ("adam", "adamw", "sgd")
+FLUSH_EVERY = 100  # steps between two flushes of near-denormal optimizer state (CPU only)
+# |m| and SGD momentum below 1e-30; v below 1e-36 (its square root, 1e-18, is 1e-10 of eps).
+FLUSH_BELOW = {"exp_avg": 1e-30, "exp_avg_sq": 1e-36, "momentum_buffer": 1e-30}
 
 
 class StackedOptimizer:
@@ -86,7 +101,6 @@ class StackedOptimizer:
             for owner in self.owners
         ]
         self.lrs = torch.tensor([float(lr) for lr in lrs], dtype=dtype, device=device)
-        self._common_lr = self._same_lr()
         self.active = torch.ones(self.num_members, dtype=torch.bool, device=device)
         self.step_count = 0
         self.exp_avg: list[Tensor] = []
@@ -99,11 +113,14 @@ class StackedOptimizer:
             self.momentum_buffer = [torch.zeros_like(p) for p in self.params]
         self._any_frozen = False
         # torch's fused Adam kernel (one pass over p, g, m, v) is about twice as fast as the
-        # foreach ops on CPU. It takes one scalar lr: when every member has the same lr it
-        # updates the parameters directly; otherwise it writes the unit-lr update into a
-        # buffer and the per-member lr is applied by one broadcast multiply-add.
+        # foreach ops on CPU. It takes one scalar lr: it runs once per distinct lr, on the
+        # parameters whole when every member has the same lr, else on the members' slices
+        # p[k] (contiguous, as the kernel needs).
         self.fused = kind in ("adam", "adamw") and hasattr(torch, "_fused_adam_")
-        self._updates: list[Tensor] = []  # the unit-lr update buffers, allocated when needed
+        self.flush_denormals = device.type == "cpu"
+        self._lr_groups: list[tuple[float, list[Tensor], list[Tensor], list[Tensor]]] = []
+        self._grad_key: list[Tensor] = []  # the gradients `_grad_groups` were sliced from
+        self._grad_groups: list[list[Tensor]] = []
         # The step count on the device, for the fused kernel's bias corrections: advanced
         # by a device op, so a captured CUDA graph counts its replays itself.
         self._step = torch.zeros((), dtype=torch.float32, device=device)
@@ -118,11 +135,6 @@ class StackedOptimizer:
     def count_replayed_step(self) -> None:
         """Count a step run by replaying a captured graph (which does not run `step`)."""
         self.step_count += 1
-
-    def _same_lr(self) -> float | None:
-        """The learning rate shared by every member, or None when they differ."""
-        distinct = set(self.lrs.tolist())
-        return distinct.pop() if len(distinct) == 1 else None
 
     # --- per-member views --------------------------------------------------------------
 
@@ -161,8 +173,8 @@ class StackedOptimizer:
 
         `alive`: an optional (K,) bool tensor on the device; members False in it are not
         updated in this step (the engine's on-device divergence mask: no host sync). With
-        one lr for all members (fused Adam), their Adam state is also reset, as `freeze`
-        does: the engine freezes such a member for good at its next host check."""
+        the fused Adam kernel their Adam state is also reset, as `freeze` does: the
+        engine freezes such a member for good at its next host check."""
         if any(p.grad is None for p in self.params):
             raise RuntimeError("every parameter needs a gradient before the stacked step")
         grads = [p.grad for p in self.params]
@@ -187,6 +199,16 @@ class StackedOptimizer:
             self._sgd(grads, lrs)
         else:
             self._adam(grads, lrs, masks)
+        if self.flush_denormals and self.step_count % FLUSH_EVERY == 0:
+            self._flush_denormals()
+
+    @torch.no_grad()
+    def _flush_denormals(self) -> None:
+        """Set the optimizer state below FLUSH_BELOW to 0 (see the module docstring), in one
+        in-place pass: hardshrink(x, t) = x if |x| > t else 0."""
+        for name, below in FLUSH_BELOW.items():
+            for state in getattr(self, name):
+                torch.ops.aten.hardshrink.out(state, below, out=state)
 
     def _adam(self, grads: list[Tensor], lrs: Tensor, masks: list[Tensor] | None) -> None:
         """`masks`: the members updated in this step (as ``_member_views``), None for all;
@@ -197,23 +219,18 @@ class StackedOptimizer:
             # Decoupled decay: p *= 1 - lr * wd, per member.
             torch._foreach_mul_(params, self._member_views(1.0 - lrs * self.weight_decay))
         if self.fused:
-            # One lr for every member: the kernel updates the parameters in place with that
-            # scalar lr (no buffer, no extra pass). A member left out of this step gets zero
-            # state as well as zero gradient, so its update is exactly 0 / (0 + eps) = 0: its
-            # parameters do not change, and the others are computed exactly as when no member
-            # is masked (a frozen member's state is zero already; see `freeze`).
-            if self._common_lr is not None:
-                if masks is not None:
-                    for states in (self.exp_avg, self.exp_avg_sq):
-                        for state, mask in zip(states, masks, strict=True):
-                            state.masked_fill_(~mask, 0.0)
-                self._fused_adam_step(params, grads, self._common_lr)
-                return
-            if not self._updates:
-                self._updates = [torch.zeros_like(p) for p in self.params]
-            torch._foreach_zero_(self._updates)
-            self._fused_adam_step(self._updates, grads, 1.0)
-            torch._foreach_addcmul_(params, self._updates, self._member_views(lrs))
+            # A member left out of this step gets zero state as well as zero gradient, so
+            # its update is exactly 0 / (0 + eps) = 0: its parameters do not change, and the
+            # others are computed exactly as when no member is masked (a frozen member's
+            # state is zero already; see `freeze`).
+            if masks is not None:
+                for states in (self.exp_avg, self.exp_avg_sq):
+                    for state, mask in zip(states, masks, strict=True):
+                        state.masked_fill_(~mask, 0.0)
+            for (lr, targets, exp_avg, exp_avg_sq), group_grads in zip(
+                self._lr_groups_of_state(), self._grad_groups_of(grads), strict=True
+            ):
+                self._fused_adam_step(targets, group_grads, exp_avg, exp_avg_sq, lr)
             return
         torch._foreach_lerp_(self.exp_avg, grads, 1.0 - beta1)
         torch._foreach_mul_(self.exp_avg_sq, beta2)
@@ -229,14 +246,64 @@ class StackedOptimizer:
         torch._foreach_div_(denom, step_sizes)
         torch._foreach_addcdiv_(params, self.exp_avg, denom, value=-1.0)
 
-    def _fused_adam_step(self, targets: list[Tensor], grads: list[Tensor], lr: float) -> None:
+    def _by_lr(self, tensors: list[Tensor]) -> list[list[Tensor]]:
+        """`tensors` (one per parameter) split by distinct lr, in `_lr_groups` order: the
+        whole tensors for a single lr, else member k's slice t[k] of a stacked one (a
+        contiguous view) and a member's own parameter whole, in the group of its lr."""
+        lrs = self.lrs.tolist()
+        distinct = list(dict.fromkeys(lrs))
+        if len(distinct) == 1:
+            return [list(tensors)]
+        groups: list[list[Tensor]] = [[] for _ in distinct]
+        for t, owner in zip(tensors, self.owners, strict=True):
+            if owner is None:
+                for k, part in enumerate(t.unbind(0)):
+                    groups[distinct.index(lrs[k])].append(part)
+            else:
+                groups[distinct.index(lrs[owner])].append(t)
+        return groups
+
+    def _lr_groups_of_state(self) -> list[tuple[float, list[Tensor], list[Tensor], list[Tensor]]]:
+        """(lr, params, exp_avg, exp_avg_sq) per distinct lr, sliced once (see `_by_lr`)."""
+        if not self._lr_groups:
+            lrs = list(dict.fromkeys(self.lrs.tolist()))
+            self._lr_groups = list(
+                zip(
+                    lrs,
+                    self._by_lr([p.detach() for p in self.params]),
+                    self._by_lr(self.exp_avg),
+                    self._by_lr(self.exp_avg_sq),
+                    strict=True,
+                )
+            )
+        return self._lr_groups
+
+    def _grad_groups_of(self, grads: list[Tensor]) -> list[list[Tensor]]:
+        """`grads` split by lr; the slices are kept while the same gradient tensors come
+        back (the hand-written MLP step reuses its buffers)."""
+        same = len(grads) == len(self._grad_key) and all(
+            g is key for g, key in zip(grads, self._grad_key, strict=True)
+        )
+        if not same:
+            self._grad_key = list(grads)
+            self._grad_groups = self._by_lr(grads)
+        return self._grad_groups
+
+    def _fused_adam_step(
+        self,
+        targets: list[Tensor],
+        grads: list[Tensor],
+        exp_avg: list[Tensor],
+        exp_avg_sq: list[Tensor],
+        lr: float,
+    ) -> None:
         """torch's fused Adam kernel (one pass over p, g, m, v) on `targets` with a scalar lr."""
         beta1, beta2 = self.betas
         torch._fused_adam_(
             targets,
             grads,
-            self.exp_avg,
-            self.exp_avg_sq,
+            exp_avg,
+            exp_avg_sq,
             [],
             [self._step] * len(targets),
             lr=lr,
@@ -279,7 +346,7 @@ class StackedOptimizer:
         self.step_count = int(state["step"])
         self._step.fill_(self.step_count)
         self.lrs.copy_(state["lrs"])
-        self._common_lr = self._same_lr()
+        self._lr_groups, self._grad_key = [], []  # sliced again for these lrs
         for name in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
             for mine, saved in zip(getattr(self, name), state[name], strict=True):
                 mine.copy_(saved)

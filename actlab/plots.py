@@ -95,8 +95,18 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
             f"cannot write a figure to {str(path)!r}; use a name ending in {', '.join(FIGURE_SUFFIXES)}"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
+    plain_text(fig).savefig(path, dpi=150)
     return path
+
+
+def plain_text(fig: Figure) -> Figure:
+    """Render every label, title and legend entry as plain text, never as mathtext: names
+    and specs are the user's text, and a '$' or '^' in them must be drawn, not parsed."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
+    return fig
 
 
 # === training curves, statistics, diagnostics (report) ====================================

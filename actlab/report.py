@@ -12,6 +12,7 @@ correction (see actlab/stats.py).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import math
@@ -22,8 +23,9 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from actlab import plots, stats
-from actlab.store import RunData, merge_runs
+from actlab import completion, plots, stats
+from actlab.errors import ConfigError
+from actlab.store import RunData, merge_runs, write_text_atomic
 
 CURVE_COLUMNS = ("train_loss", "test_loss", "test_acc")
 
@@ -41,6 +43,13 @@ class Analysis:
     sensitivity: pd.DataFrame | None  # stats.lr_sensitivity, when several lrs and a val split
     arm_of: dict[tuple, str]  # (depth, activation, lr) -> arm label
     findings: list[str] = field(default_factory=list)
+    # How far each depth got; an unfinished study is compared at its comparable epoch.
+    completions: list[completion.Completion] = field(default_factory=list)
+
+    @property
+    def unfinished(self) -> str:
+        """'' for a finished study, else "unfinished: epoch e of E, missing ..."."""
+        return completion.unfinished_text(self.completions)
 
     @property
     def depths(self) -> list[int | None]:
@@ -54,7 +63,20 @@ class Analysis:
 
 
 def analyse(run: RunData) -> Analysis:
-    """Run the statistics of a report (pure: reads only `run`)."""
+    """Run the statistics of a report (pure: reads only `run`).
+
+    An unfinished study (see actlab.completion) is analysed at each depth's comparable
+    epoch: rows after it are left out, so that no member's epoch 4 meets another's epoch 2."""
+    completions = completion.completion(run.metrics, run.members, run.config.epochs)
+    if not all(c.finished for c in completions):
+        diagnostics = run.diagnostics
+        run = dataclasses.replace(
+            run,
+            metrics=completion.at_comparable_epoch(run.metrics, completions),
+            diagnostics=None
+            if diagnostics is None
+            else completion.at_comparable_epoch(diagnostics, completions),
+        )
     results = stats.member_results(run.metrics)
     several_lrs = results["lr"].nunique() > 1 if len(results) else False
     has_val = bool(len(results)) and results["val_score"].notna().any()
@@ -79,6 +101,7 @@ def analyse(run: RunData) -> Analysis:
         .itertuples(index=False)
     }
     analysis = Analysis(run, results, selected, arms, summary, pairs, sensitivity, arm_of)
+    analysis.completions = completions
     if run.diagnostics is not None and len(run.diagnostics):
         analysis.findings = _findings(run, arms)
     return analysis
@@ -123,16 +146,49 @@ def write_report(run_dirs: Path | str | Sequence[Path | str], output: Path | Non
     return write_run_report(merge_runs(paths), output)
 
 
+MARKDOWN_MARK = "<!-- written by actlab report -->"
+
+
+def report_paths(output: Path | str | None, run_dir: Path) -> tuple[Path, Path]:
+    """(HTML, Markdown) paths of a report: RUN_DIR/report.html by default, else `output`,
+    which must end in .html or .htm; the Markdown goes beside it with the suffix .md.
+    A Markdown file already there that actlab did not write is never overwritten."""
+    html_path = Path(output) if output is not None else run_dir / "report.html"
+    if html_path.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(
+            f"-o {str(html_path)!r}: give a file name ending in .html (report.md is written "
+            "beside it with the same name), e.g. -o paper.html"
+        )
+    if html_path.is_dir():
+        raise ConfigError(f"-o {str(html_path)!r} is a directory; give a file name ending in .html")
+    md_path = html_path.with_suffix(".md")
+    if md_path.exists() and not _written_by_actlab(md_path):
+        raise ConfigError(
+            f"{md_path} exists and was not written by actlab report; writing the report as "
+            f"{html_path.name} would replace it: choose another -o name or move the file"
+        )
+    return html_path, md_path
+
+
+def _written_by_actlab(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            first = handle.readline()
+    except IsADirectoryError:
+        return False
+    return first.startswith((MARKDOWN_MARK, "# actlab: "))
+
+
 def write_run_report(run: RunData, output: Path | str | None = None) -> Path:
-    """Write report.html and report.md for an already-read RunData; return the HTML path."""
-    output = Path(output) if output is not None else run.path / "report.html"
-    if output.suffix.lower() not in (".html", ".htm"):
-        output = output.with_suffix(".html")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    """Write report.html and report.md for an already-read RunData; return the HTML path.
+    Both are written atomically (a temp file renamed into place): a report killed while
+    being written leaves the previous one whole."""
+    html_path, md_path = report_paths(output, run.path)
+    html_path.parent.mkdir(parents=True, exist_ok=True)
     analysis = analyse(run)
-    output.write_text(render_html(analysis), encoding="utf-8")
-    output.with_suffix(".md").write_text(render_markdown(analysis), encoding="utf-8")
-    return output
+    write_text_atomic(html_path, render_html(analysis))
+    write_text_atomic(md_path, render_markdown(analysis))
+    return html_path
 
 
 # --- numbers as text ----------------------------------------------------------------------
@@ -185,6 +241,7 @@ def verdict(analysis: Analysis) -> list[str]:
     one per depth, then the caveats)."""
     if not len(analysis.summary):
         return ["No epoch was completed, so there is nothing to compare yet."]
+    paragraphs = _unfinished_verdict(analysis)
     sentences = []
     n = analysis.n_seeds
     config = analysis.run.config
@@ -202,7 +259,7 @@ def verdict(analysis: Analysis) -> list[str]:
             "Each activation's learning rate was chosen on the validation split "
             f"(mean validation accuracy over the last {stats.SELECTION_LAST_EPOCHS} epochs): {chosen}."
         )
-    paragraphs = [" ".join(sentences)]
+    paragraphs.append(" ".join(sentences))
     for depth in analysis.depths:
         paragraphs.append(" ".join(_depth_verdict(analysis, depth)))
     if n < 2:
@@ -220,6 +277,19 @@ def verdict(analysis: Analysis) -> list[str]:
             + "."
         )
     return [p for p in paragraphs if p]
+
+
+def _unfinished_verdict(analysis: Analysis) -> list[str]:
+    """The first paragraph of an unfinished study's verdict (none for a finished one)."""
+    if not analysis.unfinished:
+        return []
+    epochs = sorted({c.epoch for c in analysis.completions if c.epoch})
+    at = f"epoch {epochs[0]}" if len(epochs) == 1 else "the last epoch each depth reached"
+    return [
+        f"This study is {analysis.unfinished}. Every member is compared at {at}, the last "
+        'epoch all of them completed, not at the final epoch: "final" below means that '
+        "epoch. Finish the run (rerun the same `actlab compare`) for the final comparison."
+    ]
 
 
 def _depth_verdict(analysis: Analysis, depth: int | None) -> list[str]:
@@ -313,6 +383,8 @@ def summary_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
             str(row.n_diverged),
         ]
         rows.append(cells)
+    if analysis.unfinished:  # the numbers are at the comparable epoch, not the final one
+        header = [h.replace("final", "last common epoch") for h in header]
     return header, rows
 
 
@@ -351,6 +423,8 @@ def member_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
     )
     for row in ordered.sort_values(["_d", "activation", "lr", "seed"]).itertuples():
         status = f"diverged at epoch {row.diverged_epoch:.0f}" if row.diverged else "ok"
+        if not row.diverged and row.epochs < analysis.run.config.epochs:
+            status = f"unfinished: epoch {row.epochs} of {analysis.run.config.epochs}"
         cells = [row.activation, lr_text(row.lr), str(row.seed), str(row.epochs),
                  num(row.final_train_loss), num(row.final_test_loss), pct(row.final_test_acc),
                  pct(row.best_test_acc), "–" if _missing(row.best_epoch) else f"{row.best_epoch:.0f}",
@@ -546,7 +620,7 @@ def _activation_figure(analysis: Analysis) -> Figure | None:
 def figure_png(fig: Figure, dpi: int = 110) -> str:
     """The figure as a base64 PNG data string."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    plots.plain_text(fig).savefig(buffer, format="png", dpi=dpi)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -631,6 +705,8 @@ def render_html(analysis: Analysis) -> str:
         )
     section_figures = {}
     for section, caption, fig in figures:
+        if analysis.unfinished and section != "activations":
+            caption = f"{caption} ({analysis.unfinished})"
         section_figures.setdefault(section, []).append(_figure_html(caption, fig))
 
     if len(analysis.summary):
@@ -732,23 +808,38 @@ def _subtitle(analysis: Analysis) -> str:
         model = f"{config.model}{digest}"
     elif config.depths:
         model = f"{config.model.upper()} of depth {', '.join(map(str, config.depths))} (width {config.hidden[0]})"
-    return (
+    text = (
         f"{model}, {config.optimizer} lr {', '.join(lr_text(lr) for lr in config.lrs)}, "
         f"batch {config.batch_size}, {config.epochs} epochs, seeds {', '.join(map(str, config.seeds))}"
     )
+    return f"{text}; {analysis.unfinished.upper()}" if analysis.unfinished else text
 
 
 # --- Markdown -----------------------------------------------------------------------------
 
 
+_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]#|~"})
+
+
+def md(text: object) -> str:
+    """Text from names, specs and paths made inert in Markdown: HTML escaped (as in
+    report.html) and Markdown punctuation backslash-escaped, on one line."""
+    one_line = " ".join(str(text).splitlines())
+    return html.escape(one_line, quote=False).translate(_MARKDOWN_SPECIAL)
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table; cells are escaped (`md`), our own <b> markup becomes bold."""
+
+    def cell(text: str) -> str:
+        return md(text).replace("&lt;b&gt;", "**").replace("&lt;/b&gt;", "**")
+
     numeric = [bool(rows) and all(_is_number(r[i]) for r in rows) for i in range(len(header))]
     lines = [
-        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(cell(h) for h in header) + " |",
         "| " + " | ".join("---:" if n else "---" for n in numeric) + " |",
     ]
-    lines += ["| " + " | ".join(c.replace("<b>", "**").replace("</b>", "**").replace("|", "\\|") for c in r) + " |"
-              for r in rows]  # fmt: skip
+    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -757,9 +848,10 @@ def render_markdown(analysis: Analysis) -> str:
     config = run.config
     env = run.environment
     parts = [
-        f"# actlab: activations on {config.dataset}\n",
-        f"{_subtitle(analysis)}.\n",
-        "\n\n".join(verdict(analysis)) + "\n",
+        MARKDOWN_MARK,
+        f"# actlab: activations on {md(config.dataset)}\n",
+        f"{md(_subtitle(analysis))}.\n",
+        "\n\n".join(md(p) for p in verdict(analysis)) + "\n",
     ]
     if len(analysis.summary):
         parts += ["## Summary\n", markdown_table(*summary_rows(analysis)),
@@ -776,16 +868,16 @@ def render_markdown(analysis: Analysis) -> str:
             markdown_table(*selection_rows(analysis)),
         ]
     if analysis.findings:
-        parts += ["## Diagnostics\n", "\n".join(f"- {s}" for s in analysis.findings) + "\n"]
+        parts += ["## Diagnostics\n", "\n".join(f"- {md(s)}" for s in analysis.findings) + "\n"]
     if run.problems:
         parts += [
             "## Problems found while reading\n",
-            "\n".join(f"- {p}" for p in run.problems) + "\n",
+            "\n".join(f"- {md(p)}" for p in run.problems) + "\n",
         ]
-    parts.append(
-        "## Environment\n\n"
+    environment = (
         f"actlab {env.get('actlab', '?')}, Python {env.get('python', '?')}, torch {env.get('torch', '?')}, "
         f"device {env.get('device', '?')} ({env.get('gpu') or env.get('cpu') or '?'}), "
-        f"{env.get('threads', '?')} threads. Run: {', '.join(str(p) for p in run.paths)}.\n"
+        f"{env.get('threads', '?')} threads. Run: {', '.join(str(p) for p in run.paths)}."
     )
+    parts.append(f"## Environment\n\n{md(environment)}\n")
     return "\n".join(parts)

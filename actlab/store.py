@@ -7,6 +7,7 @@ a run directory alone is enough to rebuild everything).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import io
@@ -14,7 +15,7 @@ import json
 import os
 import platform
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -92,10 +93,22 @@ class RunWriter:
     the directory was opened (None for a fresh run).
     """
 
-    def __init__(self, path: Path, lock_file: IO[str], checkpoint: dict | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        lock_file: IO[str],
+        checkpoint: dict | None,
+        records: dict[str, list[list[str]]] | None = None,
+        notes: Sequence[str] = (),
+    ) -> None:
         self.path = path
         self._lock_file = lock_file
         self.checkpoint = checkpoint
+        # Every row written so far, as CSV records; each checkpoint carries a copy, so rows
+        # that metrics.csv loses (truncated, emptied, deleted) are restored on reopen.
+        self.records = records or {METRICS_FILE: [], DIAGNOSTICS_FILE: []}
+        # What reopening the directory repaired (restored or dropped rows), for the caller.
+        self.notes = list(notes)
 
     def __enter__(self) -> RunWriter:
         return self
@@ -111,24 +124,24 @@ class RunWriter:
         self, metrics_rows: Sequence[dict], diagnostics_rows: Sequence[dict] = ()
     ) -> None:
         """Append one epoch's rows (dicts keyed by the column names; None = empty), fsynced."""
-        _append_csv(self.path / METRICS_FILE, METRICS_COLUMNS, metrics_rows)
-        if diagnostics_rows:
-            _append_csv(self.path / DIAGNOSTICS_FILE, DIAGNOSTICS_COLUMNS, diagnostics_rows)
+        for name, columns, rows in (
+            (METRICS_FILE, METRICS_COLUMNS, metrics_rows),
+            (DIAGNOSTICS_FILE, DIAGNOSTICS_COLUMNS, diagnostics_rows),
+        ):
+            if rows:
+                records = [_record(row, columns) for row in rows]
+                _append_records(self.path / name, records)
+                self.records[name].extend(records)
 
     def save_checkpoint(self, state: dict) -> None:
         """Write checkpoint.pt atomically: temp file, fsync, rename, fsync the directory.
 
-        `state` must hold "depth_index" and "epoch" (the last complete epoch of that depth)."""
+        `state` must hold "depth_index" and "epoch" (the last complete epoch of that depth).
+        The checkpoint also holds a copy of every CSV row appended so far ("rows")."""
         import torch
 
-        target = self.path / CHECKPOINT_FILE
-        temp = self.path / (CHECKPOINT_FILE + ".tmp")
-        with open(temp, "wb") as handle:
-            torch.save({"schema": SCHEMA_VERSION, **state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-        _fsync_dir(self.path)
+        document = {"schema": SCHEMA_VERSION, **state, "rows": self.records}
+        _replace_atomic(self.path / CHECKPOINT_FILE, lambda handle: torch.save(document, handle))
 
 
 def open_run_dir(
@@ -143,10 +156,12 @@ def open_run_dir(
     """Create or reopen a run directory for writing and lock it.
 
     A fresh directory (or one whose run never completed an epoch) gets config.json and the
-    CSV headers. One with results must hold the same study (`study_key` and seeds), else
-    RunDirError names the differing keys; its CSV rows beyond the checkpoint (a crash
-    between the append and the checkpoint) are dropped. `resume=True` insists that there is
-    a run to continue.
+    CSV headers. One with results must hold the same study (`study_key` and seeds) on the
+    same data (sizes and content fingerprint), else RunDirError names what differs. Its CSV
+    rows are reconciled with the copy the checkpoint holds: rows beyond the checkpoint (a
+    crash between the append and the checkpoint) are dropped, rows the CSV lost are restored,
+    and a CSV that contradicts the checkpoint is refused; `RunWriter.notes` says what was
+    done. `resume=True` insists that there is a run to continue.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -156,11 +171,12 @@ def open_run_dir(
     try:
         config_path = path / CONFIG_FILE
         if config_path.is_file() and (resume or _has_progress(path)):
-            _check_same_study(config_path, config)
+            _check_same_study(config_path, config, dataset)
             checkpoint = _load_checkpoint(path)
-            _truncate_to_checkpoint(path, config, checkpoint)
+            records, notes = _reconcile_with_checkpoint(path, config, checkpoint)
             if config.diagnostics and not (path / DIAGNOSTICS_FILE).exists():
                 _write_atomic(path / DIAGNOSTICS_FILE, ",".join(DIAGNOSTICS_COLUMNS) + "\n")
+            writer = RunWriter(path, lock_file, checkpoint, records, notes)
         else:
             # A new run; a directory whose run never completed an epoch is simply replaced.
             if resume:
@@ -188,10 +204,11 @@ def open_run_dir(
                 _write_atomic(path / DIAGNOSTICS_FILE, ",".join(DIAGNOSTICS_COLUMNS) + "\n")
             elif (path / DIAGNOSTICS_FILE).exists():
                 (path / DIAGNOSTICS_FILE).unlink()
+            writer = RunWriter(path, lock_file, checkpoint)
     except BaseException:
         lock_file.close()
         raise
-    return RunWriter(path, lock_file, checkpoint)
+    return writer
 
 
 def _has_progress(path: Path) -> bool:
@@ -199,15 +216,18 @@ def _has_progress(path: Path) -> bool:
     if (path / CHECKPOINT_FILE).exists():
         return True
     try:
-        with open(path / METRICS_FILE, encoding="utf-8") as handle:
-            handle.readline()
-            return bool(handle.readline())
+        text = (path / METRICS_FILE).read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return False
+    return len(parse_csv_text(text).records) > 1
 
 
 def _lock(path: Path) -> IO[str]:
     lock_path = path / LOCK_FILE
+    if lock_path.exists() and not lock_path.is_file():
+        raise RunDirError(
+            f"{lock_path} is not a file; remove it (actlab creates it) or choose another --out"
+        )
     handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 -- held until close()
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -226,12 +246,56 @@ def _lock(path: Path) -> IO[str]:
     return handle
 
 
-def _check_same_study(config_path: Path, config: ExperimentConfig) -> None:
+def read_config_document(config_path: Path) -> dict:
+    """config.json as a dict, checked for its schema version and the types of its blocks,
+    so that a damaged file is refused before anything trains (RunDirError, one line)."""
     try:
         document = json.loads(config_path.read_text(encoding="utf-8"))
-        existing = ExperimentConfig.from_dict(document["config"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise RunDirError(f"{config_path} is unreadable ({error}); choose another --out") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise RunDirError(
+            f"{config_path} is unreadable or corrupt ({error}); rerun the study or restore the file"
+        ) from None
+    if not isinstance(document, dict) or "schema" not in document or "config" not in document:
+        raise RunDirError(
+            f"{config_path} is not an actlab config (no 'schema'/'config' keys); rerun the study"
+        )
+    if document["schema"] != SCHEMA_VERSION:
+        raise RunDirError(
+            f"{config_path} has schema version {document['schema']!r}, this actlab reads version "
+            f"{SCHEMA_VERSION}; use the actlab version that wrote it"
+        )
+    for key, kind in (
+        ("config", dict),
+        ("members", list),
+        ("dataset", dict),
+        ("environment", dict),
+    ):
+        if key in document and not isinstance(document[key], kind):
+            raise RunDirError(
+                f"{config_path}: {key!r} is a {type(document[key]).__name__}, expected a "
+                f"{kind.__name__}; rerun the study or restore the file"
+            )
+    return document
+
+
+def config_from_document(document: dict, config_path: Path) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.from_dict(document["config"])
+    except (ConfigError, TypeError, ValueError, AttributeError) as error:
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RunDirError(
+            f"{config_path} holds an invalid config ({text}); rerun the study or restore the file"
+        ) from None
+
+
+# The dataset fields that must agree to resume: a study continued on other data would mix
+# two experiments in one table.
+DATA_KEYS = ("train_size", "val_size", "test_size", "input_shape", "num_classes", "fingerprint")
+
+
+def _check_same_study(config_path: Path, config: ExperimentConfig, dataset: dict) -> None:
+    document = read_config_document(config_path)
+    existing = config_from_document(document, config_path)
     mine, theirs = config.study_key(), existing.study_key()
     mine["seeds"], theirs["seeds"] = config.seeds, existing.seeds
     differing = [name for name in mine if mine[name] != theirs.get(name)]
@@ -250,65 +314,174 @@ def _check_same_study(config_path: Path, config: ExperimentConfig) -> None:
             f"{config_path.parent} holds a different study ({details}); "
             "choose another --out or repeat the original options"
         )
+    stored = document.get("dataset") or {}
+    changed = [
+        name
+        for name in DATA_KEYS
+        if name in stored and name in dataset and stored[name] != dataset[name]
+    ]
+    if changed:
+        details = ", ".join(
+            f"{name} {_short(stored[name])} there, {_short(dataset[name])} now" for name in changed
+        )
+        raise RunDirError(
+            f"{config_path.parent} was started on other data ({details}); restore the "
+            "original data, or choose another --out to start a new study on this data"
+        )
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text[:19] + "…'" if isinstance(value, str) and len(text) > 20 else text
 
 
 def _load_checkpoint(path: Path) -> dict | None:
     import torch
 
     checkpoint_path = path / CHECKPOINT_FILE
-    if not checkpoint_path.is_file():
+    if not checkpoint_path.exists():
         return None
+    if not checkpoint_path.is_file():
+        raise RunDirError(
+            f"{checkpoint_path} is not a file; remove it to restart the run, or choose another --out"
+        )
     try:
-        return torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
     except Exception as error:  # a corrupt file: the atomic rename makes this unlikely
         raise RunDirError(
             f"{checkpoint_path} is corrupt ({type(error).__name__}); delete it to restart the run"
         ) from None
+    missing = [
+        key
+        for key in ("depth_index", "epoch", "engine")
+        if not isinstance(checkpoint, dict) or key not in checkpoint
+    ]
+    if missing or not isinstance(checkpoint.get("epoch"), int):
+        raise RunDirError(
+            f"{checkpoint_path} lacks {', '.join(missing) or 'a valid epoch'}; it was not written "
+            "by actlab compare: delete it to restart the run"
+        )
+    return checkpoint
 
 
-def _truncate_to_checkpoint(path: Path, config: ExperimentConfig, checkpoint: dict | None) -> None:
-    """Keep only the rows of epochs the checkpoint covers (rows are in training order)."""
+def _reconcile_with_checkpoint(
+    path: Path, config: ExperimentConfig, checkpoint: dict | None
+) -> tuple[dict[str, list[list[str]]], list[str]]:
+    """Make the CSVs hold exactly the rows of the epochs the checkpoint covers.
+
+    Rows beyond the checkpoint (a crash between the append and the checkpoint) are dropped:
+    those epochs are trained again. When the checkpoint carries its copy of the rows
+    ("rows"), rows the CSV lost are restored from it, and a CSV row that contradicts it is
+    refused (RunDirError naming the file and the fix). Returns the rows kept and notes that
+    say what was repaired."""
     depth_index = {("" if d is None else str(d)): i for i, d in enumerate(config.depth_list)}
     done = (-1, 0) if checkpoint is None else (checkpoint["depth_index"], checkpoint["epoch"])
+    saved = checkpoint.get("rows") if checkpoint is not None else None
+    if saved is None and checkpoint is None:
+        saved = {METRICS_FILE: [], DIAGNOSTICS_FILE: []}
 
-    def covered(row: dict) -> bool:
-        return (depth_index.get(row["depth"], len(depth_index)), int(row["epoch"])) <= done
+    def covered(record: list[str]) -> bool:
+        try:
+            return (depth_index.get(record[0], len(depth_index)), int(record[5])) <= done
+        except (IndexError, ValueError):
+            return False
 
+    records: dict[str, list[list[str]]] = {}
+    notes: list[str] = []
     for name, columns in ((METRICS_FILE, METRICS_COLUMNS), (DIAGNOSTICS_FILE, DIAGNOSTICS_COLUMNS)):
         file = path / name
-        if not file.is_file():
+        expected = None if saved is None else [list(map(str, r)) for r in saved.get(name, [])]
+        if file.exists():
+            parsed = parse_csv_text(file.read_text(encoding="utf-8", errors="replace"))
+        elif name == DIAGNOSTICS_FILE and not expected:
+            records[name] = []
             continue
-        text = file.read_text(encoding="utf-8")
-        lines = text.splitlines(keepends=True)
-        if lines and not lines[-1].endswith("\n"):
-            lines = lines[:-1]  # cut off mid-row by a crash
-        body = lines[1:]
-        kept = [
-            line
-            for line in body
-            if covered(dict(zip(columns, next(csv.reader([line])), strict=False)))
-        ]
-        if len(kept) != len(body) or len(lines) != len(text.splitlines(keepends=True)) or not lines:
-            _write_atomic(file, ",".join(columns) + "\n" + "".join(kept))
+        else:
+            parsed = ParsedCsv([], True, [])
+        body = parsed.records[1:] if parsed.records else []
+        has_header = bool(parsed.records) and tuple(parsed.records[0]) == columns
+        if parsed.records and not has_header:
+            body = parsed.records  # a header lost or damaged: judge the rows alone
+        kept = [r for r in body if covered(r)]
+        if expected is None:  # a checkpoint from before rows were kept in it
+            expected = kept
+        if kept == expected:
+            if len(kept) != len(body) or not parsed.complete or not has_header:
+                dropped = len(body) - len(kept) + (0 if parsed.complete else 1)
+                if dropped:
+                    notes.append(
+                        f"{name}: dropped {dropped} row(s) beyond the checkpoint "
+                        f"(epoch {done[1]}); those epochs are trained again"
+                    )
+                _write_atomic(file, _csv_text(columns, kept))
+        elif kept == expected[: len(kept)]:
+            notes.append(
+                f"{name}: {len(expected) - len(kept)} row(s) of complete epochs were missing "
+                f"from {file}; restored them from the copy in {CHECKPOINT_FILE}"
+            )
+            _write_atomic(file, _csv_text(columns, expected))
+        else:
+            line = next(
+                (i for i, (a, b) in enumerate(zip(kept, expected, strict=False)) if a != b),
+                min(len(kept), len(expected)),
+            )
+            raise RunDirError(
+                f"{file}: row {line + 1} differs from the copy of that row in {CHECKPOINT_FILE}; "
+                f"restore the file, or delete it to have it rewritten from {CHECKPOINT_FILE}"
+            )
+        records[name] = expected
+    return records, notes
 
 
-def _append_csv(file: Path, columns: tuple[str, ...], rows: Sequence[dict]) -> None:
+def _record(row: dict, columns: tuple[str, ...]) -> list[str]:
+    """A row as the strings csv.writer writes (str of a float is its shortest repr)."""
+    return ["" if row.get(name) is None else str(row[name]) for name in columns]
+
+
+def _csv_text(columns: Sequence[str], records: Sequence[Sequence[str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(records)
+    return buffer.getvalue()
+
+
+def _append_records(file: Path, records: Sequence[Sequence[str]]) -> None:
     with open(file, "a", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        for row in rows:
-            writer.writerow(["" if row.get(name) is None else row[name] for name in columns])
+        csv.writer(handle, lineterminator="\n").writerows(records)
         handle.flush()
         os.fsync(handle.fileno())
 
 
-def _write_atomic(file: Path, text: str) -> None:
+def _replace_atomic(file: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write `file` whole or not at all: a temp file beside it, fsync, rename, fsync the
+    directory. The temp file is removed when writing fails (a full disk, an interrupt)."""
     temp = file.with_name(file.name + ".tmp")
-    with open(temp, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, file)
+    try:
+        with open(temp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, file)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = str(file)  # name the file in the one-line message
+        raise
     _fsync_dir(file.parent)
+
+
+def write_text_atomic(file: str | Path, text: str) -> Path:
+    """Replace a text file atomically (see `_replace_atomic`); used for reports too."""
+    file = Path(file)
+    _replace_atomic(file, lambda handle: handle.write(text.encode("utf-8")))
+    return file
+
+
+_write_atomic = write_text_atomic
 
 
 def _fsync_dir(path: Path) -> None:
@@ -317,6 +490,36 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass
+class ParsedCsv:
+    """Records of an append-only CSV (header first). `complete` is False when the last
+    record was cut off (no final newline); `lines` gives each record's first line number."""
+
+    records: list[list[str]]
+    complete: bool
+    lines: list[int]
+    cut_line: int | None = None  # the line where the cut-off record began
+
+
+def parse_csv_text(text: str) -> ParsedCsv:
+    """Parse with a real CSV reader: quoted fields may hold commas, newlines and any other
+    character, so no line splitter may be used on these files. A final record without its
+    newline was cut off by a crash and is left out (complete=False)."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=False)
+    records, lines, start = [], [], 1
+    try:
+        for record in reader:
+            records.append(record)
+            lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error:  # e.g. a NUL byte: keep what was read before it
+        return ParsedCsv(records, False, lines, start)
+    complete = text.endswith("\n") or not text
+    if not complete and records:
+        return ParsedCsv(records[:-1], False, lines[:-1], lines[-1])
+    return ParsedCsv(records, complete, lines)
 
 
 # === reading ==============================================================================
@@ -356,27 +559,8 @@ def read_run(path: str | Path) -> RunData:
         raise RunDirError(
             f"{path} is not an actlab run directory (no {CONFIG_FILE}); run `actlab compare --out {path}` first"
         )
-    try:
-        document = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunDirError(
-            f"{config_path} is unreadable or corrupt ({error}); rerun the study or restore the file"
-        ) from None
-    if not isinstance(document, dict) or "schema" not in document or "config" not in document:
-        raise RunDirError(
-            f"{config_path} is not an actlab config (no 'schema'/'config' keys); rerun the study"
-        )
-    if document["schema"] != SCHEMA_VERSION:
-        raise RunDirError(
-            f"{config_path} has schema version {document['schema']!r}, this actlab reads version "
-            f"{SCHEMA_VERSION}; use the actlab version that wrote it"
-        )
-    try:
-        config = ExperimentConfig.from_dict(document["config"])
-    except (ConfigError, TypeError) as error:
-        raise RunDirError(
-            f"{config_path} holds an invalid config ({error}); rerun the study"
-        ) from None
+    document = read_config_document(config_path)
+    config = config_from_document(document, config_path)
 
     problems: list[str] = []
     metrics = _read_csv(path / METRICS_FILE, METRICS_COLUMNS, problems)
@@ -403,43 +587,68 @@ def read_run(path: str | Path) -> RunData:
 
 
 def _read_csv(path: Path, columns: tuple[str, ...], problems: list[str]) -> pd.DataFrame | None:
-    """Read an append-only CSV. The writer ends every row with a newline and flushes, so a
-    last line without one was cut off (a killed process, a full disk): drop it, keep the rest."""
-    if not path.is_file():
+    """Read an append-only CSV with a CSV reader. The writer ends every row with a newline
+    and fsyncs, so a last row without one was cut off (a killed process, a full disk): it is
+    dropped. Rows with the wrong number of fields or values that are not numbers where
+    numbers belong are skipped; every repair is described in `problems`."""
+    if not path.exists():
         return None
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
         raise RunDirError(
-            f"{path} is unreadable ({error}); rerun the study or restore the file"
+            f"{path} is unreadable ({reason or error}); rerun the study or restore the file"
         ) from None
-    lines = text.splitlines(keepends=True)
-    if not lines:
+    parsed = parse_csv_text(text)
+    if not parsed.records:
         problems.append(f"{path.name}: empty file (no header); no rows read")
         return _typed(pd.DataFrame(columns=list(columns)), columns)
-    header = lines[0].rstrip("\r\n").split(",")
+    header = parsed.records[0]
     if tuple(header) != columns:
         raise RunDirError(
-            f"{path} has columns {header}, expected {list(columns)}; it was not written by this actlab version"
+            f"{path} has columns {header[:20]}, expected {list(columns)}; it was not written by "
+            "this actlab version (or was damaged): restore it or rerun the study"
         )
-    rows = lines[1:]
-    if rows and not rows[-1].endswith("\n"):
+    if not parsed.complete:
         problems.append(
-            f"{path.name}: last row cut off mid-row (line {len(lines)}), kept {len(rows) - 1} complete rows"
+            f"{path.name}: last row cut off mid-row (line {parsed.cut_line}), "
+            f"kept {len(parsed.records) - 1} complete rows"
         )
-        rows = rows[:-1]
     kept = []
-    for number, line in enumerate(rows, start=2):
-        if len(next(csv.reader([line]), [])) != len(columns):
+    for record, line in zip(parsed.records[1:], parsed.lines[1:], strict=True):
+        if len(record) != len(columns):
+            what = "is blank" if not record else "has the wrong number of fields"
+            problems.append(f"{path.name}: line {line} {what}; skipped it")
+        elif not _valid_record(record, columns):
             problems.append(
-                f"{path.name}: line {number} has the wrong number of fields; skipped it"
+                f"{path.name}: line {line} holds a value that is not valid there; skipped it"
             )
-            continue
-        kept.append(line)
-    frame = pd.read_csv(
-        io.StringIO(lines[0] + "".join(kept)), dtype={"activation": str, "status": str}
+        else:
+            kept.append(record)
+    frame = (
+        pd.DataFrame(kept, columns=list(columns)) if kept else pd.DataFrame(columns=list(columns))
     )
     return _typed(frame, columns)
+
+
+_INTEGER_COLUMNS = ("member", "seed", "epoch", "layer")
+_TEXT_COLUMNS = ("activation", "status")
+
+
+def _valid_record(record: list[str], columns: tuple[str, ...]) -> bool:
+    for name, value in zip(columns, record, strict=True):
+        if name in _TEXT_COLUMNS:
+            continue
+        if name in _INTEGER_COLUMNS or name == "depth":
+            if not (value.strip().lstrip("-").isdigit() or (name == "depth" and value == "")):
+                return False
+        elif value != "":
+            try:
+                float(value)
+            except ValueError:
+                return False
+    return True
 
 
 def _typed(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -448,11 +657,11 @@ def _typed(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
         if name in ("activation", "status"):
             frame[name] = frame[name].astype("string").fillna("").astype(object)
         elif name in ("depth",):
-            frame[name] = pd.to_numeric(frame[name]).astype("Int64")
-        elif name in ("member", "seed", "epoch", "layer"):
+            frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("Int64")
+        elif name in _INTEGER_COLUMNS:
             frame[name] = pd.to_numeric(frame[name]).astype("int64")
-        else:
-            frame[name] = pd.to_numeric(frame[name]).astype("float64")
+        else:  # rows were validated: "" (an empty metric) is the only value coerced to NaN
+            frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
     return frame
 
 

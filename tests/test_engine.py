@@ -67,21 +67,25 @@ def plain_optimizer(config: ExperimentConfig, params, lr: float):
 
 
 def train_plain(config, data, model, member, steps):
-    """One plain model, trained alone: the reference the fused engine must match."""
+    """One plain model, trained alone: the reference the fused engine must match. Returns
+    the step losses and the correct training predictions of each epoch."""
     optimizer = plain_optimizer(config, model.parameters(), member.lr)
     generator = shuffle_generator(member.seed)
     n, batch = data.x_train.shape[0], config.batch_size
-    losses = []
+    losses, correct = [], []
     while len(losses) < steps:
         order = epoch_permutation(generator, n)
+        correct.append(0)
         for start in range(0, n, batch):
             index = order[start : start + batch]
-            loss = F.cross_entropy(model(data.x_train[index]), data.y_train[index])
+            logits = model(data.x_train[index])
+            loss = F.cross_entropy(logits, data.y_train[index])
+            correct[-1] += (logits.argmax(1) == data.y_train[index]).sum().item()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-    return losses[:steps]
+    return losses[:steps], correct
 
 
 ORACLE_CASES = {
@@ -104,17 +108,21 @@ def test_fused_engine_matches_plain_models_trained_one_by_one(case):
     config = small_config(epochs=epochs, **ORACLE_CASES[case])
     trainer = Trainer(config, data)
     plain_models = [trainer.model.export_member(k) for k in range(len(trainer.members))]
-    fused_losses = []
+    fused_losses, train_acc = [], []
     for _ in range(epochs):
         result = trainer.train_epoch(lambda info: fused_losses.append(info.losses.tolist()))
         assert all(row["status"] == "ok" for row in result.metrics)
+        train_acc.append([row["train_acc"] for row in result.metrics])
     steps = len(fused_losses)
     assert steps == epochs * steps_per_epoch >= 200
 
     for k, member in enumerate(trainer.members):
-        plain_losses = train_plain(config, data, plain_models[k], member, steps)
+        plain_losses, plain_correct = train_plain(config, data, plain_models[k], member, steps)
         fused = torch.tensor([losses[k] for losses in fused_losses])
         torch.testing.assert_close(fused, torch.tensor(plain_losses), rtol=1e-4, atol=1e-6)
+        # The first epoch's training accuracy: the same predictions, counted on the fly
+        # (later epochs may differ by a near-tie flipped by rounding).
+        assert train_acc[0][k] == plain_correct[0] / N_TRAIN
         exported = trainer.model.export_member(k)
         for fused_p, plain_p in zip(
             exported.parameters(), plain_models[k].parameters(), strict=True

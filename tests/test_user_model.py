@@ -17,7 +17,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import actlab
-import actlab.functional
+import actlab.memory
 from actlab import store
 from actlab.api import run_study
 from actlab.cli import main
@@ -313,7 +313,7 @@ def test_bad_models_are_one_line_errors(user_file, tmp_path, capsys, name, messa
 def test_a_study_that_does_not_fit_says_how_many_members_would(
     user_file, tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr(actlab.functional, "free_memory", lambda device: 40_000)
+    monkeypatch.setattr(actlab.memory, "available_bytes", lambda device: 40_000)
     data = write_small_npz(tmp_path / "d.npz")
     code = main(["compare", "--model", f"{user_file}:build", "--dataset", data, "--seeds", "4",
                  "--activations", "relu,gelu", "--quiet", "--out", str(tmp_path / "run")])  # fmt: skip

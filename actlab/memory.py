@@ -1,0 +1,129 @@
+"""The memory a study needs, estimated from its shapes before anything is allocated.
+
+A width or a member count typed with an extra zero should fail at once with one line that
+says how much memory it needs, not after minutes with an allocator traceback (or the OOM
+killer). The estimate counts float32 tensors:
+
+- the dataset as floats on the device: (train + val + test) x input size;
+- per member, its parameters P, their gradients and two optimizer moments (Adam), and the
+  step's work buffers: 5 P;
+- per step, the activations of one batch of every member: for each layer the
+  pre-activation, the activation and their gradients, 4 x batch x units;
+- the evaluation and probe chunks, bounded by `engine.ACTIVATION_BUDGET` elements.
+
+It is a lower bound of what training allocates, so a study it refuses could not run; one it
+lets through may still be tight.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from actlab.config import ExperimentConfig
+from actlab.errors import ConfigError
+
+FLOAT_BYTES = 4
+CNN_CHANNELS = (32, 64)  # models.StackedCNN.CHANNELS (not imported: this module allocates nothing)
+
+
+def layer_sizes(
+    config: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int, depth: int | None
+) -> tuple[int, int]:
+    """(parameters of one member, activation units per sample of one member)."""
+    hidden = config.hidden_for(depth)
+    channels, height, width = (tuple(input_shape) + (1, 1, 1))[:3]
+    if config.model == "cnn":
+        c1, c2 = CNN_CHANNELS
+        flat = c2 * (height // 4) * (width // 4)
+        params = (c1 * channels * 9 + c1) + (c2 * c1 * 9 + c2)
+        params += flat * hidden[0] + hidden[0] + hidden[0] * num_classes + num_classes
+        units = c1 * height * width + c2 * (height // 2) * (width // 2) + hidden[0] + num_classes
+        return params, units
+    sizes = [math.prod(input_shape), *hidden, num_classes]
+    params = sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))
+    return params, sum(sizes[1:])
+
+
+def study_bytes(
+    config: ExperimentConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    samples: int,
+    train_size: int,
+) -> int:
+    """Bytes a study needs at least (see the module docstring); the largest depth decides."""
+    from actlab.engine import ACTIVATION_BUDGET
+
+    members = len(config.seeds) * len(config.activations) * len(config.lrs)
+    batch = max(1, min(config.batch_size, train_size))
+    data = samples * math.prod(input_shape)
+    most = 0
+    for depth in config.depth_list:
+        params, units = layer_sizes(config, input_shape, num_classes, depth)
+        state = 5 * members * params
+        step = 4 * batch * members * units + batch * len(config.seeds) * math.prod(input_shape)
+        most = max(most, state + step)
+    return FLOAT_BYTES * (data + most + 4 * ACTIVATION_BUDGET)
+
+
+def available_bytes(device) -> int | None:
+    """Memory free for a new allocation on `device` (CPU: MemAvailable of /proc/meminfo;
+    CUDA: the driver's free memory); None when it cannot be told."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def gib(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB"
+
+
+def check_study_memory(config: ExperimentConfig, dataset, device) -> None:
+    """Refuse, with one line saying how much memory it needs, a study that cannot fit.
+
+    A user's own network is measured when it is built instead (its layers are not known
+    from the config): see actlab.functional.StackedUserModel."""
+    if config.is_user_model:
+        return
+    samples = dataset.train_size + dataset.val_size + dataset.test_size
+    need = study_bytes(
+        config, tuple(dataset.input_shape), int(dataset.num_classes), samples, dataset.train_size
+    )
+    free = available_bytes(device)
+    if free is not None and need > free:
+        members = len(config.seeds) * len(config.activations) * len(config.lrs)
+        params, _ = layer_sizes(
+            config, tuple(dataset.input_shape), int(dataset.num_classes), config.depth_list[-1]
+        )
+        raise ConfigError(
+            f"this study needs at least {gib(need)} of memory ({members} members x "
+            f"{params:,} parameters, batch {config.batch_size}) but {device} has {gib(free)} "
+            "free; use narrower --hidden, fewer --seeds/--activations/--lr or a smaller --batch-size"
+        )
+
+
+def check_tensor_memory(elements: int, element_bytes: int, copies: int, device, what: str) -> None:
+    """Refuse `copies` tensors of `elements` that cannot fit on `device` (actlab bench)."""
+    need = elements * element_bytes * copies
+    free = available_bytes(device)
+    if free is not None and need > free:
+        raise ConfigError(
+            f"{what} needs at least {gib(need)} of memory but {device} has {gib(free)} free; "
+            "choose a smaller size"
+        )
