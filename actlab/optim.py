@@ -249,18 +249,24 @@ class StackedOptimizer:
     def _by_lr(self, tensors: list[Tensor]) -> list[list[Tensor]]:
         """`tensors` (one per parameter) split by distinct lr, in `_lr_groups` order: the
         whole tensors for a single lr, else member k's slice t[k] of a stacked one (a
-        contiguous view) and a member's own parameter whole, in the group of its lr."""
+        contiguous view) and a member's own parameter whole, in the group of its lr; a
+        group-stacked one whole when its members share an lr, else sliced per member."""
         lrs = self.lrs.tolist()
         distinct = list(dict.fromkeys(lrs))
         if len(distinct) == 1:
             return [list(tensors)]
         groups: list[list[Tensor]] = [[] for _ in distinct]
         for t, owner in zip(tensors, self.owners, strict=True):
-            if owner is None:
-                for k, part in enumerate(t.unbind(0)):
-                    groups[distinct.index(lrs[k])].append(part)
-            else:
+            if isinstance(owner, int):
                 groups[distinct.index(lrs[owner])].append(t)
+                continue
+            members = range(self.num_members) if owner is None else owner
+            member_lrs = {lrs[k] for k in members}
+            if len(member_lrs) == 1:  # a group stack whose members share one lr: whole
+                groups[distinct.index(member_lrs.pop())].append(t)
+                continue
+            for k, part in zip(members, t.unbind(0), strict=True):
+                groups[distinct.index(lrs[k])].append(part)
         return groups
 
     def _lr_groups_of_state(self) -> list[tuple[float, list[Tensor], list[Tensor], list[Tensor]]]:
