@@ -12,7 +12,8 @@ the stacked optimizer (actlab.optim) updates them with per-member learning rates
 - Dropout: every ``nn.Dropout`` becomes a `MemberDropout`, whose masks come from the
   member's own generator (seeded by its seed alone), drawn site by site in forward order:
   ``mask = bernoulli(1 - p) / (1 - p)``. Masks never depend on which other members are
-  in the stack, so any subset of members trains bit-identically alone (a shard).
+  in the stack (a shard of members draws the same ones), and the members of a seed share
+  them, as they share the batch order (a paired comparison).
 - Other randomness in forward is refused by ``vmap(randomness="error")``: such a group
   trains one by one instead (below).
 
