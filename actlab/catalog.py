@@ -1055,6 +1055,7 @@ def _spikes(values: np.ndarray, scale: float) -> bool:
     return bool(np.any((inner > 1e-6 * (1.0 + scale)) & (inner > 10.0 * around)))
 
 
+@np.errstate(all="ignore")  # extreme parameters overflow the probes: measured, not warned
 def properties(spec: Any, **params: Any) -> dict:
     """Properties measured numerically from the function, in float64 (cached per label).
 

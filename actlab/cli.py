@@ -510,6 +510,7 @@ def summary_table(metrics, config) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from actlab.completion import completion, unfinished_text
     from actlab.report import write_run_report
     from actlab.store import merge_runs
 
@@ -517,6 +518,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_run_report(run, args.output)
     for problem in run.problems:
         print(f"actlab: warning: {problem}", file=sys.stderr)
+    unfinished = unfinished_text(completion(run.metrics, run.members, run.config.epochs))
+    if unfinished:  # the report says so too; a user reading the terminal should know
+        print(f"actlab: note: {unfinished}; compared at the last common epoch", file=sys.stderr)
     print(path)
     print(path.with_suffix(".md"))
     return EXIT_OK

@@ -630,7 +630,7 @@ def _read_npz(path: Path) -> _Splits:
     keys = ("x_train", "y_train", "x_test", "y_test")
     if not zipfile.is_zipfile(path):  # a .npy, a pickle or any other file named .npz
         raise DataError(
-            f"npz:{path}: not an .npz archive (np.savez writes one); save the arrays with "
+            f"npz:{path}: not a readable .npz file (not a zip archive); save the arrays with "
             "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
         )
     try:

@@ -47,9 +47,10 @@ DIAGNOSTICS_COLUMNS = (
 # === writing ==============================================================================
 #
 # One process writes a run directory at a time (an fcntl lock on run.lock). Rows are
-# appended and fsynced as each epoch ends, then the checkpoint is replaced atomically, so
-# after a crash the checkpoint is at most one epoch behind the CSVs: reopening the
-# directory drops the rows beyond the checkpoint, and nothing is lost or duplicated.
+# appended and fsynced as each epoch ends, then the checkpoint (which carries a copy of
+# every row) is replaced atomically, so after a crash the checkpoint is at most one epoch
+# behind the CSVs: reopening the directory drops the rows beyond the checkpoint and restores
+# rows the CSVs lost, and nothing is lost or duplicated.
 
 
 def describe_environment(device: str, threads: int) -> dict:
@@ -381,12 +382,23 @@ def _reconcile_with_checkpoint(
     saved = checkpoint.get("rows") if checkpoint is not None else None
     if saved is None and checkpoint is None:
         saved = {METRICS_FILE: [], DIAGNOSTICS_FILE: []}
+    if saved is not None and not (
+        isinstance(saved, dict) and all(isinstance(v, list) for v in saved.values())
+    ):
+        raise RunDirError(
+            f"{path / CHECKPOINT_FILE} holds a damaged copy of the rows; delete it to restart the run"
+        )
+
+    def position(record: list[str]) -> tuple[int, int] | None:
+        """(depth index, epoch) of a row; None for a row that is not one (blank, garbage)."""
+        try:
+            return depth_index.get(record[0], len(depth_index)), int(record[5])
+        except (IndexError, ValueError):
+            return None
 
     def covered(record: list[str]) -> bool:
-        try:
-            return (depth_index.get(record[0], len(depth_index)), int(record[5])) <= done
-        except (IndexError, ValueError):
-            return False
+        where = position(record)
+        return where is not None and where <= done
 
     records: dict[str, list[list[str]]] = {}
     notes: list[str] = []
@@ -409,12 +421,15 @@ def _reconcile_with_checkpoint(
             expected = kept
         if kept == expected:
             if len(kept) != len(body) or not parsed.complete or not has_header:
-                dropped = len(body) - len(kept) + (0 if parsed.complete else 1)
-                if dropped:
+                unreadable = sum(position(r) is None for r in body)
+                beyond = len(body) - len(kept) - unreadable + (0 if parsed.complete else 1)
+                if beyond:
                     notes.append(
-                        f"{name}: dropped {dropped} row(s) beyond the checkpoint "
+                        f"{name}: dropped {beyond} row(s) beyond the checkpoint "
                         f"(epoch {done[1]}); those epochs are trained again"
                     )
+                if unreadable:
+                    notes.append(f"{name}: dropped {unreadable} blank or unreadable line(s)")
                 _write_atomic(file, _csv_text(columns, kept))
         elif kept == expected[: len(kept)]:
             notes.append(
@@ -449,10 +464,15 @@ def _csv_text(columns: Sequence[str], records: Sequence[Sequence[str]]) -> str:
 
 
 def _append_records(file: Path, records: Sequence[Sequence[str]]) -> None:
-    with open(file, "a", encoding="utf-8", newline="") as handle:
-        csv.writer(handle, lineterminator="\n").writerows(records)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(file, "a", encoding="utf-8", newline="") as handle:
+            csv.writer(handle, lineterminator="\n").writerows(records)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:  # a full disk: a row cut off here is dropped on reopening
+        if error.filename is None:
+            error.filename = str(file)
+        raise
 
 
 def _replace_atomic(file: Path, write: Callable[[IO[bytes]], object]) -> None:

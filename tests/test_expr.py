@@ -30,7 +30,7 @@ X = torch.linspace(-4, 4, 17, dtype=torch.float64)
         ),
         ("log1p(exp(x))", lambda x: torch.log1p(torch.exp(x))),
         ("relu(x) + min(x, 0) / 4", lambda x: torch.relu(x) + torch.clamp(x, max=0) / 4),
-        ("2", lambda x: torch.full_like(x, 2.0)),
+        ("x * 0 + 2", lambda x: torch.full_like(x, 2.0)),
     ],
 )
 def test_expressions_compute_their_formula(text, reference):
@@ -42,7 +42,15 @@ def test_expression_keeps_dtype_and_shape():
     x = torch.randn(2, 3, 4)
     y = f(x)
     assert y.shape == x.shape and y.dtype == torch.float32
-    assert parse_expression("3")(x).shape == x.shape
+    assert parse_expression("0 * x + 3")(x).shape == x.shape
+
+
+@pytest.mark.parametrize("text", ["2", "pi", "9 ** 9 ** 9", "exp(e) - 1"])
+def test_a_constant_expression_is_refused(text):
+    """A constant activation passes no gradient (autograd has nothing to differentiate):
+    refused in one line rather than failing later in `show` or in training (issue 11)."""
+    with pytest.raises(SpecError, match="it does not use x, so it is a constant"):
+        parse_expression(text)
 
 
 def test_derivatives_come_from_autograd():

@@ -134,14 +134,14 @@ def idx_dir_with_overflowing_header(folder: Path) -> str:
 @pytest.mark.parametrize(
     "make, words",
     [
-        (lambda p: (p.write_text("not a zip"), f"npz:{p}")[1], ["not an .npz archive"]),
+        (lambda p: (p.write_text("not a zip"), f"npz:{p}")[1], ["not a readable .npz file"]),
         (
             lambda p: (
                 np.save(p.with_suffix(".npy"), np.zeros(3)),
                 p.with_suffix(".npy").rename(p),
                 f"npz:{p}",
             )[2],
-            ["not an .npz archive"],
+            ["not a zip archive"],
         ),  # fmt: skip
         (
             lambda p: (npz_with_absurd_header(p), f"npz:{p}")[1],

@@ -103,6 +103,8 @@ def test_report_of_an_interrupted_run_is_labelled_and_compares_the_last_common_e
     html = html_path.read_text(encoding="utf-8")
     assert "UNFINISHED: EPOCH 2 OF 4" in html and "last common epoch test acc" in html
     assert "unfinished: epoch 2 of 4" in html_path.with_suffix(".md").read_text(encoding="utf-8")
+    code, out, err = run_cli("report", str(tmp_path / "run"))
+    assert code == 0 and err.startswith("actlab: note: unfinished: epoch 2 of 4, missing relu")
 
 
 def test_merging_a_finished_and_an_unfinished_seed_pairs_like_epochs(tmp_path):

@@ -166,3 +166,56 @@ def test_a_full_disk_in_the_report_keeps_the_previous_report(data, tmp_path, mon
     assert code == 1 and "No space left on device" in err and err.count("\n") == 1
     assert (run / "report.html").read_bytes() == before
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_while_appending_rows_is_one_line_and_the_rerun_completes(
+    data, reference, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    interrupted(data, run, after_epoch=1)
+    real_fsync = os.fsync
+
+    def full(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(store.METRICS_FILE):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", full)
+        code, _, err = compare(data, run)
+    assert code == 1 and err == (
+        f"actlab: error: {run / store.METRICS_FILE}: No space left on device; free some disk "
+        "space or choose another location; a study resumes from its last complete epoch\n"
+    )
+    code, _, err = compare(data, run)  # space again: the unsynced rows are dropped, retrained
+    assert code == 0
+    pd.testing.assert_frame_equal(rows(run), reference)
+
+
+def test_a_checkpoint_from_before_rows_were_kept_still_reopens(tmp_path):
+    """Checkpoints written before this version have no "rows": reopening keeps the rows the
+    checkpoint covers and drops the rest, as before."""
+    import torch
+
+    from actlab.config import ExperimentConfig
+
+    config = ExperimentConfig(dataset="generated", activations=("relu",), epochs=3)
+    run = tmp_path / "run"
+
+    def open_dir():
+        return store.open_run_dir(run, config, members=[], dataset={}, environment={})
+
+    def row(epoch):
+        return {"member": 0, "activation": "relu", "seed": 0, "lr": 1e-3, "epoch": epoch,
+                "test_acc": 0.5, "status": "ok"}  # fmt: skip
+
+    with open_dir() as writer:
+        writer.append_rows([row(1)])
+        writer.append_rows([row(2)])
+    torch.save({"schema": 1, "depth_index": 0, "epoch": 1, "engine": {}}, run / "checkpoint.pt")
+    with open_dir() as writer:
+        assert writer.records[store.METRICS_FILE] == [store._record(row(1), store.METRICS_COLUMNS)]
+        assert writer.notes == [
+            "metrics.csv: dropped 1 row(s) beyond the checkpoint (epoch 1); those epochs are trained again"
+        ]
+    assert list(store.read_run(run).metrics["epoch"]) == [1]
