@@ -34,3 +34,9 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'actlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API first among the module's names, so that dir(actlab) and tab
+    completion show `get`, `compare`, ... although they are imported lazily."""
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})

@@ -291,10 +291,11 @@ def _dense(value: object) -> bool:
 
 def format_table(rows: Sequence[dict]) -> str:
     """A fixed-width text table of :func:`run_bench` rows. Memory is in multiples of the
-    tensor's size: forward peak / forward+backward peak / kept for backward."""
+    input tensor's size (the header says "x tensor"; `describe_run` gives that size in
+    MiB): forward peak / forward+backward peak / kept for backward."""
     header = (
         f"{'activation':<36} {'fwd ns/el':>9} {'f+b ns/el':>9} {'fwd/relu':>8} {'f+b/relu':>8} "
-        f"{'fwd GB/s':>8} {'bound':>7}  {'fwd/f+b/kept':>12}  {'inplace':>12}"
+        f"{'fwd GB/s':>8} {'bound':>7}  {'mem x tensor':>12}  {'inplace mem':>12}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -326,10 +327,20 @@ def describe_run(rows: Sequence[dict], seconds: float) -> str:
     first = rows[0]
     size_mib = first["tensor_bytes"] / 2**20
     return (
+        "memory columns: forward peak / forward+backward peak / kept for backward, in multiples "
+        f"of the input tensor ({_bytes_text(first['tensor_bytes'])}); the CSV has them in bytes\n"
         f"{len(rows)} activations, {first['size']} {first['dtype']} elements ({size_mib:.1f} MiB) "
         f"on {first['device']} with {first['threads']} threads, torch {torch.__version__}; "
         f"copy {first['copy_gbps']:.1f} GB/s; {seconds:.1f} s; {_load()}"
     )
+
+
+def _bytes_text(count: float) -> str:
+    """4096 -> '4.0 KiB', 4194304 -> '4.0 MiB'."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count:.0f} B"
 
 
 def _load() -> str:

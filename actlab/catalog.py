@@ -818,6 +818,7 @@ def resolve(
     resolved = {} if keras_defaults is False else dict(entry.keras_defaults)
     resolved = {**entry.params, **resolved}
     for key, value in given.items():
+        key, value = _keras_parameter(entry, key, value, source)
         key = entry.param_aliases.get(key, key)
         if key == "inplace" and entry.inplace:
             if not isinstance(value, bool):
@@ -827,7 +828,7 @@ def resolve(
             resolved["inplace"] = value
             continue
         if key not in entry.params:
-            known = ", ".join(entry.params) + (", inplace" if entry.inplace else "")
+            known = ", ".join([*entry.params, *(["inplace"] if entry.inplace else [])])
             known = f"its parameters are {known}" if known else "it takes no parameters"
             raise SpecError(f"{entry.name} has no parameter {key!r} (in {source!r}); {known}")
         resolved[key] = _coerce(entry, key, value, str(source))
@@ -845,6 +846,32 @@ def resolve(
         if problem:
             raise SpecError(f"{problem} (in {source!r})")
     return entry, resolved
+
+
+def _keras_parameter(entry: ActivationSpec, key: str, value: Any, source: Any) -> tuple[str, Any]:
+    """A parameter as a Keras user writes it, translated to PyTorch's name and value, or
+    refused with the PyTorch spec to use instead (keras.activations.relu, leaky_relu, gelu;
+    Keras 2's LeakyReLU(alpha=...)). Other names pass through unchanged."""
+    where = f"(in {source!r})"
+    if entry.name == "leaky_relu" and key == "alpha":  # Keras 2 LeakyReLU(alpha=0.3)
+        return "negative_slope", value
+    if entry.name == "gelu" and key == "approximate" and isinstance(value, bool):
+        return key, "tanh" if value else "none"  # Keras' approximate=True is torch's 'tanh'
+    if entry.name == "relu" and key in ("max_value", "negative_slope", "threshold"):
+        instead = {
+            "max_value": "'relu6'" if value == 6 else f"'hardtanh(min_val=0, max_val={value})'",
+            "negative_slope": f"'leaky_relu(negative_slope={value})'",
+            "threshold": f"'threshold(threshold={value}, value=0)'",
+        }[key]
+        raise SpecError(
+            f"relu has no parameter {key!r} {where}; Keras' relu({key}={value}) is {instead} here"
+        )
+    if entry.name == "silu" and key == "beta":
+        raise SpecError(
+            f"silu has no parameter 'beta' {where}; x * sigmoid(beta * x) is "
+            f"'expr:x * sigmoid({value} * x)' here, or 'swish_beta' with a learnable beta"
+        )
+    return key, value
 
 
 def _resolve_text(text: str, given: dict) -> tuple[ActivationSpec, dict]:
@@ -1211,7 +1238,10 @@ def describe(spec: Any) -> str:
             raise
         label = entry.example
         params = resolve(label)[1]
-        note = f"needs {', '.join(entry.required)}; shown at {label}"
+        note = (
+            f"needs {', '.join(entry.required)} everywhere (get, get_fn, plot, --activations): "
+            f"give e.g. {label}; shown here at that value"
+        )
     props = properties(label)
     yes = {True: "yes", False: "no"}
     lines = [label, ""]

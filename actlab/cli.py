@@ -37,6 +37,17 @@ EPILOG = """examples:
 """
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written, and every option's default shown in --help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if isinstance(action, argparse._StoreTrueAction | argparse._VersionAction):
+            return action.help  # "(default: False)" says nothing
+        if action.default is None:
+            return action.help  # "(default: None)" says nothing; the help says what it means
+        return super()._get_help_string(action)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (exit 2) that says where help is, like every
     other error of actlab, instead of the usage block followed by the error."""
@@ -48,13 +59,16 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from actlab import __version__
+
     parser = OneLineParser(
         prog="actlab",
         description="The activation-function laboratory for PyTorch.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action="version", version=f"actlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help: str, examples: str) -> argparse.ArgumentParser:
         return sub.add_parser(
@@ -62,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=help,
             description=help,
             epilog="examples:\n" + examples,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=HelpFormatter,
         )
 
     # --- catalog -------------------------------------------------------------------------
@@ -84,9 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
         "  actlab plot gelu silu mish --range -4 4 --derivatives 0,1,2 -o smooth.svg\n",
     )
     p.add_argument("names", nargs="+", help="activation specs")
-    p.add_argument("--range", nargs=2, type=float, default=(-5.0, 5.0), metavar=("LO", "HI"))
-    p.add_argument("--derivatives", default="0,1", help="orders to draw, from 0,1,2 (default 0,1)")
-    p.add_argument("-o", "--output", default="activations.png", help="out.png or out.svg")
+    p.add_argument(
+        "--range", nargs=2, type=float, default=(-5.0, 5.0), metavar=("LO", "HI"), help="x range"
+    )
+    p.add_argument("--derivatives", default="0,1", help="orders to draw, from 0,1,2")
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="the figure file: .png, .svg, .pdf, .jpg; default activations.png",
+    )
     p.set_defaults(handler=cmd_plot)
 
     # --- data ----------------------------------------------------------------------------
@@ -123,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  actlab report runs/compare\n  actlab report runs/a runs/b -o merged.html\n",
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("-o", "--output", default=None, help="HTML file (default RUN_DIR/report.html)")
+    p.add_argument("-o", "--output", default=None, help="HTML file; default RUN_DIR/report.html")
     p.set_defaults(handler=cmd_report)
 
     # --- explanation ---------------------------------------------------------------------
@@ -133,10 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
         "  actlab bench\n  actlab bench relu gelu tanh --size 4194304 --dtype bfloat16\n",
     )
     p.add_argument("names", nargs="*", help="activation specs (default: the whole catalog)")
-    p.add_argument("--size", type=int, default=None, help="elements per tensor")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument(
-        "--dtype", default="float32", choices=("float32", "bfloat16", "float16", "float64")
+        "--size",
+        type=int,
+        default=None,
+        help="elements per tensor; default 4 Mi on a GPU, 1 Mi on a CPU",
+    )
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to time")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16", "float64"),
+        help="element type",
     )
     p.add_argument("-o", "--output", default="bench.csv", help="CSV file to write")
     p.set_defaults(handler=cmd_bench)
@@ -149,7 +178,11 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         default="mnist",
         help="mnist, fashion-mnist, kmnist, digits, cifar10, npz:PATH, idx:DIR",
     )
-    p.add_argument("--data-dir", default=None)
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="look here first; default $ACTLAB_DATA, the cache, /usr/share/datasets",
+    )
     p.add_argument(
         "--no-download", action="store_true", help="never download; fail if the files are not found"
     )
@@ -164,9 +197,14 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         "--limit-train",
         type=int,
         default=None,
-        help="use only the first N train samples (quick runs)",
+        help="use only the first N train samples (quick runs); default all",
     )
-    p.add_argument("--limit-test", type=int, default=None)
+    p.add_argument(
+        "--limit-test",
+        type=int,
+        default=None,
+        help="use only the first N test samples; default all",
+    )
     p.add_argument(
         "--standardize",
         action="store_true",
@@ -186,18 +224,25 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         "(default: every catalog activation module found, and F.relu/torch.relu/x.relu()-style "
         "calls of the rectifier family: relu, gelu, silu, elu, mish, ...)",
     )
-    p.add_argument("--hidden", default="128,128", help="hidden widths, e.g. 128,128")
+    p.add_argument("--hidden", default="128,128", help="hidden widths, e.g. 256,128,64")
     p.add_argument(
         "--depths", default=None, help="depth study, e.g. 2,4,8,16 (width = first --hidden)"
     )
-    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument(
+        "--dropout", type=float, default=0.0, help="dropout after each hidden activation"
+    )
     p.add_argument(
         "--output-activation",
         default=None,
         help="refused unless 'linear': the model outputs logits for cross-entropy "
         "(a softmax here would be a double softmax)",
     )
-    p.add_argument("--init", default="pytorch", choices=("pytorch", "glorot", "kaiming", "lecun"))
+    p.add_argument(
+        "--init",
+        default="pytorch",
+        choices=("pytorch", "glorot", "kaiming", "lecun"),
+        help="weight initialisation (glorot is Keras' default)",
+    )
     p.add_argument(
         "--init-gain", action="store_true", help="scale init by the activation's recommended gain"
     )
@@ -206,22 +251,46 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         default="relu,sigmoid,tanh,leaky_relu",
         help="comma-separated catalog specs",
     )
-    p.add_argument("--seeds", default="1", help="a count N (seeds 0..N-1) or a list like 0,1,7")
+    p.add_argument(
+        "--seeds",
+        default="1",
+        help="a count N (seeds 0..N-1, or from --seed-start), a range A..B (inclusive, e.g. "
+        "3..4 to add two seeds to a run of --seeds 3) or a list like 0,1,7",
+    )
+    p.add_argument(
+        "--seed-start",
+        type=int,
+        default=0,
+        help="the first seed of a count: --seeds 2 --seed-start 3 means seeds 3,4",
+    )
     p.add_argument("--lr", default="1e-3", help="one lr or a list, e.g. 1e-4,3e-4,1e-3")
     p.add_argument(
         "--select",
         default="auto",
         choices=("auto", "final", "val"),
         help="val: choose each activation's lr on the validation split (never the test set); "
-        "auto (default): val when several --lr are given, else final",
+        "auto: val when several --lr are given, else final",
     )
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=10,
+        help="epochs to train; rerun a finished study with more to continue it",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    p.add_argument(
+        "--optimizer", default="adam", choices=("adam", "adamw", "sgd"), help="the optimizer"
+    )
+    p.add_argument("--weight-decay", type=float, default=0.0, help="(adamw, sgd)")
+    p.add_argument("--momentum", type=float, default=0.9, help="(sgd)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads; default: the fastest count, measured on a few steps of the "
+        "study's own model (fewer than the cores when the machine is busy)",
+    )
     p.add_argument(
         "--stacking",
         default="auto",
@@ -234,7 +303,7 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip gradient/dead-unit/saturation diagnostics",
     )
-    p.add_argument("--out", default=None, help="run directory (default runs/compare-<dataset>)")
+    p.add_argument("--out", default=None, help="run directory; default runs/compare-<dataset>")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -272,7 +341,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
             f"--derivatives {args.derivatives!r} must be orders from 0,1,2 separated by commas, e.g. 0,1"
         ) from None
     figure = plot_activations(args.names, tuple(args.range), orders)
-    print(save_figure(figure, args.output))
+    path = save_figure(figure, args.output or "activations.png")
+    print(f"wrote {path}" + ("" if args.output else " (choose the file with -o FILE)"))
     return EXIT_OK
 
 
@@ -311,7 +381,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         init=args.init,
         init_gain=args.init_gain,
         activations=split_specs(args.activations),
-        seeds=parse_seeds(args.seeds),
+        seeds=parse_seeds(args.seeds, args.seed_start),
         lrs=parse_floats(args.lr, "--lr"),
         select=args.select,
         epochs=args.epochs,
@@ -341,8 +411,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
             on_start=progress.start if progress else None,
             on_step=progress.step if progress else None,
             on_epoch=progress.epoch if progress else None,
+            on_plan=progress.plan if progress else None,
+            on_threads=progress.threads if progress else None,
             on_note=lambda note: print(f"actlab: note: {note}", file=sys.stderr),
         )
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"interrupted; the run directory {out} keeps every finished epoch: rerun the "
+            "same command to resume"
+        ) from None
     finally:
         if progress is not None:
             progress.close()
@@ -382,17 +459,32 @@ def split_specs(text: str) -> tuple[str, ...]:
     return tuple(spec for spec in specs if spec)
 
 
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """``3`` means seeds 0, 1, 2; ``0,5,7`` (or ``7,``) is a list of seeds."""
+def parse_seeds(text: str, start: int = 0) -> tuple[int, ...]:
+    """``3`` means seeds 0, 1, 2 (``start``, start+1, ... with --seed-start); ``3..4`` is the
+    inclusive range 3, 4; ``0,5,7`` (or ``7,``) is a list of seeds."""
     from actlab.config import MAX_MEMBERS
 
+    text = text.strip()
+    if ".." in text:
+        low, _, high = text.partition("..")
+        first, last = parse_ints(low, "--seeds")[:1], parse_ints(high, "--seeds")[:1]
+        if not first or not last or not 0 <= first[0] <= last[0] < 2**63:
+            raise ConfigError(
+                f"--seeds {text}: a range is FIRST..LAST with 0 <= FIRST <= LAST, e.g. 3..4"
+            )
+        if last[0] - first[0] + 1 > MAX_MEMBERS:
+            raise ConfigError(f"--seeds {text}: at most {MAX_MEMBERS} seeds")
+        return tuple(range(first[0], last[0] + 1))
     if "," not in text:
         counts = parse_ints(text, "--seeds")
         if len(counts) != 1 or not 1 <= counts[0] <= MAX_MEMBERS:
             raise ConfigError(
-                f"--seeds {text}: give a count from 1 to {MAX_MEMBERS} or a list like 0,5,7"
+                f"--seeds {text}: give a count from 1 to {MAX_MEMBERS}, a range like 3..4 "
+                "or a list like 0,5,7"
             )
-        return tuple(range(counts[0]))
+        if not 0 <= start < 2**63 - counts[0]:
+            raise ConfigError(f"--seed-start {start}: seeds are integers from 0 to 2**63 - 1")
+        return tuple(range(start, start + counts[0]))
     seeds = parse_ints(text, "--seeds")
     if any(not 0 <= seed < 2**63 for seed in seeds):
         raise ConfigError(f"--seeds {text}: seeds must be integers from 0 to 2**63 - 1")
@@ -425,22 +517,38 @@ def default_out(dataset: str, model: str | None = None) -> str:
 
 
 class CompareProgress:
-    """A tqdm bar on stderr (depth, epoch, step, ETA) and one line per member per epoch."""
+    """A tqdm bar on stderr (depth, epoch, step, elapsed<remaining), the thread choice and
+    the time estimate before training, one line per member per epoch, and after each epoch
+    a line with the elapsed and remaining time (also when stdout is a log file)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock=None) -> None:
+        import time
+
         self.bar = None
         self.described: tuple | None = None
+        self.clock = clock or time.perf_counter
+        self.total = self.done_at_start = self.done = 0
+        self.started: float | None = None
 
     def start(self, total: int, done: int) -> None:
         from tqdm import tqdm
 
-        if done:
-            tqdm.write(f"resuming: {done}/{total} steps already done", file=sys.stdout)
+        self.total, self.done_at_start, self.done = total, done, done
+        self.started = self.clock()
         # disable=None: a bar on a terminal; none when stderr is a log file (CI), where the
         # per-epoch lines on stdout already say how far the study is.
         self.bar = tqdm(
             total=total, initial=done, unit="step", file=sys.stderr, leave=False, disable=None
         )
+
+    def plan(self, plan) -> None:
+        for line in (plan.resume_line(), plan.threads and plan.threads.describe(), plan.describe()):
+            if line:
+                self.write(line)
+        self.started = self.clock()  # the remaining-time estimate counts training only
+
+    def threads(self, choice, reason: str) -> None:
+        self.write(f"{reason}: {choice.describe()}")
 
     def step(self, info) -> None:
         key = (info.depth, info.epoch)
@@ -448,15 +556,37 @@ class CompareProgress:
             depth = "" if info.depth is None else f"depth {info.depth} "
             self.bar.set_description(f"{depth}epoch {info.epoch}/{info.epochs}", refresh=False)
             self.described = key
+        self.done += 1
         self.bar.update(1)
 
     def epoch(self, result) -> None:
-        from tqdm import tqdm
-
         from actlab.api import epoch_lines
 
         for line in epoch_lines(result):
-            tqdm.write(line, file=sys.stdout)
+            self.write(line)
+        self.write(self.time_line(result))
+
+    def time_line(self, result) -> str:
+        """``progress: 3/10 epochs (30% of the steps), 31 s elapsed, about 1 min 12 s left``."""
+        from actlab.api import format_duration
+
+        elapsed = self.clock() - (self.started if self.started is not None else self.clock())
+        trained = self.done - self.done_at_start
+        left = self.total - self.done
+        depth = "" if result.depth is None else f"depth {result.depth}: "
+        text = (
+            f"progress: {depth}{result.epoch}/{result.epochs} epochs "
+            f"({100 * self.done / max(1, self.total):.0f}% of the steps), "
+            f"{format_duration(elapsed)} elapsed"
+        )
+        if trained and left:
+            text += f", about {format_duration(elapsed / trained * left)} left"
+        return text
+
+    def write(self, line: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stdout)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -518,12 +648,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_run_report(run, args.output)
     for problem in run.problems:
         print(f"actlab: warning: {problem}", file=sys.stderr)
+    if len(run.paths) > 1:
+        print(merge_line(run))
     unfinished = unfinished_text(completion(run.metrics, run.members, run.config.epochs))
     if unfinished:  # the report says so too; a user reading the terminal should know
         print(f"actlab: note: {unfinished}; compared at the last common epoch", file=sys.stderr)
     print(path)
     print(path.with_suffix(".md"))
     return EXIT_OK
+
+
+def merge_line(run) -> str:
+    """``merged 2 runs of one study: runs/a (seeds 0, 1), runs/b (seed 2): 3 seeds``."""
+    parts = []
+    for index, path in enumerate(run.paths):
+        seeds = sorted(set(run.metrics.loc[run.metrics["run"] == index, "seed"]))
+        word = "seed" if len(seeds) == 1 else "seeds"
+        parts.append(f"{path} ({word} {', '.join(map(str, seeds)) or 'none'})")
+    total = run.metrics["seed"].nunique()
+    return (
+        f"merged {len(run.paths)} runs of one study: {', '.join(parts)}; the report pools "
+        f"{total} seed{'s' if total != 1 else ''} (a seed in several runs is counted once)"
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -536,7 +682,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = run_bench(args.names, args.size, args.device, args.dtype)
     print(format_table(rows))
     print(describe_run(rows, time.perf_counter() - start))
-    print(f"wrote {write_csv(rows, args.output)}")
+    print(
+        f"wrote {write_csv(rows, args.output)} (every column, memory in bytes; -o FILE to choose)"
+    )
     return EXIT_OK
 
 
@@ -557,6 +705,9 @@ _python_showwarning = warnings.showwarning
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # `actlab` alone: what it can do, not an error
+        parser.print_help()
+        return EXIT_OK
     stdout = sys.stdout
     sys.stdout = PipeSafe(stdout)
     try:
@@ -569,8 +720,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         print(f"actlab: error: {os_error_text(error)}", file=sys.stderr)
         return EXIT_ENVIRONMENT
-    except KeyboardInterrupt:
-        print("actlab: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"actlab: {interrupt or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         sys.stdout.flush()

@@ -23,6 +23,7 @@ validation.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import io
@@ -434,12 +435,28 @@ def _not_found(
     searched = ", ".join(str(d) for d in search_dirs(spec.name, data_dir))
     return DataError(
         f"{spec.name} not found in [{searched}]{why}; {_how_to_get(spec, download_failed)}"
+        + _offline_alternative(spec, data_dir)
     )
+
+
+def _offline_alternative(spec: DatasetSpec, data_dir: str | None) -> str:
+    """ "; fashion-mnist is here (/usr/share/...): --dataset fashion-mnist" when a dataset of
+    the same kind and shape is on disk (offline, the nearest study that can run now)."""
+    for name, other in REGISTRY.items():
+        if name == spec.name or other.kind != spec.kind or other.input_shape != spec.input_shape:
+            continue
+        found = _locate(other, data_dir)
+        if found is not None:
+            return f"; {name} is on this machine ({found[0]}): --dataset {name} runs offline"
+    return ""
 
 
 def _fetch(spec: DatasetSpec, data_dir: str | None, progress: bool) -> tuple[Path, dict[str, Path]]:
     """Download the missing files into the cache; return the folder and its files."""
     target = cache_dir() / spec.name
+    # Folders this attempt creates, removed again if it fails empty-handed (no empty
+    # ~/.cache/actlab/mnist left behind by an offline machine).
+    created = [folder for folder in (target.parent, target) if not folder.exists()]
     try:
         for filename in spec.files:
             if not (target / filename).is_file():
@@ -448,6 +465,9 @@ def _fetch(spec: DatasetSpec, data_dir: str | None, progress: bool) -> tuple[Pat
                     dl.file_urls(spec.name, filename), target / filename, md5=md5, progress=progress
                 )
     except DataError as error:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):  # not empty, or not ours to remove
+                folder.rmdir()
         raise _not_found(
             spec, data_dir, f" and the download failed ({error})", download_failed=True
         ) from None
@@ -509,9 +529,20 @@ def _checked_bytes(dataset: str, canonical: str, path: Path, verify: bool) -> tu
 def _refuse_mismatches(dataset: str, statuses: dict[str, str], folder: Path) -> None:
     for filename, status in statuses.items():
         if status == "mismatch":
+            # A system file (a Debian package's, under /usr/share) is not the user's to
+            # delete: the way out is the package manager.
+            system = any(Path(folder).is_relative_to(d) for d in SYSTEM_DIRS) or not os.access(
+                folder, os.W_OK
+            )
+            way_out = (
+                "it is a system file: reinstall the package that provides it "
+                f"(e.g. apt-get install --reinstall dataset-{dataset})"
+                if system
+                else "delete it to get it again"
+            )
             raise DataError(
                 f"{folder / filename}: checksum does not match the published one for {dataset}; "
-                "the file is corrupt or not this dataset: delete it to get it again, "
+                f"the file is corrupt or not this dataset: {way_out}, "
                 "or set ACTLAB_VERIFY=0 to skip the check"
             )
 

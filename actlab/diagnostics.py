@@ -239,7 +239,8 @@ def findings(diagnostics: pd.DataFrame, metrics: pd.DataFrame | None = None) -> 
       when r < 0.1 (vanishing) or r > 10 (exploding);
     - dead units, last epoch: the hidden layer with the largest dead fraction, stated when
       it is >= 5%, next to the activation with the fewest dead units on that layer;
-    - saturation: the (epoch, layer) with the largest saturated fraction, stated when >= 20%;
+    - saturation, last epoch (as dead units): the hidden layer with the largest saturated
+      fraction, stated when >= 20%;
     - divergence (when ``metrics`` is given): the members whose loss became NaN/inf.
     """
     sentences: list[str] = []
@@ -357,7 +358,9 @@ def _saturation_findings(frame: pd.DataFrame) -> list[str]:
     if "saturated_frac" not in frame:
         return []
     sentences = []
-    for name, rows in frame.dropna(subset=["saturated_frac"]).groupby("name", sort=False):
+    # At the last epoch, as the dead-unit sentence: the two describe the same trained network.
+    last = frame[frame["epoch"] == frame["epoch"].max()]
+    for name, rows in last.dropna(subset=["saturated_frac"]).groupby("name", sort=False):
         worst = rows.loc[rows["saturated_frac"].idxmax()]
         if worst["saturated_frac"] < SATURATED_FINDING:
             continue

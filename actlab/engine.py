@@ -332,6 +332,18 @@ class Trainer:
         probe_size = samples_within_budget(units, len(self.members), PROBE_SIZE)
         self.probe_index = probe[:probe_size].to(self.device)
 
+    def timing_step(self) -> None:
+        """One training step on a fixed batch (the first `batch_size` train samples for
+        every seed), to measure the step time (actlab.threads). It trains this Trainer's
+        model: measure on a Trainer built for it, never on the one whose results are kept."""
+        batch = min(self.config.batch_size, self.data.x_train.shape[0])
+        index = torch.arange(batch, device=self.device).expand(len(self.generators), batch)
+        self.model.train()
+        if self.check_on_host:
+            self._host_checked_step(index)
+        else:
+            self._device_checked_step(index, full=True)
+
     @torch.no_grad()
     def _units_per_sample(self) -> int:
         """The widest hidden layer's units per sample and member (a CNN: C * H * W)."""

@@ -16,6 +16,7 @@ import dataclasses
 import html
 import io
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,7 +247,7 @@ def verdict(analysis: Analysis) -> list[str]:
     n = analysis.n_seeds
     config = analysis.run.config
     sentences.append(
-        f"{len(analysis.summary.drop_duplicates('arm'))} activations on "
+        f"{compared_text(analysis)} on "
         f"{config.dataset}, {n} seed{'s' if n != 1 else ''} each, {config.epochs} epochs; "
         "the accuracy compared is the final-epoch test accuracy."
     )
@@ -257,7 +258,7 @@ def verdict(analysis: Analysis) -> list[str]:
         )
         sentences.append(
             "Each activation's learning rate was chosen on the validation split "
-            f"(mean validation accuracy over the last {stats.SELECTION_LAST_EPOCHS} epochs): {chosen}."
+            f"(mean validation accuracy over {selection_window(analysis)}): {chosen}."
         )
     paragraphs.append(" ".join(sentences))
     for depth in analysis.depths:
@@ -277,6 +278,45 @@ def verdict(analysis: Analysis) -> list[str]:
             + "."
         )
     return [p for p in paragraphs if p]
+
+
+def compared_text(analysis: Analysis) -> str:
+    """What is compared, counted and named: "4 activations (relu, sigmoid, tanh and
+    leaky_relu)", or "4 activation-lr pairs (relu and tanh, each at lr 0.001 and 0.01)"
+    when every (activation, lr) is an arm of its own."""
+    arms = analysis.arms.drop_duplicates("arm") if len(analysis.arms) else analysis.arms
+    activations = list(dict.fromkeys(arms["activation"])) if len(arms) else []
+    lrs = sorted(dict.fromkeys(arms["lr"])) if len(arms) else []
+    names = _and(activations)
+    if len(arms) > len(activations):  # several lrs per activation, each its own arm
+        each = "each " if len(activations) > 1 else ""
+        return (
+            f"{len(arms)} activation-lr pairs ({names}, {each}at lr "
+            f"{_and([lr_text(lr) for lr in lrs])})"
+        )
+    noun = "activation" if len(activations) == 1 else "activations"
+    return f"{len(activations)} {noun} ({names})"
+
+
+def selection_window(analysis: Analysis) -> str:
+    """The epochs whose validation accuracy was averaged to choose an lr, as they really
+    were: "the last 3 epochs (8-10)", "the 2 epochs (1-2)", "epoch 1 only"."""
+    epochs = analysis.results["epochs"] if len(analysis.results) else pd.Series([0])
+    last = int(epochs.max()) if len(epochs) else 0
+    window = min(stats.SELECTION_LAST_EPOCHS, last)
+    if window <= 1:
+        return f"epoch {last} only"
+    first = last - window + 1
+    if window < stats.SELECTION_LAST_EPOCHS:
+        return f"all {window} epochs ({first}-{last})"
+    return f"the last {window} epochs ({first}-{last})"
+
+
+def _and(items: list[str]) -> str:
+    items = [str(i) for i in items]
+    if len(items) <= 2:
+        return " and ".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _unfinished_verdict(analysis: Analysis) -> list[str]:
@@ -367,7 +407,7 @@ def summary_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
                "final test loss", "95% CI (loss)", "group", "diverged"]  # fmt: skip
     rows = []
     for row in analysis.summary.itertuples():
-        cells = [str(row.rank), row.arm]
+        cells = [rank_text(row.rank, row.n, row.n_diverged), row.arm]
         if depth_column:
             cells.insert(0, str(_depth(row.depth)))
         cells += [
@@ -386,6 +426,13 @@ def summary_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
     if analysis.unfinished:  # the numbers are at the comparable epoch, not the final one
         header = [h.replace("final", "last common epoch") for h in header]
     return header, rows
+
+
+def rank_text(rank: object, n: int, n_diverged: int) -> str:
+    """An integer rank (1 is best); an arm with no member left to rank says why."""
+    if not _missing(rank):
+        return str(int(rank))
+    return "– (all diverged)" if n_diverged and not n else "–"
 
 
 def pair_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
@@ -530,7 +577,9 @@ def charts(analysis: Analysis) -> list[tuple[str, str, Figure]]:
             rows = metrics[metrics["depth"].isna()]
         curves = {c: stats.curves(rows, c, analysis.arm_of) for c in CURVE_COLUMNS}
         if len(curves["test_acc"]):
-            out.append(("curves", f"Training curves{where}: mean over seeds with 95% CI bands",
+            bands = plots.band_caption(list(curves["test_acc"]["n"]))
+            out.append(("curves", f"Training curves{where}: mean over seeds; {bands}, "
+                        "clipped to the metric's range",
                         plots.plot_training_curves(curves, colors)))  # fmt: skip
     activation_figure = _activation_figure(analysis)
     if activation_figure is not None:
@@ -553,11 +602,13 @@ def charts(analysis: Analysis) -> list[tuple[str, str, Figure]]:
             selected = None if analysis.selected is None else _rows_at(analysis.selected, depth)
             act_colors = plots.arm_colors(analysis.run.config.activations)
             where = f" ({_depth_title(depth)})" if several_depths else ""
-            out.append(("lr", f"Validation accuracy vs learning rate{where}",
+            out.append(("lr", f"Validation accuracy vs learning rate{where}: mean over seeds; "
+                        f"band: 95% CI with {plots.MIN_SEEDS_FOR_CI} seeds or more (none with fewer)",
                         plots.plot_lr_sensitivity(sensitivity, selected, act_colors)))  # fmt: skip
     if several_depths:
-        out.append(("depth", "Final test accuracy vs depth (95% CI)",
-                    plots.plot_depth_study(analysis.summary, colors)))  # fmt: skip
+        out.append(("depth", "Final test accuracy vs depth; error bars: 95% CI with 3 seeds or "
+                    "more, min-max over the seeds with 2, none with 1; clipped to 0-100%",
+                    plots.plot_depth_study(analysis.summary, colors, analysis.arms)))  # fmt: skip
     diagnostics = _arm_diagnostics(analysis)
     if diagnostics is not None and len(diagnostics):
         for depth in analysis.depths:
@@ -568,12 +619,14 @@ def charts(analysis: Analysis) -> list[tuple[str, str, Figure]]:
             out.append(
                 (
                     "diagnostics",
-                    f"Weight-gradient norm per layer{where}",
+                    f"Weight-gradient norm per layer{where}: the {plots.GRADIENT_NORM_LABEL}, "
+                    "mean over seeds",
                     plots.plot_gradient_norms(rows),
                 )
             )
             if rows["dead_frac"].notna().any() or rows["saturated_frac"].notna().any():
-                out.append(("diagnostics", f"Dead and saturated hidden units{where}",
+                out.append(("diagnostics", f"Dead and saturated units of each hidden layer{where} "
+                            "on the probe batch, mean over seeds (one line per layer)",
                             plots.plot_unit_health(rows, colors)))  # fmt: skip
     return out
 
@@ -646,6 +699,8 @@ figcaption { color: #5b6570; font-size: 0.9em; }
 .note { color: #5b6570; font-size: 0.9em; }
 .grid { display: flex; flex-wrap: wrap; gap: 0 3em; }
 details summary { cursor: pointer; color: #3b7dd8; }
+code { font: 0.92em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+       background: #eef1f4; padding: 0.05em 0.3em; border-radius: 3px; }
 """
 
 
@@ -696,10 +751,12 @@ def render_html(analysis: Analysis) -> str:
         f"<h1>{esc(title)}</h1>",
         f'<p class="subtitle">{esc(_subtitle(analysis))}<br>run: {esc(sources)}; created {esc(run.created)}</p>',
         '<h2 id="verdict">Verdict</h2>',
-        '<div class="verdict">' + "".join(f"<p>{esc(p)}</p>" for p in verdict(analysis)) + "</div>",
+        '<div class="verdict">'
+        + "".join(f"<p>{inline_code(esc(p))}</p>" for p in verdict(analysis))
+        + "</div>",
     ]
     if run.problems:
-        items = "".join(f"<li>{esc(p)}</li>" for p in run.problems)
+        items = "".join(f"<li>{inline_code(esc(p))}</li>" for p in run.problems)
         parts.append(
             f'<div class="problems"><b>Problems found while reading the run:</b><ul>{items}</ul></div>'
         )
@@ -733,12 +790,12 @@ def render_html(analysis: Analysis) -> str:
         parts.append('<h2 id="lr">Learning-rate selection</h2>')
         rule = (
             f"Rule: for each activation, the lr with the highest mean over seeds of the validation "
-            f"accuracy averaged over the last {stats.SELECTION_LAST_EPOCHS} epochs (a diverged member "
+            f"accuracy averaged over {selection_window(analysis)} (a diverged member "
             "counts as 0); ties go to the smaller lr. Test numbers are never read for the choice."
             if analysis.selected is not None
             else "--select final: every (activation, lr) is compared as it is; no lr was selected."
         )
-        parts.append(f'<p class="note">{esc(rule)}</p>')
+        parts.append(f'<p class="note">{inline_code(esc(rule))}</p>')
         parts.append(html_table(*_escaped(selection_rows(analysis)), css_id="lr-table", raw=True))
         parts += section_figures.get("lr", [])
     if "depth" in section_figures:
@@ -747,7 +804,9 @@ def render_html(analysis: Analysis) -> str:
         parts.append('<h2 id="diagnostics">Diagnostics</h2>')
         if analysis.findings:
             parts.append(
-                "<ul>" + "".join(f"<li>{esc(s)}</li>" for s in analysis.findings) + "</ul>"
+                "<ul>"
+                + "".join(f"<li>{inline_code(esc(s))}</li>" for s in analysis.findings)
+                + "</ul>"
             )
         parts += section_figures.get("diagnostics", [])
         parts.append(f'<p class="note">{esc(diagnostics_definitions())}</p>')
@@ -782,6 +841,11 @@ def render_html(analysis: Analysis) -> str:
                  f"<code>actlab report {esc(' '.join(str(p) for p in run.paths))}</code>.</p>")  # fmt: skip
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def inline_code(escaped: str) -> str:
+    """`code` in already escaped text as <code>code</code>, as Markdown renders it."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
 
 
 def _escaped(table: tuple[list[str], list[list[str]]]) -> tuple[list[str], list[list[str]]]:

@@ -330,7 +330,8 @@ def curves(metrics: pd.DataFrame, column: str, arm_of: dict[tuple, str]) -> pd.D
     """Mean and t interval over seeds of `column` per (depth, arm, epoch), for the charts.
 
     `arm_of` maps (depth, activation, lr) to the arm label; members not in it are skipped,
-    as are diverged rows. Columns: depth, arm, epoch, n, mean, ci_low, ci_high."""
+    as are diverged rows. Columns: depth, arm, epoch, n, mean, ci_low, ci_high, min, max
+    (min and max over seeds: the charts' band when there are too few seeds for a t band)."""
     frame = metrics[metrics["status"] != "diverged"].copy()
     keys = zip(frame["depth"], frame["activation"], frame["lr"], strict=True)
     frame["arm"] = [arm_of.get((_depth(d), a, float(lr))) for d, a, lr in keys]
@@ -341,8 +342,10 @@ def curves(metrics: pd.DataFrame, column: str, arm_of: dict[tuple, str]) -> pd.D
     ):
         interval = t_interval(group[column])
         rows.append({"depth": _depth(depth), "arm": arm, "epoch": int(epoch), "n": interval.n,
-                     "mean": interval.mean, "ci_low": interval.ci_low, "ci_high": interval.ci_high})  # fmt: skip
-    return pd.DataFrame(rows, columns=["depth", "arm", "epoch", "n", "mean", "ci_low", "ci_high"])
+                     "mean": interval.mean, "ci_low": interval.ci_low, "ci_high": interval.ci_high,
+                     "min": float(group[column].min()), "max": float(group[column].max())})  # fmt: skip
+    columns = ["depth", "arm", "epoch", "n", "mean", "ci_low", "ci_high", "min", "max"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _depth(value: object) -> int | None:

@@ -172,9 +172,11 @@ def open_run_dir(
     try:
         config_path = path / CONFIG_FILE
         if config_path.is_file() and (resume or _has_progress(path)):
-            _check_same_study(config_path, config, dataset)
+            existing = _check_same_study(config_path, config, dataset)
             checkpoint = _load_checkpoint(path)
             records, notes = _reconcile_with_checkpoint(path, config, checkpoint)
+            if config.epochs > existing.epochs:  # training longer: continue from the checkpoint
+                _extend_epochs(config_path, existing.epochs, config.epochs)
             if config.diagnostics and not (path / DIAGNOSTICS_FILE).exists():
                 _write_atomic(path / DIAGNOSTICS_FILE, ",".join(DIAGNOSTICS_COLUMNS) + "\n")
             writer = RunWriter(path, lock_file, checkpoint, records, notes)
@@ -294,11 +296,24 @@ def config_from_document(document: dict, config_path: Path) -> ExperimentConfig:
 DATA_KEYS = ("train_size", "val_size", "test_size", "input_shape", "num_classes", "fingerprint")
 
 
-def _check_same_study(config_path: Path, config: ExperimentConfig, dataset: dict) -> None:
+def _check_same_study(
+    config_path: Path, config: ExperimentConfig, dataset: dict
+) -> ExperimentConfig:
+    """The run's config, when it is the same study as `config` on the same data; more
+    epochs than the run has are the same study trained longer (not for a depth study: only
+    the last depth's checkpoint is kept, so the earlier depths could not continue)."""
     document = read_config_document(config_path)
     existing = config_from_document(document, config_path)
     mine, theirs = config.study_key(), existing.study_key()
     mine["seeds"], theirs["seeds"] = config.seeds, existing.seeds
+    if config.epochs > existing.epochs and len(config.depth_list) > 1:
+        raise RunDirError(
+            f"{config_path.parent} holds a depth study of {existing.epochs} epochs; a depth "
+            "study cannot be continued with more --epochs (only its last depth has a "
+            "checkpoint); choose another --out"
+        )
+    if config.epochs > existing.epochs:
+        theirs["epochs"] = config.epochs
     differing = [name for name in mine if mine[name] != theirs.get(name)]
     if "model_sha256" in differing and mine["model"] == theirs.get("model"):
         source = config.model_source or config.model
@@ -329,6 +344,21 @@ def _check_same_study(config_path: Path, config: ExperimentConfig, dataset: dict
             f"{config_path.parent} was started on other data ({details}); restore the "
             "original data, or choose another --out to start a new study on this data"
         )
+    return existing
+
+
+def _extend_epochs(config_path: Path, old: int, new: int) -> None:
+    """Record in config.json that the study now trains for `new` epochs (it had `old`)."""
+    document = json.loads(config_path.read_text(encoding="utf-8"))
+    document["config"]["epochs"] = new
+    document.setdefault("continued", []).append(
+        {
+            "from_epochs": old,
+            "to_epochs": new,
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }  # fmt: skip
+    )
+    _write_atomic(config_path, json.dumps(document, indent=2) + "\n")
 
 
 def _short(value: object) -> str:

@@ -79,7 +79,7 @@ def test_show_accepts_spec_strings_expressions_and_dim_entries(capsys):
         ),
         (["plot", "relu", "--derivatives", "a", "-o", "x.png"], "--derivatives 'a'"),
         (["plot", "relu", "--range", "2", "-2", "-o", "x.png"], "LO < HI"),
-        (["plot", "relu", "-o", "x.jpg"], "use a name ending in .png"),
+        (["plot", "relu", "-o", "x.gif"], "use a name ending in .png"),
         (["plot", "rleu", "-o", "x.png"], "unknown activation 'rleu'"),
     ],
 )
@@ -98,7 +98,7 @@ def test_plot_writes_the_file_and_prints_its_path(suffix, capsys, tmp_path):
     target = tmp_path / "figures" / f"act{suffix}"
     argv = ["plot", "relu", "sigmoid", "tanh", "leaky_relu", "softmax(dim=-1)", "-o", str(target)]
     assert main(argv + ["--range", "-4", "4", "--derivatives", "0,1,2"]) == 0
-    assert capsys.readouterr().out.strip() == str(target)
+    assert capsys.readouterr().out.strip() == f"wrote {target}"
     data = target.read_bytes()
     assert data.startswith(b"\x89PNG") if suffix == ".png" else b"<svg" in data
     if suffix == ".svg":

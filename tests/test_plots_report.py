@@ -88,7 +88,7 @@ def test_depth_study_chart(tmp_path):
     fig = plots.plot_depth_study(stats.summary_table(arms))
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "4", "8"]
-    assert len(ax.get_legend().get_texts()) == 3
+    assert len(fig.legends[0].get_texts()) == 3  # one legend for the figure
 
 
 def test_diagnostics_charts(run):
@@ -101,6 +101,7 @@ def test_diagnostics_charts(run):
     dead, saturated = health.axes
     relu_dead = dict(
         zip([line.get_label() for line in dead.get_lines()], dead.get_lines(), strict=True)
-    )
-    assert max(relu_dead["relu"].get_ydata()) > 10 and max(relu_dead["tanh"].get_ydata()) == 0
-    assert len(saturated.get_lines()) == 3
+    )  # one line per activation and hidden layer (2 hidden layers)
+    assert max(relu_dead["relu, layer 1"].get_ydata()) > 10
+    assert max(relu_dead["tanh, layer 2"].get_ydata()) == 0
+    assert len(saturated.get_lines()) == 3 * 2

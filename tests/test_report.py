@@ -167,7 +167,7 @@ def test_lr_selection_section(tmp_path):
     assert {r["selected lr"] for r in rows} == {"0.001"}
     summary = as_records(parsed.tables["summary-table"])
     assert len(summary) == 3 and {r["lr"] for r in summary} == {"0.001"}
-    assert 'alt="Validation accuracy vs learning rate"' in (run_dir / "report.html").read_text()
+    assert 'alt="Validation accuracy vs learning rate:' in (run_dir / "report.html").read_text()
 
 
 @pytest.mark.slow
