@@ -56,6 +56,9 @@ class FallbackNotice(UserWarning):
     """Some members train one by one (the message says which and why)."""
 
 
+_ANNOUNCED: set[tuple[str, str, str]] = set()  # (model, activation, reason) already said
+
+
 # === dropout with per-member masks =======================================================
 
 
@@ -536,7 +539,9 @@ class StackedUserModel(nn.Module):
             base.train()
             for p in group.params:
                 p.grad = None
-        if not group.stacked:
+        notice = (self.user.reference, group.activation, group.reason)
+        if not group.stacked and notice not in _ANNOUNCED:
+            _ANNOUNCED.add(notice)  # once per process, however many trainers are built
             warnings.warn(
                 f"{self.user.reference}: the {group.activation} members train one by one "
                 f"(not stacked): vmap could not run the model ({group.reason})",
