@@ -87,7 +87,7 @@ def analyse(run: RunData) -> Analysis:
     arms = stats.arm_results(results, selected)
     summary = stats.summary_table(arms)
     ranking = stats.ranking(arms)
-    pairs = stats.pairwise(arms)
+    pairs = stats.pairwise(arms, margin=run.config.min_gap / 100)  # pp -> accuracy fraction
     if len(summary):
         summary = summary.merge(
             ranking[["depth", "arm", "rank", "group", "tied_with_best"]].astype({"depth": object}),
@@ -138,13 +138,25 @@ def _depth_sort_key(column: pd.Series) -> pd.Series:
 # --- writing ------------------------------------------------------------------------------
 
 
-def write_report(run_dirs: Path | str | Sequence[Path | str], output: Path | None = None) -> Path:
+def write_report(
+    run_dirs: Path | str | Sequence[Path | str],
+    output: Path | None = None,
+    *,
+    min_gap: float | None = None,
+) -> Path:
     """Read run directories (merged when several: same study, seeds pooled) and write
     report.html (default: in the first run directory) and report.md next to it.
-    Returns the HTML path. Raises RunDirError for a bad run directory or a merge of
-    different studies."""
+    `min_gap` (pp) replaces the one recorded in config.json. Returns the HTML path. Raises
+    RunDirError for a bad run directory or a merge of different studies."""
     paths = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
-    return write_run_report(merge_runs(paths), output)
+    return write_run_report(with_min_gap(merge_runs(paths), min_gap), output)
+
+
+def with_min_gap(run: RunData, min_gap: float | None) -> RunData:
+    """`run` analysed with another smallest gap that matters (pp); None keeps the recorded one."""
+    if min_gap is None:
+        return run
+    return dataclasses.replace(run, config=run.config.replace(min_gap=min_gap))
 
 
 MARKDOWN_MARK = "<!-- written by actlab report -->"
@@ -214,6 +226,12 @@ def pvalue(p: float) -> str:
     return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
+def p_is(p: float) -> str:
+    """'= 0.0231' or '< 0.0001', for a sentence."""
+    text = pvalue(p)
+    return text if text.startswith("<") else f"= {text}"
+
+
 def ci_pct(low: float, high: float) -> str:
     return "n/a (1 seed)" if _missing(low) else f"[{pct(low)}, {pct(high)}]"
 
@@ -263,10 +281,18 @@ def verdict(analysis: Analysis) -> list[str]:
     paragraphs.append(" ".join(sentences))
     for depth in analysis.depths:
         paragraphs.append(" ".join(_depth_verdict(analysis, depth)))
+    if 2 <= n < stats.SMALL_N:
+        paragraphs.append(
+            f"Caution: only {n} seeds. Every interval and test here rests on {n - 1} degree"
+            f"{'s' if n != 2 else ''} of freedom, so its width depends on the chance spread of "
+            f"{n} values (the per-seed values are shown beside the means), and a paired test "
+            "at the Holm level has little power. Stacked seeds are cheap: run with --seeds 10 "
+            "or more, or add seeds later and merge the runs with `actlab report RUN_A RUN_B`."
+        )
     if n < 2:
         paragraphs.append(
             "With a single seed no confidence interval or significance test can be given, so "
-            "these differences may be seed noise; run with --seeds 3 or more, or add seeds "
+            "these differences may be seed noise; run with --seeds 10 (the default), or add seeds "
             "later and merge the runs with `actlab report RUN_A RUN_B`."
         )
     diverged = analysis.results[analysis.results["diverged"]]
@@ -333,48 +359,150 @@ def _unfinished_verdict(analysis: Analysis) -> list[str]:
 
 
 def _depth_verdict(analysis: Analysis, depth: int | None) -> list[str]:
+    """The best arm of a depth against each other arm, each pair in one of four words:
+    significantly better; better but by less than --min-gap (both tests pass); practically
+    equivalent (TOST); or not resolved, with the gap the seeds could have detected and the
+    seeds that would detect --min-gap. Never "equal" from a test that found no difference."""
     rows = _rows_at(analysis.summary, depth).dropna(subset=["final_test_acc_mean"])
     if not len(rows):
         return []
     prefix = "" if depth is None else f"At depth {depth}, "
     best = rows.iloc[0]
-    text = f"{prefix}the best is {best.arm} with {pct(best.final_test_acc_mean)}% " + (
-        f"(95% CI {ci_pct(best.final_test_acc_ci_low, best.final_test_acc_ci_high)})."
-        if not _missing(best.final_test_acc_ci_low)
-        else "(one seed, no interval)."
-    )
+    if _missing(best.final_test_acc_ci_low):
+        where = "(one seed, no interval)."
+    else:
+        interval = ci_pct(best.final_test_acc_ci_low, best.final_test_acc_ci_high)
+        where = f"(95% CI {interval}"
+        if best.n < stats.SMALL_N:
+            where += f" from {best.n} seeds: {_per_seed_text(analysis, depth, best.arm)}"
+        where += ")."
+    text = f"{prefix}the best is {best.arm} with {pct(best.final_test_acc_mean)}% {where}"
     sentences = [text[0].upper() + text[1:]]
     if _missing(best["group"]):
         return sentences
     pairs = _rows_at(analysis.pairs, depth)
+    gap_pp = analysis.run.config.min_gap
 
-    def gap(arm: str) -> str:
-        pair = pairs[
+    def pair_of(arm: str) -> pd.Series | None:
+        match = pairs[
             ((pairs["a"] == best.arm) & (pairs["b"] == arm))
             | ((pairs["b"] == best.arm) & (pairs["a"] == arm))
         ]
-        if not len(pair):
-            return arm
-        row = pair.iloc[0]
-        sign = 1 if row["a"] == best.arm else -1  # report best - arm
-        low, high = sorted((sign * row["ci_low"], sign * row["ci_high"]))
+        return match.iloc[0] if len(match) else None
+
+    def gap(arm: str, pair: pd.Series) -> str:
+        sign = 1 if pair["a"] == best.arm else -1  # report best - arm
+        low, high = sorted((sign * pair["ci_low"], sign * pair["ci_high"]))
         return (
-            f"{arm} (gap {signed_pp(sign * row['mean_diff'])}, 95% CI [{100 * low:+.2f}, "
-            f"{100 * high:+.2f}], Holm p = {pvalue(row['p_holm'])})"
+            f"{arm} (gap {signed_pp(sign * pair['mean_diff'])}, 95% CI [{100 * low:+.2f}, "
+            f"{100 * high:+.2f}], Holm p {p_is(pair['p_holm'])}"
         )
 
-    tied = [r.arm for r in rows.iloc[1:].itertuples() if r.tied_with_best]
-    worse = [r.arm for r in rows.iloc[1:].itertuples() if r.tied_with_best is False]
-    if tied:
+    better, small, equivalent, unresolved = [], [], [], []
+    for arm in rows["arm"].iloc[1:]:
+        pair = pair_of(arm)
+        if pair is None or _missing(pair["p_holm"]):
+            continue
+        if pair["significant"] and pair["equivalent"]:
+            small.append(f"{gap(arm, pair)}, TOST p {p_is(pair['tost_p_holm'])})")
+        elif pair["significant"]:
+            better.append(gap(arm, pair) + ")")
+        elif pair["equivalent"]:
+            equivalent.append(
+                f"{arm} (gap {signed_pp(abs(pair['mean_diff']))}, "
+                f"TOST p {p_is(pair['tost_p_holm'])})"
+            )
+        else:
+            unresolved.append((arm, pair))
+    if better:
+        few = int(best.n) < stats.SMALL_N
         sentences.append(
-            f"It cannot be told apart at 5% from {_join([gap(a) for a in tied])}: "
-            "these differences may be seed noise."
+            f"It is significantly better than {_join(better)}"
+            + (
+                f", on {int(best.n) - 1} degrees of freedom (see the caution below)."
+                if few
+                else "."
+            )
         )
-    if worse:
-        sentences.append(f"It is significantly better than {_join([gap(a) for a in worse])}.")
-    if not tied and not worse:
+    if small:
+        sentences.append(
+            f"It is significantly better than {_join(small)}, but by less than "
+            f"{gap_pp:g} pp: practically equivalent."
+        )
+    if equivalent:
+        sentences.append(
+            f"It is practically equivalent (within ±{gap_pp:g} pp) to {_join(equivalent)}."
+        )
+    if unresolved:
+        sentences.append(
+            f"It is not resolved against {_join([gap(a, p) + ')' for a, p in unresolved])}: "
+            f"the seeds show neither a difference nor equivalence within ±{gap_pp:g} pp, so "
+            "this is an open question, not a tie."
+        )
+        sentences.append(_power_sentence(unresolved, gap_pp))
+    if len(rows) == 1:
         sentences.append("It is the only activation compared.")
     return sentences
+
+
+def _power_sentence(unresolved: list[tuple[str, pd.Series]], gap_pp: float) -> str:
+    """The issue's sentence, per unresolved pair: "With 3 seeds only gaps above 1.1 pp could
+    be detected; about 14 seeds would detect 0.3 pp" (80% power at the Holm level, observed SD)."""
+    names = len(unresolved) > 1
+    seeds = {int(pair["n"]) for _, pair in unresolved}
+    one_count = len(seeds) == 1
+
+    def named(text: str, arm: str, n: int | None = None) -> str:
+        label = [arm] if names else []
+        label += [f"{n} seeds"] if n is not None and not one_count else []
+        return f"{text} ({', '.join(label)})" if label else text
+
+    detectable, needed = [], []
+    for arm, pair in unresolved:
+        n = int(pair["n"])
+        detectable.append(named(f"{_pp_short(pair['detectable_gap'])} pp", arm, n))
+        count = pair["seeds_needed"]
+        if not _missing(count) and count <= n:
+            needed.append(named(f"the {n} seeds at hand", arm))
+        else:
+            needed.append(named(_seeds_text(count), arm))
+    level = unresolved[0][1]["level"]
+    count = f"{seeds.pop()} seeds" if one_count else "the seeds at hand"
+    return (
+        f"With {count} only gaps above {_join_and(detectable)} could be detected; "
+        f"{_join_and(needed)} would detect {gap_pp:g} pp (80% power of the paired t-test at "
+        f"the Holm level {stats.ALPHA:g}/{round(stats.ALPHA / level)} = {level:.3g}, if the SD "
+        "of the paired differences stays at the one observed)."
+    )
+
+
+def _pp_short(fraction: float) -> str:
+    """A gap in pp with two significant digits or so: 0.58, 3.3, 19."""
+    if _missing(fraction):
+        return "–"
+    value = 100 * fraction
+    if math.isinf(value):
+        return "any"
+    return f"{value:.2f}" if value < 1 else (f"{value:.1f}" if value < 10 else f"{value:.0f}")
+
+
+def _seeds_text(count: float) -> str:
+    if _missing(count):
+        return "an unknown number of seeds"
+    if math.isinf(count):
+        return f"more than {stats.MAX_SEEDS} seeds"
+    return f"about {int(count)} seeds"
+
+
+def _join_and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _per_seed_text(analysis: Analysis, depth: int | None, arm: str) -> str:
+    """The final test accuracies of an arm's finished members, by seed: "88.13, 88.41, 87.75"."""
+    members = _rows_at(analysis.arms, depth)
+    members = members[(members["arm"] == arm) & ~members["diverged"]].sort_values("seed")
+    return ", ".join(pct(v) for v in members["final_test_acc"])
 
 
 def _join(items: list[str]) -> str:
@@ -398,24 +526,31 @@ def _member_text(row: object) -> str:
 
 
 def summary_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
-    """The summary table: one row per arm (and depth)."""
+    """The summary table: one row per arm (and depth). Below stats.SMALL_N seeds an arm's
+    interval is marked with its degrees of freedom, and a "per seed" column shows the values
+    the mean and interval come from."""
     depth_column = any(_depth(d) is not None for d in analysis.summary["depth"])
+    small = any(2 <= n < stats.SMALL_N for n in analysis.summary["n"])
     header = ["rank", "activation"]
     if depth_column:
         header.insert(0, "depth")
-    header += ["lr", "seeds", "final test acc %", "± std", "95% CI", "best-epoch test acc %",
-               "final test loss", "95% CI (loss)", "group", "diverged"]  # fmt: skip
+    header += ["lr", "seeds", "final test acc %", "± std", "95% CI"]
+    if small:
+        header.append("per seed %")
+    header += ["best-epoch test acc %", "final test loss", "95% CI (loss)", "group", "diverged"]
     rows = []
     for row in analysis.summary.itertuples():
         cells = [rank_text(row.rank, row.n, row.n_diverged), row.arm]
         if depth_column:
             cells.insert(0, str(_depth(row.depth)))
+        interval = ci_pct(row.final_test_acc_ci_low, row.final_test_acc_ci_high)
+        if 2 <= row.n < stats.SMALL_N:
+            interval += f" ({row.n - 1} df!)"
+        cells += [lr_text(row.lr), str(row.n), pct(row.final_test_acc_mean),
+                  pct(row.final_test_acc_std), interval]  # fmt: skip
+        if small:
+            cells.append(_per_seed_text(analysis, _depth(row.depth), row.arm))
         cells += [
-            lr_text(row.lr),
-            str(row.n),
-            pct(row.final_test_acc_mean),
-            pct(row.final_test_acc_std),
-            ci_pct(row.final_test_acc_ci_low, row.final_test_acc_ci_high),
             pct(row.best_test_acc_mean),
             num(row.final_test_loss_mean),
             ci_num(row.final_test_loss_ci_low, row.final_test_loss_ci_high),
@@ -426,6 +561,25 @@ def summary_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
     if analysis.unfinished:  # the numbers are at the comparable epoch, not the final one
         header = [h.replace("final", "last common epoch") for h in header]
     return header, rows
+
+
+def summary_note(analysis: Analysis) -> str:
+    """What the summary table's intervals and letters mean, with the small-n caution."""
+    note = (
+        "Mean over seeds of non-diverged members; std with ddof=1; 95% CI from the t "
+        "distribution. Activations that share a group letter were not shown to differ at 5% "
+        "(paired t-tests over seeds, Holm-corrected over all pairs); that is not evidence that "
+        "they are equal (the verdict says which pairs are practically equivalent, by TOST "
+        f'within ±{analysis.run.config.min_gap:g} pp). "a" is the best group. Best-epoch '
+        "accuracy picks the epoch on the test split and is optimistic."
+    )
+    if any(2 <= n < stats.SMALL_N for n in analysis.summary["n"]):
+        note += (
+            f' An interval marked "df!" comes from fewer than {stats.SMALL_N} seeds: with so '
+            "few degrees of freedom its width rests on the chance spread of the values shown "
+            "beside it, and a second run can fall outside it."
+        )
+    return note
 
 
 def rank_text(rank: object, n: int, n_diverged: int) -> str:
@@ -440,6 +594,8 @@ def pair_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
     header = (["depth"] if depth_column else []) + [
         "comparison", "seeds", "difference", "95% CI (pp)", "p", "p (Holm)", "significant at 5%",
     ]  # fmt: skip
+    gap_pp = analysis.run.config.min_gap
+    header += ["detectable gap (pp)", f"seeds for {gap_pp:g} pp", "TOST p (Holm)", "reading"]
     rows = []
     for row in analysis.pairs.itertuples():
         ci = (
@@ -450,8 +606,24 @@ def pair_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
         significant = "–" if _missing(row.p_holm) else ("yes" if row.significant else "no")
         cells = [f"{row.a} − {row.b}", str(row.n), signed_pp(row.mean_diff), ci,
                  pvalue(row.p), pvalue(row.p_holm), significant]  # fmt: skip
+        seeds = row.seeds_needed
+        seeds = (
+            "–"
+            if _missing(seeds)
+            else (f"> {stats.MAX_SEEDS}" if math.isinf(seeds) else f"{seeds:.0f}")
+        )
+        cells += [_pp_short(row.detectable_gap), seeds, pvalue(row.tost_p_holm), _reading(row)]
         rows.append(([str(_depth(row.depth))] if depth_column else []) + cells)
     return header, rows
+
+
+def _reading(pair: object) -> str:
+    """The verdict's word for a pair (see _depth_verdict)."""
+    if _missing(pair.p_holm):
+        return "–"
+    if pair.significant:
+        return "different, within the min gap" if pair.equivalent else "different"
+    return "practically equivalent" if pair.equivalent else "not resolved"
 
 
 def member_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
@@ -769,12 +941,7 @@ def render_html(analysis: Analysis) -> str:
     if len(analysis.summary):
         parts.append('<h2 id="summary">Summary</h2>')
         parts.append(html_table(*summary_rows(analysis), css_id="summary-table"))
-        parts.append(
-            '<p class="note">Mean over seeds of non-diverged members; std with ddof=1; 95% CI from '
-            "the t distribution. Activations that share a group letter cannot be told apart at 5% "
-            '(paired t-tests over seeds, Holm-corrected over all pairs); "a" is the best group. '
-            "Best-epoch accuracy picks the epoch on the test split and is optimistic.</p>"
-        )
+        parts.append(f'<p class="note">{esc(summary_note(analysis))}</p>')
     parts += ['<h2 id="charts">Training curves</h2>', *section_figures.get("curves", [])]
     if "activations" in section_figures:
         parts += ['<h2 id="activations">Activations</h2>', *section_figures["activations"]]
@@ -785,7 +952,11 @@ def render_html(analysis: Analysis) -> str:
         parts.append('<p class="note">Difference = first − second, in percentage points of final test '
                      "accuracy, paired by seed (members of one seed share initial weights and batch order). "
                      "Intervals are per pair; significance is judged on Holm-corrected p-values, so an "
-                     "interval may exclude 0 while the pair is not significant after correction.</p>")  # fmt: skip
+                     "interval may exclude 0 while the pair is not significant after correction. "
+                     "Detectable gap: the true gap this many seeds would find with 80% power at the "
+                     "Holm level 0.05/m, if the SD of the paired differences is the one observed; "
+                     "seeds for the min gap: how many would find --min-gap so; TOST: the test that "
+                     "the gap is inside ±min gap (practically equivalent).</p>")  # fmt: skip
     if analysis.sensitivity is not None:
         parts.append('<h2 id="lr">Learning-rate selection</h2>')
         rule = (
@@ -919,8 +1090,7 @@ def render_markdown(analysis: Analysis) -> str:
     ]
     if len(analysis.summary):
         parts += ["## Summary\n", markdown_table(*summary_rows(analysis)),
-                  "Mean over seeds; 95% CI from the t distribution; shared group letter = not "
-                  "distinguishable at 5% (paired t-tests, Holm).\n"]  # fmt: skip
+                  summary_note(analysis) + "\n"]  # fmt: skip
     if len(analysis.pairs):
         parts += [
             "## Paired differences (final test accuracy)\n",

@@ -9,14 +9,25 @@ Vocabulary:
 - an *arm* is what is compared: an activation (at its selected lr when lrs were swept),
   at one depth. Each arm has one member per seed.
 
+How sure the comparison is (see `pair_power`):
+- the *detectable gap* of a pair: the true gap its paired t-test would find with 80% power
+  at the Holm level alpha/m, if the SD of its paired differences is the observed one;
+- the *seeds needed* to detect the smallest gap that matters (`--min-gap`);
+- *equivalence*: TOST (two one-sided tests) against +-min-gap, so that "no difference
+  found" is never read as "equal" unless the data support it.
+
 References: Student's t interval and paired t-test (any statistics textbook; `scipy.stats`);
 Holm, "A simple sequentially rejective multiple test procedure", Scand. J. Stat. 6 (1979);
 Piepho, "An algorithm for a letter-based representation of all-pairwise comparisons",
-J. Comput. Graph. Stat. 13 (2004).
+J. Comput. Graph. Stat. 13 (2004); power of the t-test through the noncentral t:
+Cohen, "Statistical Power Analysis for the Behavioral Sciences" (1988), ch. 2; TOST:
+Schuirmann, "A comparison of the two one-sided tests procedure and the power approach for
+assessing the equivalence of average bioavailability", J. Pharmacokinet. Biopharm. 15 (1987).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -24,10 +35,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import optimize
 from scipy import stats as scipy_stats
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
+# The power at which the detectable gap and the seeds needed are stated (the usual 80%).
+POWER = 0.80
+# Below this many seeds, intervals and tests rest on at most 3 degrees of freedom: the
+# report and the CLI say so next to them and show the per-seed values.
+SMALL_N = 5
+# The search for the seeds needed stops here ("more than 10000 seeds").
+MAX_SEEDS = 10_000
 # The lr selection score averages the validation accuracy over the last few epochs, so
 # that one noisy final epoch does not decide the choice.
 SELECTION_LAST_EPOCHS = 3
@@ -117,6 +136,126 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
         running = max(running, min(1.0, (m - rank) * p[index]))
         adjusted[index] = running
     return adjusted
+
+
+# --- how sure: power, detectable gap, seeds needed, equivalence ---------------------------
+
+
+def paired_t_power(effect: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided paired t-test of `n` pairs at level `alpha` when the true mean
+    difference is `effect` standard deviations of the differences (effect = delta / sigma).
+
+    T = mean(d) / (s / sqrt(n)) follows the noncentral t with n - 1 degrees of freedom and
+    noncentrality nc = effect * sqrt(n); with c = t_{1-alpha/2, n-1} (Cohen 1988, ch. 2):
+
+        power = P(T > c) + P(T < -c) = nct.sf(c, n - 1, nc) + nct.sf(c, n - 1, -nc)
+
+    (the second term by symmetry: scipy's nct.cdf returns NaN far in the lower tail).
+    NaN for n < 2 (no test)."""
+    if n < 2:
+        return math.nan
+    df = n - 1
+    nc = abs(effect) * math.sqrt(n)
+    critical = float(scipy_stats.t.ppf(1 - alpha / 2, df))
+    return float(scipy_stats.nct.sf(critical, df, nc) + scipy_stats.nct.sf(critical, df, -nc))
+
+
+@functools.lru_cache(maxsize=4096)
+def detectable_effect(n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest true effect (delta / sigma) that the paired t-test of `n` pairs at level
+    `alpha` detects with probability `power`: the root in effect of
+    paired_t_power(effect, n, alpha) = power (the power rises with the effect). inf for n < 2."""
+    if n < 2:
+        return math.inf
+    if not alpha < power < 1:
+        raise ValueError(f"power must be in (alpha, 1), got {power}")
+    high = 1.0
+    while paired_t_power(high, n, alpha) < power:
+        high *= 2
+    return float(
+        optimize.brentq(
+            lambda effect: paired_t_power(effect, n, alpha) - power, 0.0, high, xtol=1e-12
+        )
+    )
+
+
+def detectable_gap(std: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest true gap the paired t-test of `n` seeds detects with probability `power`
+    at level `alpha`, if the SD of the paired differences is `std`: std * detectable_effect.
+    NaN when `std` is unknown (n < 2)."""
+    if n < 2 or _missing(std):
+        return math.nan
+    return float(std) * detectable_effect(int(n), alpha, power)
+
+
+def seeds_needed(
+    gap: float,
+    std: float,
+    alpha: float = ALPHA,
+    power: float = POWER,
+    max_seeds: int = MAX_SEEDS,
+) -> float:
+    """The number of seeds whose paired t-test at level `alpha` detects a true gap `gap`
+    with probability `power`, if the SD of the paired differences is `std`:
+
+        min { n >= 2 : paired_t_power(gap / std, n, alpha) >= power }
+          = min { n >= 2 : detectable_effect(n, alpha, power) <= gap / std }
+
+    (the power rises with n at a fixed effect, so a doubling search then bisection over n
+    finds it). inf when more than `max_seeds` would be needed; NaN when `std` is unknown."""
+    if _missing(std) or _missing(gap):
+        return math.nan
+    if std == 0:
+        return 2.0 if gap != 0 else math.inf
+    effect = abs(gap) / std
+
+    def enough(n: int) -> bool:
+        return detectable_effect(n, alpha, power) <= effect
+
+    low, high = 1, 2  # enough(low) is false by definition (no test with one seed)
+    while not enough(high):
+        if high >= max_seeds:
+            return math.inf
+        low, high = high, min(2 * high, max_seeds)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle, high)
+    return float(high)
+
+
+def tost(a: Sequence[float], b: Sequence[float], margin: float) -> dict:
+    """Equivalence of two arms paired by seed: TOST (Schuirmann 1987) on d_i = a_i - b_i.
+
+    H0: |mu_d| >= margin against H1: |mu_d| < margin, as two one-sided t-tests with n - 1
+    degrees of freedom and se = std(d) / sqrt(n):
+
+        p_lower = P(T >= (mean(d) + margin) / se)   (H0: mu_d <= -margin)
+        p_upper = P(T <= (mean(d) - margin) / se)   (H0: mu_d >= +margin)
+        p = max(p_lower, p_upper)
+
+    Equivalence at level alpha iff p < alpha, that is iff the (1 - 2 alpha) t interval of
+    mean(d) lies inside (-margin, +margin). Returns n, p_lower, p_upper, p; NaN for n < 2.
+    With every d_i equal (std 0) p is 0 inside the margin and 1 outside."""
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    diff = diff[~np.isnan(diff)]
+    n = len(diff)
+    if n < 2:
+        return {"n": n, "p_lower": math.nan, "p_upper": math.nan, "p": math.nan}
+    mean = float(diff.mean())
+    std = float(diff.std(ddof=1))
+    if std == 0:
+        inside = abs(mean) < margin
+        p_lower = 0.0 if mean > -margin else 1.0
+        p_upper = 0.0 if mean < margin else 1.0
+        return {"n": n, "p_lower": p_lower, "p_upper": p_upper, "p": 0.0 if inside else 1.0}
+    se = std / math.sqrt(n)
+    p_lower = float(scipy_stats.t.sf((mean + margin) / se, n - 1))
+    p_upper = float(scipy_stats.t.cdf((mean - margin) / se, n - 1))
+    return {"n": n, "p_lower": p_lower, "p_upper": p_upper, "p": max(p_lower, p_upper)}
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 # --- per member ---------------------------------------------------------------------------
@@ -244,29 +383,67 @@ def summary_table(
     return pd.DataFrame(rows)
 
 
-def pairwise(arms: pd.DataFrame, metric: str = "final_test_acc") -> pd.DataFrame:
+def pairwise(
+    arms: pd.DataFrame,
+    metric: str = "final_test_acc",
+    margin: float | None = None,
+    power: float = POWER,
+) -> pd.DataFrame:
     """Paired differences between every two arms of a depth, over the seeds where both
-    members finished: a, b, depth, n, mean_diff (a - b), std, ci_low, ci_high, p, p_holm,
-    significant (p_holm < ALPHA). Holm's correction runs over all pairs of the table.
-    Within a pair, `a` is the arm with the higher mean, so mean_diff >= 0."""
+    members finished. Within a pair, `a` is the arm with the higher mean, so mean_diff >= 0.
+
+    Columns: depth, a, b, n, mean_diff (a - b), std (of the paired differences), ci_low,
+    ci_high, p, p_holm, significant (p_holm < ALPHA; Holm over all pairs of the table), and
+    how sure that is:
+    - level: ALPHA / m for the m pairs tested, Holm's strictest step. A pair whose p is below
+      it is rejected whatever the other pairs, so its power under Holm is at least the
+      power at this level: the figures below are on the safe side;
+    - detectable_gap: the gap detected with `power` at `level` if the SD of the paired
+      differences is the observed `std` (`detectable_gap`);
+    - seeds_needed: the seeds that would detect a gap of `margin` at `level` (`seeds_needed`;
+      inf beyond MAX_SEEDS; NaN without a margin);
+    - tost_p, tost_p_holm, equivalent: TOST against +-`margin` (`tost`), Holm-corrected
+      over the pairs like the difference tests; equivalent = tost_p_holm < ALPHA. Without a
+      margin these are NaN / False."""
     rows = []
     for depth, group in arms.groupby("depth", dropna=False, sort=False):
         ok = group[~group["diverged"]]
         table = ok.pivot_table(index="seed", columns="arm", values=metric, aggfunc="first")
         order = table.mean().sort_values(ascending=False).index.tolist()
+        values = {arm: table[arm].to_numpy(dtype=float) for arm in order}
         for a, b in itertools.combinations(order, 2):
-            both = table[[a, b]].dropna()
-            rows.append({"depth": depth, "a": a, "b": b, **paired_test(both[a], both[b])})
-    columns = ["depth", "a", "b", "n", "mean_diff", "std", "ci_low", "ci_high", "p"]
+            both = ~np.isnan(values[a]) & ~np.isnan(values[b])  # seeds where both finished
+            x, y = values[a][both], values[b][both]
+            row = {"depth": depth, "a": a, "b": b, **paired_test(x, y)}
+            row["tost_p"] = math.nan if margin is None else tost(x, y, margin)["p"]
+            rows.append(row)
+    columns = ["depth", "a", "b", "n", "mean_diff", "std", "ci_low", "ci_high", "p", "tost_p"]
     frame = pd.DataFrame(rows, columns=columns)
     frame["p_holm"] = holm(frame["p"].to_numpy()) if len(frame) else []
     frame["significant"] = frame["p_holm"] < ALPHA
-    return frame
+    tested = int(frame["p"].notna().sum())
+    level = ALPHA / tested if tested else math.nan
+    frame["level"] = level
+    frame["detectable_gap"] = [
+        detectable_gap(std, n, level, power) if tested else math.nan
+        for std, n in zip(frame["std"], frame["n"], strict=True)
+    ]
+    frame["seeds_needed"] = [
+        seeds_needed(margin, std, level, power) if tested and margin is not None else math.nan
+        for std in frame["std"]
+    ]
+    frame["tost_p_holm"] = holm(frame["tost_p"].to_numpy()) if len(frame) else []
+    frame["equivalent"] = frame["tost_p_holm"] < ALPHA
+    order = ["depth", "a", "b", "n", "mean_diff", "std", "ci_low", "ci_high", "p", "p_holm",
+             "significant", "level", "detectable_gap", "seeds_needed", "tost_p", "tost_p_holm",
+             "equivalent"]  # fmt: skip
+    return frame[order]
 
 
 def letter_groups(order: Sequence[str], pairs: pd.DataFrame) -> dict[str, str]:
-    """Compact letter display: arms that share a letter cannot be told apart at 5% (Holm);
-    arms with no letter in common differ significantly. `order` is best first; "a" is the
+    """Compact letter display: arms that share a letter were not shown to differ at 5%
+    (Holm), which is not evidence that they are equal (see `tost`); arms with no letter in
+    common differ significantly. `order` is best first; "a" is the
     best arm's group. Each letter is a maximal set of mutually indistinguishable arms
     (a maximal clique of the "not significant" graph, Bron-Kerbosch).
 

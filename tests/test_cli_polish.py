@@ -36,7 +36,7 @@ def small(tmp_path_factory) -> str:
 
 def compare(small, out, *args):
     return main(["compare", "--dataset", small, "--hidden", "8", "--activations", "relu,tanh",
-                 "--threads", "1", "--no-report", "--out", str(out), *args])  # fmt: skip
+                 "--threads", "1", "--no-report", "--seeds", "1", "--out", str(out), *args])  # fmt: skip
 
 
 def rows(run):
@@ -57,7 +57,8 @@ def test_compare_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    for option, default in [("--epochs", "10"), ("--lr", "1e-3"), ("--seeds", "1"),
+    for option, default in [("--epochs", "10"), ("--lr", "1e-3"), ("--seeds", "10"),
+                            ("--min-gap", "0.5"),
                             ("--activations", "relu,sigmoid,tanh,leaky_relu"),
                             ("--hidden", "128,128"), ("--batch-size", "64")]:  # fmt: skip
         section = text.split(f"{option} ", 2)[2] if text.count(f"{option} ") > 1 else text

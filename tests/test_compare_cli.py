@@ -48,7 +48,8 @@ def restore_threads():
 
 
 def compare(*args: str) -> int:
-    return main(["compare", "--threads", "1", "--no-report", *args])
+    # one seed unless a test asks for more (the command's default is 10)
+    return main(["compare", "--threads", "1", "--no-report", "--seeds", "1", *args])
 
 
 def metric_rows(run: Path) -> list[dict]:
@@ -184,7 +185,7 @@ def test_sigkill_in_epoch_3_then_rerun_gives_the_uninterrupted_metrics(tmp_path)
     # On the CPU: the kill is timed, and a GPU's epochs are too short to land in epoch 3.
     options = ["--dataset", data, "--epochs", "4", "--hidden", "64,64", "--batch-size", "32",
                "--activations", "relu,tanh", "--threads", "1", "--no-report", "--quiet",
-               "--device", "cpu"]  # fmt: skip
+               "--device", "cpu", "--seeds", "1"]  # fmt: skip
     reference = tmp_path / "reference"
     config = ExperimentConfig(dataset=data, epochs=4, hidden=(64, 64), batch_size=32,
                               activations=("relu", "tanh"), threads=1, device="cpu")  # fmt: skip

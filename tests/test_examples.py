@@ -25,7 +25,7 @@ def test_keras_example_learns_fashion_mnist(tmp_path):
     run = tmp_path / "run"
     code = main(["compare", "--model", f"{EXAMPLES / 'keras_mlp.py'}:KerasMLP", "--swap", "relu",
                  "--dataset", "fashion-mnist", "--epochs", "1", "--limit-train", "3000",
-                 "--limit-test", "500", "--batch-size", "32", "--activations", "relu,gelu",
+                 "--limit-test", "500", "--batch-size", "32", "--activations", "relu,gelu", "--seeds", "1",
                  "--threads", "1", "--quiet", "--no-report", "--out", str(run)])  # fmt: skip
     assert code == 0
     frame = actlab.store.read_run(run).metrics
@@ -42,6 +42,6 @@ def test_resnet_example_takes_28x28_gray_and_32x32_rgb_images(name, shape):
     y = torch.randint(0, 10, (24,), generator=generator)
     frame = actlab.compare(
         model=f"{EXAMPLES / 'resnet.py'}:{name}", dataset=(x[:16], y[:16], x[16:], y[16:]),
-        activations=["relu", "silu"], epochs=1, batch_size=8, threads=1, diagnostics=False,
+        activations=["relu", "silu"], seeds=1, epochs=1, batch_size=8, threads=1, diagnostics=False,
     )  # fmt: skip
     assert len(frame) == 2 and frame["test_loss"].notna().all()

@@ -51,7 +51,7 @@ def data(tmp_path_factory) -> str:
 
 def compare(data: str, *extra) -> tuple[int, str, str]:
     return run_cli("compare", "--threads", "1", "--quiet", "--no-report", "--dataset", data,
-                   "--epochs", "1", "--hidden", "4", *extra)  # fmt: skip
+                   "--epochs", "1", "--hidden", "4", "--seeds", "1", *extra)  # fmt: skip
 
 
 # --- values where they enter --------------------------------------------------------------
@@ -179,7 +179,8 @@ def idx_dir_with_overflowing_header(folder: Path) -> str:
 )
 def test_malformed_data_is_one_line(tmp_path, make, words):
     spec = make(tmp_path / "bad.npz")
-    code, _, err = run_cli("compare", "--no-report", "--dataset", spec, "--out", tmp_path / "run")
+    code, _, err = run_cli("compare", "--no-report", "--seeds", "1", "--dataset", spec,
+                           "--out", tmp_path / "run")  # fmt: skip
     one_line(code, err, 2, *words)
 
 
@@ -313,7 +314,7 @@ def test_a_closed_stdout_does_not_stop_the_study_or_its_report(data, tmp_path, m
     monkeypatch.setattr(sys, "stdout", ClosedAfterOneLine())
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        code = main(["compare", "--threads", "1", "--dataset", data, "--epochs", "2",
+        code = main(["compare", "--threads", "1", "--seeds", "1", "--dataset", data, "--epochs", "2",
                      "--hidden", "4", "--activations", "relu,tanh", "--out", str(tmp_path / "run")])  # fmt: skip
     assert code == 0 and err.getvalue() == ""
     assert len(store.read_run(tmp_path / "run").metrics) == 4

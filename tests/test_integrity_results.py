@@ -167,7 +167,7 @@ def test_metrics_are_read_with_a_csv_reader(tmp_path):
 
 def test_a_study_is_not_resumed_on_other_data(tmp_path):
     data = tmp_path / "d.npz"
-    argv = ["compare", "--threads", "1", "--no-report", "--quiet", "--dataset", f"npz:{data}",
+    argv = ["compare", "--threads", "1", "--no-report", "--quiet", "--seeds", "1", "--dataset", f"npz:{data}",
             "--epochs", "1", "--hidden", "4", "--activations", "relu", "--out", str(tmp_path / "run")]  # fmt: skip
     write_npz(data, 64, 16, seed=0)
     assert run_cli(*argv)[0] == 0
@@ -204,7 +204,7 @@ def test_an_empty_split_is_refused_not_reported_as_zero(tmp_path):
     x = np.zeros((16, 4, 4), np.uint8)
     y = np.arange(16) % 2
     np.savez(tmp_path / "e.npz", x_train=x, y_train=y, x_test=x[:0], y_test=y[:0])
-    code, _, err = run_cli("compare", "--no-report", "--dataset", f"npz:{tmp_path / 'e.npz'}",
+    code, _, err = run_cli("compare", "--no-report", "--seeds", "1", "--dataset", f"npz:{tmp_path / 'e.npz'}",
                            "--out", str(tmp_path / "run"))  # fmt: skip
     assert code == 2 and "the test split is empty" in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()

@@ -37,8 +37,8 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 def compare(data: str, out, *extra: str) -> tuple[int, str, str]:
     return run_cli("compare", "--threads", "1", "--quiet", "--no-report", "--dataset", data,
-                   "--epochs", "3", "--hidden", "8", "--activations", "relu,tanh", "--out",
-                   str(out), *extra)  # fmt: skip
+                   "--epochs", "3", "--hidden", "8", "--activations", "relu,tanh", "--seeds", "1",
+                   "--out", str(out), *extra)  # fmt: skip
 
 
 def rows(run) -> pd.DataFrame:

@@ -123,8 +123,13 @@ def test_summary_table_equals_csv(report):
         assert int(row["seeds"]) == len(final)  # the diverged tanh seed is left out
         assert float(row["final test acc %"]) == pytest.approx(100 * final.mean(), abs=0.006)
         assert float(row["± std"]) == pytest.approx(100 * final.std(ddof=1), abs=0.006)
-        low, high = (float(x) for x in row["95% CI"].strip("[]").split(","))
+        interval, caution = row["95% CI"].split("] ")
+        low, high = (float(x) for x in interval.strip("[").split(","))
         assert low < float(row["final test acc %"]) < high
+        assert caution == f"({len(final) - 1} df!)"  # fewer than 5 seeds: marked
+        per_seed = metrics[(metrics["activation"] == activation) & (metrics["epoch"] == 4)]
+        per_seed = per_seed.sort_values("seed")["test_acc"].dropna()
+        assert row["per seed %"] == ", ".join(f"{100 * v:.2f}" for v in per_seed)
     assert rows["tanh"]["diverged"] == "1"
     assert rows["sigmoid"]["rank"] == "4" and "a" not in rows["sigmoid"]["group"]
     assert "a" in rows[max(rows, key=lambda a: float(rows[a]["final test acc %"]))]["group"]
@@ -147,6 +152,7 @@ def test_single_seed_says_no_interval(tmp_path):
     assert "no confidence interval or significance test can be given" in text
     for row in as_records(parsed.tables["summary-table"]):
         assert row["95% CI"] == "n/a (1 seed)" and row["group"] == "–"
+        assert "per seed %" not in row  # one value is the mean
     assert 'id="diagnostics"' not in text
 
 

@@ -161,7 +161,7 @@ def test_a_study_measures_records_and_estimates(small, tmp_path):
 
 def test_the_cli_prints_the_choice_the_estimate_and_time_per_epoch(small, tmp_path, capsys):
     code = main(["compare", "--dataset", small, "--hidden", "8", "--epochs", "2",
-                 "--activations", "relu", "--no-report", "--out", str(tmp_path / "r")])  # fmt: skip
+                 "--activations", "relu", "--seeds", "1", "--no-report", "--out", str(tmp_path / "r")])  # fmt: skip
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     assert out[0].startswith("threads: ") and "CPUs, the fastest measured" in out[0]
@@ -172,7 +172,7 @@ def test_the_cli_prints_the_choice_the_estimate_and_time_per_epoch(small, tmp_pa
     assert timing[1].startswith("progress: 2/2 epochs (100% of the steps), ")
     assert timing[1].endswith(" elapsed")
     main(["compare", "--dataset", small, "--hidden", "8", "--epochs", "2", "--threads", "1",
-          "--activations", "relu", "--no-report", "--out", str(tmp_path / "f")])  # fmt: skip
+          "--activations", "relu", "--seeds", "1", "--no-report", "--out", str(tmp_path / "f")])  # fmt: skip
     assert capsys.readouterr().out.startswith("threads: 1 (--threads;")
 
 

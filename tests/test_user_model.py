@@ -302,7 +302,7 @@ def write_small_npz(path: Path, n_train: int = 64, n_test: int = 32) -> str:
 def test_bad_models_are_one_line_errors(user_file, tmp_path, capsys, name, message):
     data = write_small_npz(tmp_path / "d.npz")
     model = name.format(file=user_file)
-    code = main(["compare", "--model", model, "--dataset", data, "--epochs", "1",
+    code = main(["compare", "--model", model, "--dataset", data, "--epochs", "1", "--seeds", "1",
                  "--threads", "1", "--quiet", "--no-report", "--out", str(tmp_path / "run")])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2
@@ -324,7 +324,7 @@ def test_a_study_that_does_not_fit_says_how_many_members_would(
 
 def test_swap_target_that_is_not_an_activation_is_one_line(user_file, tmp_path, capsys):
     data = write_small_npz(tmp_path / "d.npz")
-    code = main(["compare", "--model", f"{user_file}:Net", "--swap", "Linear", "--dataset", data,
+    code = main(["compare", "--model", f"{user_file}:Net", "--swap", "Linear", "--seeds", "1", "--dataset", data,
                  "--epochs", "1", "--quiet", "--no-report", "--out", str(tmp_path / "run")])  # fmt: skip
     assert code == 2
     assert "'Linear' is not an activation" in capsys.readouterr().err
