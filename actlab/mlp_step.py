@@ -21,8 +21,9 @@ the engine trains those models with autograd.
 The gradients are written into each parameter's ``.grad`` (buffers allocated once), for
 ``actlab.optim.StackedOptimizer`` and the gradient-norm diagnostics to read.
 
-On a CPU a step of the classic protocol is ~1.4 ms, of which the GEMMs and the Adam pass
-(benchmarks/floor.py) are ~1.1 ms, so everything else is written to cost little: the batch
+On one core of an Intel Xeon a step of the classic protocol takes 1.9 ms against a floor
+of 1.4 ms for its GEMMs and Adam pass (benchmarks/floor.py), so everything else is written
+to cost little: the batch
 is gathered into a preallocated buffer (a fresh 200 kB tensor per step comes from mmap and
 costs ~50 page faults), every tensor of the step lives in the workspace (``out=`` kernels),
 the parameters' views are made once, and the accuracy count reads the logits in their
