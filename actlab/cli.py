@@ -37,6 +37,7 @@ EPILOG = """examples:
   actlab datasets
   actlab compare --dataset fashion-mnist --seeds 3 --epochs 3
   actlab report runs/compare
+  actlab export runs/compare --tensorboard runs/tb --mlflow sqlite:///mlflow.db
   actlab bench relu gelu tanh
 """
 
@@ -158,6 +159,31 @@ def build_parser() -> argparse.ArgumentParser:
         "the run recorded",
     )
     p.set_defaults(handler=cmd_report)
+
+    p = command(
+        "export",
+        "Export run directories to TensorBoard and/or MLflow (what they already hold is skipped).",
+        "  actlab export runs/compare --tensorboard runs/tb\n"
+        "  actlab export runs/compare --mlflow sqlite:///mlflow.db\n"
+        "  actlab export runs/a runs/b --mlflow      # $MLFLOW_TRACKING_URI, else MLflow's default\n",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument(
+        "--tensorboard",
+        default=None,
+        metavar="DIR",
+        help="TensorBoard log directory: one run per member, scalars and HParams",
+    )
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="MLflow tracking URI (without one: $MLFLOW_TRACKING_URI, else MLflow's default); "
+        "a parent run per study, a nested run per member",
+    )
+    p.set_defaults(handler=cmd_export)
 
     # --- explanation ---------------------------------------------------------------------
     p = command(
@@ -332,6 +358,14 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         help="continue the run in --out from its last complete epoch",
     )
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
+    p.add_argument(
+        "--log",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="also log each epoch live to tensorboard[=DIR] (default runs/tb) and/or "
+        "mlflow[=URI] (default $MLFLOW_TRACKING_URI, else MLflow's default); repeatable",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
@@ -423,8 +457,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from actlab.user_model import describe
 
         print(describe(user, config.activations[0], config.swap))
+    log_specs = None
+    if args.log:
+        from actlab.export import parse_log_specs
+
+        log_specs = parse_log_specs(args.log)  # a missing package fails before training
+        quiet_store_logs()
     dataset = load_study_dataset(config, progress=not args.quiet)
     progress = None if args.quiet else CompareProgress()
+    live_log = None
+    if log_specs:
+        from actlab.export import LiveLog
+
+        live_log = LiveLog(log_specs, out, warn=warn)
+    on_epoch = [f for f in (progress and progress.epoch, live_log and live_log.on_epoch) if f]
     try:
         result = run_study(
             config,
@@ -433,16 +479,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
             dataset=dataset,
             on_start=progress.start if progress else None,
             on_step=progress.step if progress else None,
-            on_epoch=progress.epoch if progress else None,
+            on_epoch=(lambda r: [f(r) for f in on_epoch]) if on_epoch else None,
             on_plan=progress.plan if progress else None,
             on_threads=progress.threads if progress else None,
             on_note=lambda note: print(f"actlab: note: {note}", file=sys.stderr),
         )
     except KeyboardInterrupt:
+        if live_log is not None:
+            live_log.close(stall_timeout=5.0)  # what the run directory holds, if quickly done
         raise KeyboardInterrupt(
             f"interrupted; the run directory {out} keeps every finished epoch: rerun the "
             "same command to resume"
         ) from None
+    except BaseException:
+        if live_log is not None:
+            live_log.close(stall_timeout=5.0)
+        raise
     finally:
         if progress is not None:
             progress.close()
@@ -459,6 +511,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         else:
             print(f"report: {write_report(out, min_gap=config.min_gap)}")
             print_verdict(out, config.min_gap)
+    if live_log is not None:  # after the report: MLflow keeps it as an artifact
+        for line in live_log.close():
+            print(f"logged to {line}")
     if result.diverged:  # also when rerun on a finished run: the exit code is the study's
         print("some members diverged (loss NaN/inf or exploding); see status in metrics.csv")
         return EXIT_DIVERGED
@@ -726,6 +781,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(path)
     print(path.with_suffix(".md"))
     return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from actlab.export import export_run
+
+    targets = {
+        kind: where
+        for kind, where in (("tensorboard", args.tensorboard), ("mlflow", args.mlflow))
+        if where is not None
+    }
+    quiet_store_logs()
+    for run_dir in args.run_dirs:
+        for line in export_run(run_dir, targets):
+            print(f"{run_dir}: {line}")
+    return EXIT_OK
+
+
+def quiet_store_logs() -> None:
+    """MLflow logs its database migrations at INFO between the per-epoch lines; keep them
+    for warnings."""
+    import logging
+
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr, above a progress bar if one is shown."""
+    from tqdm import tqdm
+
+    tqdm.write(f"actlab: warning: {message}", file=sys.stderr)
 
 
 def merge_line(run) -> str:

@@ -30,6 +30,11 @@ class ConfigError(ActlabError, ValueError):
     """An experiment configuration that cannot run as asked (the message says why)."""
 
 
+class ExportError(ActlabError):
+    """An export (TensorBoard, MLflow) that cannot be done: a missing package, a target
+    that holds another study, a tracking store that refuses the export."""
+
+
 def control_characters(text: str) -> list[str]:
     """The control and format characters in `text` (Unicode categories Cc, Cf, Zl, Zp:
     newlines, form feeds, record separators, bidi overrides ...), as escapes like '\\n'.
