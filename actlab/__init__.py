@@ -4,6 +4,8 @@
 >>> act = actlab.get("leaky_relu(negative_slope=0.2)")     # an nn.Module
 >>> fn = actlab.get_fn("expr:x * sigmoid(1.702 * x)")       # a callable
 >>> df = actlab.compare(dataset="fashion-mnist", epochs=1)  # a pandas DataFrame
+>>> df = actlab.compare(model="my_net.py:build", dataset="fashion-mnist")  # your network
+>>> net = actlab.swap_activations(Net(), "gelu", old="relu")  # says what it replaced
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ _EXPORTS = {
     "list_activations": "actlab.catalog",
     "load_dataset": "actlab.data",
     "compare": "actlab.api",
+    "swap_activations": "actlab.user_model",
     "ExperimentConfig": "actlab.config",
 }
 

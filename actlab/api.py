@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from actlab import store
-from actlab.config import ExperimentConfig
+from actlab import store, user_model
+from actlab.config import MODELS, ExperimentConfig
 from actlab.engine import (
     DeviceData,
     EpochResult,
@@ -30,7 +30,7 @@ from actlab.engine import (
     resolve_device,
     train,
 )
-from actlab.errors import RunDirError
+from actlab.errors import ConfigError, RunDirError
 from actlab.memory import check_study_memory
 from actlab.threads import (
     MAX_WINDOW_STEPS,
@@ -102,6 +102,13 @@ def run_study(
     re-checked when the step time later degrades badly.
     """
     config.check_activations()
+    if dataset is None and config.dataset == "tensors":
+        raise ConfigError(
+            "dataset 'tensors' was given from Python; pass the same tensors again "
+            "(actlab.compare(dataset=(x_train, y_train, x_test, y_test), ...))"
+        )
+    if config.is_user_model:
+        _check_model_source(config)
     if dataset is None:
         dataset = load_study_dataset(config)
     device = resolve_device(config.device)
@@ -334,6 +341,16 @@ def _train_depths(
     return StudyResult(metrics, writer.path, finished, resumed_from, list(writer.notes))
 
 
+def _check_model_source(config: ExperimentConfig) -> None:
+    """The user's model loads, and is the one the config was made for (same source hash)."""
+    loaded = user_model.load_for(config)
+    if config.model_sha256 and loaded.sha256 and loaded.sha256 != config.model_sha256:
+        raise ConfigError(
+            f"{loaded.source} changed since this config was made (sha256 "
+            f"{config.model_sha256[:12]} then, {loaded.sha256[:12]} now); rebuild the config"
+        )
+
+
 def metrics_frame(rows: list[dict]) -> pd.DataFrame:
     """Metrics rows as a DataFrame typed as `store.read_run` gives them."""
     frame = pd.DataFrame(rows, columns=list(store.METRICS_COLUMNS))
@@ -360,14 +377,41 @@ def compare(
     """Run a study and return its metrics rows (one per member per epoch) as a DataFrame.
 
     Pass an ExperimentConfig, or its fields as keywords; conveniences: ``seeds=3`` means
-    seeds 0, 1, 2; ``lr=1e-3`` or ``lrs=[...]``; lists for tuples. `out` also writes (and
+    seeds 0, 1, 2; ``lr=1e-3`` or ``lrs=[...]``; lists for tuples. ``model=`` is "mlp",
+    "cnn", a reference "FILE.py:NAME", or your own builder / nn.Module class / factory
+    (see actlab.user_model; ``swap=`` names the activations replaced in a module);
+    ``dataset=`` a name or the tensors ``(x_train, y_train, x_test, y_test)``. `out` also writes (and
     resumes) a run directory; `quiet=False` prints one line per member per epoch; `data`
     is an already loaded actlab.data.Dataset (else ``dataset=`` names the one to load).
     """
+    tensors = None
+    if isinstance(options.get("dataset"), tuple | list):
+        tensors = options["dataset"]
+        if len(tensors) != 4:
+            raise ConfigError(
+                f"dataset tensors: give (x_train, y_train, x_test, y_test), got {len(tensors)} items"
+            )
+        options["dataset"] = "tensors"
+    if "model" in options and not (
+        isinstance(options["model"], str) and options["model"] in MODELS
+    ):
+        user = user_model.from_object(options["model"])
+        options.update(model=user.reference, model_source=user.source, model_sha256=user.sha256)
     if config is None:
         config = config_from_options(**options)
     elif options:
         config = config.replace(**_normalise(options))
+    if tensors is not None:
+        from actlab.data import from_tensors
+
+        data = from_tensors(
+            *tensors,
+            val_size=config.val_size,
+            limit_train=config.limit_train,
+            limit_test=config.limit_test,
+            standardize=config.standardize,
+            images=not config.is_user_model,
+        )
     on_epoch = None
     if not quiet:
 
@@ -396,7 +440,9 @@ def _normalise(options: dict) -> dict:
     for name in ("activations",):
         if isinstance(values.get(name), str):
             values[name] = (values[name],)
-    for name in ("hidden", "depths", "activations", "seeds", "lrs"):
+    if isinstance(values.get("swap"), str):
+        values["swap"] = (values["swap"],)
+    for name in ("hidden", "depths", "activations", "seeds", "lrs", "swap"):
         if name in values and values[name] is not None:
             values[name] = tuple(values[name])
     return values

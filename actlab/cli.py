@@ -14,6 +14,7 @@ import errno
 import os
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  actlab compare --activations relu,gelu,'expr:x*sigmoid(1.702*x)' --seeds 5\n"
         "  actlab compare --lr 3e-4,1e-3,3e-3 --select val --val-size 5000\n"
         "  actlab compare --depths 2,4,8,16 --activations relu,sigmoid,tanh\n"
+        "  actlab compare --model my_net.py:build --activations relu,gelu,silu --seeds 5\n"
+        "  actlab compare --model my_net.py:Net --swap relu --activations relu,gelu,mish\n"
         "  actlab compare --seeds 5 --lr 3e-4,1e-3,3e-3 --ray HEAD:6379   # on a Ray cluster\n",
     )
     add_compare_arguments(p)
@@ -246,7 +249,20 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="standardise inputs with train mean/std (default: x/255)",
     )
-    p.add_argument("--model", default="mlp", choices=("mlp", "cnn"), help="the network")
+    p.add_argument(
+        "--model",
+        default="mlp",
+        help="mlp, cnn, or your own network: FILE.py:NAME or module.path:NAME, where NAME is "
+        "a builder taking the activation factory (def build(act)) or an nn.Module class / "
+        "zero-argument factory whose activations are swapped (see --swap)",
+    )
+    p.add_argument(
+        "--swap",
+        default=None,
+        help="with your own nn.Module: the activations to replace, e.g. relu or relu,MyAct "
+        "(default: every catalog activation module found, and F.relu/torch.relu/x.relu()-style "
+        "calls of the rectifier family: relu, gelu, silu, elu, mish, ...)",
+    )
     p.add_argument("--hidden", default="128,128", help="hidden widths, e.g. 256,128,64")
     p.add_argument(
         "--depths", default=None, help="depth study, e.g. 2,4,8,16 (width = first --hidden)"
@@ -323,6 +339,13 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="CPU threads; default: the fastest count, measured on a few steps of the "
         "study's own model (fewer than the cores when the machine is busy)",
+    )
+    p.add_argument(
+        "--stacking",
+        default="auto",
+        choices=("auto", "vmap", "loop"),
+        help="your own model: run each activation's members as one vmapped call, or member by "
+        "member inside each step; auto: vmap, except convolutions on a CPU",
     )
     p.add_argument(
         "--no-diagnostics",
@@ -412,7 +435,13 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from actlab.api import load_study_dataset, run_study
+    from actlab.config import MODELS
 
+    user = None
+    if args.model not in MODELS:
+        from actlab.user_model import load
+
+        user = load(args.model)
     config = ExperimentConfig(
         dataset=args.dataset,
         data_dir=args.data_dir,
@@ -422,6 +451,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         limit_test=args.limit_test,
         standardize=args.standardize,
         model=args.model,
+        swap=split_specs(args.swap) if args.swap else (),
+        model_source=user.source if user else None,
+        model_sha256=user.sha256 if user else None,
         hidden=parse_ints(args.hidden, "--hidden"),
         depths=parse_ints(args.depths, "--depths") if args.depths else (),
         dropout=args.dropout,
@@ -440,6 +472,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         diagnostics=not args.no_diagnostics,
+        stacking=args.stacking,
         min_gap=args.min_gap,
     )
     config.check_activations()
@@ -452,7 +485,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         check_options(args.ray, args.shard_size, args.checkpoint_every)
         import_ray()
         check_reachable(args.ray)
-    out = args.out or default_out(config.dataset)
+    out = args.out or default_out(config.dataset, user.name if user else None)
+    if user is not None:
+        from actlab.user_model import describe
+
+        print(describe(user, config.activations[0], config.swap))
     log_specs = None
     if args.log:
         from actlab.export import parse_log_specs
@@ -599,11 +636,14 @@ def parse_floats(text: str, option: str) -> tuple[float, ...]:
         raise ConfigError(f"{option} {text!r}: expected numbers like 1e-3,3e-3") from None
 
 
-def default_out(dataset: str) -> str:
-    """runs/compare-<dataset>; for npz:PATH and idx:DIR, the file or folder name."""
+def default_out(dataset: str, model: str | None = None) -> str:
+    """runs/compare-<dataset>; for npz:PATH and idx:DIR, the file or folder name; a user
+    model's NAME is appended (runs/compare-fashion-mnist-resnet8)."""
     name = dataset
     if dataset.startswith(("npz:", "idx:")):
         name = dataset[:3] + "-" + Path(dataset[4:]).stem
+    if model:
+        name += "-" + model
     return "runs/compare-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
 
 
@@ -871,6 +911,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _show_notices(message, category, filename, lineno, file=None, line=None) -> None:
+    """actlab's notices (e.g. members trained one by one) as one line, without the source
+    location; other warnings as Python shows them."""
+    from actlab.functional import FallbackNotice
+
+    if issubclass(category, FallbackNotice):
+        print(f"actlab: note: {message}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -880,7 +934,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stdout = sys.stdout
     sys.stdout = PipeSafe(stdout)
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_notices
+            return args.handler(args)
     except ActlabError as error:
         print(f"actlab: error: {one_line(str(error))}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -18,6 +18,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 INITS = ("pytorch", "glorot", "kaiming", "lecun")
 MODELS = ("mlp", "cnn")
 SELECTIONS = ("auto", "final", "val")
+STACKINGS = ("auto", "vmap", "loop")
 # More members than this is a mistake (a count typed as a list, an extra zero), not a study:
 # the bookkeeping alone would take minutes and gigabytes before any memory check could run.
 MAX_MEMBERS = 100_000
@@ -41,7 +42,14 @@ class ExperimentConfig:
 
     # Model. `hidden` are the MLP widths (784-128-128-10 by default); `depths`, when given,
     # replaces it by a depth study: `depth` hidden layers of width hidden[0] each.
+    # `model` is "mlp", "cnn", or the user's own network as "FILE.py:NAME" or
+    # "module.path:NAME" (actlab.user_model); `swap` names the activations replaced in it
+    # (empty: every catalog activation found), and `model_sha256` is the hash of its source
+    # file, so that a run is never resumed with a changed model.
     model: str = "mlp"
+    swap: tuple[str, ...] = ()
+    model_source: str | None = None
+    model_sha256: str | None = None
     hidden: tuple[int, ...] = (128, 128)
     depths: tuple[int, ...] = ()
     dropout: float = 0.0
@@ -79,6 +87,10 @@ class ExperimentConfig:
     device: str = "auto"  # "auto" = CUDA when present
     threads: int | None = None
     diagnostics: bool = True
+    # How a user model's members run inside a step (actlab.functional): "vmap" (one
+    # batched call per activation), "loop" (member by member), "auto" (vmap, except
+    # convolutions on a CPU, where oneDNN's grouped convolutions are slower than G plain ones).
+    stacking: str = "auto"
 
     def __post_init__(self) -> None:
         # Resolve the automatic choices, so config.json records what actually ran.
@@ -103,10 +115,15 @@ class ExperimentConfig:
         if unknown:
             raise ConfigError(f"unknown config keys {unknown}; known keys are {sorted(known)}")
         values = dict(data)
-        for name in ("hidden", "depths", "activations", "seeds", "lrs"):
+        for name in ("hidden", "depths", "activations", "seeds", "lrs", "swap"):
             if name in values and values[name] is not None:
                 values[name] = tuple(values[name])
         return cls(**values)
+
+    @property
+    def is_user_model(self) -> bool:
+        """Whether `model` names the user's own network rather than a built-in one."""
+        return self.model not in MODELS
 
     def check_activations(self) -> None:
         """Resolve every activation spec in the catalog, so that a typo fails at once (with
@@ -128,8 +145,12 @@ class ExperimentConfig:
     def study_key(self) -> dict:
         """The fields that must agree for two runs to be merged or resumed together."""
         data = self.to_dict()
-        # min_gap only changes the wording of the analysis, not the numbers.
-        unkeyed = ("device", "threads", "diagnostics", "data_dir", "download", "seeds", "min_gap")
+        # min_gap only changes the wording of the analysis, not the numbers; stacking only
+        # the rounding; model_source only where the same file was found.
+        unkeyed = (
+            "device", "threads", "diagnostics", "data_dir", "download", "seeds", "min_gap",
+            "model_source", "stacking",
+        )  # fmt: skip
         for name in unkeyed:
             data.pop(name)
         return data
@@ -206,7 +227,26 @@ def validate(config: ExperimentConfig) -> None:
     )
     need(config.init in INITS, f"unknown init {config.init!r}; choose one of {', '.join(INITS)}")
     need(
-        config.model in MODELS, f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}"
+        config.model in MODELS or ":" in config.model,
+        f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}, or your own "
+        "network as FILE.py:NAME or module.path:NAME",
+    )
+    if config.is_user_model:
+        # The user's network defines its own layers, init and dropout.
+        need(not config.depths, "--depths applies to the built-in MLP only; drop --depths")
+        need(
+            config.dropout == 0,
+            "--dropout applies to the built-in models; put nn.Dropout in your model instead",
+        )
+        need(
+            config.init == "pytorch" and not config.init_gain,
+            "--init/--init-gain apply to the built-in models; your model initialises itself",
+        )
+    else:
+        need(not config.swap, "--swap applies to your own model (--model FILE.py:NAME) only")
+    need(
+        config.stacking in STACKINGS,
+        f"unknown stacking {config.stacking!r}; choose one of {', '.join(STACKINGS)}",
     )
     need(
         config.select in SELECTIONS,

@@ -960,3 +960,57 @@ def format_dataset_table(rows: list[dict]) -> str:
         + line[-1]
         for line in lines
     )
+
+
+def from_tensors(
+    x_train: Tensor,
+    y_train: Tensor,
+    x_test: Tensor,
+    y_test: Tensor,
+    *,
+    val_size: float = 0,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    standardize: bool = False,
+    name: str = "tensors",
+    images: bool = False,
+) -> Dataset:
+    """A Dataset from tensors given in Python (``actlab.compare(dataset=(x, y, xt, yt))``).
+
+    Inputs keep their per-sample shape (a user model gets batches exactly as given); uint8
+    inputs are scaled by 1/255, float ones are used as they are. Labels: integer class
+    indices 0..C-1. Validation split and limits as for the other datasets. `images`: shape
+    them (N, C, H, W) for the built-in models ((N, D) -> (N, 1, 1, D), (N, H, W) -> (N, 1, H, W))."""
+    arrays = []
+    for label, value in (("x_train", x_train), ("y_train", y_train), ("x_test", x_test), ("y_test", y_test)):  # fmt: skip
+        if not isinstance(value, Tensor | np.ndarray):
+            raise DataError(
+                f"dataset {label} must be a tensor or array, got {type(value).__name__}"
+            )
+        arrays.append(value.detach().cpu().numpy() if isinstance(value, Tensor) else value)
+    x_tr, y_tr, x_te, y_te = arrays
+    if len(x_tr) != len(y_tr) or len(x_te) != len(y_te):
+        raise DataError(
+            f"dataset tensors disagree: {len(x_tr)} x_train for {len(y_tr)} y_train, "
+            f"{len(x_te)} x_test for {len(y_te)} y_test"
+        )
+    if x_tr.shape[1:] != x_te.shape[1:] or x_tr.ndim < 2:
+        raise DataError(
+            f"x_train samples {x_tr.shape[1:]} and x_test samples {x_te.shape[1:]} must have one "
+            "shape, with the batch first"
+        )
+    labels = np.concatenate([y_tr.reshape(-1), y_te.reshape(-1)])
+    if labels.size and (labels.dtype.kind not in "iu" or labels.min() < 0):
+        raise DataError("dataset labels must be integer class indices 0..C-1 (not one-hot)")
+    if images and x_tr.ndim in (2, 3):
+        x_tr, x_te = (
+            x.reshape(len(x), 1, *([1] * (3 - x.ndim)), *x.shape[1:]) for x in (x_tr, x_te)
+        )
+    scale = 255.0 if x_tr.dtype == np.uint8 else 1.0
+    if scale == 1.0:
+        x_tr, x_te = x_tr.astype(np.float32), x_te.astype(np.float32)
+    splits = _Splits(x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64), "python", scale)
+    num_classes = int(labels.max()) + 1 if labels.size else 0
+    return _make_dataset(
+        name, splits, num_classes, x_tr.shape[1:], val_size, limit_train, limit_test, standardize
+    )

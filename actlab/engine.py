@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -229,17 +229,19 @@ def train(
     depth: int | None = None,
     state: dict | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
+    members: Sequence[Member] | None = None,
     budget_members: int | None = None,
 ) -> Iterator[EpochResult]:
     """Train the stacked model of `depth` for `config.epochs` epochs, one result per epoch.
 
     `dataset` is an actlab.data.Dataset (or a DeviceData); `state` an `EpochResult.state`
-    to resume from (training continues after its epoch). `budget_members`: see Trainer.
-
-    A member's initial weights, batch order and dropout masks depend on its seed alone, so
-    a shard of whole seeds (``config.replace(seeds=...)``, actlab.cluster) gives the rows
-    of the full study: every GEMM of a seed's members keeps its shape."""
-    trainer = Trainer(config, dataset, depth=depth, budget_members=budget_members)
+    to resume from (training continues after its epoch). `members`: a subset of
+    ``members_for(config, depth)`` to train (default all of them). A member's initial
+    weights, batch order and dropout masks depend on its seed alone, so a subset (a shard)
+    trains exactly as the same members do inside the whole study (for the built-in models
+    the subset must be the whole grid of some seeds: their stacking is seed-major, and every
+    GEMM of a seed's members keeps its shape). `budget_members`: see Trainer."""
+    trainer = Trainer(config, dataset, depth=depth, members=members, budget_members=budget_members)
     if state is not None:
         trainer.load_state(state)
     while trainer.epoch < config.epochs:
@@ -256,6 +258,7 @@ class Trainer:
         *,
         depth: int | None = None,
         model: nn.Module | None = None,
+        members: Sequence[Member] | None = None,
         budget_members: int | None = None,
     ) -> None:
         """`budget_members`: the member count that sizes the evaluation chunks and the
@@ -271,8 +274,28 @@ class Trainer:
             if isinstance(dataset, DeviceData)
             else DeviceData.from_dataset(dataset, self.device)
         )
-        self.members = members_for(config, depth)
-        if model is None:
+        self.members = list(members) if members is not None else members_for(config, depth)
+        # The seeds of these members, in order: one batch-order generator each, and the
+        # position of each member's seed (its batch) in a step's (S, B, ...) inputs.
+        self.seeds = tuple(dict.fromkeys(m.seed for m in self.members))
+        self.member_seed = torch.tensor(
+            [self.seeds.index(m.seed) for m in self.members], device=self.device
+        )
+        if model is None and config.is_user_model:
+            from actlab.functional import StackedUserModel
+            from actlab.user_model import load_for
+
+            model = StackedUserModel(
+                load_for(config),
+                self.members,
+                config.swap,
+                self.data.x_train[:2],
+                self.data.num_classes,
+                self.device,
+                stacking=config.stacking,
+                batch_size=config.batch_size,
+            )
+        elif model is None:
             from actlab.models import build_model
 
             model = build_model(
@@ -295,7 +318,7 @@ class Trainer:
             weight_decay=config.weight_decay,
             momentum=config.momentum,
         )
-        self.generators = [shuffle_generator(seed) for seed in config.seeds]
+        self.generators = [shuffle_generator(seed) for seed in self.seeds]
         self._loss_limit = DIVERGED_LOSS_FACTOR * math.log(max(self.data.num_classes, 2))
         self.epoch = 0
         self.diverged_epoch: list[int | None] = [None] * len(self.members)
@@ -451,13 +474,12 @@ class Trainer:
         if self.mlp_step is not None:  # into its preallocated buffers
             return self.mlp_step.batch(data.x_train, data.y_train, index)
         S, b = index.shape
-        K = len(self.members)
         # index_select on the flat index is several times faster than x[index] on the
         # CPU (advanced indexing goes through a generic gather).
         flat_index = index.reshape(S * b)
         inputs = data.x_train.index_select(0, flat_index).view(S, b, *data.x_train.shape[1:])
-        targets = data.y_train.index_select(0, flat_index).view(S, 1, b)
-        return inputs, targets.expand(S, K // S, b).reshape(K, b)  # member k: its seed's
+        targets = data.y_train.index_select(0, flat_index).view(S, b)
+        return inputs, targets.index_select(0, self.member_seed)  # member k: its seed's
 
     def _forward(self, inputs: Tensor, targets: Tensor):
         """Logits (K, b, classes), the members' mean losses (K,) and what backward needs."""
@@ -486,7 +508,7 @@ class Trainer:
         """Diagnostics, the optimizer step and the epoch sums, after the backward pass."""
         sums = self._sums
         if self.with_diagnostics:
-            sums.grad_norm += diagnostics_lib.layer_grad_norms(self.model.weight_layers())
+            sums.grad_norm += self._layer_grad_norms()
         self.optimizer.step(alive)
         with torch.no_grad():
             losses = losses.detach()
@@ -583,7 +605,7 @@ class Trainer:
             p.grad = None
         losses.view(K, c).mean(dim=1).sum().backward()
         with torch.no_grad():
-            probe_norms = diagnostics_lib.layer_grad_norms(model.weight_layers())
+            probe_norms = self._layer_grad_norms()
             detached = [p.detach() for p in preacts]
             dead, saturated = diagnostics_lib.unit_fractions(detached, model.member_activations())
             mean, std = diagnostics_lib.preact_moments(detached)
@@ -599,11 +621,19 @@ class Trainer:
             "preact_std": std.tolist(),
         }
 
+    def _layer_grad_norms(self) -> Tensor:
+        """(K, L) norms of each member's weight gradient per layer (a model may say how)."""
+        own = getattr(self.model, "layer_grad_norms", None)
+        if own is not None:
+            return own()
+        return diagnostics_lib.layer_grad_norms(self.model.weight_layers())
+
     def _member_fields(self, k: int, member: Member) -> dict:
-        """The columns that name a member's row in metrics.csv and diagnostics.csv."""
+        """The columns that name a member's row in metrics.csv and diagnostics.csv (the
+        member's index in the whole study, also when this trainer holds a subset)."""
         return {
             "depth": self.depth,
-            "member": k,
+            "member": member.index,
             "activation": member.activation,
             "seed": member.seed,
             "lr": member.lr,
@@ -614,13 +644,13 @@ class Trainer:
         rows = []
         num_layers = len(diag["grad_norm"][k])
         hidden = len(diag["dead_frac"][k])
-        for layer in range(num_layers):
-            row = {
-                **self._member_fields(k, member),
-                "layer": layer + 1,
-                "grad_norm": diag["grad_norm"][k][layer],
-                "probe_grad_norm": diag["probe_grad_norm"][k][layer],
-            }
+        # A user model may have more activation sites than weight layers: site i is
+        # reported on row `layer` i + 1, without gradient norms beyond the weight layers.
+        for layer in range(max(num_layers, hidden)):
+            row = {**self._member_fields(k, member), "layer": layer + 1}
+            if layer < num_layers:
+                row["grad_norm"] = diag["grad_norm"][k][layer]
+                row["probe_grad_norm"] = diag["probe_grad_norm"][k][layer]
             if layer < hidden:  # hidden layers only: the output layer has no activation
                 for name in ("dead_frac", "saturated_frac", "preact_mean", "preact_std"):
                     row[name] = diag[name][k][layer]

@@ -95,7 +95,12 @@ def gib(count: int) -> str:
 
 
 def check_study_memory(config: ExperimentConfig, dataset, device) -> None:
-    """Refuse, with one line saying how much memory it needs, a study that cannot fit."""
+    """Refuse, with one line saying how much memory it needs, a study that cannot fit.
+
+    A user's own network is measured when it is built instead (its layers are not known
+    from the config): see actlab.functional.StackedUserModel."""
+    if config.is_user_model:
+        return
     samples = dataset.train_size + dataset.val_size + dataset.test_size
     need = study_bytes(
         config, tuple(dataset.input_shape), int(dataset.num_classes), samples, dataset.train_size

@@ -1,7 +1,9 @@
 """Stacked optimizers: K independent Adam / AdamW / SGD-momentum optimizers in one.
 
 A stacked parameter has a leading member dimension K (member k owns ``p[k]``); a
-per-member parameter belongs to one member alone (e.g. the slope of member k's PReLU).
+per-member parameter belongs to one member alone (e.g. the slope of member k's PReLU); a
+group-stacked parameter leads with the members of one group (``p[i]`` belongs to member
+``owner[i]``: the members of a user model that share an activation, actlab.functional).
 Every update rule here is elementwise, so updating the stacked tensors at once is exactly
 K separate ``torch.optim`` optimizers, provided each member gets its own learning rate:
 the lr is a (K,) tensor, viewed as (K, 1, ..., 1) and broadcast over each stacked param.
@@ -53,8 +55,10 @@ FLUSH_BELOW = {"exp_avg": 1e-30, "exp_avg_sq": 1e-36, "momentum_buffer": 1e-30}
 class StackedOptimizer:
     """Adam, AdamW or SGD-momentum over ``model.parameter_members()`` with a per-member lr.
 
-    ``param_members``: ``(p, None)`` for a stacked parameter (leading dim K) or ``(p, k)``
-    for a parameter owned by member k alone. ``lrs``: one learning rate per member.
+    ``param_members``: ``(p, None)`` for a stacked parameter (leading dim K), ``(p, k)``
+    for a parameter owned by member k alone, or ``(p, (k1, k2, ...))`` for a parameter
+    stacked over those members (leading dim their count). ``lrs``: one learning rate per
+    member.
     """
 
     def __init__(
@@ -83,11 +87,19 @@ class StackedOptimizer:
         device = self.params[0].device
         dtype = self.params[0].dtype
         for p, owner in param_members:
-            if owner is None and p.shape[0] != self.num_members:
+            leading = self.num_members if owner is None else _group_size(owner)
+            if leading is not None and (p.dim() == 0 or p.shape[0] != leading):
                 raise ValueError(
                     f"stacked parameter of shape {tuple(p.shape)} does not lead with "
-                    f"{self.num_members} members"
+                    f"{leading} members"
                 )
+        # Group-stacked parameters index the per-member values with their members.
+        self._owner_index = [
+            None
+            if owner is None or isinstance(owner, int)
+            else torch.as_tensor(list(owner), dtype=torch.long, device=device)
+            for owner in self.owners
+        ]
         self.lrs = torch.tensor([float(lr) for lr in lrs], dtype=dtype, device=device)
         self.active = torch.ones(self.num_members, dtype=torch.bool, device=device)
         self.step_count = 0
@@ -129,9 +141,11 @@ class StackedOptimizer:
     def _member_views(self, values: Tensor) -> list[Tensor]:
         """`values` (K,) viewed to broadcast over each parameter (a 0-d slice for owned ones)."""
         views = []
-        for p, owner in zip(self.params, self.owners, strict=True):
+        for p, owner, index in zip(self.params, self.owners, self._owner_index, strict=True):
             if owner is None:
                 views.append(values.view((self.num_members,) + (1,) * (p.dim() - 1)))
+            elif index is not None:
+                views.append(values.index_select(0, index).view((-1,) + (1,) * (p.dim() - 1)))
             else:
                 views.append(values[owner])
         return views
@@ -235,18 +249,24 @@ class StackedOptimizer:
     def _by_lr(self, tensors: list[Tensor]) -> list[list[Tensor]]:
         """`tensors` (one per parameter) split by distinct lr, in `_lr_groups` order: the
         whole tensors for a single lr, else member k's slice t[k] of a stacked one (a
-        contiguous view) and a member's own parameter whole, in the group of its lr."""
+        contiguous view) and a member's own parameter whole, in the group of its lr; a
+        group-stacked one whole when its members share an lr, else sliced per member."""
         lrs = self.lrs.tolist()
         distinct = list(dict.fromkeys(lrs))
         if len(distinct) == 1:
             return [list(tensors)]
         groups: list[list[Tensor]] = [[] for _ in distinct]
         for t, owner in zip(tensors, self.owners, strict=True):
-            if owner is None:
-                for k, part in enumerate(t.unbind(0)):
-                    groups[distinct.index(lrs[k])].append(part)
-            else:
+            if isinstance(owner, int):
                 groups[distinct.index(lrs[owner])].append(t)
+                continue
+            members = range(self.num_members) if owner is None else owner
+            member_lrs = {lrs[k] for k in members}
+            if len(member_lrs) == 1:  # a group stack whose members share one lr: whole
+                groups[distinct.index(member_lrs.pop())].append(t)
+                continue
+            for k, part in zip(members, t.unbind(0), strict=True):
+                groups[distinct.index(lrs[k])].append(part)
         return groups
 
     def _lr_groups_of_state(self) -> list[tuple[float, list[Tensor], list[Tensor], list[Tensor]]]:
@@ -340,6 +360,11 @@ class StackedOptimizer:
         self.active.fill_(True)
         self._any_frozen = False
         self.freeze(frozen)
+
+
+def _group_size(owner) -> int | None:
+    """The leading dim a parameter owned by `owner` must have (None: a member's own)."""
+    return None if isinstance(owner, int) else len(owner)
 
 
 def zero_grad(params: Sequence[Tensor]) -> None:

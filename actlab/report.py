@@ -1038,7 +1038,10 @@ def _figure_html(caption: str, fig: Figure) -> str:
 def _subtitle(analysis: Analysis) -> str:
     config = analysis.run.config
     model = f"{config.model.upper()} {'-'.join(map(str, config.hidden))}"
-    if config.depths:
+    if config.is_user_model:  # the user's own network: its reference and source hash
+        digest = f" (source sha256 {config.model_sha256[:12]})" if config.model_sha256 else ""
+        model = f"{config.model}{digest}"
+    elif config.depths:
         model = f"{config.model.upper()} of depth {', '.join(map(str, config.depths))} (width {config.hidden[0]})"
     text = (
         f"{model}, {config.optimizer} lr {', '.join(lr_text(lr) for lr in config.lrs)}, "

@@ -315,6 +315,13 @@ def _check_same_study(
     if config.epochs > existing.epochs:
         theirs["epochs"] = config.epochs
     differing = [name for name in mine if mine[name] != theirs.get(name)]
+    if "model_sha256" in differing and mine["model"] == theirs.get("model"):
+        source = config.model_source or config.model
+        raise RunDirError(
+            f"{source} changed since the run in {config_path.parent} started (sha256 "
+            f"{str(theirs.get('model_sha256'))[:12]} there, {str(mine['model_sha256'])[:12]} now); "
+            "restore the file to resume, or choose another --out"
+        )
     if differing:
         details = ", ".join(
             f"{name} {theirs.get(name)!r} there, {mine[name]!r} asked" for name in differing
