@@ -108,7 +108,7 @@ def run_study(
             "(actlab.compare(dataset=(x_train, y_train, x_test, y_test), ...))"
         )
     if config.is_user_model:
-        _check_model_source(config)
+        check_model_source(config)
     if dataset is None:
         dataset = load_study_dataset(config)
     device = resolve_device(config.device)
@@ -341,7 +341,7 @@ def _train_depths(
     return StudyResult(metrics, writer.path, finished, resumed_from, list(writer.notes))
 
 
-def _check_model_source(config: ExperimentConfig) -> None:
+def check_model_source(config: ExperimentConfig) -> None:
     """The user's model loads, and is the one the config was made for (same source hash)."""
     loaded = user_model.load_for(config)
     if config.model_sha256 and loaded.sha256 and loaded.sha256 != config.model_sha256:

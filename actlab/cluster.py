@@ -28,11 +28,13 @@ Ray is imported only here, and only when asked for (``pip install "actlab[ray]"`
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import os
 import re
 import socket
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +155,36 @@ def train_shard(
             return
 
 
+def user_model_file(config: ExperimentConfig) -> tuple[str, bytes] | None:
+    """The user's model file (``--model FILE.py:NAME``) and its bytes, shipped with every
+    shard's task: the workers need no copy of it (nor a shared filesystem)."""
+    source = config.model_source if config.is_user_model else None
+    if not source or not source.endswith(".py") or not Path(source).is_file():
+        return None  # a built-in model, or an importable module (installed on every node)
+    return source, Path(source).read_bytes()
+
+
+def localize_model(config: ExperimentConfig, shipped: tuple[str, bytes] | None):
+    """`config` with its model file at a path of this node holding the shipped bytes: the
+    original path when it holds them (the same machine), else a copy in the temp folder
+    (named by the bytes' SHA-256, so that a changed file is a new copy)."""
+    if shipped is None:
+        return config
+    path, data = shipped
+    local = Path(path)
+    if not (local.is_file() and local.read_bytes() == data):
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        folder = Path(tempfile.gettempdir()) / f"actlab-model-{digest}"
+        folder.mkdir(parents=True, exist_ok=True)
+        local = folder / Path(path).name
+        if not (local.is_file() and local.read_bytes() == data):
+            partial = local.with_name(f"{local.name}.{os.getpid()}.tmp")
+            partial.write_bytes(data)
+            os.replace(partial, local)
+    name = config.model.rpartition(":")[2]
+    return config.replace(model=f"{local}:{name}", model_source=str(local))
+
+
 def to_cpu(value):
     """`value` with every tensor in it moved to the CPU (a GPU worker's state must be
     readable by a driver without a GPU; the engine copies it back onto its device)."""
@@ -173,12 +205,15 @@ def _remote_shard(
     until_epoch: int,
     budget_members: int,
     threads: int,
+    model_file: tuple[str, bytes] | None = None,
 ):
     """The Ray task: the dataset comes once per worker process from the object store (it
-    is passed boxed in a list so that Ray does not fetch it for every task)."""
+    is passed boxed in a list so that Ray does not fetch it for every task); a user's model
+    file comes with the task (see `localize_model`)."""
     import ray
 
     torch.set_num_threads(threads)
+    config = localize_model(config, model_file)
     (dataset_ref,) = dataset_box
     device = resolve_device(config.device)
     key = (dataset_ref.hex(), str(device))
@@ -308,6 +343,8 @@ def check_shard_memory(ray, config, dataset, shards, plan: ClusterPlan, nodes) -
     GPU's memory (a probe task) on a GPU cluster, else against the largest node's memory."""
     from actlab.memory import study_bytes
 
+    if config.is_user_model:  # measured when built, on the worker (actlab.functional)
+        return
     largest = max(shards, key=lambda shard: len(shard.members))
     needed = study_bytes(
         config.replace(seeds=largest.seeds),
@@ -356,6 +393,10 @@ def run_study_on_ray(
     3/10``, as a local run says)."""
     check_options(address, shard_size, checkpoint_every)
     config.check_activations()
+    if config.is_user_model:
+        from actlab.api import check_model_source
+
+        check_model_source(config)  # it loads here, and is the file the config was made for
     ray, connected = connect(address)
     try:
         nodes = ray.nodes()
@@ -449,6 +490,7 @@ class _Driver:
             "max_retries": MAX_RETRIES,
         }
         self.threads = plan.num_cpus
+        self.model_file = user_model_file(config)
         self.already_complete = False
         self.resumed_from: tuple[int | None, int] | None = None
 
@@ -500,6 +542,7 @@ class _Driver:
             until,
             members,
             self.threads,
+            self.model_file,
         )
 
     def _train_depth(self, shards, states, first_epoch, on_progress, on_epoch) -> list[dict]:

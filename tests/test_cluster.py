@@ -338,6 +338,44 @@ def test_ray_study_has_the_local_numbers(ray_address, data, local_run, tmp_path)
         run_study(store.read_run(out).config, out=out)
 
 
+USER_MODEL = """from torch import nn
+
+
+def build(act):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), act(), nn.Linear(16, 4))
+"""
+
+
+@pytest.mark.slow
+def test_own_model_on_ray_has_the_local_numbers(ray_address, data, tmp_path, monkeypatch):
+    """--model FILE.py:NAME (issue 13) on Ray: the file goes with the tasks, given by a
+    relative path (the workers run in other folders)."""
+    (tmp_path / "net.py").write_text(USER_MODEL)
+    monkeypatch.chdir(tmp_path)
+    study = ["--model", "net.py:build", "--activations", "relu,tanh,gelu", "--seeds", "2",
+             "--epochs", "2", "--standardize"]  # fmt: skip
+    assert main(["compare", "--threads", "1", "--no-report", "--quiet", "--dataset", data, *study, "--out", "local"]) == 0  # fmt: skip
+    run = subprocess.run(
+        actlab_cli("--dataset", data, *study, "--out", "ray", "--ray", ray_address, "--quiet"),
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert without_time(tmp_path / "ray") == without_time(tmp_path / "local")
+
+
+def test_a_model_file_travels_to_nodes_without_it(tmp_path):
+    config = ExperimentConfig(model="/elsewhere/net.py:build", model_source="/elsewhere/net.py")
+    here = cluster.localize_model(config, ("/elsewhere/net.py", USER_MODEL.encode()))
+    where, _, name = here.model.rpartition(":")
+    assert name == "build" and here.model_source == where != "/elsewhere/net.py"
+    assert Path(where).read_text() == USER_MODEL
+    same = tmp_path / "net.py"
+    same.write_text(USER_MODEL)  # the same file on this node: used where it is
+    config = config.replace(model=f"{same}:build", model_source=str(same))
+    assert cluster.localize_model(config, (str(same), USER_MODEL.encode())) == config
+    assert cluster.localize_model(ExperimentConfig(), None) == ExperimentConfig()
+
+
 def process_titled(prefix: str) -> int | None:
     """The pid of the process whose title (Ray sets ``ray::<task name>``) starts with
     `prefix`, if any."""
