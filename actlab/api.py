@@ -122,16 +122,7 @@ def run_study(
     if out is not None:
         environment = store.describe_environment(str(device), torch.get_num_threads())
         environment["threads_chosen"] = keeper.how_chosen()
-        writer = store.open_run_dir(
-            out,
-            config,
-            members=[dataclasses.asdict(m) for m in members_of(config)],
-            dataset=dataset.summary(),
-            environment=environment,
-            resume=resume,
-        )
-        for note in writer.notes if on_note is not None else ():
-            on_note(note)
+        writer = open_study_dir(out, config, dataset, environment, resume, on_note)
     callbacks = (on_step, on_epoch, on_start, on_plan, on_threads)
     try:
         return _train_depths(config, data, keeper, writer, *callbacks)
@@ -274,6 +265,29 @@ class ThreadKeeper:
 
     def close(self) -> None:
         self._trainer = None
+
+
+def open_study_dir(
+    out: str | Path,
+    config: ExperimentConfig,
+    dataset,
+    environment: dict,
+    resume: bool,
+    on_note: Callable[[str], None] | None,
+) -> store.RunWriter:
+    """Open (or reopen) the run directory of a study, local or on Ray, and pass on what
+    reopening repaired (`on_note`)."""
+    writer = store.open_run_dir(
+        out,
+        config,
+        members=[dataclasses.asdict(m) for m in members_of(config)],
+        dataset=dataset.summary(),
+        environment=environment,
+        resume=resume,
+    )
+    for note in writer.notes if on_note is not None else ():
+        on_note(note)
+    return writer
 
 
 def _train_depths(

@@ -27,7 +27,6 @@ Ray is imported only here, and only when asked for (``pip install "actlab[ray]"`
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import math
@@ -42,9 +41,9 @@ from pathlib import Path
 import torch
 
 from actlab import store
-from actlab.api import StudyResult, load_study_dataset
+from actlab.api import StudyResult, load_study_dataset, open_study_dir
 from actlab.config import ExperimentConfig, members_for
-from actlab.engine import DeviceData, EpochResult, members_of, resolve_device, train
+from actlab.engine import DeviceData, EpochResult, resolve_device, train
 from actlab.errors import ActlabError, ClusterError, ConfigError, RunDirError
 
 INSTALL_HINT = 'pip install "actlab[ray]"'
@@ -417,16 +416,7 @@ def run_study_on_ray(
                 "shard_size": shard_size,
                 "checkpoint_every": checkpoint_every,
             }
-            writer = store.open_run_dir(
-                out,
-                config,
-                members=[dataclasses.asdict(m) for m in members_of(config)],
-                dataset=dataset.summary(),
-                environment=environment,
-                resume=resume,
-            )
-            for note in writer.notes if on_note is not None else ():
-                on_note(note)
+            writer = open_study_dir(out, config, dataset, environment, resume, on_note)
         try:
             checkpoint = writer.checkpoint if writer is not None else None
             if checkpoint is not None and "shards" not in checkpoint["engine"]:
