@@ -20,3 +20,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def restore_threads():
+    """Tests that let actlab choose or force a thread count give the process its count back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_charts(monkeypatch):
+    """Reports without their matplotlib figures, for tests about rows and words (fast)."""
+    from actlab import report
+
+    monkeypatch.setattr(report, "charts", lambda analysis: [])
+    monkeypatch.setattr(report, "_activation_figure", lambda analysis: None)

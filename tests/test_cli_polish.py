@@ -16,12 +16,7 @@ from actlab.cli import main, merge_line, parse_seeds
 from actlab.errors import ConfigError, DataError, SpecError
 from actlab.store import merge_runs
 
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 @pytest.fixture(scope="module")

@@ -15,29 +15,15 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
+from test_compare_cli import write_npz
 
 from actlab import cluster, store
 from actlab.api import run_study
 from actlab.cli import main
 from actlab.config import ExperimentConfig
 from actlab.errors import ConfigError, RunDirError
-
-
-def write_npz(path: Path, n_train: int, n_test: int, side: int, seed: int = 0) -> str:
-    """uint8 images whose class (of 4) is the argmax of a fixed linear map of the pixels."""
-    rng = np.random.default_rng(seed)
-    projection = np.random.default_rng(99).normal(size=(side * side, 4))
-
-    def split(n):
-        x = rng.integers(0, 256, (n, side, side), dtype=np.uint8)
-        return x, (x.reshape(n, -1).astype(float) @ projection).argmax(1).astype(np.int64)
-
-    (x_train, y_train), (x_test, y_test) = split(n_train), split(n_test)
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return f"npz:{path}"
 
 
 def without_time(path: Path, name: str = store.METRICS_FILE) -> list[dict]:

@@ -21,6 +21,9 @@ from actlab.config import ExperimentConfig
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
+pytestmark = pytest.mark.usefixtures("restore_threads")
+
+
 def write_npz(path: Path, n_train: int, n_test: int, side: int = 8, seed: int = 0) -> str:
     """uint8 images whose class (of 4) is the argmax of a fixed linear map of the pixels."""
     rng = np.random.default_rng(seed)
@@ -38,13 +41,6 @@ def write_npz(path: Path, n_train: int, n_test: int, side: int = 8, seed: int = 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> str:
     return write_npz(tmp_path_factory.mktemp("data") / "small.npz", 512, 128)
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def compare(*args: str) -> int:

@@ -14,26 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.cli import run_cli
 from fixtures.run_dir import write_run
 from test_compare_cli import write_npz
 
 from actlab import report, store
 from actlab.cli import main
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def no_charts(monkeypatch):
-    monkeypatch.setattr(report, "charts", lambda analysis: [])
-    monkeypatch.setattr(report, "_activation_figure", lambda analysis: None)
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
+pytestmark = pytest.mark.usefixtures("one_thread", "no_charts")
 
 
 def one_line(code: int, err: str, expected_code: int, *words: str) -> None:

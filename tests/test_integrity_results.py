@@ -2,35 +2,19 @@
 an activation dropped by a control character in its spec, a study resumed on other data,
 an empty test split reported as measured, and `report -o` clobbering or renaming files."""
 
-import contextlib
-import io
-
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures.cli import run_cli
 from fixtures.run_dir import write_run
 from test_compare_cli import write_npz
 
 from actlab import completion, report, stats, store
 from actlab.api import run_study
-from actlab.cli import main
 from actlab.config import ExperimentConfig
 from actlab.errors import ConfigError, SpecError
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def no_charts(monkeypatch):
-    monkeypatch.setattr(report, "charts", lambda analysis: [])
-    monkeypatch.setattr(report, "_activation_figure", lambda analysis: None)
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
+pytestmark = pytest.mark.usefixtures("one_thread", "no_charts")
 
 
 def interrupted_study(config: ExperimentConfig, out, after_epoch: int, data) -> None:

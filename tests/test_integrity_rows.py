@@ -2,37 +2,22 @@
 the copy of the rows each checkpoint holds, a contradicting row is refused, and no write
 leaves a partial file or a stray temp file behind (a full disk included)."""
 
-import contextlib
 import errno
-import io
 import os
 
 import pandas as pd
 import pytest
+from fixtures.cli import run_cli
 from test_compare_cli import write_npz
 
-from actlab import report, store
-from actlab.cli import main
+from actlab import store
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def no_charts(monkeypatch):
-    monkeypatch.setattr(report, "charts", lambda analysis: [])
-    monkeypatch.setattr(report, "_activation_figure", lambda analysis: None)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_charts")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> str:
     return write_npz(tmp_path_factory.mktemp("data") / "d.npz", 128, 32)
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
 
 
 def compare(data: str, out, *extra: str) -> tuple[int, str, str]:
