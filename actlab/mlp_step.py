@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from actlab import native
 from actlab.closed_forms import ClosedForm, closed_form
 from actlab.models import StackedMLP, StackedModel
 
@@ -99,6 +100,26 @@ class _Workspace:
         self.h_t = [t.transpose(1, 2) for t in self.h]
         self.logits_t = self.logits.transpose(1, 2)
         self.picked_flat = self.picked.view(K, batch)
+        # Written by the compiled kernels (actlab.native): the members' losses and correct
+        # predictions of the step, and the raw addresses the kernels are called with.
+        self.losses = torch.empty(K, **options)
+        self.correct = torch.empty(K, dtype=torch.long, device=weight.device)
+        self.ptr = _Addresses(self)
+
+
+class _Addresses:
+    """The data addresses of a workspace's tensors, read once (the buffers never move)."""
+
+    def __init__(self, ws: _Workspace) -> None:
+        self.z = [t.data_ptr() for t in ws.z]
+        self.h = [t.data_ptr() for t in ws.h]
+        self.dh = [t.data_ptr() for t in ws.dh]
+        self.dz = [t.data_ptr() for t in ws.dz]
+        self.logits = ws.logits.data_ptr()
+        self.targets = ws.targets.data_ptr()
+        self.d = ws.d.data_ptr()
+        self.losses = ws.losses.data_ptr()
+        self.correct = ws.correct.data_ptr()
 
 
 @dataclass
@@ -110,7 +131,7 @@ class StepCache:
     outs: list[Tensor]  # each hidden layer's output after dropout (the next layer's input)
     masks: list[Tensor | None]  # dropout masks (K, units, B)
     graphs: list[tuple[Tensor, Tensor] | None]  # (z leaf, h) where autograd differentiates
-    logp: Tensor  # log-softmax of the logits (K, classes, B)
+    logp: Tensor | None  # log-softmax of the logits (K, classes, B); None: compiled kernels
     targets: Tensor  # (K, 1, B)
 
 
@@ -152,6 +173,31 @@ class MLPStep:
             self.weights = weights
             self.weights_t = [w.transpose(1, 2) for w in weights]
             self.biases = [b.unsqueeze(2) for b in biases]
+        self.native = self._native_kernels()
+
+    def _native_kernels(self):
+        """The compiled kernels (actlab.native) when they cover this model on this device:
+        every activation has a code there, and the tensors are CPU float32. Sets the
+        members' activation codes and parameters; returns the library or None."""
+        model = self.model
+        coded = [native.code_and_params(info.name, info.params) for info in model.infos]
+        if self.closed_forms is None or None in coded or not native.usable(self.weights[0]):
+            return None
+        lib = native.library()
+        if lib is None:
+            return None
+        S, A, L = model.grid.shape
+        member_group = [(k // L) % A for k in range(model.num_members)]  # k = (s*A + a)*L + l
+        self._codes = torch.tensor([coded[a][0] for a in member_group], dtype=torch.int32)
+        self._code_params = torch.tensor([coded[a][1:] for a in member_group], dtype=torch.float32)
+        self._codes_ptr = self._codes.data_ptr()
+        self._code_params_ptr = self._code_params.data_ptr()
+        self._bias_grad_ptrs = [g.data_ptr() for g in self.bias_grads]
+        return lib
+
+    def _native_for(self, batch: int):
+        """The compiled kernels for a batch of `batch` samples, or None."""
+        return self.native if batch <= native.MAX_BATCH else None
 
     def _workspace(self, batch: int) -> _Workspace:
         if batch not in self._workspaces:
@@ -203,9 +249,19 @@ class MLPStep:
             masks.append(mask)
             graphs.append(graph)
         logits = torch.baddbmm(self.biases[-1], self.weights[-1], outs[-1], out=ws.logits)
-        logp = torch.log_softmax(logits, dim=1, out=ws.logp)
         if targets is not ws.targets_flat:  # not gathered by `batch`
             ws.targets_flat.copy_(targets)
+        lib = self._native_for(B)
+        if lib is not None:
+            # Loss, its gradient ws.d, the top bias gradient and the hits, in one pass.
+            K, C = logits.shape[:2]
+            lib.xent_forward_backward(
+                K, C, B, ws.ptr.logits, ws.ptr.targets, ws.ptr.d, self._bias_grad_ptrs[-1],
+                ws.ptr.losses, ws.ptr.correct, native.threads_for(K * C * B),
+            )  # fmt: skip
+            cache = StepCache(ws, x, outs, masks, graphs, None, ws.targets)
+            return ws.logits_t, ws.losses, cache
+        logp = torch.log_softmax(logits, dim=1, out=ws.logp)
         torch.gather(logp, 1, ws.targets, out=ws.picked)
         losses = ws.picked_flat.mean(dim=1).neg_()
         cache = StepCache(ws, x, outs, masks, graphs, logp, ws.targets)
@@ -218,6 +274,9 @@ class MLPStep:
         feature-major logits (``max`` over a middle dim is vectorised; ``argmax`` is not,
         and is 6x slower there)."""
         ws = cache.workspace
+        if cache.logp is None:  # counted by the compiled kernel
+            out += ws.correct
+            return
         torch.max(ws.logits, dim=1, out=(ws.top, ws.predicted))
         torch.eq(ws.predicted, ws.targets_flat, out=ws.hits)
         out += ws.hits.sum(dim=1)
@@ -225,6 +284,14 @@ class MLPStep:
     def _activate(self, layer: int, ws: _Workspace) -> tuple[Tensor, tuple | None]:
         """The layer's activation of ws.z[layer]: (output, None) in closed form, written
         group by group into ws.h[layer]; else (output, (z leaf, output)) with a graph."""
+        lib = self._native_for(ws.z[layer].shape[2])
+        if lib is not None:
+            K, units, B = ws.z[layer].shape
+            lib.act_forward(
+                K, units, B, self._codes_ptr, self._code_params_ptr, ws.ptr.z[layer],
+                ws.ptr.h[layer], native.threads_for(K * units * B),
+            )  # fmt: skip
+            return ws.h[layer], None
         if self.closed_forms is not None:
             z_groups, h_groups = ws.z_groups[layer], ws.h_groups[layer]
             for a, form in enumerate(self.closed_forms):
@@ -250,26 +317,35 @@ class MLPStep:
             if p.grad is not grad:  # the engine sets them to None between epochs
                 p.grad = grad
         ws = cache.workspace
-        K, _, B = cache.logp.shape
-        # d = (softmax - onehot(y)) / B, the gradient of the mean cross-entropy.
-        d = torch.exp(cache.logp, out=ws.d)
-        d.scatter_add_(1, cache.targets, ws.minus_one)
-        d.mul_(1.0 / B)
+        K, _, B = ws.d.shape
+        fused = cache.logp is None  # the compiled kernels: d and every bias gradient
+        if not fused:
+            # d = (softmax - onehot(y)) / B, the gradient of the mean cross-entropy.
+            d = torch.exp(cache.logp, out=ws.d)
+            d.scatter_add_(1, cache.targets, ws.minus_one)
+            d.mul_(1.0 / B)
+        else:
+            d = ws.d  # written with the top bias gradient by xent_forward_backward
         if alive is not None:
-            d.masked_fill_(~alive.view(K, 1, 1), 0.0)  # a select: NaN * 0 would be NaN
+            dead = ~alive
+            d.masked_fill_(dead.view(K, 1, 1), 0.0)  # a select: NaN * 0 would be NaN
+            if fused:
+                self.bias_grads[-1].masked_fill_(dead.view(K, 1), 0.0)
         for layer in range(model.num_hidden, 0, -1):
             below = layer - 1
             h = cache.outs[below]
             h_t = ws.h_t[below] if h is ws.h[below] else h.mT  # not after dropout/autograd
             torch.bmm(d, h_t, out=self.weight_grads[layer])
-            torch.sum(d, dim=2, out=self.bias_grads[layer])
+            if not fused:
+                torch.sum(d, dim=2, out=self.bias_grads[layer])
             dh = torch.bmm(self.weights_t[layer], d, out=ws.dh[below])
             if cache.masks[below] is not None:
                 dh.mul_(cache.masks[below])
             d = self._activation_backward(below, cache, dh)
         d_wide = ws.dz0_wide if d is ws.dz[0] else d.reshape(ws.dz0_wide.shape)
         torch.bmm(d_wide, cache.x, out=self.wide_weight_grad)
-        torch.sum(d, dim=2, out=self.bias_grads[0])
+        if not fused:
+            torch.sum(d, dim=2, out=self.bias_grads[0])
 
     def _activation_backward(self, layer: int, cache: StepCache, dh: Tensor) -> Tensor:
         """dz = dh * f'(z): group by group in closed form, or through the layer's graph."""
@@ -279,6 +355,14 @@ class MLPStep:
             (dz,) = torch.autograd.grad(h, leaf, dh)
             return dz
         ws = cache.workspace
+        if cache.logp is None:  # the compiled kernels: dz and this layer's bias gradient
+            K, units, B = dh.shape
+            self.native.act_backward(
+                K, units, B, self._codes_ptr, self._code_params_ptr, ws.ptr.dh[layer],
+                ws.ptr.z[layer], ws.ptr.h[layer], ws.ptr.dz[layer], self._bias_grad_ptrs[layer],
+                native.threads_for(K * units * B),
+            )  # fmt: skip
+            return ws.dz[layer]
         z_groups, h_groups = ws.z_groups[layer], ws.h_groups[layer]
         dh_groups, dz_groups = ws.dh_groups[layer], ws.dz_groups[layer]
         for a, form in enumerate(self.closed_forms):

@@ -1,0 +1,166 @@
+"""The compiled kernels of the CPU training step (actlab/native_step.c), built on first use.
+
+The stacked MLP's hand-written step (actlab.mlp_step) spends as long on its fifty small
+elementwise kernels as on its GEMMs at the classic protocol's size: each torch op costs a
+few microseconds of dispatch for under a microsecond of arithmetic. native_step.c fuses
+them into three C functions (the activations of a layer, their derivatives with the bias
+gradient, and the cross-entropy with its gradient and accuracy count), called through
+ctypes with pointers prepared once.
+
+The source is compiled by the machine's C compiler (``$CC``, else ``cc``) with
+``-O3 -march=native -ffp-contract=off -fopenmp``, in well under a second, into
+``$XDG_CACHE_HOME/actlab/native`` (default ``~/.cache/actlab/native``), keyed by the
+source, the compiler, the flags and the CPU; later runs load the cached library. OpenMP
+binds to the libgomp that torch has loaded, so the kernels share torch's threads.
+
+Where there is no compiler, the build fails, the device is not a CPU, or
+``ACTLAB_NATIVE=0`` is set, the step runs its torch kernels instead (the fallback, tested
+against the same oracles). The kernels follow torch's formulas; exp and tanh are Cephes's
+(about 1 ulp), so results agree with the torch kernels to float rounding, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("native_step.c")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared")
+OPENMP = "-fopenmp"
+MAX_BATCH = 4096  # xent_forward_backward keeps three per-sample rows of this length
+# An activation's code in native_step.c, and its two parameters from the catalog's.
+CODES: dict[str, int] = {
+    "linear": 0,
+    "relu": 1,
+    "leaky_relu": 2,
+    "hard_tanh": 3,
+    "relu6": 3,
+    "sigmoid": 4,
+    "tanh": 5,
+    "silu": 6,
+}
+# Below this many values a kernel runs on one thread (an OpenMP fork costs microseconds).
+PARALLEL_FROM = 1 << 16
+
+_status = "not loaded"
+
+
+def code_and_params(name: str, params: dict) -> tuple[int, float, float] | None:
+    """(code, p0, p1) of catalog activation `name` with `params`, or None when
+    native_step.c does not implement it."""
+    if name not in CODES:
+        return None
+    if name == "leaky_relu":
+        return CODES[name], float(params["negative_slope"]), 0.0
+    if name == "hard_tanh":
+        return CODES[name], float(params["min_val"]), float(params["max_val"])
+    if name == "relu6":
+        return CODES[name], 0.0, 6.0
+    return CODES[name], 0.0, 0.0
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "actlab" / "native"
+
+
+def _cpu_signature() -> str:
+    """The CPU's model and feature flags (-march=native compiles for them)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _compile(compiler: str, target: Path) -> str | None:
+    """Compile SOURCE into `target` (atomically); None, or why it failed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        last = ""
+        for extra in ((OPENMP,), ()):  # without OpenMP where libgomp is missing
+            command = [compiler, *FLAGS, *extra, str(SOURCE), "-o", tmp, "-lm"]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            if result.returncode == 0:
+                os.replace(tmp, target)
+                return None
+            last = (result.stderr.strip().splitlines() or ["exit " + str(result.returncode)])[-1]
+        return last
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, built on first use; None where they cannot be (see `status`)."""
+    global _status
+    if os.environ.get("ACTLAB_NATIVE", "1") == "0":
+        _status = "off (ACTLAB_NATIVE=0)"
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        _status = "off (no C compiler found; set CC)"
+        return None
+    try:
+        version = subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        _status = f"off ({compiler}: {exc})"
+        return None
+    key = hashlib.sha256(
+        "\0".join(
+            [SOURCE.read_text(), compiler, version, " ".join(FLAGS), _cpu_signature()]
+        ).encode()
+    ).hexdigest()[:16]
+    target = _cache_dir() / f"native_step-{key}.so"
+    if not target.exists():
+        error = _compile(compiler, target)
+        if error is not None:
+            _status = f"off (compiling {SOURCE.name} failed: {error})"
+            return None
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as exc:
+        _status = f"off (loading {target} failed: {exc})"
+        return None
+    i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib.act_forward.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, cint]
+    lib.act_backward.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, cint]
+    lib.xent_forward_backward.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, cint]
+    for fn in (lib.act_forward, lib.act_backward, lib.xent_forward_backward):
+        fn.restype = None
+    _status = f"on ({Path(compiler).name}, {target})"
+    return lib
+
+
+def status() -> str:
+    """Whether the compiled kernels are in use, and if not, why."""
+    library()
+    return _status
+
+
+def threads_for(values: int) -> int:
+    """Threads for a kernel over `values` floats: torch's count, one below PARALLEL_FROM."""
+    return torch.get_num_threads() if values >= PARALLEL_FROM else 1
+
+
+def usable(tensor: Tensor) -> bool:
+    """Whether the kernels can run on `tensor`'s device and dtype (CPU float32)."""
+    return tensor.device.type == "cpu" and tensor.dtype == torch.float32

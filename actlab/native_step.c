@@ -1,0 +1,235 @@
+/* The elementwise parts of the stacked MLP's training step, fused (see actlab/native.py).
+
+   Between its GEMMs, a step of the hand-written MLP (actlab/mlp_step.py) runs some fifty
+   small kernels: per activation group the activation and its derivative, per layer the
+   bias gradient, and the cross-entropy's log-softmax, loss, gradient and accuracy count.
+   On a CPU each costs a few microseconds of dispatch for under a microsecond of
+   arithmetic. Here they are three functions, one pass each:
+
+     act_forward      h = f(z), every member with its own activation
+     act_backward     dz = dh * f'(z) and db = sum over the batch of dz
+     xent_forward_backward
+                      per member: loss = mean_b (logsumexp(x_b) - x_b[t_b]),
+                      d = (softmax(x) - onehot(t)) / B, db = sum_b d, correct += hits
+
+   Layouts are feature-major, as actlab.models lays them out: member k's activations are
+   the (units, B) block at k * units * B. Every formula is the one of torch's own kernel
+   (aten's forward and *_backward ops, NaN kept where torch keeps it); exp and tanh are
+   Cephes's single-precision approximations (about 1 ulp; S. L. Moshier, Cephes Math
+   Library, 1984-1992), written without branches so that the compiler vectorises them.
+   Compiled with -ffp-contract=off and no -ffast-math: the results are IEEE, the same on
+   every x86 machine, whatever width the compiler vectorises to. */
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Activation codes: the order of actlab.native.CODES. */
+enum { LINEAR = 0, RELU = 1, LEAKY_RELU = 2, HARDTANH = 3, SIGMOID = 4, TANH = 5, SILU = 6 };
+
+#define ROWS_PER_TASK 8 /* rows (one unit of one member: B values) per OpenMP chunk */
+
+/* exp(x) for float: Cephes expf. x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its
+   degree-6 minimax polynomial, times 2^n built in the exponent bits. Overflow gives +inf,
+   underflow below the smallest normal gives 0, NaN stays NaN. */
+static inline float exp_f(float x) {
+    const float hi = 88.3762626647949f, lo = -87.3365447505531f;
+    float c = x > hi ? hi : (x < lo ? lo : x);
+    float n = floorf(c * 1.44269504088896341f + 0.5f);
+    float r = c - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float z = r * r;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * z + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    float y = p * scale;
+    y = x > 88.72283935546875f ? INFINITY : y;
+    y = x < lo ? 0.0f : y;
+    return x != x ? x : y;
+}
+
+/* tanh(x) for float: Cephes tanhf. An odd polynomial below |x| = 0.625, else
+   1 - 2 / (exp(2|x|) + 1) with the sign of x. */
+static inline float tanh_f(float x) {
+    float a = fabsf(x);
+    float big = 1.0f - 2.0f / (exp_f(a + a) + 1.0f);
+    big = x < 0.0f ? -big : big;
+    float z = x * x;
+    float p = -5.70498872745e-3f;
+    p = p * z + 2.06390887954e-2f;
+    p = p * z - 5.37397155531e-2f;
+    p = p * z + 1.33314422036e-1f;
+    p = p * z - 3.33332819422e-1f;
+    float small = p * z * x + x;
+    return a > 0.625f ? big : small; /* NaN: the small branch, NaN */
+}
+
+static inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
+
+/* One row: h = f(z) for n values. p0, p1: the activation's parameters. */
+static __attribute__((noinline)) void forward_row(int code, float p0, float p1,
+                                                  const float *restrict z, float *restrict h,
+                                                  int64_t n) {
+    switch (code) {
+    case RELU: /* torch.relu (clamp_min): NaN stays NaN */
+        for (int64_t i = 0; i < n; i++) h[i] = z[i] < 0.0f ? 0.0f : z[i];
+        break;
+    case LEAKY_RELU: /* x > 0 ? x : x * slope */
+        for (int64_t i = 0; i < n; i++) h[i] = z[i] > 0.0f ? z[i] : z[i] * p0;
+        break;
+    case HARDTANH: /* clamp to [min_val, max_val] (relu6: [0, 6]) */
+        for (int64_t i = 0; i < n; i++) h[i] = z[i] < p0 ? p0 : (z[i] > p1 ? p1 : z[i]);
+        break;
+    case SIGMOID:
+        for (int64_t i = 0; i < n; i++) h[i] = sigmoid_f(z[i]);
+        break;
+    case TANH:
+        for (int64_t i = 0; i < n; i++) h[i] = tanh_f(z[i]);
+        break;
+    case SILU: /* x * sigmoid(x) */
+        for (int64_t i = 0; i < n; i++) h[i] = z[i] / (1.0f + exp_f(-z[i]));
+        break;
+    default: /* LINEAR */
+        memcpy(h, z, (size_t)n * sizeof *h);
+    }
+}
+
+/* One row: dz = dh * f'(z) for n values (y = f(z)); returns the sum of dz, in order. */
+static __attribute__((noinline)) float backward_row(int code, float p0, float p1,
+                                                    const float *restrict dh,
+                                                    const float *restrict z,
+                                                    const float *restrict y, float *restrict dz,
+                                                    int64_t n) {
+    switch (code) {
+    case RELU: /* threshold_backward(dh, y, 0) */
+        for (int64_t i = 0; i < n; i++) dz[i] = y[i] <= 0.0f ? 0.0f : dh[i];
+        break;
+    case LEAKY_RELU: /* leaky_relu_backward(dh, z, slope) */
+        for (int64_t i = 0; i < n; i++) dz[i] = z[i] > 0.0f ? dh[i] : dh[i] * p0;
+        break;
+    case HARDTANH: /* hardtanh_backward(dh, z, min_val, max_val) */
+        for (int64_t i = 0; i < n; i++) dz[i] = (z[i] <= p0 || z[i] >= p1) ? 0.0f : dh[i];
+        break;
+    case SIGMOID: /* sigmoid_backward(dh, y) = dh * (1 - y) * y */
+        for (int64_t i = 0; i < n; i++) dz[i] = dh[i] * (1.0f - y[i]) * y[i];
+        break;
+    case TANH: /* tanh_backward(dh, y) = dh * (1 - y^2) */
+        for (int64_t i = 0; i < n; i++) dz[i] = dh[i] * (1.0f - y[i] * y[i]);
+        break;
+    case SILU: { /* silu_backward: dh * s * (1 + z * (1 - s)), s = sigmoid(z) */
+        for (int64_t i = 0; i < n; i++) {
+            float s = sigmoid_f(z[i]);
+            dz[i] = dh[i] * s * (1.0f + z[i] * (1.0f - s));
+        }
+        break;
+    }
+    default: /* LINEAR */
+        memcpy(dz, dh, (size_t)n * sizeof *dz);
+    }
+    /* Eight partial sums (the compiler keeps float sums in order, unvectorised). */
+    float part[8] = {0.0f};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) part[j] += dz[i + j];
+    float sum = 0.0f;
+    for (; i < n; i++) sum += dz[i];
+    for (int j = 0; j < 8; j++) sum += part[j];
+    return sum;
+}
+
+/* h = f(z) for K members of `units` x B values each; member k's activation is codes[k]
+   with parameters params[2k], params[2k + 1]. */
+void act_forward(int64_t K, int64_t units, int64_t B, const int32_t *codes, const float *params,
+                 const float *z, float *h, int threads) {
+    int64_t rows = K * units;
+    int64_t tasks = (rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t first = t * ROWS_PER_TASK;
+        int64_t last = first + ROWS_PER_TASK < rows ? first + ROWS_PER_TASK : rows;
+        for (int64_t r = first; r < last; r++) {
+            int64_t k = r / units;
+            forward_row(codes[k], params[2 * k], params[2 * k + 1], z + r * B, h + r * B, B);
+        }
+    }
+}
+
+/* dz = dh * f'(z) and db[k, u] = sum_b dz[k, u, b], for the layout of act_forward. */
+void act_backward(int64_t K, int64_t units, int64_t B, const int32_t *codes,
+                  const float *params, const float *dh, const float *z, const float *h,
+                  float *dz, float *db, int threads) {
+    int64_t rows = K * units;
+    int64_t tasks = (rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t first = t * ROWS_PER_TASK;
+        int64_t last = first + ROWS_PER_TASK < rows ? first + ROWS_PER_TASK : rows;
+        for (int64_t r = first; r < last; r++) {
+            int64_t k = r / units, o = r * B;
+            db[r] = backward_row(codes[k], params[2 * k], params[2 * k + 1], dh + o, z + o,
+                                 h + o, dz + o, B);
+        }
+    }
+}
+
+/* Softmax cross-entropy of K members' logits x (K, C, B), targets t (K, B), B <= 4096:
+   losses[k] = mean_b (m_b + log sum_c exp(x_cb - m_b) - x_{t_b, b}), m_b = max_c x_cb;
+   d = (softmax - onehot(t)) / B, db[k, c] = sum_b d[k, c, b];
+   correct[k] = #{b : the first largest x_cb is at c = t_b}. */
+void xent_forward_backward(int64_t K, int64_t C, int64_t B, const float *x, const int64_t *t,
+                           float *d, float *db, float *losses, int64_t *correct, int threads) {
+    float inv_b = 1.0f / (float)B;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t k = 0; k < K; k++) {
+        const float *xk = x + k * C * B;
+        const int64_t *tk = t + k * B;
+        float *dk = d + k * C * B;
+        float m[4096], s[4096];
+        int64_t arg[4096];
+        for (int64_t b = 0; b < B; b++) {
+            m[b] = xk[b];
+            arg[b] = 0;
+        }
+        for (int64_t c = 1; c < C; c++)
+            for (int64_t b = 0; b < B; b++) {
+                float v = xk[c * B + b];
+                int larger = v > m[b] || (v != v && m[b] == m[b]); /* NaN wins, as max */
+                arg[b] = larger ? c : arg[b];
+                m[b] = larger ? v : m[b];
+            }
+        for (int64_t b = 0; b < B; b++) s[b] = 0.0f;
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t b = 0; b < B; b++) {
+                float e = exp_f(xk[c * B + b] - m[b]);
+                dk[c * B + b] = e;
+                s[b] += e;
+            }
+        double loss = 0.0;
+        int64_t hits = 0;
+        for (int64_t b = 0; b < B; b++) {
+            int64_t target = tk[b];
+            loss += (double)m[b] + log((double)s[b]) - (double)xk[target * B + b];
+            hits += arg[b] == target;
+            s[b] = 1.0f / s[b];
+        }
+        for (int64_t c = 0; c < C; c++) {
+            float sum = 0.0f;
+            for (int64_t b = 0; b < B; b++) {
+                float g = dk[c * B + b] * s[b] - (tk[b] == c ? 1.0f : 0.0f);
+                g *= inv_b;
+                dk[c * B + b] = g;
+                sum += g;
+            }
+            db[k * C + c] = sum;
+        }
+        losses[k] = (float)(loss / (double)B);
+        correct[k] = hits;
+    }
+}
