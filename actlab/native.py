@@ -50,7 +50,7 @@ CODES: dict[str, int] = {
     "silu": 6,
 }
 # Below this many values a kernel runs on one thread (an OpenMP fork costs microseconds).
-PARALLEL_FROM = 1 << 16
+PARALLEL_FROM = 1 << 13
 
 _status = "not loaded"
 

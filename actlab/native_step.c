@@ -30,10 +30,11 @@ enum { LINEAR = 0, RELU = 1, LEAKY_RELU = 2, HARDTANH = 3, SIGMOID = 4, TANH = 5
 #define ROWS_PER_TASK 8 /* rows (one unit of one member: B values) per OpenMP chunk */
 
 /* exp(x) for float: Cephes expf. x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its
-   degree-6 minimax polynomial, times 2^n built in the exponent bits. Overflow gives +inf,
-   underflow below the smallest normal gives 0, NaN stays NaN. */
+   degree-6 minimax polynomial, times 2^n built in the exponent bits (2^127 * 2 for n = 128,
+   near the top of the range). Above 88.72 the result is +inf; below -87.34, where it
+   would be a denormal, 0; NaN stays NaN. */
 static inline float exp_f(float x) {
-    const float hi = 88.3762626647949f, lo = -87.3365447505531f;
+    const float hi = 88.72283935546875f, lo = -87.3365447505531f;
     float c = x > hi ? hi : (x < lo ? lo : x);
     float n = floorf(c * 1.44269504088896341f + 0.5f);
     float r = c - n * 0.693359375f;
@@ -46,11 +47,12 @@ static inline float exp_f(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * z + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
+    float top = n > 127.0f ? 2.0f : 1.0f;
+    int32_t bits = ((int32_t)(n > 127.0f ? 127.0f : n) + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    float y = p * scale;
-    y = x > 88.72283935546875f ? INFINITY : y;
+    float y = p * scale * top;
+    y = x > hi ? INFINITY : y;
     y = x < lo ? 0.0f : y;
     return x != x ? x : y;
 }

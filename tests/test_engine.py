@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from actlab import native
 from actlab.config import ExperimentConfig
 from actlab.engine import DeviceData, Trainer, epoch_permutation, shuffle_generator, train
 
@@ -96,17 +97,29 @@ ORACLE_CASES = {
     "adam-learnable-prelu": {"activations": ("relu", "prelu", "tanh")},
     "adam-with-diagnostics": {"diagnostics": True},
     "adam-cnn": {"model": "cnn", "hidden": (8,), "activations": ("relu", "tanh"), "seeds": (0,)},
+    "adam-more-activations": {"activations": ("leaky_relu", "silu", "relu6", "hard_tanh")},
 }
+# The MLP step runs compiled kernels where it can (actlab.native); these cases also run
+# with its torch kernels, the fallback.
+TORCH_KERNEL_CASES = ("adam", "sgd-momentum", "adam-two-lrs", "adam-more-activations")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(ORACLE_CASES))
-def test_fused_engine_matches_plain_models_trained_one_by_one(case):
+@pytest.mark.parametrize(
+    "case,kernels",
+    [(case, "compiled") for case in ORACLE_CASES]
+    + [(case, "torch") for case in TORCH_KERNEL_CASES],
+)
+def test_fused_engine_matches_plain_models_trained_one_by_one(case, kernels, monkeypatch):
+    if kernels == "torch":
+        monkeypatch.setattr(native, "library", lambda: None)
     data = make_data()
     steps_per_epoch = math.ceil(N_TRAIN / 40)
     epochs = math.ceil(200 / steps_per_epoch)
     config = small_config(epochs=epochs, **ORACLE_CASES[case])
     trainer = Trainer(config, data)
+    if kernels == "torch":
+        assert trainer.mlp_step is not None and trainer.mlp_step.native is None
     plain_models = [trainer.model.export_member(k) for k in range(len(trainer.members))]
     fused_losses, train_acc = [], []
     for _ in range(epochs):

@@ -1,0 +1,250 @@
+"""The compiled CPU kernels (actlab/native_step.c) against torch's own ops, autograd and a
+float64 reference; their fallback; and the whole step trained both ways."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_engine import make_data, small_config
+
+from actlab import native
+from actlab.closed_forms import closed_form
+from actlab.engine import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+if native.library() is None:
+    if shutil.which("cc") or shutil.which("gcc"):
+        pytest.fail(f"a C compiler is here but the kernels are not: {native.status()}")
+    pytest.skip(f"no compiled kernels here: {native.status()}", allow_module_level=True)
+LIB = native.library()
+
+# name, params, torch forward
+ACTIVATIONS = {
+    "linear": ({}, lambda x: x.clone()),
+    "relu": ({}, torch.relu),
+    "leaky_relu": ({"negative_slope": 0.2}, lambda x: F.leaky_relu(x, 0.2)),
+    "relu6": ({}, F.relu6),
+    "hard_tanh": ({"min_val": -0.5, "max_val": 2.0}, lambda x: F.hardtanh(x, -0.5, 2.0)),
+    "sigmoid": ({}, torch.sigmoid),
+    "tanh": ({}, torch.tanh),
+    "silu": ({}, F.silu),
+}
+PIECEWISE_LINEAR = ("linear", "relu", "leaky_relu", "relu6", "hard_tanh")
+SPECIAL = [0.0, -0.0, 1e-30, -1e-30, 0.5, 0.625, -0.625, 6.0, -0.5, 2.0, 30.0, -30.0]
+SPECIAL += [87.0, 88.5, 88.8, 89.0, 104.0, -87.0, -87.5, -88.8, -89.0, -104.0, -200.0, 200.0]
+SPECIAL += [float("inf"), float("-inf"), float("nan")]
+
+
+def values(n: int = 200_000) -> torch.Tensor:
+    """A dense grid over [-30, 30], both signs of a log grid down to 1e-30, edge cases."""
+    logs = torch.logspace(-30, 2, n // 4)
+    return torch.cat([torch.linspace(-30, 30, n // 2), logs, -logs, torch.tensor(SPECIAL)])
+
+
+def codes_for(names, params_of=None):
+    coded = [native.code_and_params(n, (params_of or {}).get(n, ACTIVATIONS[n][0])) for n in names]
+    codes = torch.tensor([c[0] for c in coded], dtype=torch.int32)
+    params = torch.tensor([c[1:] for c in coded], dtype=torch.float32)
+    return codes, params
+
+
+def forward(names, z):
+    """act_forward on z (K, units, B), member k with activation names[k]."""
+    codes, params = codes_for(names)
+    h = torch.empty_like(z)
+    K, units, B = z.shape
+    LIB.act_forward(K, units, B, codes.data_ptr(), params.data_ptr(), z.data_ptr(),
+                    h.data_ptr(), native.threads_for(z.numel()))  # fmt: skip
+    return h
+
+
+def backward(names, dh, z, h):
+    codes, params = codes_for(names)
+    dz, db = torch.empty_like(z), torch.empty(z.shape[:2])
+    K, units, B = z.shape
+    LIB.act_backward(K, units, B, codes.data_ptr(), params.data_ptr(), dh.data_ptr(),
+                     z.data_ptr(), h.data_ptr(), dz.data_ptr(), db.data_ptr(),
+                     native.threads_for(z.numel()))  # fmt: skip
+    return dz, db
+
+
+def ulps(a: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """|a - reference| in units of the float32 spacing at the reference (float64)."""
+    spacing = np.spacing(np.abs(reference.float().numpy())).astype(np.float64)
+    return (a.double() - reference).abs() / torch.from_numpy(spacing)
+
+
+@pytest.mark.parametrize("name", PIECEWISE_LINEAR)
+def test_piecewise_linear_activations_equal_torch_bit_for_bit(name):
+    x = values()
+    h = forward([name], x.view(1, 1, -1)).view(-1)
+    assert torch.equal(h.isnan(), x.isnan())
+    assert torch.equal(h[~x.isnan()], ACTIVATIONS[name][1](x)[~x.isnan()])
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "silu"])
+def test_smooth_activations_are_as_accurate_as_torch(name):
+    x = values()
+    h = forward([name], x.view(1, 1, -1)).view(-1)
+    expected = ACTIVATIONS[name][1](x)
+    # Inf, NaN and the limits where torch's values are exact: the same.
+    exact = ~x.isfinite() | (x.abs() >= 89)
+    torch.testing.assert_close(h[exact], expected[exact], rtol=0, atol=0, equal_nan=True)
+    # Elsewhere within 2.5 ulp of the float64 value, as torch's own kernels are.
+    xd = x[~exact].double()
+    reference = {
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "silu": lambda v: v * torch.sigmoid(v),
+    }[name](xd)
+    # Outputs near the bottom of the float range (sigmoid, silu at x < -80, where
+    # exp(-x) nears overflow) are checked absolutely: torch's own silu is off by 1e7 ulp.
+    normal = reference.abs() > 1e-30
+    assert ulps(h[~exact], reference)[normal].max() <= 2.5
+    assert ulps(expected[~exact], reference)[normal].max() <= 2.5
+    assert (h[~exact][~normal] - reference[~normal]).abs().max() < 1e-36
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_derivatives_and_bias_gradient_match_autograd(name):
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 5, 37, generator=gen) * 4
+    z[0, 0, :4] = torch.tensor([0.0, -0.5, 2.0, 6.0])  # kinks: one-sided slopes as torch's
+    dh = torch.randn(3, 5, 37, generator=gen)
+    h = forward([name] * 3, z)
+    dz, db = backward([name] * 3, dh, z, h)
+    leaf = z.clone().requires_grad_(True)
+    params, fn = ACTIVATIONS[name]
+    (expected,) = torch.autograd.grad(fn(leaf), leaf, dh)
+    if name in PIECEWISE_LINEAR:
+        assert torch.equal(dz, expected)
+    else:  # f' from y = f(z), whose last-bit differences 1 - y^2 magnifies near |y| = 1
+        torch.testing.assert_close(dz, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(db, dz.sum(dim=2), rtol=1e-6, atol=1e-6)
+    # The step's own torch kernels (the fallback) agree as well.
+    form = closed_form(name)
+    fallback = form.backward(dh, z, h, params, torch.empty_like(z))
+    torch.testing.assert_close(dz, fallback, rtol=1e-6, atol=1e-7)  # the same y: rounding
+
+
+def test_each_member_gets_its_own_activation_and_threads_do_not_change_results(restore_threads):
+    names = ["relu", "sigmoid", "tanh", "leaky_relu", "silu", "hard_tanh", "relu6", "linear"]
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(len(names), 64, 131, generator=gen) * 3  # 67k values: parallel kernels
+    dh = torch.randn(z.shape, generator=gen)
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        h = forward(names, z)
+        results.append((h, *backward(names, dh, z, h)))
+    for one, two in zip(*results, strict=True):
+        assert torch.equal(one, two)
+    h = results[0][0]
+    for k, name in enumerate(names):
+        torch.testing.assert_close(h[k], ACTIVATIONS[name][1](z[k]), rtol=1e-6, atol=1e-7)
+
+
+def xent(logits, targets):
+    K, C, B = logits.shape
+    d, db = torch.empty_like(logits), torch.empty(K, C)
+    losses, correct = torch.empty(K), torch.full((K,), -7, dtype=torch.long)
+    LIB.xent_forward_backward(K, C, B, logits.data_ptr(), targets.data_ptr(), d.data_ptr(),
+                              db.data_ptr(), losses.data_ptr(), correct.data_ptr(), 1)  # fmt: skip
+    return d, db, losses, correct
+
+
+def test_cross_entropy_loss_gradient_and_hits_match_torch():
+    gen = torch.Generator().manual_seed(2)
+    K, C, B = 5, 10, 33
+    logits = torch.randn(K, C, B, generator=gen) * 5  # feature-major, as the step lays out
+    logits[1] *= 30  # confident: large margins
+    logits[2, :, :6] = 1.5  # ties: the first largest logit is the prediction, as argmax
+    targets = torch.randint(0, C, (K, B), generator=gen)
+    d, db, losses, correct = xent(logits, targets)
+    leaf = logits.clone().requires_grad_(True)
+    expected = F.cross_entropy(
+        leaf.transpose(1, 2).reshape(K * B, C), targets.reshape(K * B), reduction="none"
+    )
+    expected = expected.view(K, B).mean(dim=1)
+    (grad,) = torch.autograd.grad(expected.sum(), leaf)
+    torch.testing.assert_close(losses, expected.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(d, grad, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(db, d.sum(dim=2), rtol=1e-6, atol=1e-7)
+    assert correct.tolist() == (logits.argmax(dim=1) == targets).sum(dim=1).tolist()
+
+
+def test_cross_entropy_keeps_a_nan_member_to_itself():
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 4, 16, generator=gen)
+    targets = torch.randint(0, 4, (3, 16), generator=gen)
+    clean = xent(logits, targets)
+    logits[1, 2, 5] = float("nan")
+    poisoned = xent(logits, targets)
+    assert poisoned[2][1].isnan() and not poisoned[2][[0, 2]].isnan().any()
+    for a, b in zip(clean, poisoned, strict=True):
+        assert torch.equal(a[[0, 2]], b[[0, 2]])
+
+
+def test_the_step_trains_alike_with_the_compiled_and_the_torch_kernels(monkeypatch):
+    data = make_data()
+    config = small_config(
+        activations=("relu", "sigmoid", "tanh", "leaky_relu", "silu"), epochs=2, dropout=0.2
+    )
+    compiled = Trainer(config, data)
+    assert compiled.mlp_step.native is not None
+    monkeypatch.setattr(native, "library", lambda: None)
+    fallback = Trainer(config, data)
+    assert fallback.mlp_step.native is None
+    for _ in range(2):
+        a, b = compiled.train_epoch(), fallback.train_epoch()
+        for row_a, row_b in zip(a.metrics, b.metrics, strict=True):
+            for key in ("train_loss", "test_loss", "test_acc"):
+                assert row_a[key] == pytest.approx(row_b[key], rel=1e-4, abs=1e-3), key
+    for p, q in zip(compiled.model.parameters(), fallback.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+
+
+def test_an_activation_without_kernel_uses_the_torch_kernels():
+    config = small_config(activations=("relu", "gelu"))
+    assert Trainer(config, make_data()).mlp_step.native is None
+    config = small_config(activations=("relu", "tanh"), batch_size=native.MAX_BATCH + 1)
+    step = Trainer(config, make_data()).mlp_step
+    assert step.native is not None and step._native_for(native.MAX_BATCH + 1) is None
+
+
+def test_no_compiler_means_the_torch_kernels_and_says_why(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    native.library.cache_clear()
+    try:
+        assert native.library() is None
+        assert native.status().startswith("off (") and "no-such-cc" in native.status()
+        assert Trainer(small_config(), make_data()).mlp_step.native is None
+        monkeypatch.delenv("CC")
+        monkeypatch.setenv("ACTLAB_NATIVE", "0")
+        native.library.cache_clear()
+        assert native.library() is None and "ACTLAB_NATIVE=0" in native.status()
+    finally:
+        native.library.cache_clear()
+
+
+def test_a_broken_build_falls_back_and_a_built_library_is_reused(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    false = shutil.which("false")
+    monkeypatch.setenv("CC", false)
+    native.library.cache_clear()
+    try:
+        assert native.library() is None and "failed" in native.status()
+        assert not list(tmp_path.rglob("*.so"))  # no half-written library left behind
+        monkeypatch.delenv("CC")
+        native.library.cache_clear()
+        assert native.library() is not None
+        (built,) = tmp_path.rglob("*.so")
+        monkeypatch.setattr(native, "_compile", lambda *a: pytest.fail("compiled again"))
+        native.library.cache_clear()
+        assert native.library() is not None and str(built) in native.status()
+    finally:
+        native.library.cache_clear()
