@@ -122,6 +122,7 @@ def run_study(
     if out is not None:
         environment = store.describe_environment(str(device), torch.get_num_threads())
         environment["threads_chosen"] = keeper.how_chosen()
+        environment["step_kernels"] = keeper.kernels()
         writer = open_study_dir(out, config, dataset, environment, resume, on_note)
     callbacks = (on_step, on_epoch, on_start, on_plan, on_threads)
     try:
@@ -142,6 +143,7 @@ class StudyPlan:
     estimate_s: float | None  # seconds of training left (steps and evaluations), measured
     epochs: int = 0
     resumed_after: tuple[int | None, int] | None = None  # (depth, epoch) of the checkpoint
+    kernels: str | None = None  # the CPU step's kernels (ThreadKeeper.kernels)
 
     def resume_line(self) -> str | None:
         """``resuming after epoch 6/10`` (``of depth 4``), or None for a fresh run."""
@@ -197,6 +199,12 @@ class ThreadKeeper:
         self._last_step: float | None = None
         if self.measure and self.forced:
             self.choice = ThreadChoice(config.threads, True, self.cpus)
+
+    def kernels(self) -> str | None:
+        """How the measured model's step runs its elementwise work (the hand-written MLP
+        step on a CPU: compiled kernels or torch ops, and why), else None."""
+        step = self._trainer.mlp_step if self._trainer is not None else None
+        return step.describe_kernels() if step is not None else None
 
     def how_chosen(self) -> str:
         if self.choice is None:
@@ -316,7 +324,9 @@ def _train_depths(
             on_start(total, done)
         epochs_left = (total - done) // steps_per_epoch
         estimate = keeper.estimate(total - done, epochs_left)
-        plan = StudyPlan(total, done, keeper.choice, estimate, config.epochs, resumed_from)
+        plan = StudyPlan(
+            total, done, keeper.choice, estimate, config.epochs, resumed_from, keeper.kernels()
+        )
         if on_plan is not None:
             on_plan(plan)
 

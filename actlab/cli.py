@@ -673,7 +673,9 @@ class CompareProgress:
         )
 
     def plan(self, plan) -> None:
-        for line in (plan.resume_line(), plan.threads and plan.threads.describe(), plan.describe()):
+        threads = plan.threads and plan.threads.describe()
+        kernels = plan.kernels and f"step kernels: {plan.kernels}"
+        for line in (plan.resume_line(), threads, kernels, plan.describe()):
             if line:
                 self.write(line)
         self.started = self.clock()  # the remaining-time estimate counts training only

@@ -200,6 +200,23 @@ class MLPStep:
         self._bias_grad_ptrs = [g.data_ptr() for g in self.bias_grads]
         return lib
 
+    def describe_kernels(self) -> str | None:
+        """``compiled (actlab/native_step.c)``, or ``torch ops (why)``; None off the CPU."""
+        if self.native is not None:
+            return f"compiled ({native.SOURCE.name}, fused activations and cross-entropy)"
+        if not native.usable(self.weights[0]):
+            return None
+        if self.closed_forms is None:
+            return "torch ops (an activation is differentiated by autograd)"
+        missing = [
+            info.name
+            for info in self.model.infos
+            if native.code_and_params(info.name, info.params) is None
+        ]
+        if missing:
+            return f"torch ops (no compiled kernel for {', '.join(missing)})"
+        return f"torch ops ({native.why_off()})"
+
     def _native_for(self, batch: int):
         """The compiled kernels for a batch of `batch` samples, or None."""
         return self.native if batch <= native.MAX_BATCH else None

@@ -52,7 +52,8 @@ CODES: dict[str, int] = {
 # Below this many values a kernel runs on one thread (an OpenMP fork costs microseconds).
 PARALLEL_FROM = 1 << 13
 
-_status = "not loaded"
+_status = ""  # "on (compiler, library)" once loaded
+_why_off = ""  # why the kernels are not in use
 
 
 def code_and_params(name: str, params: dict) -> tuple[int, float, float] | None:
@@ -86,9 +87,12 @@ def _cpu_signature() -> str:
 
 def _compile(compiler: str, target: Path) -> str | None:
     """Compile SOURCE into `target` (atomically); None, or why it failed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        return f"cannot write {target.parent} ({exc.strerror}); set XDG_CACHE_HOME"
     try:
         last = ""
         for extra in ((OPENMP,), ()):  # without OpenMP where libgomp is missing
@@ -109,20 +113,21 @@ def _compile(compiler: str, target: Path) -> str | None:
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, built on first use; None where they cannot be (see `status`)."""
-    global _status
+    global _status, _why_off
+    _status = _why_off = ""
     if os.environ.get("ACTLAB_NATIVE", "1") == "0":
-        _status = "off (ACTLAB_NATIVE=0)"
+        _why_off = "ACTLAB_NATIVE=0"
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
-        _status = "off (no C compiler found; set CC)"
+        _why_off = "no C compiler found; set CC"
         return None
     try:
         version = subprocess.run(
             [compiler, "--version"], capture_output=True, text=True, timeout=30
         ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        _status = f"off ({compiler}: {exc})"
+        _why_off = f"{compiler}: {exc}"
         return None
     key = hashlib.sha256(
         "\0".join(
@@ -133,12 +138,12 @@ def library() -> ctypes.CDLL | None:
     if not target.exists():
         error = _compile(compiler, target)
         if error is not None:
-            _status = f"off (compiling {SOURCE.name} failed: {error})"
+            _why_off = f"compiling {SOURCE.name} failed: {error}"
             return None
     try:
         lib = ctypes.CDLL(str(target))
     except OSError as exc:
-        _status = f"off (loading {target} failed: {exc})"
+        _why_off = f"loading {target} failed: {exc}"
         return None
     i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.act_forward.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, cint]
@@ -151,9 +156,14 @@ def library() -> ctypes.CDLL | None:
 
 
 def status() -> str:
-    """Whether the compiled kernels are in use, and if not, why."""
+    """``on (cc, library path)``, or ``off (why)``."""
+    return _status if library() is not None else f"off ({_why_off})"
+
+
+def why_off() -> str:
+    """Why the compiled kernels are not in use ("" when they are)."""
     library()
-    return _status
+    return _why_off
 
 
 def threads_for(values: int) -> int:

@@ -1,16 +1,20 @@
 """The compiled CPU kernels (actlab/native_step.c) against torch's own ops, autograd and a
 float64 reference; their fallback; and the whole step trained both ways."""
 
+import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_compare_cli import write_npz
 from test_engine import make_data, small_config
 
 from actlab import native
+from actlab.api import run_study
 from actlab.closed_forms import closed_form
+from actlab.config import ExperimentConfig
 from actlab.engine import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -248,3 +252,29 @@ def test_a_broken_build_falls_back_and_a_built_library_is_reused(monkeypatch, tm
         assert native.library() is not None and str(built) in native.status()
     finally:
         native.library.cache_clear()
+
+
+def test_an_unwritable_cache_says_where_and_how_out(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    native.library.cache_clear()
+    try:
+        assert native.library() is None
+        assert str(blocker) in native.why_off() and "XDG_CACHE_HOME" in native.why_off()
+        assert native.status() == f"off ({native.why_off()})"
+    finally:
+        native.library.cache_clear()
+
+
+def test_the_study_says_which_kernels_its_step_runs(tmp_path, restore_threads):
+    data = write_npz(tmp_path / "small.npz", 256, 64)
+    plans = []
+    for name, activations in (("run", ("relu", "tanh")), ("gelu", ("relu", "gelu"))):
+        config = ExperimentConfig(dataset=data, activations=activations, hidden=(16,),
+                                  epochs=1, threads=1, device="cpu")  # fmt: skip
+        run_study(config, out=tmp_path / name, on_plan=plans.append)
+    assert plans[0].kernels.startswith("compiled (native_step.c")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["environment"]["step_kernels"] == plans[0].kernels
+    assert plans[1].kernels == "torch ops (no compiled kernel for gelu)"
