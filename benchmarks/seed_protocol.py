@@ -294,9 +294,16 @@ def profile_fused_step(dataset, config: ExperimentConfig, steps: int = 100) -> N
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
-    print(f"\nprofile of {steps} fused steps ({wall / steps * 1e3:.2f} ms/step wall):")
-    print(f"  matmuls (bmm/baddbmm/mm/addmm): {100 * matmul / total:.1f}% of op self time")
-    print(f"  everything else:                {100 * (total - matmul) / total:.1f}%")
+    adam = sum(e.self_cpu_time_total for e in events if e.key == "aten::_fused_adam_")
+    per_step = 1e-3 / steps  # profiler microseconds in total -> ms a step
+    kernels = trainer.mlp_step.describe_kernels() if trainer.mlp_step else "autograd"
+    print(f"\nprofile of {steps} fused steps ({wall / steps * 1e3:.2f} ms/step wall; "
+          f"step kernels: {kernels}):")  # fmt: skip
+    print(f"  matmuls (bmm/baddbmm/mm/addmm): {matmul * per_step:.3f} ms a step")
+    print(f"  fused Adam:                     {adam * per_step:.3f} ms")
+    print(f"  other torch ops:                {(total - matmul - adam) * per_step:.3f} ms")
+    print(f"  outside torch ops (compiled kernels, Python; wall - ops, under the profiler): "
+          f"{wall / steps * 1e3 - total * per_step:.3f} ms")  # fmt: skip
     print(events.table(sort_by="self_cpu_time_total", row_limit=15))
 
 
