@@ -62,9 +62,11 @@ def test_compare_prints_tutorial_lines_and_summary_and_writes_the_run(small, tmp
                    "--activations", "relu,tanh", "--out", str(run))  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
-    first, second = out.splitlines()[:2]  # the thread count and the estimate come first
-    assert first.startswith("threads: 1 (--threads;") and second.startswith("estimate: ")
-    assert out.splitlines()[2].startswith("relu      seed 0  epoch 1/2  train loss ")
+    # The thread count, the step's kernels and the estimate come first.
+    first, second, third = out.splitlines()[:3]
+    assert first.startswith("threads: 1 (--threads;") and third.startswith("estimate: ")
+    assert second.startswith("step kernels: compiled (") or second.startswith("step kernels: torch")
+    assert out.splitlines()[3].startswith("relu      seed 0  epoch 1/2  train loss ")
     lines = [line for line in out.splitlines() if "epoch 2/2" in line]
     assert len(lines) == 4 and all("test acc" in line and line.endswith("%") for line in lines)
     assert "final test acc" in out and "best epoch" in out

@@ -160,7 +160,8 @@ def test_the_cli_prints_the_choice_the_estimate_and_time_per_epoch(small, tmp_pa
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     assert out[0].startswith("threads: ") and "CPUs, the fastest measured" in out[0]
-    assert out[1].startswith("estimate: ") and "for 8 steps" in out[1]
+    assert out[1].startswith("step kernels: ")
+    assert out[2].startswith("estimate: ") and "for 8 steps" in out[2]
     timing = [line for line in out if line.startswith("progress: ")]
     assert timing[0].startswith("progress: 1/2 epochs (50% of the steps), ")
     assert timing[0].endswith(" left") and " elapsed, about " in timing[0]
