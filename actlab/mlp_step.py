@@ -183,16 +183,19 @@ class MLPStep:
         self.native = self._native_kernels()
 
     def _native_kernels(self):
-        """The compiled kernels (actlab.native) when they cover this model on this device:
-        every activation has a code there, and the tensors are CPU float32. Sets the
-        members' activation codes and parameters; returns the library or None."""
+        """The compiled kernels (actlab.native) for this model on this device: the
+        activations in closed form and CPU float32 tensors. Sets each member's activation
+        code and parameters (code -1: an activation the kernels lack, which runs as its
+        torch ops, `_uncoded`); returns the library or None."""
         model = self.model
-        coded = [native.code_and_params(info.name, info.params) for info in model.infos]
-        if self.closed_forms is None or None in coded or not native.usable(self.weights[0]):
+        if self.closed_forms is None or not native.usable(self.weights[0]):
             return None
         lib = native.library()
         if lib is None:
             return None
+        coded = [native.code_and_params(info.name, info.params) for info in model.infos]
+        self._uncoded = [a for a, c in enumerate(coded) if c is None]
+        coded = [(-1, 0.0, 0.0) if c is None else c for c in coded]
         S, A, L = model.grid.shape
         member_group = [(k // L) % A for k in range(model.num_members)]  # k = (s*A + a)*L + l
         self._codes = torch.tensor([coded[a][0] for a in member_group], dtype=torch.int32)
@@ -200,23 +203,25 @@ class MLPStep:
         self._codes_ptr = self._codes.data_ptr()
         self._code_params_ptr = self._code_params.data_ptr()
         self._bias_grad_ptrs = [g.data_ptr() for g in self.bias_grads]
+        # The bias gradients of an activation group (S, L, units), for the uncoded ones.
+        self._bias_grad_groups = [
+            list(g.view(S, A, L, g.shape[1]).unbind(1)) for g in self.bias_grads[:-1]
+        ]
         return lib
 
     def describe_kernels(self) -> str | None:
-        """``compiled (actlab/native_step.c)``, or ``torch ops (why)``; None off the CPU."""
+        """``compiled (...)``, with the activations left to torch ops, or ``torch ops
+        (why)``; None off the CPU."""
         if self.native is not None:
-            return f"compiled ({native.SOURCE.name}, fused activations and cross-entropy)"
+            text = f"compiled ({native.SOURCE.name}, fused activations and cross-entropy)"
+            if self._uncoded:
+                names = ", ".join(self.model.infos[a].name for a in self._uncoded)
+                text += f"; torch ops for {names} (no compiled kernel)"
+            return text
         if not native.usable(self.weights[0]):
             return None
         if self.closed_forms is None:
             return "torch ops (an activation is differentiated by autograd)"
-        missing = [
-            info.name
-            for info in self.model.infos
-            if native.code_and_params(info.name, info.params) is None
-        ]
-        if missing:
-            return f"torch ops (no compiled kernel for {', '.join(missing)})"
         return f"torch ops ({native.why_off()})"
 
     def _native_for(self, batch: int):
@@ -312,6 +317,9 @@ class MLPStep:
                 K, units, B, self._codes_ptr, self._code_params_ptr, ws.ptr.z[layer],
                 ws.ptr.h[layer], native.threads_for(K * units * B),
             )  # fmt: skip
+            z_groups, h_groups = ws.z_groups[layer], ws.h_groups[layer]
+            for a in self._uncoded:  # left untouched by the kernel
+                self.closed_forms[a].forward(z_groups[a], self.params[a], h_groups[a])
             return ws.h[layer], None
         if self.closed_forms is not None:
             z_groups, h_groups = ws.z_groups[layer], ws.h_groups[layer]
@@ -382,6 +390,12 @@ class MLPStep:
                 ws.ptr.z[layer], ws.ptr.h[layer], ws.ptr.dz[layer], self._bias_grad_ptrs[layer],
                 native.threads_for(K * units * B),
             )  # fmt: skip
+            for a in self._uncoded:  # left untouched by the kernel
+                dz_group = self.closed_forms[a].backward(
+                    ws.dh_groups[layer][a], ws.z_groups[layer][a], ws.h_groups[layer][a],
+                    self.params[a], ws.dz_groups[layer][a],
+                )  # fmt: skip
+                torch.sum(dz_group, dim=-1, out=self._bias_grad_groups[layer][a])
             return ws.dz[layer]
         z_groups, h_groups = ws.z_groups[layer], ws.h_groups[layer]
         dh_groups, dz_groups = ws.dh_groups[layer], ws.dz_groups[layer]

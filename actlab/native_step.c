@@ -24,7 +24,8 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Activation codes: the order of actlab.native.CODES. */
+/* Activation codes: the order of actlab.native.CODES. A member whose code is negative is
+   left untouched (its activation runs as torch ops, actlab/mlp_step.py). */
 enum { LINEAR = 0, RELU = 1, LEAKY_RELU = 2, HARDTANH = 3, SIGMOID = 4, TANH = 5, SILU = 6 };
 
 #define ROWS_PER_TASK 8 /* rows (one unit of one member: B values) per OpenMP chunk */
@@ -158,7 +159,8 @@ void act_forward(int64_t K, int64_t units, int64_t B, const int32_t *codes, cons
         int64_t last = first + ROWS_PER_TASK < rows ? first + ROWS_PER_TASK : rows;
         for (int64_t r = first; r < last; r++) {
             int64_t k = r / units;
-            forward_row(codes[k], params[2 * k], params[2 * k + 1], z + r * B, h + r * B, B);
+            if (codes[k] >= 0)
+                forward_row(codes[k], params[2 * k], params[2 * k + 1], z + r * B, h + r * B, B);
         }
     }
 }
@@ -175,6 +177,8 @@ void act_backward(int64_t K, int64_t units, int64_t B, const int32_t *codes,
         int64_t last = first + ROWS_PER_TASK < rows ? first + ROWS_PER_TASK : rows;
         for (int64_t r = first; r < last; r++) {
             int64_t k = r / units, o = r * B;
+            if (codes[k] < 0)
+                continue;
             db[r] = backward_row(codes[k], params[2 * k], params[2 * k + 1], dh + o, z + o,
                                  h + o, dz + o, B);
         }
