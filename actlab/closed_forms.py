@@ -46,7 +46,7 @@ class ClosedForm:
     backward: Callable[[Tensor, Tensor, Tensor, dict, Tensor], Tensor]
 
 
-def _elu_args(name: str, p: dict) -> tuple[float, float, float]:
+def elu_args(name: str, p: dict) -> tuple[float, float, float]:
     """(alpha, scale, input_scale) of aten's elu for elu, selu and celu."""
     if name == "selu":
         return SELU_ALPHA, SELU_SCALE, 1.0
@@ -57,9 +57,9 @@ def _elu_args(name: str, p: dict) -> tuple[float, float, float]:
 
 def _elu_family(name: str) -> ClosedForm:
     return ClosedForm(
-        lambda x, p, out: aten.elu.out(x, *_elu_args(name, p), out=out),
+        lambda x, p, out: aten.elu.out(x, *elu_args(name, p), out=out),
         lambda g, x, y, p, out: aten.elu_backward.grad_input(
-            g, *_elu_args(name, p), False, x, grad_input=out
+            g, *elu_args(name, p), False, x, grad_input=out
         ),
     )
 

@@ -195,7 +195,7 @@ class MLPStep:
             return None
         coded = [native.code_and_params(info.name, info.params) for info in model.infos]
         self._uncoded = [a for a, c in enumerate(coded) if c is None]
-        coded = [(-1, 0.0, 0.0) if c is None else c for c in coded]
+        coded = [(-1, 0.0, 0.0, 0.0) if c is None else c for c in coded]
         S, A, L = model.grid.shape
         member_group = [(k // L) % A for k in range(model.num_members)]  # k = (s*A + a)*L + l
         self._codes = torch.tensor([coded[a][0] for a in member_group], dtype=torch.int32)

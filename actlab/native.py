@@ -19,9 +19,11 @@ where libgomp is missing the source is compiled without OpenMP.
 Where there is no compiler, the build fails, the cache cannot be written, the device is
 not a CPU, or ``ACTLAB_NATIVE=0`` is set, the step runs its torch kernels instead (the
 fallback, tested against the same oracles), and `status` says why. The kernels follow
-torch's formulas; exp and tanh are Cephes's (sigmoid within 2.4 ulp of float64, tanh 1.3,
-as torch's own are within 2.5 and 0.6), so results agree with the torch kernels to float
-rounding, not bit for bit (benchmarks/native_kernels.py times both).
+torch's formulas (the piecewise-linear ones bit for bit); exp and tanh are Cephes's and
+erfc Numerical Recipes' (sigmoid within 2.4 ulp of float64, tanh 1.3, elu 2.1, gelu 6.6, as
+torch's own are within 2.5, 0.6, 2.0 and, where 1 + erf cancels, no digit at all), so
+results agree with the torch kernels to float rounding, not bit for bit
+(benchmarks/native_kernels.py times both).
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from actlab import closed_forms
 
 SOURCE = Path(__file__).with_name("native_step.c")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared")
@@ -53,6 +58,13 @@ CODES: dict[str, int] = {
     "sigmoid": 4,
     "tanh": 5,
     "silu": 6,
+    "elu": 7,
+    "selu": 7,
+    "celu": 7,
+    "gelu": 8,  # 9 with approximate="tanh"
+    "gelu_tanh": 9,
+    "hard_sigmoid": 10,
+    "hard_swish": 11,
 }
 # Below this many values a kernel runs on one thread (an OpenMP fork costs microseconds).
 PARALLEL_FROM = 1 << 13
@@ -61,18 +73,24 @@ _status = ""  # "on (compiler, library)" once loaded
 _why_off = ""  # why the kernels are not in use
 
 
-def code_and_params(name: str, params: dict) -> tuple[int, float, float] | None:
-    """(code, p0, p1) of catalog activation `name` with `params`, or None when
+def code_and_params(name: str, params: dict) -> tuple[int, float, float, float] | None:
+    """(code, p0, p1, p2) of catalog activation `name` with `params`, or None when
     native_step.c does not implement it."""
     if name not in CODES:
         return None
     if name == "leaky_relu":
-        return CODES[name], float(params["negative_slope"]), 0.0
+        return CODES[name], float(params["negative_slope"]), 0.0, 0.0
     if name == "hard_tanh":
-        return CODES[name], float(params["min_val"]), float(params["max_val"])
+        return CODES[name], float(params["min_val"]), float(params["max_val"]), 0.0
     if name == "relu6":
-        return CODES[name], 0.0, 6.0
-    return CODES[name], 0.0, 0.0
+        return CODES[name], 0.0, 6.0, 0.0
+    if name in ("elu", "selu", "celu"):  # aten.elu's (alpha * scale, input scale, scale)
+        alpha, scale, input_scale = closed_forms.elu_args(name, params)
+        alpha_scale = float(np.float32(alpha) * np.float32(scale))  # in float, as aten's
+        return CODES[name], alpha_scale, input_scale, scale
+    if name == "gelu" and params.get("approximate", "none") == "tanh":
+        return CODES["gelu_tanh"], 0.0, 0.0, 0.0
+    return CODES[name], 0.0, 0.0, 0.0
 
 
 def _cache_dir() -> Path:

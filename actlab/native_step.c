@@ -10,13 +10,16 @@
      act_backward     dz = dh * f'(z) and db = sum over the batch of dz
      xent_forward_backward
                       per member: loss = mean_b (logsumexp(x_b) - x_b[t_b]),
-                      d = (softmax(x) - onehot(t)) / B, db = sum_b d, correct += hits
+                      d = (softmax(x) - onehot(t)) / B, db = sum_b d, correct = hits
 
    Layouts are feature-major, as actlab.models lays them out: member k's activations are
    the (units, B) block at k * units * B. Every formula is the one of torch's own kernel
-   (aten's forward and *_backward ops, NaN kept where torch keeps it); exp and tanh are
-   Cephes's single-precision approximations (about 1 ulp; S. L. Moshier, Cephes Math
-   Library, 1984-1992), written without branches so that the compiler vectorises them.
+   (aten's forward and *_backward ops, NaN kept where torch keeps it), except where torch's
+   cancels: gelu takes the normal CDF from erfc, not 1 + erf, and gelu_tanh is x sigmoid(2u),
+   not x (1 + tanh u) / 2. exp and tanh are Cephes's single-precision approximations (S. L.
+   Moshier, Cephes Math Library, 1984-1992), erfc Numerical Recipes' fit, all written without
+   branches so that the compiler vectorises them: within 2.5 ulp of float64 as torch's are
+   (gelu: 7 ulp), tested in tests/test_native.py.
    Compiled with -ffp-contract=off and no -ffast-math: the results are IEEE, the same on
    every x86 machine, whatever width the compiler vectorises to. */
 
@@ -26,7 +29,18 @@
 
 /* Activation codes: the order of actlab.native.CODES. A member whose code is negative is
    left untouched (its activation runs as torch ops, actlab/mlp_step.py). */
-enum { LINEAR = 0, RELU = 1, LEAKY_RELU = 2, HARDTANH = 3, SIGMOID = 4, TANH = 5, SILU = 6 };
+enum {
+    LINEAR = 0, RELU = 1, LEAKY_RELU = 2, HARDTANH = 3, SIGMOID = 4, TANH = 5, SILU = 6,
+    ELU = 7, GELU = 8, GELU_TANH = 9, HARDSIGMOID = 10, HARDSWISH = 11
+};
+
+/* SELU's constants as torch.selu uses them (elu with these), and GELU's. */
+#define SELU_ALPHA 1.6732632423543772848170429916717f
+#define SELU_SCALE 1.0507009873554804934193349852946f
+#define SQRT1_2 0.70710678118654752440f        /* 1 / sqrt(2) */
+#define INV_SQRT_2PI 0.39894228040143267794f   /* 1 / sqrt(2 pi) */
+#define SQRT_2_PI 0.79788456080286535588f      /* sqrt(2 / pi) */
+#define GELU_KAPPA 0.044715f
 
 #define ROWS_PER_TASK 8 /* rows (one unit of one member: B values) per OpenMP chunk */
 
@@ -76,8 +90,51 @@ static inline float tanh_f(float x) {
 
 static inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
 
-/* One row: h = f(z) for n values. p0, p1: the activation's parameters. */
-static __attribute__((noinline)) void forward_row(int code, float p0, float p1,
+/* exp(x) - 1 for float: below |x| = 0.5 its Taylor polynomial to x^8 (truncation under
+   2e-9 relative), else exp_f(x) - 1, whose cancellation costs at most 1.5x there. */
+static inline float expm1_f(float x) {
+    float p = 1.0f / 40320.0f;
+    p = p * x + 1.0f / 5040.0f;
+    p = p * x + 1.0f / 720.0f;
+    p = p * x + 1.0f / 120.0f;
+    p = p * x + 1.0f / 24.0f;
+    p = p * x + 1.0f / 6.0f;
+    p = p * x + 0.5f;
+    float small = (p * x) * x + x;
+    return fabsf(x) < 0.5f ? small : exp_f(x) - 1.0f; /* NaN: exp_f(NaN) - 1, NaN */
+}
+
+/* The standard normal CDF, Phi(x) = erfc(-x / sqrt 2) / 2, with erfc from the Chebyshev
+   fit of Numerical Recipes (Press et al. 1992, 6.2, "erfcc": erfc(z) = t exp(-z^2 + P(t)),
+   t = 1 / (1 + z/2), fractional error below 1.2e-7), accurate in both tails where
+   1 + erf would cancel. Its exp(-z^2) is taken from x itself, z^2 = x^2 / 2, as
+   exp(-s^2 / 2) exp((s - a)(s + a) / 2 + P), a = |x|, s = a with its 12 low mantissa bits
+   cleared, so that s^2 is exact (fdlibm's erfc splits the same way): rounding z = x / sqrt 2
+   or z^2 would cost up to 2 z^2 ulp of the result. */
+static inline float phi_f(float x) {
+    float a = fabsf(x);
+    float t = 1.0f / (1.0f + 0.5f * (a * SQRT1_2));
+    float p = 0.17087277f;
+    p = p * t - 0.82215223f;
+    p = p * t + 1.48851587f;
+    p = p * t - 1.13520398f;
+    p = p * t + 0.27886807f;
+    p = p * t - 0.18628806f;
+    p = p * t + 0.09678418f;
+    p = p * t + 0.37409196f;
+    p = p * t + 1.00002368f;
+    p = p * t - 1.26551223f;
+    int32_t bits;
+    memcpy(&bits, &a, sizeof bits);
+    bits &= (int32_t)0xfffff000;
+    float s;
+    memcpy(&s, &bits, sizeof s);
+    float tail = t * exp_f(-0.5f * (s * s)) * exp_f(0.5f * ((s - a) * (s + a)) + p);
+    return x > 0.0f ? 1.0f - 0.5f * tail : 0.5f * tail; /* erfc(-z) = 2 - erfc(z) */
+}
+
+/* One row: h = f(z) for n values. p0, p1, p2: the activation's parameters. */
+static __attribute__((noinline)) void forward_row(int code, float p0, float p1, float p2,
                                                   const float *restrict z, float *restrict h,
                                                   int64_t n) {
     switch (code) {
@@ -99,13 +156,42 @@ static __attribute__((noinline)) void forward_row(int code, float p0, float p1,
     case SILU: /* x * sigmoid(x) */
         for (int64_t i = 0; i < n; i++) h[i] = z[i] / (1.0f + exp_f(-z[i]));
         break;
+    case ELU: /* elu, selu, celu, as aten.elu: x > 0 ? scale x : alpha scale (exp(x c) - 1);
+                 p0 = alpha * scale, p1 = c (input scale: 1, or celu's 1 / alpha), p2 = scale */
+        for (int64_t i = 0; i < n; i++)
+            h[i] = z[i] <= 0.0f ? expm1_f(z[i] * p1) * p0 : z[i] * p2;
+        break;
+    case GELU: /* x Phi(x) */
+        for (int64_t i = 0; i < n; i++) h[i] = z[i] * phi_f(z[i]);
+        break;
+    case GELU_TANH: /* x (1 + tanh(u)) / 2, u = sqrt(2/pi) (x + 0.044715 x^3), taken as
+                       x sigmoid(2u), which does not cancel where tanh(u) nears -1 */
+        for (int64_t i = 0; i < n; i++) {
+            float x = z[i];
+            h[i] = x * sigmoid_f(2.0f * SQRT_2_PI * (x + GELU_KAPPA * x * x * x));
+        }
+        break;
+    case HARDSIGMOID: /* min(max(x + 3, 0), 6) / 6 */
+        for (int64_t i = 0; i < n; i++) {
+            float c = z[i] + 3.0f;
+            c = c < 0.0f ? 0.0f : c;
+            h[i] = (c > 6.0f ? 6.0f : c) / 6.0f;
+        }
+        break;
+    case HARDSWISH: /* x min(max(x + 3, 0), 6) / 6 */
+        for (int64_t i = 0; i < n; i++) {
+            float c = z[i] + 3.0f;
+            c = c < 0.0f ? 0.0f : c;
+            h[i] = z[i] * (c > 6.0f ? 6.0f : c) / 6.0f;
+        }
+        break;
     default: /* LINEAR */
         memcpy(h, z, (size_t)n * sizeof *h);
     }
 }
 
 /* One row: dz = dh * f'(z) for n values (y = f(z)); returns the sum of dz, in order. */
-static __attribute__((noinline)) float backward_row(int code, float p0, float p1,
+static __attribute__((noinline)) float backward_row(int code, float p0, float p1, float p2,
                                                     const float *restrict dh,
                                                     const float *restrict z,
                                                     const float *restrict y, float *restrict dz,
@@ -133,6 +219,34 @@ static __attribute__((noinline)) float backward_row(int code, float p0, float p1
         }
         break;
     }
+    case ELU: /* elu_backward: x > 0 ? dh scale : dh c (alpha scale) exp(x c) */
+        for (int64_t i = 0; i < n; i++)
+            dz[i] = z[i] <= 0.0f ? dh[i] * p1 * p0 * exp_f(z[i] * p1) : dh[i] * p2;
+        break;
+    case GELU: /* dh (Phi(x) + x phi(x)) */
+        for (int64_t i = 0; i < n; i++) {
+            float x = z[i];
+            dz[i] = dh[i] * (phi_f(x) + x * (INV_SQRT_2PI * exp_f(-0.5f * x * x)));
+        }
+        break;
+    case GELU_TANH: { /* d/dx x s = s + 2 x s (1 - s) u', s = sigmoid(2u): (1 + t) / 2 = s,
+                         1 - t^2 = 4 s (1 - s) */
+        for (int64_t i = 0; i < n; i++) {
+            float x = z[i];
+            float s = sigmoid_f(2.0f * SQRT_2_PI * (x + GELU_KAPPA * x * x * x));
+            float du = SQRT_2_PI * (1.0f + 3.0f * GELU_KAPPA * x * x);
+            dz[i] = dh[i] * (s + 2.0f * x * s * (1.0f - s) * du);
+        }
+        break;
+    }
+    case HARDSIGMOID: /* hardsigmoid_backward: -3 < x < 3 ? dh / 6 : 0 */
+        for (int64_t i = 0; i < n; i++)
+            dz[i] = (z[i] > -3.0f && z[i] < 3.0f) ? dh[i] * (1.0f / 6.0f) : 0.0f;
+        break;
+    case HARDSWISH: /* hardswish_backward: x < -3: 0; x <= 3: dh (x / 3 + 1/2); else dh */
+        for (int64_t i = 0; i < n; i++)
+            dz[i] = z[i] < -3.0f ? 0.0f : (z[i] <= 3.0f ? dh[i] * (z[i] / 3.0f + 0.5f) : dh[i]);
+        break;
     default: /* LINEAR */
         memcpy(dz, dh, (size_t)n * sizeof *dz);
     }
@@ -148,7 +262,7 @@ static __attribute__((noinline)) float backward_row(int code, float p0, float p1
 }
 
 /* h = f(z) for K members of `units` x B values each; member k's activation is codes[k]
-   with parameters params[2k], params[2k + 1]. */
+   with parameters params[3k .. 3k + 2]. */
 void act_forward(int64_t K, int64_t units, int64_t B, const int32_t *codes, const float *params,
                  const float *z, float *h, int threads) {
     int64_t rows = K * units;
@@ -160,7 +274,8 @@ void act_forward(int64_t K, int64_t units, int64_t B, const int32_t *codes, cons
         for (int64_t r = first; r < last; r++) {
             int64_t k = r / units;
             if (codes[k] >= 0)
-                forward_row(codes[k], params[2 * k], params[2 * k + 1], z + r * B, h + r * B, B);
+                forward_row(codes[k], params[3 * k], params[3 * k + 1], params[3 * k + 2], z + r * B,
+                            h + r * B, B);
         }
     }
 }
@@ -179,8 +294,8 @@ void act_backward(int64_t K, int64_t units, int64_t B, const int32_t *codes,
             int64_t k = r / units, o = r * B;
             if (codes[k] < 0)
                 continue;
-            db[r] = backward_row(codes[k], params[2 * k], params[2 * k + 1], dh + o, z + o,
-                                 h + o, dz + o, B);
+            db[r] = backward_row(codes[k], params[3 * k], params[3 * k + 1], params[3 * k + 2],
+                                 dh + o, z + o, h + o, dz + o, B);
         }
     }
 }

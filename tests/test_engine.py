@@ -98,12 +98,19 @@ ORACLE_CASES = {
     "adam-with-diagnostics": {"diagnostics": True},
     "adam-cnn": {"model": "cnn", "hidden": (8,), "activations": ("relu", "tanh"), "seeds": (0,)},
     "adam-more-activations": {"activations": ("leaky_relu", "silu", "relu6", "hard_tanh")},
-    # gelu and elu have no compiled kernel: torch ops beside the kernels of the others.
-    "adam-mixed-kernels": {"activations": ("relu", "gelu", "elu"), "hidden": (16, 12, 8)},
+    "adam-gelu-elu": {"activations": ("gelu", "gelu_tanh", "elu", "selu", "hard_swish")},
+    # softplus and mish have no compiled kernel: torch ops beside the others' kernels.
+    "adam-mixed-kernels": {"activations": ("relu", "softplus", "mish"), "hidden": (16, 12, 8)},
 }
 # The MLP step runs compiled kernels where it can (actlab.native); these cases also run
 # with its torch kernels, the fallback.
-TORCH_KERNEL_CASES = ("adam", "sgd-momentum", "adam-two-lrs", "adam-more-activations")
+TORCH_KERNEL_CASES = (
+    "adam",
+    "sgd-momentum",
+    "adam-two-lrs",
+    "adam-more-activations",
+    "adam-gelu-elu",
+)
 
 
 @pytest.mark.slow
