@@ -19,9 +19,10 @@ where libgomp is missing the source is compiled without OpenMP.
 Where there is no compiler, the build fails, the cache cannot be written, the device is
 not a CPU, or ``ACTLAB_NATIVE=0`` is set, the step runs its torch kernels instead (the
 fallback, tested against the same oracles), and `status` says why. The kernels follow
-torch's formulas (the piecewise-linear ones bit for bit); exp and tanh are Cephes's and
-erfc Numerical Recipes' (sigmoid within 2.4 ulp of float64, tanh 1.3, elu 2.1, gelu 6.6, as
-torch's own are within 2.5, 0.6, 2.0 and, where 1 + erf cancels, no digit at all), so
+torch's formulas (the piecewise ones bit for bit); exp, log and tanh are Cephes's and
+erfc Numerical Recipes' (sigmoid within 2.4 ulp of float64, tanh 1.3, elu 2.1, mish 3.4,
+gelu 6.6, as torch's own are within 2.5, 0.6, 2.0, 2.6 and, where 1 + erf cancels, no
+digit at all), so
 results agree with the torch kernels to float rounding, not bit for bit
 (benchmarks/native_kernels.py times both).
 """
@@ -65,6 +66,10 @@ CODES: dict[str, int] = {
     "gelu_tanh": 9,
     "hard_sigmoid": 10,
     "hard_swish": 11,
+    "softplus": 12,
+    "mish": 13,
+    "soft_shrink": 14,
+    "hard_shrink": 15,
 }
 # Below this many values a kernel runs on one thread (an OpenMP fork costs microseconds).
 PARALLEL_FROM = 1 << 13
@@ -88,6 +93,10 @@ def code_and_params(name: str, params: dict) -> tuple[int, float, float, float] 
         alpha, scale, input_scale = closed_forms.elu_args(name, params)
         alpha_scale = float(np.float32(alpha) * np.float32(scale))  # in float, as aten's
         return CODES[name], alpha_scale, input_scale, scale
+    if name == "softplus":
+        return CODES[name], float(params["beta"]), float(params["threshold"]), 0.0
+    if name in ("soft_shrink", "hard_shrink"):
+        return CODES[name], float(params["lambd"]), 0.0, 0.0
     if name == "gelu" and params.get("approximate", "none") == "tanh":
         return CODES["gelu_tanh"], 0.0, 0.0, 0.0
     return CODES[name], 0.0, 0.0, 0.0

@@ -16,10 +16,10 @@
    the (units, B) block at k * units * B. Every formula is the one of torch's own kernel
    (aten's forward and *_backward ops, NaN kept where torch keeps it), except where torch's
    cancels: gelu takes the normal CDF from erfc, not 1 + erf, and gelu_tanh is x sigmoid(2u),
-   not x (1 + tanh u) / 2. exp and tanh are Cephes's single-precision approximations (S. L.
-   Moshier, Cephes Math Library, 1984-1992), erfc Numerical Recipes' fit, all written without
-   branches so that the compiler vectorises them: within 2.5 ulp of float64 as torch's are
-   (gelu: 7 ulp), tested in tests/test_native.py.
+   not x (1 + tanh u) / 2. exp, log and tanh are Cephes's single-precision approximations
+   (S. L. Moshier, Cephes Math Library, 1984-1992), erfc Numerical Recipes' fit, all written
+   without branches so that the compiler vectorises them: within 2.5 ulp of float64 as
+   torch's are (gelu: 7 ulp, mish 3.5), tested in tests/test_native.py.
    Compiled with -ffp-contract=off and no -ffast-math: the results are IEEE, the same on
    every x86 machine, whatever width the compiler vectorises to. */
 
@@ -31,7 +31,8 @@
    left untouched (its activation runs as torch ops, actlab/mlp_step.py). */
 enum {
     LINEAR = 0, RELU = 1, LEAKY_RELU = 2, HARDTANH = 3, SIGMOID = 4, TANH = 5, SILU = 6,
-    ELU = 7, GELU = 8, GELU_TANH = 9, HARDSIGMOID = 10, HARDSWISH = 11
+    ELU = 7, GELU = 8, GELU_TANH = 9, HARDSIGMOID = 10, HARDSWISH = 11, SOFTPLUS = 12,
+    MISH = 13, SOFTSHRINK = 14, HARDSHRINK = 15
 };
 
 /* SELU's constants as torch.selu uses them (elu with these), and GELU's. */
@@ -102,6 +103,47 @@ static inline float expm1_f(float x) {
     p = p * x + 0.5f;
     float small = (p * x) * x + x;
     return fabsf(x) < 0.5f ? small : exp_f(x) - 1.0f; /* NaN: exp_f(NaN) - 1, NaN */
+}
+
+/* log(u) for float u >= 1 (and +inf, NaN): Cephes logf. u = m 2^e with m in
+   [sqrt(1/2), sqrt(2)), log(m) by its degree-9 polynomial in m - 1, e ln 2 added in two
+   parts. */
+static inline float log_f(float u) {
+    int32_t bits;
+    memcpy(&bits, &u, sizeof bits);
+    float e = (float)(((bits >> 23) & 0xff) - 126);
+    bits = (bits & (int32_t)0x807fffff) | 0x3f000000; /* the mantissa in [0.5, 1) */
+    float m;
+    memcpy(&m, &bits, sizeof m);
+    int low = m < 0.707106781186547524f;
+    e = low ? e - 1.0f : e;
+    float x = low ? m + m - 1.0f : m - 1.0f;
+    float z = x * x;
+    float y = 7.0376836292e-2f;
+    y = y * x - 1.1514610310e-1f;
+    y = y * x + 1.1676998740e-1f;
+    y = y * x - 1.2420140846e-1f;
+    y = y * x + 1.4249322787e-1f;
+    y = y * x - 1.6668057665e-1f;
+    y = y * x + 2.0000714765e-1f;
+    y = y * x - 2.4999993993e-1f;
+    y = y * x + 3.3333331174e-1f;
+    y = y * x * z;
+    y = y + e * -2.12194440e-4f;
+    y = y - 0.5f * z;
+    float r = x + y + e * 0.693359375f;
+    r = u == INFINITY ? u : r;
+    return u != u ? u : r;
+}
+
+/* log(1 + x) for float x >= 0: log(u) x / (u - 1), u = 1 + x, which cancels the rounding
+   of u (Goldberg 1991, "What every computer scientist should know about floating-point
+   arithmetic", thm. 4); x itself where u rounds to 1. */
+static inline float log1p_f(float x) {
+    float u = 1.0f + x;
+    float r = log_f(u) * (x / (u - 1.0f));
+    r = u == INFINITY ? u : r;
+    return u == 1.0f ? x : r;
 }
 
 /* The standard normal CDF, Phi(x) = erfc(-x / sqrt 2) / 2, with erfc from the Chebyshev
@@ -185,6 +227,21 @@ static __attribute__((noinline)) void forward_row(int code, float p0, float p1, 
             h[i] = z[i] * (c > 6.0f ? 6.0f : c) / 6.0f;
         }
         break;
+    case SOFTPLUS: /* x beta > threshold ? x : log(1 + exp(x beta)) / beta; p0 = beta, p1 =
+                      threshold */
+        for (int64_t i = 0; i < n; i++)
+            h[i] = z[i] * p0 > p1 ? z[i] : log1p_f(exp_f(z[i] * p0)) / p0;
+        break;
+    case MISH: /* x tanh(softplus(x)) */
+        for (int64_t i = 0; i < n; i++) h[i] = z[i] * tanh_f(log1p_f(exp_f(z[i])));
+        break;
+    case SOFTSHRINK: /* x > l ? x - l : x < -l ? x + l : 0 (x * 0: NaN and -0 kept); p0 = l */
+        for (int64_t i = 0; i < n; i++)
+            h[i] = z[i] > p0 ? z[i] - p0 : (z[i] < -p0 ? z[i] + p0 : z[i] * 0.0f);
+        break;
+    case HARDSHRINK: /* -l <= x <= l ? 0 : x */
+        for (int64_t i = 0; i < n; i++) h[i] = (z[i] >= -p0 && z[i] <= p0) ? 0.0f : z[i];
+        break;
     default: /* LINEAR */
         memcpy(h, z, (size_t)n * sizeof *h);
     }
@@ -246,6 +303,27 @@ static __attribute__((noinline)) float backward_row(int code, float p0, float p1
     case HARDSWISH: /* hardswish_backward: x < -3: 0; x <= 3: dh (x / 3 + 1/2); else dh */
         for (int64_t i = 0; i < n; i++)
             dz[i] = z[i] < -3.0f ? 0.0f : (z[i] <= 3.0f ? dh[i] * (z[i] / 3.0f + 0.5f) : dh[i]);
+        break;
+    case SOFTPLUS: { /* softplus_backward: x beta > threshold ? dh : dh e / (e + 1), e =
+                        exp(x beta) */
+        for (int64_t i = 0; i < n; i++) {
+            float e = exp_f(z[i] * p0);
+            dz[i] = z[i] * p0 > p1 ? dh[i] : dh[i] * e / (e + 1.0f);
+        }
+        break;
+    }
+    case MISH: { /* mish_backward: dh (t + x s (1 - t^2)), s = sigmoid(x), t = tanh(softplus) */
+        for (int64_t i = 0; i < n; i++) {
+            float x = z[i];
+            float s = sigmoid_f(x);
+            float t = tanh_f(log1p_f(exp_f(x)));
+            dz[i] = dh[i] * (t + x * s * (1.0f - t * t));
+        }
+        break;
+    }
+    case SOFTSHRINK: /* softshrink_backward and hardshrink_backward: -l <= x <= l ? 0 : dh */
+    case HARDSHRINK:
+        for (int64_t i = 0; i < n; i++) dz[i] = (z[i] >= -p0 && z[i] <= p0) ? 0.0f : dh[i];
         break;
     default: /* LINEAR */
         memcpy(dz, dh, (size_t)n * sizeof *dz);

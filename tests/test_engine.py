@@ -99,8 +99,10 @@ ORACLE_CASES = {
     "adam-cnn": {"model": "cnn", "hidden": (8,), "activations": ("relu", "tanh"), "seeds": (0,)},
     "adam-more-activations": {"activations": ("leaky_relu", "silu", "relu6", "hard_tanh")},
     "adam-gelu-elu": {"activations": ("gelu", "gelu_tanh", "elu", "selu", "hard_swish")},
-    # softplus and mish have no compiled kernel: torch ops beside the others' kernels.
-    "adam-mixed-kernels": {"activations": ("relu", "softplus", "mish"), "hidden": (16, 12, 8)},
+    "adam-softplus-mish": {
+        "activations": ("relu", "softplus", "mish", "soft_shrink"),
+        "hidden": (16, 12, 8),
+    },
 }
 # The MLP step runs compiled kernels where it can (actlab.native); these cases also run
 # with its torch kernels, the fallback.
@@ -117,11 +119,14 @@ TORCH_KERNEL_CASES = (
 @pytest.mark.parametrize(
     "case,kernels",
     [(case, "compiled") for case in ORACLE_CASES]
-    + [(case, "torch") for case in TORCH_KERNEL_CASES],
+    + [(case, "torch") for case in TORCH_KERNEL_CASES]
+    + [("adam-softplus-mish", "partial")],
 )
 def test_fused_engine_matches_plain_models_trained_one_by_one(case, kernels, monkeypatch):
     if kernels == "torch":
         monkeypatch.setattr(native, "library", lambda: None)
+    if kernels == "partial":
+        monkeypatch.delitem(native.CODES, "mish")
     data = make_data()
     steps_per_epoch = math.ceil(N_TRAIN / 40)
     epochs = math.ceil(200 / steps_per_epoch)
@@ -129,6 +134,8 @@ def test_fused_engine_matches_plain_models_trained_one_by_one(case, kernels, mon
     trainer = Trainer(config, data)
     if kernels == "torch":
         assert trainer.mlp_step is not None and trainer.mlp_step.native is None
+    if kernels == "partial":
+        assert trainer.mlp_step._uncoded == [2]
     plain_models = [trainer.model.export_member(k) for k in range(len(trainer.members))]
     fused_losses, train_acc = [], []
     for _ in range(epochs):
