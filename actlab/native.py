@@ -10,7 +10,7 @@ ctypes with pointers prepared once.
 The source is compiled by the machine's C compiler (``$CC``, else ``cc``) with
 ``-O3 -march=native -ffp-contract=off -fno-trapping-math -fopenmp`` (without
 -fno-trapping-math gcc leaves the branch-free exp and tanh loops scalar, 9x slower; no
--ffast-math, so the arithmetic stays IEEE), in about half a second, into
+-ffast-math, so the arithmetic stays IEEE), in about a second, into
 ``$XDG_CACHE_HOME/actlab/native`` (default ``~/.cache/actlab/native``), keyed by the
 source, the compiler, the flags and the CPU; later runs load the cached library (3 ms).
 OpenMP binds to the libgomp that torch has loaded, so the kernels share torch's threads;

@@ -140,7 +140,7 @@ def main() -> None:
     native = native_step_us()
     if native is not None:
         print(f"actlab's compiled C kernels, the same five calls: {native:.0f} us "
-              f"(built in about half a second on a cold cache)")  # fmt: skip
+              f"(built in about a second on a cold cache)")  # fmt: skip
 
 
 if __name__ == "__main__":
