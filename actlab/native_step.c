@@ -352,8 +352,8 @@ void act_forward(int64_t K, int64_t units, int64_t B, const int32_t *codes, cons
         for (int64_t r = first; r < last; r++) {
             int64_t k = r / units;
             if (codes[k] >= 0)
-                forward_row(codes[k], params[3 * k], params[3 * k + 1], params[3 * k + 2], z + r * B,
-                            h + r * B, B);
+                forward_row(codes[k], params[3 * k], params[3 * k + 1], params[3 * k + 2],
+                            z + r * B, h + r * B, B);
         }
     }
 }
@@ -413,8 +413,12 @@ void xent_forward_backward(int64_t K, int64_t C, int64_t B, const float *x, cons
         double loss = 0.0;
         int64_t hits = 0;
         for (int64_t b = 0; b < B; b++) {
+            /* Labels are checked when the data is loaded; one out of range would make the
+               member's loss NaN (it diverges) rather than read outside its logits. */
             int64_t target = tk[b];
-            loss += (double)m[b] + log((double)s[b]) - (double)xk[target * B + b];
+            int valid = target >= 0 && target < C;
+            double picked = (double)xk[(valid ? target : 0) * B + b];
+            loss += valid ? (double)m[b] + log((double)s[b]) - picked : NAN;
             hits += arg[b] == target;
             s[b] = 1.0f / s[b];
         }

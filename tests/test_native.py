@@ -231,6 +231,16 @@ def test_cross_entropy_keeps_a_nan_member_to_itself():
         assert torch.equal(a[[0, 2]], b[[0, 2]])
 
 
+def test_a_label_out_of_range_makes_its_member_diverge_and_reads_nothing_outside():
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 4, 16, generator=gen)
+    targets = torch.randint(0, 4, (3, 16), generator=gen)
+    clean = xent(logits, targets)
+    targets[1, 3], targets[2, 0] = 4, -1
+    _, _, losses, _ = xent(logits, targets)
+    assert losses[0] == clean[2][0] and losses[1:].isnan().all()
+
+
 def test_the_step_trains_alike_with_the_compiled_and_the_torch_kernels(monkeypatch):
     data = make_data()
     activations = ("relu", "sigmoid", "tanh", "gelu", "mish", "soft_shrink")
