@@ -43,7 +43,6 @@ enum {
 #define SQRT_2_PI 0.79788456080286535588f      /* sqrt(2 / pi) */
 #define GELU_KAPPA 0.044715f
 
-#define ROWS_PER_TASK 8 /* rows (one unit of one member: B values) per OpenMP chunk */
 
 /* exp(x) for float: Cephes expf. x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its
    degree-6 minimax polynomial, times 2^n built in the exponent bits (2^127 * 2 for n = 128,
@@ -343,18 +342,12 @@ static __attribute__((noinline)) float backward_row(int code, float p0, float p1
    with parameters params[3k .. 3k + 2]. */
 void act_forward(int64_t K, int64_t units, int64_t B, const int32_t *codes, const float *params,
                  const float *z, float *h, int threads) {
-    int64_t rows = K * units;
-    int64_t tasks = (rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t t = 0; t < tasks; t++) {
-        int64_t first = t * ROWS_PER_TASK;
-        int64_t last = first + ROWS_PER_TASK < rows ? first + ROWS_PER_TASK : rows;
-        for (int64_t r = first; r < last; r++) {
-            int64_t k = r / units;
-            if (codes[k] >= 0)
-                forward_row(codes[k], params[3 * k], params[3 * k + 1], params[3 * k + 2],
-                            z + r * B, h + r * B, B);
-        }
+    for (int64_t r = 0; r < K * units; r++) {
+        int64_t k = r / units;
+        if (codes[k] >= 0)
+            forward_row(codes[k], params[3 * k], params[3 * k + 1], params[3 * k + 2], z + r * B,
+                        h + r * B, B);
     }
 }
 
@@ -362,19 +355,12 @@ void act_forward(int64_t K, int64_t units, int64_t B, const int32_t *codes, cons
 void act_backward(int64_t K, int64_t units, int64_t B, const int32_t *codes,
                   const float *params, const float *dh, const float *z, const float *h,
                   float *dz, float *db, int threads) {
-    int64_t rows = K * units;
-    int64_t tasks = (rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t t = 0; t < tasks; t++) {
-        int64_t first = t * ROWS_PER_TASK;
-        int64_t last = first + ROWS_PER_TASK < rows ? first + ROWS_PER_TASK : rows;
-        for (int64_t r = first; r < last; r++) {
-            int64_t k = r / units, o = r * B;
-            if (codes[k] < 0)
-                continue;
+    for (int64_t r = 0; r < K * units; r++) {
+        int64_t k = r / units, o = r * B;
+        if (codes[k] >= 0)
             db[r] = backward_row(codes[k], params[3 * k], params[3 * k + 1], params[3 * k + 2],
                                  dh + o, z + o, h + o, dz + o, B);
-        }
     }
 }
 
