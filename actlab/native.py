@@ -161,10 +161,13 @@ def library() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError) as exc:
         _why_off = f"{compiler}: {exc}"
         return None
+    try:
+        source = SOURCE.read_text()
+    except (OSError, UnicodeDecodeError) as exc:  # a broken install: run the torch kernels
+        _why_off = f"cannot read {SOURCE} ({getattr(exc, 'strerror', None) or exc}); reinstall actlab"
+        return None
     key = hashlib.sha256(
-        "\0".join(
-            [SOURCE.read_text(), compiler, version, " ".join(FLAGS), _cpu_signature()]
-        ).encode()
+        "\0".join([source, compiler, version, " ".join(FLAGS), _cpu_signature()]).encode()
     ).hexdigest()[:16]
     target = _cache_dir() / f"native_step-{key}.so"
     if not target.exists():

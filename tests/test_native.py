@@ -3,6 +3,7 @@ float64 reference; their fallback; and the whole step trained both ways."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -302,6 +303,28 @@ def test_a_broken_build_falls_back_and_a_built_library_is_reused(monkeypatch, tm
         assert native.library() is not None and str(built) in native.status()
     finally:
         native.library.cache_clear()
+
+
+def test_a_missing_source_means_the_torch_kernels_and_says_which_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "SOURCE", tmp_path / "native_step.c")  # an install without it
+    native.library.cache_clear()
+    try:
+        assert native.library() is None
+        assert str(tmp_path / "native_step.c") in native.why_off()
+        assert "reinstall" in native.why_off()
+        assert Trainer(small_config(), make_data()).mlp_step.native is None
+    finally:
+        native.library.cache_clear()
+
+
+def test_the_package_data_names_the_c_source():
+    """A wheel carries only the non-Python files pyproject names (see .ci/run's wheel check)."""
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["*"]
+    assert any(native.SOURCE.match(pattern) for pattern in patterns)
 
 
 def test_an_unwritable_cache_says_where_and_how_out(monkeypatch, tmp_path):
