@@ -164,7 +164,9 @@ def library() -> ctypes.CDLL | None:
     try:
         source = SOURCE.read_text()
     except (OSError, UnicodeDecodeError) as exc:  # a broken install: run the torch kernels
-        _why_off = f"cannot read {SOURCE} ({getattr(exc, 'strerror', None) or exc}); reinstall actlab"
+        _why_off = (
+            f"cannot read {SOURCE} ({getattr(exc, 'strerror', None) or exc}); reinstall actlab"
+        )
         return None
     key = hashlib.sha256(
         "\0".join([source, compiler, version, " ".join(FLAGS), _cpu_signature()]).encode()
