@@ -17,13 +17,13 @@ __version__ = "0.1.0"
 # Public names and the module that defines each. Imported lazily so that `import actlab`
 # stays cheap and a module's import error names the module.
 _EXPORTS = {
-    "get": "actlab.catalog",
-    "get_fn": "actlab.catalog",
-    "register": "actlab.catalog",
-    "list_activations": "actlab.catalog",
-    "load_dataset": "actlab.data",
-    "compare": "actlab.api",
-    "swap_activations": "actlab.user_model",
+    "get": "actlab.catalog.registry",
+    "get_fn": "actlab.catalog.registry",
+    "register": "actlab.catalog.registry",
+    "list_activations": "actlab.catalog.registry",
+    "load_dataset": "actlab.data.datasets",
+    "compare": "actlab.study.driver",
+    "swap_activations": "actlab.nn.user_model",
     "ExperimentConfig": "actlab.config",
 }
 

@@ -1,5 +1,5 @@
 """`python -m actlab` is the same as the `actlab` command."""
 
-from actlab.cli import main
+from actlab.cli.main import main
 
 raise SystemExit(main())

@@ -43,7 +43,7 @@ class ExperimentConfig:
     # Model. `hidden` are the MLP widths (784-128-128-10 by default); `depths`, when given,
     # replaces it by a depth study: `depth` hidden layers of width hidden[0] each.
     # `model` is "mlp", "cnn", or the user's own network as "FILE.py:NAME" or
-    # "module.path:NAME" (actlab.user_model); `swap` names the activations replaced in it
+    # "module.path:NAME" (actlab.nn.user_model); `swap` names the activations replaced in it
     # (empty: every catalog activation found), and `model_sha256` is the hash of its source
     # file, so that a run is never resumed with a changed model.
     model: str = "mlp"
@@ -87,7 +87,7 @@ class ExperimentConfig:
     device: str = "auto"  # "auto" = CUDA when present
     threads: int | None = None
     diagnostics: bool = True
-    # How a user model's members run inside a step (actlab.functional): "vmap" (one
+    # How a user model's members run inside a step (actlab.engine.vmap_stack): "vmap" (one
     # batched call per activation), "loop" (member by member), "auto" (vmap, except
     # convolutions on a CPU, where oneDNN's grouped convolutions are slower than G plain ones).
     stacking: str = "auto"
@@ -129,7 +129,7 @@ class ExperimentConfig:
         """Resolve every activation spec in the catalog, so that a typo fails at once (with
         the nearest names), before any data is loaded. Not part of __post_init__: a run
         directory that used a user-registered activation must stay readable without it."""
-        from actlab import catalog
+        from actlab.catalog import registry as catalog
 
         seen: dict[str, str] = {}
         for spec in self.activations:

@@ -1,6 +1,6 @@
 """What the training diagnostics cost: a study with and without them, in the same process.
 
-1. Study level (needs actlab.engine and the dataset): train the same short study
+1. Study level (needs actlab.engine.trainer and the dataset): train the same short study
    (4 activations, MLP 784-128-128-10, batch 64) with ``diagnostics=True`` and ``False``,
    interleaved ``--repeats`` times after one warm-up of each; prints the best and median wall time of each and the
    ratio with/without (the budget is <= ~1.10).
@@ -26,15 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from actlab.config import ExperimentConfig
-from actlab.diagnostics import layer_grad_norms, preact_moments, unit_fractions
+from actlab.engine.diagnostics import layer_grad_norms, preact_moments, unit_fractions
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu")
 
 
 def study_level(args: argparse.Namespace) -> None:
     try:
-        from actlab.data import load_dataset
-        from actlab.engine import train
+        from actlab.data.datasets import load_dataset
+        from actlab.engine.trainer import train
     except ImportError as error:
         print(f"study level skipped: {error}")
         return

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from actlab.config import ExperimentConfig, members_for
-from actlab.engine import EVAL_CHUNK, DeviceData, Trainer
+from actlab.engine.trainer import EVAL_CHUNK, DeviceData, Trainer
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu")
 
@@ -100,7 +100,7 @@ class StepFloor:
         self.exp_avg = [uniform(*p.shape, scale=1e-4) for p in self.params]
         self.exp_avg_sq = [uniform(*p.shape, scale=1e-6).abs_() for p in self.params]
         self.step_count = torch.full((), 100.0, device=device)
-        # Activations (K, units, B), feature-major as actlab.models lays them out.
+        # Activations (K, units, B), feature-major as actlab.nn.models lays them out.
         self.z = [torch.empty(K, units, B, device=device) for units in w[1:]]
         self.dz = [uniform(K, units, B, scale=1e-2) for units in w[1:]]
         self.dh = [torch.empty(K, units, B, device=device) for units in w[1:-1]]

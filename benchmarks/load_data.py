@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from actlab import data
-from actlab.data import load_dataset
+from actlab.data import datasets as data
+from actlab.data.datasets import load_dataset
 
 
 def timed(fn, repeats: int) -> list[float]:

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from actlab import store
 from actlab.config import ExperimentConfig
-from actlab.data import load_dataset
-from actlab.engine import DeviceData, members_of, train
-from actlab.export import LiveLog
+from actlab.data.datasets import load_dataset
+from actlab.engine.trainer import DeviceData, members_of, train
+from actlab.export.targets import LiveLog
+from actlab.study import store
 
 
 def study_epochs(config, dataset, data, out: Path, live: LiveLog | None):

@@ -1,11 +1,11 @@
-"""The CPU step's compiled kernels (actlab/native_step.c) against its torch ops, cold and warm.
+"""The CPU step's compiled kernels (actlab/engine/native_step.c) against its torch ops, cold and warm.
 
 The kernels are compiled on first use, so they must win in wall time with the build
 counted. This prints, on the machine at hand:
 
 - the build on a cold cache (a fresh process and an empty cache directory: the compiler
   runs) and the load on a warm one (a fresh process, the cached library), both timed
-  around `actlab.native.library()`;
+  around `actlab.engine.native.library()`;
 - the protocol's training epoch (4 activations, 1 seed, Fashion-MNIST, evaluation
   included) with the compiled kernels and with the torch ops (the fallback, as with
   ACTLAB_NATIVE=0), epoch by epoch, alternately, in one process on the same data;
@@ -29,10 +29,10 @@ import time
 import torch
 from seed_protocol import cpu_model
 
-from actlab import native
 from actlab.config import ExperimentConfig
-from actlab.data import load_dataset
-from actlab.engine import DeviceData, Trainer
+from actlab.data.datasets import load_dataset
+from actlab.engine import native
+from actlab.engine.trainer import DeviceData, Trainer
 
 TIME_LIBRARY = (
     "import time; from actlab import native; t = time.perf_counter(); lib = native.library(); "

@@ -5,7 +5,7 @@ In one process, on the same data (Fashion-MNIST), for each model:
 - **one by one**: per member (activation x seed), the network built after
   ``torch.manual_seed(seed)``, ``DataLoader(TensorDataset)`` with shuffle, ``torch.optim.Adam``,
   test accuracy after each epoch (what a tutorial loop does, K times);
-- **stacked**: ``actlab.api.run_study`` with ``--model FILE.py:NAME`` (vmap over the
+- **stacked**: ``actlab.study.driver.run_study`` with ``--model FILE.py:NAME`` (vmap over the
   members of each activation; no run directory, no diagnostics);
 - for the MLP also actlab's **built-in** path (``--model mlp``, the hand-written step).
 
@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from actlab import catalog
-from actlab.api import run_study
+from actlab.catalog import registry as catalog
 from actlab.config import ExperimentConfig, members_for
-from actlab.data import load_dataset
-from actlab.user_model import load
+from actlab.data.datasets import load_dataset
+from actlab.nn.user_model import load
+from actlab.study.driver import run_study
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {

@@ -1,7 +1,7 @@
 """A study on Ray with 1 and 2 workers against the local run, in one process; bytes per epoch.
 
 Runs the same study three ways, one after another in this process: locally (one stacked
-model, `actlab.api.run_study`), then on a local Ray cluster started with ``ray.init
+model, `actlab.study.driver.run_study`), then on a local Ray cluster started with ``ray.init
 (num_cpus=1)`` (one worker, so by default one shard of all the members) and with
 ``num_cpus=2`` (two workers, two shards). Every way uses one thread per worker. Prints the wall time of each (Ray's
 includes starting the cluster's workers, shipping the dataset, every epoch's rows and
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from actlab import cluster, store
-from actlab.api import load_study_dataset, run_study
 from actlab.config import ExperimentConfig, members_for
+from actlab.study import cluster, store
+from actlab.study.driver import load_study_dataset, run_study
 
 
 def cpu_name() -> str:

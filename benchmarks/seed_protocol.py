@@ -5,7 +5,7 @@
 2. The vmap peer: the four networks at once as PyTorch's model-ensembling tutorial trains
    an ensemble (torch.func.stack_module_state + functional_call + vmap, torch.optim.Adam
    over the stacked parameters).
-3. actlab's engine: the same four networks as one stacked model (`actlab.api.run_study`).
+3. actlab's engine: the same four networks as one stacked model (`actlab.study.driver.run_study`).
 
 It prints the times, their ratios, the test accuracies of every side, the peak RSS, and a
 profile of the fused step (matmuls vs the rest). `--floor` adds the step floor of
@@ -35,10 +35,10 @@ from floor import StepFloor, StepShape, alternate, ratio_summary
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from actlab.api import run_study
 from actlab.config import ExperimentConfig
-from actlab.data import load_dataset
-from actlab.engine import DeviceData, Trainer
+from actlab.data.datasets import load_dataset
+from actlab.engine.trainer import DeviceData, Trainer
+from actlab.study.driver import run_study
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu")
 PLAIN_ACTIVATIONS = {

@@ -7,7 +7,7 @@ and backward of the MLP 784-128-128-10 (or the CNN) at batch 64 for K members:
   ``zero_grad``, ``cross_entropy(model(x), y).backward()`` (with ``--adam``: and a
   ``torch.optim.Adam`` step each);
 - stacked: ``build_model`` once, ``sum_k mean CE_k`` backward (with ``--adam``: and one
-  ``actlab.optim.StackedOptimizer`` step).
+  ``actlab.nn.optim.StackedOptimizer`` step).
 
 Usage: python benchmarks/stacked_step.py [--members 4,12,24,48] [--steps 200] [--model mlp]
        [--adam] [--threads N]
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from actlab.config import ExperimentConfig, members_for
-from actlab.models import build_model
-from actlab.optim import StackedOptimizer
+from actlab.nn.models import build_model
+from actlab.nn.optim import StackedOptimizer
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu")
 # K -> (lrs, seeds): 4 activations x lrs x seeds

@@ -7,7 +7,7 @@ pair compared, Holm over the 6 pairs): member (arm, seed) scores
 
 so members of a seed share u_seed (what pairing removes) and the SD of a paired
 difference is sigma_d = 0.25 * sqrt(2) = 0.354 pp, about what a 10-seed Fashion-MNIST run
-shows. Each replicate goes through `actlab.stats.pairwise`, the function whose
+shows. Each replicate goes through `actlab.report.stats.pairwise`, the function whose
 `significant` / `equivalent` columns the report's verdict words come from. For n = 3, 5, 10
 seeds it measures:
 
@@ -40,7 +40,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from actlab import stats
+from actlab.report import stats
 
 ARMS = ("relu", "sigmoid", "tanh", "leaky_relu")
 BASE = 0.88

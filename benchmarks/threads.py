@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from actlab.store import _cpu_model_name
-from actlab.threads import available_cpus
+from actlab.engine.threads import available_cpus
+from actlab.study.store import _cpu_model_name
 
 BUSY_LOOP = "while True: pass"
 

@@ -2,7 +2,7 @@
 
 The issue allowed either tool for fusing the step's small kernels, if it wins in wall
 time on a cold and on a warm cache. This compiles (`torch.compile`, inductor, static
-shapes) the same three pieces of the protocol's step that actlab/native_step.c fuses,
+shapes) the same three pieces of the protocol's step that actlab/engine/native_step.c fuses,
 at the protocol's shapes (4 members, 128 units, batch 64, 10 classes):
 
 - the activations of a layer (relu, sigmoid, tanh, leaky_relu, one member each),
@@ -96,7 +96,7 @@ def compiled_run() -> None:
 
 def native_step_us() -> float | None:
     """The same five calls through actlab's compiled kernels (None where unavailable)."""
-    from actlab import native
+    from actlab.engine import native
 
     lib = native.library()
     if lib is None:

@@ -33,7 +33,7 @@ def restore_threads():
 @pytest.fixture
 def no_charts(monkeypatch):
     """Reports without their matplotlib figures, for tests about rows and words (fast)."""
-    from actlab import report
+    from actlab.report import render as report
 
     monkeypatch.setattr(report, "charts", lambda analysis: [])
     monkeypatch.setattr(report, "_activation_figure", lambda analysis: None)

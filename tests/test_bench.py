@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from actlab import catalog
-from actlab.bench import (
+from actlab.catalog import registry as catalog
+from actlab.cli.main import main
+from actlab.engine.bench import (
     COLUMNS,
     StorageCounter,
     default_specs,
@@ -14,7 +15,6 @@ from actlab.bench import (
     measure_memory,
     run_bench,
 )
-from actlab.cli import main
 from actlab.errors import ActlabError, UnknownActivationError
 
 SIZE = 64 * 1024

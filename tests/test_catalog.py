@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import actlab
-from actlab import catalog
-from actlab.catalog import (
+from actlab.catalog import registry as catalog
+from actlab.catalog.registry import (
     ActivationSpec,
     canonical_label,
     get,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from actlab.catalog import get, get_fn, list_activations, resolve
+from actlab.catalog.registry import get, get_fn, list_activations, resolve
 
 keras = pytest.importorskip("keras")
 

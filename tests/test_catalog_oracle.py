@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy import special
 
-from actlab import catalog
-from actlab.catalog import get, get_fn, list_activations
+from actlab.catalog import registry as catalog
+from actlab.catalog.registry import get, get_fn, list_activations
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from actlab.catalog import list_activations
-from actlab.cli import main
+from actlab.catalog.registry import list_activations
+from actlab.cli.main import main
 
 
 def test_list_prints_one_row_per_entry(capsys):
@@ -108,7 +108,7 @@ def test_plot_writes_the_file_and_prints_its_path(suffix, capsys, tmp_path):
 
 
 def test_plot_activations_figure_has_one_panel_per_order_with_legend():
-    from actlab.plots import activation_curves, plot_activations
+    from actlab.report.plots import activation_curves, plot_activations
 
     fig = plot_activations(["relu", "tanh", "expr:x * x"], (-3, 3), (0, 1, 2))
     axes = fig.get_axes()

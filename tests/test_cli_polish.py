@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import actlab
-from actlab import data
-from actlab import download as dl
-from actlab.cli import main, merge_line, parse_seeds
+from actlab.cli.main import main, merge_line, parse_seeds
+from actlab.data import datasets as data
+from actlab.data import download as dl
 from actlab.errors import ConfigError, DataError, SpecError
-from actlab.store import merge_runs
+from actlab.study.store import merge_runs
 
 pytestmark = pytest.mark.usefixtures("restore_threads")
 
@@ -109,12 +109,12 @@ def test_a_depth_study_is_not_continued_with_more_epochs(small, tmp_path, capsys
 
 
 def test_ctrl_c_says_how_to_resume(small, tmp_path, capsys, monkeypatch):
-    import actlab.api
+    import actlab.study.driver
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(actlab.api, "run_study", interrupted)
+    monkeypatch.setattr(actlab.study.driver, "run_study", interrupted)
     assert compare(small, tmp_path / "r", "--epochs", "1", "--quiet") == 130
     err = capsys.readouterr().err
     assert err.startswith("actlab: interrupted; the run directory ")

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from test_engine import make_data, small_config
 
-from actlab import catalog
-from actlab.closed_forms import CLOSED_FORMS, closed_form
-from actlab.engine import Trainer
-from actlab.mlp_step import MLPStep, supports
-from actlab.models import activation_info
+from actlab.catalog import registry as catalog
+from actlab.catalog.closed_forms import CLOSED_FORMS, closed_form
+from actlab.engine.mlp_step import MLPStep, supports
+from actlab.engine.trainer import Trainer
+from actlab.nn.models import activation_info
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,11 +19,11 @@ import pytest
 import torch
 from test_compare_cli import write_npz
 
-from actlab import cluster, store
-from actlab.api import run_study
-from actlab.cli import main
+from actlab.cli.main import main
 from actlab.config import ExperimentConfig
 from actlab.errors import ConfigError, RunDirError
+from actlab.study import cluster, store
+from actlab.study.driver import run_study
 
 
 def without_time(path: Path, name: str = store.METRICS_FILE) -> list[dict]:
@@ -77,7 +77,7 @@ def test_resources_are_checked_before_any_work():
     with pytest.raises(ConfigError, match="3.0 GiB but the largest Ray node offers 2.0 GiB"):
         cluster.check_memory(3 * 2**30, 2 * 2**30, "the largest Ray node")
     cluster.check_memory(3 * 2**30, 0.0, "a node of unknown memory")  # not checked
-    # The largest shard is estimated as a study of its own (actlab.memory).
+    # The largest shard is estimated as a study of its own (actlab.engine.memory).
     config = ExperimentConfig(hidden=(4096, 4096), activations=("relu", "tanh"), seeds=(0, 1, 2))
     dataset = SimpleNamespace(
         input_shape=(1, 28, 28), num_classes=10, train_size=60000, val_size=0, test_size=10000

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import actlab
-from actlab import store
-from actlab.api import run_study
-from actlab.cli import default_out, main, parse_seeds, split_specs
+from actlab.cli.main import default_out, main, parse_seeds, split_specs
 from actlab.config import ExperimentConfig
+from actlab.study import store
+from actlab.study.driver import run_study
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

@@ -58,7 +58,7 @@ def test_members_are_seed_major():
 
 
 def test_unknown_activation_fails_before_any_data_is_loaded(capsys):
-    from actlab.cli import main
+    from actlab.cli.main import main
 
     # mnist is not on this machine: a data error would mean the dataset was looked for first.
     assert (

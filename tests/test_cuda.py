@@ -13,11 +13,11 @@ import torch
 from test_compare_cli import metric_rows, write_npz
 from test_engine import N_TRAIN, make_data, small_config, train_plain
 
-from actlab import store
-from actlab.api import run_study
-from actlab.cli import main
+from actlab.cli.main import main
 from actlab.config import ExperimentConfig
-from actlab.engine import DeviceData, Trainer, train
+from actlab.engine.trainer import DeviceData, Trainer, train
+from actlab.study import store
+from actlab.study.driver import run_study
 
 pytestmark = [
     pytest.mark.cuda,

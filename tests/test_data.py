@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from actlab import data
-from actlab import download as dl
-from actlab.cli import main
-from actlab.data import Dataset, dataset_info, list_datasets, load_dataset
+from actlab.cli.main import main
+from actlab.data import datasets as data
+from actlab.data import download as dl
+from actlab.data.datasets import Dataset, dataset_info, list_datasets, load_dataset
+from actlab.data.idx import write_cifar_batch, write_idx
 from actlab.errors import DataError
-from actlab.idx import write_cifar_batch, write_idx
 
 N_TRAIN, N_TEST = 50, 20
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from actlab import data
-from actlab.data import load_dataset
+from actlab.data import datasets as data
+from actlab.data.datasets import load_dataset
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 

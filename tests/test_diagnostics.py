@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from actlab import diagnostics
-from actlab.diagnostics import (
+from actlab.engine import diagnostics
+from actlab.engine.diagnostics import (
     findings,
     layer_grad_norms,
     max_slope,
@@ -373,7 +373,7 @@ def test_findings_exploding_gradient():
 
 
 def test_every_elementwise_catalog_activation_is_diagnosable():
-    from actlab import catalog
+    from actlab.catalog import registry as catalog
 
     entries = [entry for entry in catalog.list_activations() if entry.elementwise]
     modules = [catalog.get(entry.example) for entry in entries]

@@ -7,11 +7,11 @@ import threading
 import numpy as np
 import pytest
 
-from actlab import data
-from actlab import download as dl
-from actlab.data import load_dataset
+from actlab.data import datasets as data
+from actlab.data import download as dl
+from actlab.data.datasets import load_dataset
+from actlab.data.idx import write_idx
 from actlab.errors import DataError
-from actlab.idx import write_idx
 
 
 class Handler(http.server.BaseHTTPRequestHandler):

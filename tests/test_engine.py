@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from actlab import native
 from actlab.config import ExperimentConfig
-from actlab.engine import DeviceData, Trainer, epoch_permutation, shuffle_generator, train
+from actlab.engine import native
+from actlab.engine.trainer import DeviceData, Trainer, epoch_permutation, shuffle_generator, train
 
 N_TRAIN, N_TEST, CLASSES = 512, 128, 4
 
@@ -104,7 +104,7 @@ ORACLE_CASES = {
         "hidden": (16, 12, 8),
     },
 }
-# The MLP step runs compiled kernels where it can (actlab.native); these cases also run
+# The MLP step runs compiled kernels where it can (actlab.engine.native); these cases also run
 # with its torch kernels, the fallback.
 TORCH_KERNEL_CASES = (
     "adam",

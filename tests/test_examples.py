@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import actlab
-import actlab.store
-from actlab.cli import main
+import actlab.study.store
+from actlab.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,7 +28,7 @@ def test_keras_example_learns_fashion_mnist(tmp_path):
                  "--limit-test", "500", "--batch-size", "32", "--activations", "relu,gelu", "--seeds", "1",
                  "--threads", "1", "--quiet", "--no-report", "--out", str(run)])  # fmt: skip
     assert code == 0
-    frame = actlab.store.read_run(run).metrics
+    frame = actlab.study.store.read_run(run).metrics
     assert len(frame) == 2 and (frame["train_loss"] < math.log(10)).all(), frame
     assert (frame["test_acc"] > 0.6).all(), frame
 

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from actlab import export, store
-from actlab.api import run_study
-from actlab.cli import main
+from actlab.cli.main import main
 from actlab.config import ExperimentConfig
 from actlab.errors import ExportError
+from actlab.export import targets as export
+from actlab.study import store
+from actlab.study.driver import run_study
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_compare_cli import write_npz  # noqa: E402

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from actlab import catalog
+from actlab.catalog import registry as catalog
+from actlab.catalog.expr import FUNCTIONS, parse_expression
 from actlab.errors import SpecError
-from actlab.expr import FUNCTIONS, parse_expression
 
 X = torch.linspace(-4, 4, 17, dtype=torch.float64)
 

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import actlab.user_model
+import actlab.nn.user_model
 from actlab.config import ExperimentConfig, members_for
-from actlab.engine import DeviceData, Trainer, epoch_permutation, shuffle_generator, train
-from actlab.functional import FallbackNotice, StackedUserModel
-from actlab.models import DROPOUT_SEED_OFFSET
+from actlab.engine.trainer import DeviceData, Trainer, epoch_permutation, shuffle_generator, train
+from actlab.engine.vmap_stack import FallbackNotice, StackedUserModel
+from actlab.nn.models import DROPOUT_SEED_OFFSET
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -290,7 +290,7 @@ def test_auto_stacking_runs_convolutions_member_by_member_on_a_cpu(nets):
 def test_the_builtin_mlp_as_a_user_model_trains_like_the_builtin_path():
     """nn.Linear after torch.manual_seed(seed) is the built-in MLP's init ("pytorch"), and
     the batch order is the seed's: the two paths are the same training."""
-    user = actlab.user_model.from_object(
+    user = actlab.nn.user_model.from_object(
         lambda act: nn.Sequential(nn.Flatten(), nn.Linear(36, 16), act(), nn.Linear(16, 3))
     )
     options = dict(activations=("relu", "tanh"), seeds=(0, 1), epochs=3, batch_size=BATCH,
@@ -321,7 +321,7 @@ def test_diagnostics_cover_every_weight_layer_and_every_swapped_activation(nets)
 
 
 def test_a_diverging_member_is_frozen_and_the_others_train_on():
-    user = actlab.user_model.from_object(
+    user = actlab.nn.user_model.from_object(
         lambda act: nn.Sequential(nn.Flatten(), nn.Linear(36, 16), act(), nn.Linear(16, 3))
     )
     config = ExperimentConfig(

@@ -2,7 +2,7 @@
 
 Whatever the input, `actlab` exits 0, or writes one line on stderr and exits 2 (bad input)
 or 1 (the environment), never with a traceback, and within a time bound. In-process
-(`actlab.cli.main`), on a tiny dataset, with few examples: a net for the classes of
+(`actlab.cli.main.main`), on a tiny dataset, with few examples: a net for the classes of
 mistakes, cheap enough to run in every CI build.
 """
 
@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actlab import report
-from actlab.cli import main
-from actlab.expr import FUNCTIONS
+from actlab.catalog.expr import FUNCTIONS
+from actlab.cli.main import main
+from actlab.report import render as report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,8 +5,7 @@ import gzip
 import numpy as np
 import pytest
 
-from actlab.errors import DataError
-from actlab.idx import (
+from actlab.data.idx import (
     check_idx_pair,
     parse_idx,
     read_cifar_batch,
@@ -15,6 +14,7 @@ from actlab.idx import (
     write_cifar_batch,
     write_idx,
 )
+from actlab.errors import DataError
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])

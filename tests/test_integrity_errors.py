@@ -18,8 +18,9 @@ from fixtures.cli import run_cli
 from fixtures.run_dir import write_run
 from test_compare_cli import write_npz
 
-from actlab import report, store
-from actlab.cli import main
+from actlab.cli.main import main
+from actlab.report import render as report
+from actlab.study import store
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_charts")
 
@@ -78,7 +79,7 @@ def test_bench_size_beyond_memory_is_one_line(tmp_path):
 
 
 def test_plot_labels_are_text_not_mathtext(tmp_path):
-    from actlab.plots import plot_activations, save_figure
+    from actlab.report.plots import plot_activations, save_figure
 
     figure = plot_activations(["relu"], (-1.0, 1.0), (0,))
     figure.axes[0].set_title(r"$\undefined^^$")  # what a name with '$' would do
@@ -109,7 +110,7 @@ def write_labels(path: Path, y: np.ndarray, n: int = 32) -> str:
 
 def idx_dir_with_overflowing_header(folder: Path) -> str:
     """IDX images whose four dimensions multiply to 2**64: an int64 product wraps to 0."""
-    from actlab.idx import write_idx
+    from actlab.data.idx import write_idx
 
     folder.mkdir()
     for prefix in ("train", "t10k"):

@@ -9,10 +9,13 @@ from fixtures.cli import run_cli
 from fixtures.run_dir import write_run
 from test_compare_cli import write_npz
 
-from actlab import completion, report, stats, store
-from actlab.api import run_study
 from actlab.config import ExperimentConfig
 from actlab.errors import ConfigError, SpecError
+from actlab.report import render as report
+from actlab.report import stats
+from actlab.study import store
+from actlab.study import unfinished as completion
+from actlab.study.driver import run_study
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_charts")
 
@@ -62,7 +65,7 @@ def test_report_of_an_interrupted_run_is_labelled_and_compares_the_last_common_e
     data_path = write_npz(tmp_path / "d.npz", 192, 64)
     config = ExperimentConfig(dataset=data_path, activations=("relu", "tanh"), seeds=(0, 1),
                               epochs=4, hidden=(8,), threads=1, diagnostics=False)  # fmt: skip
-    from actlab.api import load_study_dataset
+    from actlab.study.driver import load_study_dataset
 
     data = load_study_dataset(config)
     interrupted_study(config, tmp_path / "run", after_epoch=2, data=data)
@@ -127,7 +130,7 @@ def test_control_characters_in_a_spec_are_refused_up_front(char):
     with pytest.raises(ConfigError, match="control characters"):
         ExperimentConfig(activations=("relu", spec))
     with pytest.raises(SpecError, match="control characters"):
-        from actlab import catalog
+        from actlab.catalog import registry as catalog
 
         catalog.resolve(spec)
     code, out, err = run_cli("show", spec)
@@ -170,7 +173,7 @@ def test_a_study_is_not_resumed_on_other_data(tmp_path):
 
 
 def test_the_fingerprint_covers_every_split(tmp_path):
-    from actlab.data import load_dataset
+    from actlab.data.datasets import load_dataset
 
     data = tmp_path / "d.npz"
     write_npz(data, 64, 16)

@@ -10,7 +10,7 @@ import pytest
 from fixtures.cli import run_cli
 from test_compare_cli import write_npz
 
-from actlab import store
+from actlab.study import store
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_charts")
 
@@ -39,8 +39,8 @@ def reference(data, tmp_path_factory):
 
 
 def interrupted(data: str, run, after_epoch: int) -> None:
-    from actlab.api import load_study_dataset, run_study
     from actlab.config import ExperimentConfig
+    from actlab.study.driver import load_study_dataset, run_study
 
     config = ExperimentConfig(dataset=data, activations=("relu", "tanh"), epochs=3,
                               hidden=(8,), threads=1)  # fmt: skip

@@ -6,7 +6,7 @@ the same command. The rerun must finish with exactly the rows of an uninterrupte
 
 The child is a fork of the test process (no interpreter start, torch already imported), so
 the whole sweep stays within a few seconds; the kill points are the N-th call to os.fsync or
-os.replace, the two calls every durable write of actlab.store goes through.
+os.replace, the two calls every durable write of actlab.study.store goes through.
 """
 
 import contextlib
@@ -20,8 +20,9 @@ import pandas as pd
 import pytest
 from test_compare_cli import write_npz
 
-from actlab import report, store
-from actlab.cli import main
+from actlab.cli.main import main
+from actlab.report import render as report
+from actlab.study import store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

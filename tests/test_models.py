@@ -15,7 +15,7 @@ from torch import nn
 
 from actlab.config import ExperimentConfig, check_output_activation, members_for
 from actlab.errors import ConfigError
-from actlab.models import build_model
+from actlab.nn.models import build_model
 
 ATOL = 1e-5
 
@@ -295,7 +295,7 @@ def test_dropout_masks_depend_on_the_seed_alone():
     assert all(torch.equal(mask[4], mask[k]) for k in (5, 6, 7))
     assert not torch.equal(mask[0], mask[4])
     # Seed 5's masks do not depend on which other seeds, activations or lrs are trained
-    # with it (a shard of the study, actlab.cluster).
+    # with it (a shard of the study, actlab.study.cluster).
     alone, _ = build(config.replace(seeds=(5,), activations=("tanh",), lrs=(3e-3,)))
     alone_masks = record_masks(alone)
     alone(x[1:])
@@ -455,7 +455,7 @@ def test_init_gain_scales_each_member_by_its_activation_gain(init):
 
 
 def test_cli_refuses_softmax_output_with_one_line(capsys):
-    from actlab.cli import EXIT_USER_ERROR, main
+    from actlab.cli.main import EXIT_USER_ERROR, main
 
     code = main(["compare", "--output-activation", "softmax", "--out", "/nonexistent/never"])
     err = capsys.readouterr().err.strip()

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from actlab.config import ExperimentConfig, members_for
-from actlab.models import build_model
-from actlab.optim import StackedOptimizer, zero_grad
+from actlab.nn.models import build_model
+from actlab.nn.optim import StackedOptimizer, zero_grad
 
 STEPS = 50
 

@@ -1,4 +1,4 @@
-"""The compiled CPU kernels (actlab/native_step.c) against torch's own ops, autograd and a
+"""The compiled CPU kernels (actlab/engine/native_step.c) against torch's own ops, autograd and a
 float64 reference; their fallback; and the whole step trained both ways."""
 
 import json
@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from test_compare_cli import write_npz
 from test_engine import make_data, small_config
 
-from actlab import native
-from actlab.api import run_study
-from actlab.closed_forms import closed_form
+from actlab.catalog.closed_forms import closed_form
 from actlab.config import ExperimentConfig
-from actlab.engine import Trainer
+from actlab.engine import native
+from actlab.engine.trainer import Trainer
+from actlab.study.driver import run_study
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,7 +4,7 @@ exactly what K separate torch.optim optimizers do on the same gradients."""
 import pytest
 import torch
 
-from actlab.optim import FLUSH_EVERY, StackedOptimizer
+from actlab.nn.optim import FLUSH_EVERY, StackedOptimizer
 
 K = 3
 LRS = (1e-3, 3e-3, 1e-2)

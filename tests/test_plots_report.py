@@ -7,8 +7,8 @@ from fixtures.run_dir import write_run
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
-from actlab import plots, stats
-from actlab.store import read_run
+from actlab.report import plots, stats
+from actlab.study.store import read_run
 
 
 @pytest.fixture(scope="module")

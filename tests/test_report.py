@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from fixtures.run_dir import write_run
 
-from actlab.cli import main
-from actlab.report import write_report
-from actlab.store import merge_runs, read_run
+from actlab.cli.main import main
+from actlab.report.render import write_report
+from actlab.study.store import merge_runs, read_run
 
 
 class TableParser(HTMLParser):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from fixtures.run_dir import write_run
 
-from actlab.report import write_report
+from actlab.report.render import write_report
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_report.py"
 spec = importlib.util.spec_from_file_location("check_report", SCRIPT)

@@ -12,9 +12,10 @@ import pytest
 from fixtures.run_dir import write_run
 from matplotlib.collections import PolyCollection
 
-from actlab import plots, report, stats
-from actlab.report import analyse, charts, render_html, summary_rows, verdict
-from actlab.store import read_run
+from actlab.report import plots, stats
+from actlab.report import render as report
+from actlab.report.render import analyse, charts, render_html, summary_rows, verdict
+from actlab.study.store import read_run
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 from fixtures.run_dir import write_run
 from scipy import stats as scipy_stats
 
-from actlab import stats
-from actlab.store import read_run
+from actlab.report import stats
+from actlab.study.store import read_run
 
 
 def test_t_interval_matches_scipy():

@@ -15,7 +15,7 @@ from scipy import stats as scipy_stats
 from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
-from actlab import stats
+from actlab.report import stats
 
 HOLM_6 = 0.05 / 6
 

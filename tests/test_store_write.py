@@ -1,4 +1,4 @@
-"""The writing half of actlab.store: lock, config.json, append-only CSVs, atomic
+"""The writing half of actlab.study.store: lock, config.json, append-only CSVs, atomic
 checkpoints, and truncation of rows beyond the checkpoint when a run is reopened."""
 
 import json
@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from actlab import store
 from actlab.config import ExperimentConfig
 from actlab.errors import RunDirError
+from actlab.study import store
 
 CONFIG = ExperimentConfig(dataset="generated", activations=("relu", "tanh"), epochs=3)
 DATASET = {"name": "generated", "input_shape": [1, 8, 8], "num_classes": 4}

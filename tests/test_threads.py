@@ -1,4 +1,4 @@
-"""The thread count chosen by measuring (actlab/threads.py) and its use by a study: the
+"""The thread count chosen by measuring (actlab/engine/threads.py) and its use by a study: the
 choice logic against fake step times (no timed assertion), the CPU limits from fake
 cgroup files, and a real study that records and prints what it chose."""
 
@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from actlab.api import ThreadKeeper, format_duration, run_study
-from actlab.cli import main
+from actlab.cli.main import main
 from actlab.config import ExperimentConfig
-from actlab.engine import DeviceData, Trainer
-from actlab.threads import (
+from actlab.engine.threads import (
     StepWatch,
     ThreadChoice,
     available_cpus,
@@ -20,6 +18,8 @@ from actlab.threads import (
     cgroup_cpu_limit,
     choose_threads,
 )
+from actlab.engine.trainer import DeviceData, Trainer
+from actlab.study.driver import ThreadKeeper, format_duration, run_study
 
 pytestmark = pytest.mark.usefixtures("restore_threads")
 
@@ -123,7 +123,7 @@ def test_step_watch_fires_when_the_step_time_degrades():
 
 
 def test_timing_step_trains_the_throwaway_trainer_only(small):
-    from actlab.data import load_dataset
+    from actlab.data.datasets import load_dataset
 
     config = ExperimentConfig(dataset=small, hidden=(8,), epochs=1, activations=("relu", "tanh"))
     data = DeviceData.from_dataset(load_dataset(small), "cpu")
@@ -181,13 +181,13 @@ def test_durations_read_naturally():
 
 
 def test_re_checks_during_training_change_no_number(small, tmp_path, monkeypatch):
-    import actlab.api
+    import actlab.study.driver
 
     config = ExperimentConfig(dataset=small, hidden=(8,), epochs=2, seeds=(0, 1), dropout=0.2, batch_size=16,
                               activations=("relu", "tanh"), device="cpu")  # fmt: skip
     plain = run_study(config, out=tmp_path / "plain").metrics
     # a watch that finds every window degraded: the thread count is measured again and again
-    monkeypatch.setattr(actlab.api, "StepWatch", lambda: StepWatch(window=2, factor=0.0))
+    monkeypatch.setattr(actlab.study.driver, "StepWatch", lambda: StepWatch(window=2, factor=0.0))
     rechecks = []
     checked = run_study(config, out=tmp_path / "checked",
                         on_threads=lambda choice, why: rechecks.append(why)).metrics  # fmt: skip

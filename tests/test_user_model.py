@@ -17,13 +17,13 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import actlab
-import actlab.memory
-from actlab import store
-from actlab.api import run_study
-from actlab.cli import main
+import actlab.engine.memory
+from actlab.cli.main import main
 from actlab.config import ExperimentConfig
 from actlab.errors import ConfigError
-from actlab.user_model import BUILDER, MODULE, build_member, load, swap
+from actlab.nn.user_model import BUILDER, MODULE, build_member, load, swap
+from actlab.study import store
+from actlab.study.driver import run_study
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -260,13 +260,13 @@ def test_a_relative_model_path_resolves_from_another_directory(user_file, monkey
     monkeypatch.chdir(user_file.parent)
     config = ExperimentConfig(model="my_net.py:build", model_source=str(user_file.resolve()))
     monkeypatch.chdir(user_file.parent.parent)
-    assert actlab.user_model.load_for(config).kind == BUILDER
+    assert actlab.nn.user_model.load_for(config).kind == BUILDER
     with pytest.raises(ConfigError, match="file my_net.py not found"):
         load(config.model)
 
 
 def test_members_are_built_after_their_seed():
-    user = actlab.user_model.from_object(
+    user = actlab.nn.user_model.from_object(
         lambda act: nn.Sequential(nn.Linear(4, 8), act(), nn.Linear(8, 2))
     )
     model, report = build_member(user, "gelu", 7)
@@ -313,7 +313,7 @@ def test_bad_models_are_one_line_errors(user_file, tmp_path, capsys, name, messa
 def test_a_study_that_does_not_fit_says_how_many_members_would(
     user_file, tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr(actlab.memory, "available_bytes", lambda device: 40_000)
+    monkeypatch.setattr(actlab.engine.memory, "available_bytes", lambda device: 40_000)
     data = write_small_npz(tmp_path / "d.npz")
     code = main(["compare", "--model", f"{user_file}:build", "--dataset", data, "--seeds", "4",
                  "--activations", "relu,gelu", "--quiet", "--out", str(tmp_path / "run")])  # fmt: skip

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from actlab import stats
-from actlab.cli import summary_table
+from actlab.cli.main import summary_table
 from actlab.config import ExperimentConfig
-from actlab.report import analyse, p_is, summary_rows, verdict, with_min_gap
-from actlab.store import METRICS_COLUMNS, RunData
+from actlab.report import stats
+from actlab.report.render import analyse, p_is, summary_rows, verdict, with_min_gap
+from actlab.study.store import METRICS_COLUMNS, RunData
 
 
 def run_with(final: dict[str, np.ndarray], min_gap: float = 0.5) -> RunData:
@@ -153,7 +153,7 @@ def test_cli_summary_has_the_interval_and_the_caution():
 
 
 def test_pairs_table_reading_column(analysis):
-    from actlab.report import pair_rows
+    from actlab.report.render import pair_rows
 
     header, rows = pair_rows(analysis)
     assert header[-4:] == ["detectable gap (pp)", "seeds for 0.5 pp", "TOST p (Holm)", "reading"]
@@ -170,7 +170,7 @@ def test_pairs_table_reading_column(analysis):
 def test_bad_min_gap_is_one_line(tmp_path, capsys):
     from fixtures.run_dir import write_run
 
-    from actlab.cli import main
+    from actlab.cli.main import main
 
     assert main(["compare", "--dataset", "mnist", "--no-download", "--min-gap", "0"]) == 2
     err = capsys.readouterr().err.strip()

@@ -1,6 +1,6 @@
-"""The compiled kernels of the CPU training step (actlab/native_step.c), built on first use.
+"""The compiled kernels of the CPU training step (actlab/engine/native_step.c), built on first use.
 
-The stacked MLP's hand-written step (actlab.mlp_step) spends as long on its fifty small
+The stacked MLP's hand-written step (actlab.engine.mlp_step) spends as long on its fifty small
 elementwise kernels as on its GEMMs at the classic protocol's size: each torch op costs a
 few microseconds of dispatch for under a microsecond of arithmetic. native_step.c fuses
 them into three C functions (the activations of a layer, their derivatives with the bias
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from actlab import closed_forms
+from actlab.catalog import closed_forms
 
 SOURCE = Path(__file__).with_name("native_step.c")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared")

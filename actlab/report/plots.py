@@ -28,7 +28,7 @@ def activation_curves(
     Entries that mix units are drawn on ``catalog.scalar_view`` (softmax: unit 0 of [x, 0])."""
     import torch
 
-    from actlab.catalog import scalar_view
+    from actlab.catalog.registry import scalar_view
 
     fn = scalar_view(spec)
     points = torch.tensor(x, dtype=torch.float64, requires_grad=True)
@@ -83,7 +83,7 @@ def plot_activations(
     """One panel per derivative order (0: f, 1: f', 2: f''), one line per activation, all
     derivatives by autograd. Labels are the specs as the user typed them (``swish``, not
     the catalog's ``silu``); specs that are not strings get the catalog's label."""
-    from actlab.catalog import canonical_label
+    from actlab.catalog.registry import canonical_label
     from actlab.errors import ConfigError
 
     orders = sorted(set(derivatives))

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from actlab import catalog
+from actlab.catalog import registry as catalog
 from actlab.errors import ConfigError, SpecError
 
 if TYPE_CHECKING:

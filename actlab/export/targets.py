@@ -46,9 +46,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from actlab import store
 from actlab.config import ExperimentConfig
 from actlab.errors import ActlabError, ExportError
+from actlab.study import store
 
 DEFAULT_TENSORBOARD_DIR = "runs/tb"
 DEFAULT_EXPERIMENT = "actlab"

@@ -6,7 +6,7 @@ and one forward pass runs them all: ``vmap(functional_call(base, (params, buffer
 over the members, each on its own seed's batch (PyTorch's model-ensembling recipe). The
 groups of different activations run one after another inside the same step, and one
 backward pass of the summed member losses gives every member exactly its own gradient;
-the stacked optimizer (actlab.optim) updates them with per-member learning rates.
+the stacked optimizer (actlab.nn.optim) updates them with per-member learning rates.
 
 - BatchNorm: running statistics are stacked buffers, updated in place per member.
 - Dropout: every ``nn.Dropout`` becomes a `MemberDropout`, whose masks come from the
@@ -24,9 +24,9 @@ optimizer, checkpoints, diagnostics, run directory) is the same; ``fallbacks`` s
 groups and why. Random ops in that path draw from a per-member generator (CPU RNG), so
 they are reproducible per member too.
 
-The model implements the stacked-model interface of actlab.models (forward on
+The model implements the stacked-model interface of actlab.nn.models (forward on
 ``(S or 1, B, *input)`` -> ``(K, B, classes)``, ``parameter_members``, ``weight_layers``,
-``member_activations``, ``dropout_generators``), so actlab.engine trains it unchanged.
+``member_activations``, ``dropout_generators``), so actlab.engine.trainer trains it unchanged.
 """
 
 from __future__ import annotations
@@ -41,12 +41,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from actlab import catalog, memory
-from actlab import diagnostics as diagnostics_lib
+from actlab.catalog import registry as catalog
 from actlab.config import Member
+from actlab.engine import diagnostics as diagnostics_lib
+from actlab.engine import memory
 from actlab.errors import ConfigError
-from actlab.models import DROPOUT_SEED_OFFSET
-from actlab.user_model import UserModel, activation_sites, build_member
+from actlab.nn.models import DROPOUT_SEED_OFFSET
+from actlab.nn.user_model import UserModel, activation_sites, build_member
 
 # Seeds the per-member RNG of random ops in the one-by-one path apart from init and dropout.
 RANDOM_SEED_OFFSET = 0x0A11_0C
@@ -251,7 +252,7 @@ class StackedUserModel(nn.Module):
                 self._try_stacking(group, sample)
         self.train()
 
-    # -- interface of actlab.models ----------------------------------------------------
+    # -- interface of actlab.nn.models ----------------------------------------------------
 
     @property
     def fallbacks(self) -> list[tuple[str, str]]:

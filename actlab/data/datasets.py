@@ -10,7 +10,7 @@ Files are looked for, in order, in: ``data_dir`` (and ``data_dir/<name>``, and t
 ``data_dir/<Name>/raw``); ``$ACTLAB_DATA``; ``$XDG_CACHE_HOME/actlab/<name>`` (default
 ``~/.cache/actlab``); ``/usr/share/datasets/<name>`` (Debian's dataset-fashion-mnist). If
 none has them, they are downloaded from the official mirrors into the cache (see
-`actlab.download`) unless ``download=False``. Files with a known published checksum are
+`actlab.data.download`) unless ``download=False``. Files with a known published checksum are
 verified every time they are read; a mismatch is an error naming the file (set
 ``$ACTLAB_VERIFY=0`` or pass ``verify=False`` to skip verification).
 
@@ -38,9 +38,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from actlab import download as dl
+from actlab.data import download as dl
+from actlab.data.idx import (
+    check_idx_pair,
+    gunzip_if_needed,
+    parse_cifar_batch,
+    parse_idx,
+    read_bytes,
+)
 from actlab.errors import DataError
-from actlab.idx import check_idx_pair, gunzip_if_needed, parse_cifar_batch, parse_idx, read_bytes
 
 # A label beyond this is a mistake (ids, not class indices): the output layer would have
 # that many units per member.
@@ -185,7 +191,7 @@ class Dataset:
 
     def fingerprint(self) -> str:
         """SHA-256 over the splits as trained on (shapes, dtypes and bytes of x and y of train,
-        val and test), so that a study is never resumed on other data (see actlab.store)."""
+        val and test), so that a study is never resumed on other data (see actlab.study.store)."""
         digest = hashlib.sha256()
         for tensor in (
             self.x_train,

@@ -19,7 +19,7 @@ slope, hardtanh' = 0 at its edges):
     linear      f = x                 f' = 1
 
 Activations without an entry (learnable, stochastic such as rrelu in training, expr:,
-softmax-like, the rest) are differentiated by autograd instead; see actlab.mlp_step.
+softmax-like, the rest) are differentiated by autograd instead; see actlab.engine.mlp_step.
 """
 
 from __future__ import annotations

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from actlab import catalog
-from actlab import init as initlib
+from actlab.catalog import registry as catalog
 from actlab.config import ExperimentConfig, Member
 from actlab.errors import ConfigError
+from actlab.nn import weight_init as initlib
 
 # Seeds dropout masks apart from the init draws, which use the plain seed.
 DROPOUT_SEED_OFFSET = 0x5EED_D0
@@ -318,7 +318,7 @@ class StackedModel(nn.Module):
         seed's members (a view, not a copy): like the initial weights and the batch order,
         a member's masks depend on its seed alone, not on which other members (activations,
         lrs, seeds) share its stacked model, so the same member gives the same numbers
-        alone, in a full study or in any shard of one (actlab.cluster), and the
+        alone, in a full study or in any shard of one (actlab.study.cluster), and the
         activations of a seed are compared under the same masks (paired)."""
         keep = 1.0 - self.dropout
         K, units, B = shape
@@ -540,7 +540,7 @@ def _init_stack(
     shapes: Sequence[tuple[int, ...]],
 ) -> list[tuple[Tensor, Tensor]]:
     """Initial (K, *shape) weights and (K, out) biases: drawn per seed, layer by layer
-    (weight then bias), scaled by each member's gain. See actlab.init."""
+    (weight then bias), scaled by each member's gain. See actlab.nn.weight_init."""
     per_seed = []
     for seed in grid.seeds:
         generator = torch.Generator().manual_seed(seed)

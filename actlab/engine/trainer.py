@@ -1,6 +1,6 @@
 """Fused multi-model training: every member of a study as one stacked model. Silent.
 
-The engine trains the K members of one stacked model (see actlab.models) together:
+The engine trains the K members of one stacked model (see actlab.nn.models) together:
 
 - The whole dataset lives on the device as float32; each epoch draws one permutation per
   seed from that seed's own ``torch.Generator``, so the members that share a seed share
@@ -8,7 +8,7 @@ The engine trains the K members of one stacked model (see actlab.models) togethe
   the last partial batch is kept (as ``DataLoader(drop_last=False)``).
 - Member k's loss is its own mean cross-entropy; the member losses are summed and one
   backward pass gives every member exactly the gradient of its own loss. The stacked
-  optimizer (actlab.optim) is elementwise with a per-member lr, so this is exactly K
+  optimizer (actlab.nn.optim) is elementwise with a per-member lr, so this is exactly K
   independent ``torch.optim`` runs.
 - A member whose loss turns NaN/inf, or explodes past DIVERGED_LOSS_FACTOR * ln(classes),
   is frozen (lr 0, gradients and optimizer state zeroed) and recorded as diverged in that
@@ -30,23 +30,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from actlab.config import ExperimentConfig, Member, members_for
+from actlab.engine.memory import ACTIVATION_BUDGET
+from actlab.engine.mlp_step import MLPStep
+from actlab.engine.mlp_step import supports as hand_written_backward_supports
 from actlab.errors import ConfigError
-from actlab.mlp_step import MLPStep
-from actlab.mlp_step import supports as hand_written_backward_supports
-from actlab.optim import StackedOptimizer
+from actlab.nn.optim import StackedOptimizer
 
 try:  # diagnostics are optional: the engine must train without them
-    from actlab import diagnostics as diagnostics_lib
+    from actlab.engine import diagnostics as diagnostics_lib
 except ImportError:  # pragma: no cover - only while the module is missing
     diagnostics_lib = None
 
 PROBE_SIZE = 512  # training samples of the fixed diagnostics probe batch
 PROBE_SEED = 20_240_601  # fixes the probe samples, independent of the study's seeds
 EVAL_CHUNK = 2000  # evaluation batch size (memory only: results do not depend on it)
-# At most this many elements in one layer's activations of all members at once (64 MiB of
-# float32): a CNN's conv layer has ~25k units per sample and member, so its evaluation
-# chunks (and its probe batch) shrink to stay inside it instead of allocating gigabytes.
-ACTIVATION_BUDGET = 1 << 24
 CUDA_SYNC_EVERY = 50  # steps between host checks for divergence on a GPU
 # A member diverges when a step loss is NaN/inf or above this many times ln(num_classes),
 # the loss of a uniform guess: Adam with a huge lr blows the loss up to thousands without
@@ -234,7 +231,7 @@ def train(
 ) -> Iterator[EpochResult]:
     """Train the stacked model of `depth` for `config.epochs` epochs, one result per epoch.
 
-    `dataset` is an actlab.data.Dataset (or a DeviceData); `state` an `EpochResult.state`
+    `dataset` is an actlab.data.datasets.Dataset (or a DeviceData); `state` an `EpochResult.state`
     to resume from (training continues after its epoch). `members`: a subset of
     ``members_for(config, depth)`` to train (default all of them). A member's initial
     weights, batch order and dropout masks depend on its seed alone, so a subset (a shard)
@@ -282,8 +279,8 @@ class Trainer:
             [self.seeds.index(m.seed) for m in self.members], device=self.device
         )
         if model is None and config.is_user_model:
-            from actlab.functional import StackedUserModel
-            from actlab.user_model import load_for
+            from actlab.engine.vmap_stack import StackedUserModel
+            from actlab.nn.user_model import load_for
 
             model = StackedUserModel(
                 load_for(config),
@@ -296,7 +293,7 @@ class Trainer:
                 batch_size=config.batch_size,
             )
         elif model is None:
-            from actlab.models import build_model
+            from actlab.nn.models import build_model
 
             model = build_model(
                 config,
@@ -341,7 +338,7 @@ class Trainer:
 
     def timing_step(self) -> None:
         """One training step on a fixed batch (the first `batch_size` train samples for
-        every seed), to measure the step time (actlab.threads). It trains this Trainer's
+        every seed), to measure the step time (actlab.engine.threads). It trains this Trainer's
         model: measure on a Trainer built for it, never on the one whose results are kept."""
         batch = min(self.config.batch_size, self.data.x_train.shape[0])
         index = torch.arange(batch, device=self.device).expand(len(self.generators), batch)

@@ -13,7 +13,7 @@ differently. Properties (range, monotonic, saturation, smoothness) are not typed
 
 A spec is a name or alias (case and ``_`` insensitive), a spec string with keyword
 arguments, a dict ``{"name": ..., **params}``, ``"expr:<formula in x>"`` (see
-:mod:`actlab.expr`), or a callable / module, which passes through.
+:mod:`actlab.catalog.expr`), or a callable / module, which passes through.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from actlab.catalog.expr import parse_expression
 from actlab.errors import SpecError, UnknownActivationError, control_characters
-from actlab.expr import parse_expression
 
 # Differences between Keras 3 and PyTorch that are not about one activation, but change the
 # numbers when a Keras model is ported (shown by `actlab show` for every entry).
@@ -905,7 +905,7 @@ def _expression_entry(formula: str) -> ActivationSpec:
             fn=lambda x, _f=function: _f(x),
             module=lambda _n=name, _f=function: Activation(_n, lambda x: _f(x)),
             formula=formula,
-            reference="user expression (actlab.expr)",
+            reference="user expression (actlab.catalog.expr)",
         )
     return _EXPRESSIONS[formula]
 

@@ -3,7 +3,7 @@
 A stacked parameter has a leading member dimension K (member k owns ``p[k]``); a
 per-member parameter belongs to one member alone (e.g. the slope of member k's PReLU); a
 group-stacked parameter leads with the members of one group (``p[i]`` belongs to member
-``owner[i]``: the members of a user model that share an activation, actlab.functional).
+``owner[i]``: the members of a user model that share an activation, actlab.engine.vmap_stack).
 Every update rule here is elementwise, so updating the stacked tensors at once is exactly
 K separate ``torch.optim`` optimizers, provided each member gets its own learning rate:
 the lr is a (K,) tensor, viewed as (K, 1, ..., 1) and broadcast over each stacked param.

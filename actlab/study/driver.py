@@ -19,9 +19,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from actlab import store, user_model
 from actlab.config import MODELS, ExperimentConfig
-from actlab.engine import (
+from actlab.engine.memory import check_study_memory
+from actlab.engine.threads import (
+    MAX_WINDOW_STEPS,
+    StepWatch,
+    ThreadChoice,
+    available_cpus,
+    candidate_counts,
+    choose_threads,
+)
+from actlab.engine.trainer import (
     DeviceData,
     EpochResult,
     StepInfo,
@@ -31,15 +39,8 @@ from actlab.engine import (
     train,
 )
 from actlab.errors import ConfigError, RunDirError
-from actlab.memory import check_study_memory
-from actlab.threads import (
-    MAX_WINDOW_STEPS,
-    StepWatch,
-    ThreadChoice,
-    available_cpus,
-    candidate_counts,
-    choose_threads,
-)
+from actlab.nn import user_model
+from actlab.study import store
 
 
 @dataclass
@@ -58,8 +59,8 @@ class StudyResult:
 
 
 def load_study_dataset(config: ExperimentConfig, *, progress: bool = False):
-    """The dataset a config asks for (see actlab.data.load_dataset)."""
-    from actlab.data import load_dataset
+    """The dataset a config asks for (see actlab.data.datasets.load_dataset)."""
+    from actlab.data.datasets import load_dataset
 
     return load_dataset(
         config.dataset,
@@ -98,7 +99,7 @@ def run_study(
     directory was reopened.
 
     On the CPU without `config.threads`, the thread count is chosen by timing a few steps
-    of the study's own stacked model with each candidate count (actlab.threads), and
+    of the study's own stacked model with each candidate count (actlab.engine.threads), and
     re-checked when the step time later degrades badly.
     """
     config.check_activations()
@@ -180,7 +181,7 @@ def format_duration(seconds: float) -> str:
 
 class ThreadKeeper:
     """The thread count of a CPU study: forced by `config.threads`, else chosen by timing
-    steps of a throwaway copy of the stacked model (actlab.threads.choose_threads), again
+    steps of a throwaway copy of the stacked model (actlab.engine.threads.choose_threads), again
     for each depth and whenever the training step time degrades (StepWatch)."""
 
     def __init__(self, config: ExperimentConfig, data: DeviceData, device: torch.device) -> None:
@@ -403,10 +404,10 @@ def compare(
     Pass an ExperimentConfig, or its fields as keywords; conveniences: ``seeds=3`` means
     seeds 0, 1, 2; ``lr=1e-3`` or ``lrs=[...]``; lists for tuples. ``model=`` is "mlp",
     "cnn", a reference "FILE.py:NAME", or your own builder / nn.Module class / factory
-    (see actlab.user_model; ``swap=`` names the activations replaced in a module);
+    (see actlab.nn.user_model; ``swap=`` names the activations replaced in a module);
     ``dataset=`` a name or the tensors ``(x_train, y_train, x_test, y_test)``. `out` also writes (and
     resumes) a run directory; `quiet=False` prints one line per member per epoch; `data`
-    is an already loaded actlab.data.Dataset (else ``dataset=`` names the one to load).
+    is an already loaded actlab.data.datasets.Dataset (else ``dataset=`` names the one to load).
     """
     tensors = None
     if isinstance(options.get("dataset"), tuple | list):
@@ -426,7 +427,7 @@ def compare(
     elif options:
         config = config.replace(**_normalise(options))
     if tensors is not None:
-        from actlab.data import from_tensors
+        from actlab.data.datasets import from_tensors
 
         data = from_tensors(
             *tensors,

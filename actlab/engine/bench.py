@@ -75,7 +75,7 @@ COLUMNS = (
 
 def default_specs() -> list[str]:
     """Every elementwise catalog entry, as a spec string that resolves."""
-    from actlab import catalog
+    from actlab.catalog import registry as catalog
 
     return [entry.example for entry in catalog.list_activations() if entry.elementwise]
 
@@ -90,7 +90,7 @@ def run_bench(
 ) -> list[dict]:
     """One row per activation (columns: :data:`COLUMNS`). Unknown names raise the catalog's
     one-line error before anything is timed."""
-    from actlab import catalog
+    from actlab.catalog import registry as catalog
 
     size = DEFAULT_SIZE if size is None else size
     if size < 1:
@@ -102,7 +102,7 @@ def run_bench(
     specs = default_specs() if not specs else list(specs)
     activations = [_activation_pair(catalog, spec) for spec in specs]  # fail early
     torch_dtype = DTYPES[dtype]
-    from actlab.memory import check_tensor_memory
+    from actlab.engine.memory import check_tensor_memory
 
     # x, grad_out, their float32 sources, and the outputs and gradients of one timed step
     check_tensor_memory(size, 4, 8, torch.device(device), f"--size {size}")

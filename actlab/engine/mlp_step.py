@@ -4,12 +4,12 @@ For the MLP the backward pass is a handful of batched matmuls, so writing it out
 autograd's per-node bookkeeping, which on a CPU costs about as much as the arithmetic of
 a small layer, and on a GPU is what keeps the kernels waiting. Member k's loss is its own
 mean cross-entropy L_k = mean_b CE(z_k,b, y_b), and with the feature-major layout of
-actlab.models (activations (K, units, B)), layer by layer, from the top:
+actlab.nn.models (activations (K, units, B)), layer by layer, from the top:
 
     dlogits = (softmax(logits) - onehot(y)) / B        (K, classes, B), per member
     dW = d @ h_in^T,   db = sum_B d,   dh_in = W^T @ d (batched over K)
     dh *= dropout mask (0 or 1/(1-p), as drawn in the forward pass)
-    dz = dh * f'(z)                                     (actlab.closed_forms)
+    dz = dh * f'(z)                                     (actlab.catalog.closed_forms)
     layer 1: dW1 = dz1 @ x, as one wide GEMM per seed   (W1 viewed as (S, K/S * H, D))
 
 Members whose `alive` flag is False get zero gradients (a select, not a product, so a
@@ -19,12 +19,12 @@ activation alone; learnable activations (PReLU, swish_beta) are not supported he
 the engine trains those models with autograd.
 
 The gradients are written into each parameter's ``.grad`` (buffers allocated once), for
-``actlab.optim.StackedOptimizer`` and the gradient-norm diagnostics to read.
+``actlab.nn.optim.StackedOptimizer`` and the gradient-norm diagnostics to read.
 
 On one core of an Intel Xeon a step of the classic protocol takes 1.56 ms against a floor
 of 1.33 ms for its GEMMs and Adam pass (benchmarks/floor.py), so everything else is written
 to cost little: on a CPU the elementwise work between the GEMMs runs as three compiled
-kernels (actlab.native: the activations, their derivatives with the bias gradients, the
+kernels (actlab.engine.native: the activations, their derivatives with the bias gradients, the
 cross-entropy with its gradient and the accuracy count), with the torch kernels above as
 the fallback; the batch is gathered into a preallocated buffer (a fresh 200 kB tensor per
 step comes from mmap and costs ~50 page faults), every tensor of the step lives in the
@@ -39,9 +39,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from actlab import native
-from actlab.closed_forms import ClosedForm, closed_form
-from actlab.models import StackedMLP, StackedModel
+from actlab.catalog.closed_forms import ClosedForm, closed_form
+from actlab.engine import native
+from actlab.nn.models import StackedMLP, StackedModel
 
 
 def supports(model: StackedModel) -> bool:
@@ -102,7 +102,7 @@ class _Workspace:
         self.h_t = [t.transpose(1, 2) for t in self.h]
         self.logits_t = self.logits.transpose(1, 2)
         self.picked_flat = self.picked.view(K, batch)
-        # Written by the compiled kernels (actlab.native): the members' losses and correct
+        # Written by the compiled kernels (actlab.engine.native): the members' losses and correct
         # predictions of the step, and the raw addresses the kernels are called with.
         self.losses = torch.empty(K, **options)
         self.correct = torch.empty(K, dtype=torch.long, device=weight.device)
@@ -183,7 +183,7 @@ class MLPStep:
         self.native = self._native_kernels()
 
     def _native_kernels(self):
-        """The compiled kernels (actlab.native) for this model on this device: the
+        """The compiled kernels (actlab.engine.native) for this model on this device: the
         activations in closed form and CPU float32 tensors. Sets each member's activation
         code and parameters (code -1: an activation the kernels lack, which runs as its
         torch ops, `_uncoded`); returns the library or None."""

@@ -1,7 +1,7 @@
 """A study across a Ray cluster: shards of members on Ray workers, one driver, one run directory.
 
 The members of each depth are split into **shards** of whole seeds (every activation and lr
-of a seed), each one stacked model trained by `actlab.engine.train` on one Ray worker, the
+of a seed), each one stacked model trained by `actlab.engine.trainer.train` on one Ray worker, the
 same entry point a local run uses. A member's initial weights, batch order and dropout masks
 depend on its seed alone, and a shard of whole seeds keeps the shape of every GEMM of its
 members, so a study gives the same numbers on 1 or N shards (see README, "Beyond one
@@ -10,7 +10,7 @@ machine", for the one exception measured).
 - Shards run as Ray streaming-generator tasks, one task per checkpoint interval
   (``checkpoint_every`` epochs): each yields every epoch's metrics and diagnostics rows as
   soon as the epoch ends, and its last epoch also carries the shard's engine state.
-- The driver (this process) is the only writer of the run directory (actlab.store): it
+- The driver (this process) is the only writer of the run directory (actlab.study.store): it
   buffers rows until every shard has finished an epoch, appends them in member order (so
   metrics.csv reads exactly as a local run's), and after a checkpoint interval writes one
   checkpoint.pt holding every shard's state. No shared filesystem is needed.
@@ -40,11 +40,11 @@ from pathlib import Path
 
 import torch
 
-from actlab import store
-from actlab.api import StudyResult, load_study_dataset, open_study_dir
 from actlab.config import ExperimentConfig, members_for
-from actlab.engine import DeviceData, EpochResult, resolve_device, train
+from actlab.engine.trainer import DeviceData, EpochResult, resolve_device, train
 from actlab.errors import ActlabError, ClusterError, ConfigError, RunDirError
+from actlab.study import store
+from actlab.study.driver import StudyResult, load_study_dataset, open_study_dir
 
 INSTALL_HINT = 'pip install "actlab[ray]"'
 MAX_RETRIES = 3  # Ray retries of a shard's task after its worker or node dies
@@ -139,7 +139,7 @@ def train_shard(
     """Train one shard from `state` (None: from scratch) through epoch `until_epoch`,
     yielding one dict per epoch: its rows, its time and, for the last, the engine state.
 
-    It is `actlab.engine.train` itself, stopped after `until_epoch`; Ray runs it as a
+    It is `actlab.engine.trainer.train` itself, stopped after `until_epoch`; Ray runs it as a
     streaming generator. Pure apart from the training: no file is read or written."""
     for result in train(config, dataset, depth=depth, state=state, budget_members=budget_members):
         last = result.epoch >= until_epoch
@@ -338,11 +338,11 @@ def node_memory(nodes: Sequence[dict]) -> float:
 
 
 def check_shard_memory(ray, config, dataset, shards, plan: ClusterPlan, nodes) -> None:
-    """The largest shard, as a study of its own (`actlab.memory.study_bytes`), against a
+    """The largest shard, as a study of its own (`actlab.engine.memory.study_bytes`), against a
     GPU's memory (a probe task) on a GPU cluster, else against the largest node's memory."""
-    from actlab.memory import study_bytes
+    from actlab.engine.memory import study_bytes
 
-    if config.is_user_model:  # measured when built, on the worker (actlab.functional)
+    if config.is_user_model:  # measured when built, on the worker (actlab.engine.vmap_stack)
         return
     largest = max(shards, key=lambda shard: len(shard.members))
     needed = study_bytes(
@@ -383,7 +383,7 @@ def run_study_on_ray(
     on_note: Callable[[str], None] | None = None,
     on_resume: Callable[[str], None] | None = None,
 ) -> StudyResult:
-    """`actlab.api.run_study` on a Ray cluster: the same run directory, the same rows.
+    """`actlab.study.driver.run_study` on a Ray cluster: the same run directory, the same rows.
 
     `on_progress(steps, depth, epoch, epochs)` is called as shards finish epochs (steps of
     the whole study, as `on_start` counts them); `on_shards(shards, plan)` once, before
@@ -393,7 +393,7 @@ def run_study_on_ray(
     check_options(address, shard_size, checkpoint_every)
     config.check_activations()
     if config.is_user_model:
-        from actlab.api import check_model_source
+        from actlab.study.driver import check_model_source
 
         check_model_source(config)  # it loads here, and is the file the config was made for
     ray, connected = connect(address)
@@ -450,7 +450,7 @@ def run_study_on_ray(
     finished = driver.already_complete
     resumed_from = driver.resumed_from
     if writer is None:
-        from actlab.api import metrics_frame
+        from actlab.study.driver import metrics_frame
 
         return StudyResult(metrics_frame(rows), None, finished, resumed_from)
     metrics = store.read_run(writer.path).metrics[list(store.METRICS_COLUMNS)]

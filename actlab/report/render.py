@@ -6,7 +6,7 @@ verdict and the tables, no charts) for pasting into an issue or a paper.
 
 Accuracies are stored as fractions and shown as percentages with two decimals; intervals
 are Student-t 95% intervals over seeds; groups come from paired t-tests with Holm's
-correction (see actlab/stats.py).
+correction (see actlab/report/stats.py).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from actlab import completion, plots, stats
 from actlab.errors import ConfigError
-from actlab.store import RunData, merge_runs, write_text_atomic
+from actlab.report import plots, stats
+from actlab.study import unfinished as completion
+from actlab.study.store import RunData, merge_runs, write_text_atomic
 
 CURVE_COLUMNS = ("train_loss", "test_loss", "test_acc")
 
@@ -66,7 +67,7 @@ class Analysis:
 def analyse(run: RunData) -> Analysis:
     """Run the statistics of a report (pure: reads only `run`).
 
-    An unfinished study (see actlab.completion) is analysed at each depth's comparable
+    An unfinished study (see actlab.study.unfinished) is analysed at each depth's comparable
     epoch: rows after it are left out, so that no member's epoch 4 meets another's epoch 2."""
     completions = completion.completion(run.metrics, run.members, run.config.epochs)
     if not all(c.finished for c in completions):
@@ -119,7 +120,7 @@ def _findings(run: RunData, arms: pd.DataFrame) -> list[str]:
     )
     diagnostics = run.diagnostics[[(_depth(d), a, float(lr)) in compared for d, a, lr in keys]]
     try:
-        from actlab.diagnostics import findings
+        from actlab.engine.diagnostics import findings
     except (ImportError, AttributeError):  # the diagnostics module is optional here
         return []
     return list(findings(diagnostics, run.metrics))
@@ -804,7 +805,7 @@ def charts(analysis: Analysis) -> list[tuple[str, str, Figure]]:
 
 
 def diagnostics_definitions() -> str:
-    from actlab import diagnostics
+    from actlab.engine import diagnostics
 
     return diagnostics.DEFINITIONS
 
@@ -831,7 +832,7 @@ def _arm_diagnostics(analysis: Analysis) -> pd.DataFrame | None:
 
 def _activation_figure(analysis: Analysis) -> Figure | None:
     try:
-        from actlab.plots import plot_activations
+        from actlab.report.plots import plot_activations
     except ImportError:
         return None
     specs = list(dict.fromkeys(analysis.run.config.activations))

@@ -397,14 +397,14 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from actlab.catalog import format_table
+    from actlab.catalog.registry import format_table
 
     print(format_table())
     return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from actlab.catalog import describe
+    from actlab.catalog.registry import describe
 
     print(describe(args.name))
     return EXIT_OK
@@ -412,7 +412,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from actlab.errors import ConfigError
-    from actlab.plots import plot_activations, save_figure
+    from actlab.report.plots import plot_activations, save_figure
 
     try:
         orders = tuple(int(part) for part in args.derivatives.split(","))
@@ -427,19 +427,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from actlab.data import format_dataset_table, list_datasets
+    from actlab.data.datasets import format_dataset_table, list_datasets
 
     print(format_dataset_table(list_datasets(args.data_dir)))
     return EXIT_OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from actlab.api import load_study_dataset, run_study
     from actlab.config import MODELS
+    from actlab.study.driver import load_study_dataset, run_study
 
     user = None
     if args.model not in MODELS:
-        from actlab.user_model import load
+        from actlab.nn.user_model import load
 
         user = load(args.model)
     config = ExperimentConfig(
@@ -479,7 +479,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.ray is None and (args.shard_size is not None or args.checkpoint_every != 1):
         raise ConfigError("--shard-size and --checkpoint-every apply with --ray only; add --ray")
     if args.ray is not None:
-        from actlab.cluster import check_options, check_reachable, import_ray
+        from actlab.study.cluster import check_options, check_reachable, import_ray
 
         # Before the dataset is loaded: bad options, no Ray, or no cluster at the address.
         check_options(args.ray, args.shard_size, args.checkpoint_every)
@@ -487,12 +487,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         check_reachable(args.ray)
     out = args.out or default_out(config.dataset, user.name if user else None)
     if user is not None:
-        from actlab.user_model import describe
+        from actlab.nn.user_model import describe
 
         print(describe(user, config.activations[0], config.swap))
     log_specs = None
     if args.log:
-        from actlab.export import parse_log_specs
+        from actlab.export.targets import parse_log_specs
 
         log_specs = parse_log_specs(args.log)  # a missing package fails before training
         quiet_store_logs()
@@ -500,13 +500,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     progress = None if args.quiet else CompareProgress()
     live_log = None
     if log_specs:
-        from actlab.export import LiveLog
+        from actlab.export.targets import LiveLog
 
         live_log = LiveLog(log_specs, out, warn=warn)
     on_epoch = [f for f in (progress and progress.epoch, live_log and live_log.on_epoch) if f]
     try:
         if args.ray is not None:
-            from actlab.cluster import run_study_on_ray
+            from actlab.study.cluster import run_study_on_ray
 
             result = run_study_on_ray(
                 config,
@@ -557,7 +557,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(selection_line(result.metrics))
     if not args.no_report:
         try:
-            from actlab.report import write_report
+            from actlab.report.render import write_report
         except ImportError:
             print("note: the report module is not available; no report written")
         else:
@@ -698,7 +698,7 @@ class CompareProgress:
         self.bar.update(steps)
 
     def epoch(self, result) -> None:
-        from actlab.api import epoch_lines
+        from actlab.study.driver import epoch_lines
 
         for line in epoch_lines(result):
             self.write(line)
@@ -706,7 +706,7 @@ class CompareProgress:
 
     def time_line(self, result) -> str:
         """``progress: 3/10 epochs (30% of the steps), 31 s elapsed, about 1 min 12 s left``."""
-        from actlab.api import format_duration
+        from actlab.study.driver import format_duration
 
         elapsed = self.clock() - (self.started if self.started is not None else self.clock())
         trained = self.done - self.done_at_start
@@ -745,7 +745,7 @@ def selection_line(metrics) -> str:
     """Each activation's lr as chosen on the validation split (see stats.select_lr)."""
     import pandas as pd
 
-    from actlab import stats
+    from actlab.report import stats
 
     chosen = stats.select_lr(stats.member_results(metrics))
     parts = []
@@ -760,7 +760,7 @@ def summary_table(metrics, config) -> str:
     its 95% t interval, the epoch of the best mean test accuracy, and how many seeds
     diverged. Below stats.SMALL_N seeds the interval is marked with its degrees of freedom,
     the per-seed values are shown, and a caution line follows the table."""
-    from actlab import stats
+    from actlab.report import stats
 
     header = ("depth",) if config.depths else ()
     header += ("activation", "lr", "seeds", "final test acc", "95% CI")
@@ -817,8 +817,8 @@ def print_verdict(out: str | Path, min_gap: float) -> None:
     """The report's verdict, wrapped for a terminal."""
     import textwrap
 
-    from actlab.report import analyse, verdict, with_min_gap
-    from actlab.store import read_run
+    from actlab.report.render import analyse, verdict, with_min_gap
+    from actlab.study.store import read_run
 
     print("verdict:")
     for paragraph in verdict(analyse(with_min_gap(read_run(out), min_gap))):
@@ -834,9 +834,9 @@ def print_verdict(out: str | Path, min_gap: float) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from actlab.completion import completion, unfinished_text
-    from actlab.report import with_min_gap, write_run_report
-    from actlab.store import merge_runs
+    from actlab.report.render import with_min_gap, write_run_report
+    from actlab.study.store import merge_runs
+    from actlab.study.unfinished import completion, unfinished_text
 
     run = with_min_gap(merge_runs(args.run_dirs), args.min_gap)
     path = write_run_report(run, args.output)
@@ -853,7 +853,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from actlab.export import export_run
+    from actlab.export.targets import export_run
 
     targets = {
         kind: where
@@ -900,7 +900,7 @@ def merge_line(run) -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     import time
 
-    from actlab.bench import check_output, describe_run, format_table, run_bench, write_csv
+    from actlab.engine.bench import check_output, describe_run, format_table, run_bench, write_csv
 
     check_output(args.output)  # before minutes of timing, not after
     start = time.perf_counter()
@@ -916,7 +916,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _show_notices(message, category, filename, lineno, file=None, line=None) -> None:
     """actlab's notices (e.g. members trained one by one) as one line, without the source
     location; other warnings as Python shows them."""
-    from actlab.functional import FallbackNotice
+    from actlab.engine.vmap_stack import FallbackNotice
 
     if issubclass(category, FallbackNotice):
         print(f"actlab: note: {message}", file=sys.stderr)

@@ -9,7 +9,7 @@ killer). The estimate counts float32 tensors:
   step's work buffers: 5 P;
 - per step, the activations of one batch of every member: for each layer the
   pre-activation, the activation and their gradients, 4 x batch x units;
-- the evaluation and probe chunks, bounded by `engine.ACTIVATION_BUDGET` elements.
+- the evaluation and probe chunks, bounded by `ACTIVATION_BUDGET` elements.
 
 It is a lower bound of what training allocates, so a study it refuses could not run; one it
 lets through may still be tight.
@@ -22,9 +22,13 @@ import os
 
 from actlab.config import ExperimentConfig
 from actlab.errors import ConfigError
+from actlab.nn.models import StackedCNN
 
 FLOAT_BYTES = 4
-CNN_CHANNELS = (32, 64)  # models.StackedCNN.CHANNELS (not imported: this module allocates nothing)
+# At most this many elements in one layer's activations of all members at once (64 MiB of
+# float32): a CNN's conv layer has ~25k units per sample and member, so its evaluation
+# chunks (and its probe batch) shrink to stay inside it instead of allocating gigabytes.
+ACTIVATION_BUDGET = 1 << 24
 
 
 def layer_sizes(
@@ -34,7 +38,7 @@ def layer_sizes(
     hidden = config.hidden_for(depth)
     channels, height, width = (tuple(input_shape) + (1, 1, 1))[:3]
     if config.model == "cnn":
-        c1, c2 = CNN_CHANNELS
+        c1, c2 = StackedCNN.CHANNELS
         flat = c2 * (height // 4) * (width // 4)
         params = (c1 * channels * 9 + c1) + (c2 * c1 * 9 + c2)
         params += flat * hidden[0] + hidden[0] + hidden[0] * num_classes + num_classes
@@ -53,8 +57,6 @@ def study_bytes(
     train_size: int,
 ) -> int:
     """Bytes a study needs at least (see the module docstring); the largest depth decides."""
-    from actlab.engine import ACTIVATION_BUDGET
-
     members = len(config.seeds) * len(config.activations) * len(config.lrs)
     batch = max(1, min(config.batch_size, train_size))
     data = samples * math.prod(input_shape)
@@ -98,7 +100,7 @@ def check_study_memory(config: ExperimentConfig, dataset, device) -> None:
     """Refuse, with one line saying how much memory it needs, a study that cannot fit.
 
     A user's own network is measured when it is built instead (its layers are not known
-    from the config): see actlab.functional.StackedUserModel."""
+    from the config): see actlab.engine.vmap_stack.StackedUserModel."""
     if config.is_user_model:
         return
     samples = dataset.train_size + dataset.val_size + dataset.test_size
