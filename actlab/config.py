@@ -216,11 +216,19 @@ def check_output_activation(spec: str | None) -> None:
 
 def validate(config: ExperimentConfig) -> None:
     """Refuse configurations that cannot run, with one line that says how to fix them."""
+    _validate_choices(config)
+    _validate_members(config)
+    _validate_numbers(config)
 
-    def need(condition: bool, message: str) -> None:
-        if not condition:
-            raise ConfigError(message)
 
+def need(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless `condition`."""
+    if not condition:
+        raise ConfigError(message)
+
+
+def _validate_choices(config: ExperimentConfig) -> None:
+    """The named choices: optimizer, init, model (and what applies to a user's model)."""
     need(
         config.optimizer in OPTIMIZERS,
         f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
@@ -252,6 +260,10 @@ def validate(config: ExperimentConfig) -> None:
         config.select in SELECTIONS,
         f"unknown selection {config.select!r}; choose one of {', '.join(SELECTIONS)}",
     )
+
+
+def _validate_members(config: ExperimentConfig) -> None:
+    """Activations, seeds and learning rates: the member dimensions."""
     need(len(config.activations) > 0, "no activations given; e.g. --activations relu,tanh")
     for spec in config.activations:
         need(isinstance(spec, str), f"activation {spec!r} must be a spec string, e.g. 'relu'")
@@ -277,6 +289,11 @@ def validate(config: ExperimentConfig) -> None:
         f"{members} members (seeds x activations x lrs) is more than {MAX_MEMBERS}; "
         "give fewer --seeds, --activations or --lr",
     )
+    need(len(set(config.lrs)) == len(config.lrs), f"duplicate learning rates in {list(config.lrs)}")
+
+
+def _validate_numbers(config: ExperimentConfig) -> None:
+    """Counts, sizes and rates in their ranges."""
     need(
         config.threads is None or 1 <= config.threads <= MAX_THREADS,
         f"--threads must be between 1 and {MAX_THREADS}, got {config.threads}",
@@ -285,7 +302,6 @@ def validate(config: ExperimentConfig) -> None:
         math.isfinite(config.weight_decay) and math.isfinite(config.momentum),
         "--weight-decay and --momentum must be finite numbers",
     )
-    need(len(set(config.lrs)) == len(config.lrs), f"duplicate learning rates in {list(config.lrs)}")
     need(config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}")
     need(config.batch_size >= 1, f"--batch-size must be at least 1, got {config.batch_size}")
     need(

@@ -189,7 +189,7 @@ def test_softmax_needs_dim_everywhere(small, tmp_path, capsys):
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
     """A machine with fashion-mnist in a system folder, mnist nowhere, no network."""
-    from test_data import make_idx_folder
+    from fixtures.data import make_idx_folder
 
     system = tmp_path / "system"
     make_idx_folder(system / "fashion-mnist", gz=True)

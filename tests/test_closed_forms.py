@@ -4,7 +4,7 @@ the hand-written MLP backward against autograd through the stacked model."""
 import pytest
 import torch
 import torch.nn.functional as F
-from test_engine import make_data, small_config
+from fixtures.engine import make_data, small_config
 
 from actlab.catalog import registry as catalog
 from actlab.catalog.closed_forms import CLOSED_FORMS, closed_form

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_compare_cli import write_npz
+from fixtures.data import write_npz
 
 from actlab.cli.main import main
 from actlab.config import ExperimentConfig

@@ -8,9 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from fixtures.data import write_npz
+from fixtures.run_dir import metric_rows
 
 import actlab
 from actlab.cli.main import default_out, main, parse_seeds, split_specs
@@ -24,20 +25,6 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
-def write_npz(path: Path, n_train: int, n_test: int, side: int = 8, seed: int = 0) -> str:
-    """uint8 images whose class (of 4) is the argmax of a fixed linear map of the pixels."""
-    rng = np.random.default_rng(seed)
-    projection = np.random.default_rng(99).normal(size=(side * side, 4))
-
-    def split(n):
-        x = rng.integers(0, 256, (n, side, side), dtype=np.uint8)
-        return x, (x.reshape(n, -1).astype(float) @ projection).argmax(1).astype(np.int64)
-
-    (x_train, y_train), (x_test, y_test) = split(n_train), split(n_test)
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return f"npz:{path}"
-
-
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> str:
     return write_npz(tmp_path_factory.mktemp("data") / "small.npz", 512, 128)
@@ -46,14 +33,6 @@ def small(tmp_path_factory) -> str:
 def compare(*args: str) -> int:
     # one seed unless a test asks for more (the command's default is 10)
     return main(["compare", "--threads", "1", "--no-report", "--seeds", "1", *args])
-
-
-def metric_rows(run: Path) -> list[dict]:
-    """metrics.csv rows without the wall time (the only column that may differ)."""
-    with (run / store.METRICS_FILE).open() as handle:
-        return [
-            {k: v for k, v in row.items() if k != "epoch_time_s"} for row in csv.DictReader(handle)
-        ]
 
 
 def test_compare_prints_tutorial_lines_and_summary_and_writes_the_run(small, tmp_path, capsys):

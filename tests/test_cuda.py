@@ -10,8 +10,9 @@ import math
 
 import pytest
 import torch
-from test_compare_cli import metric_rows, write_npz
-from test_engine import N_TRAIN, make_data, small_config, train_plain
+from fixtures.data import write_npz
+from fixtures.engine import N_TRAIN, make_data, small_config, train_plain
+from fixtures.run_dir import metric_rows
 
 from actlab.cli.main import main
 from actlab.config import ExperimentConfig

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.data import make_idx_folder
 
 from actlab.cli.main import main
 from actlab.data import datasets as data
@@ -29,21 +30,6 @@ def isolated(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(dl, "MIRRORS", {})
     return tmp_path
-
-
-def make_idx_folder(folder: Path, *, gz: bool, seed: int = 0, n_train=N_TRAIN, n_test=N_TEST):
-    """Write the four MNIST-layout files; return the arrays written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
-    }
-    for name, array in arrays.items():
-        write_idx(folder / (name + (".gz" if gz else "")), array)
-    return arrays
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -7,86 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures.engine import N_TRAIN, make_data, small_config, train_plain
 
-from actlab.config import ExperimentConfig
 from actlab.engine import native
-from actlab.engine.trainer import DeviceData, Trainer, epoch_permutation, shuffle_generator, train
-
-N_TRAIN, N_TEST, CLASSES = 512, 128, 4
-
+from actlab.engine.trainer import Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_data(seed: int = 0) -> DeviceData:
-    """Random 1x8x8 images whose class is the argmax of a fixed linear map (learnable)."""
-    gen = torch.Generator().manual_seed(seed)
-    projection = torch.randn(64, CLASSES, generator=gen)
-
-    def split(n):
-        x = torch.rand(n, 1, 8, 8, generator=gen)
-        return x, (x.flatten(1) @ projection).argmax(1)
-
-    x_train, y_train = split(N_TRAIN)
-    x_test, y_test = split(N_TEST)
-    empty = torch.zeros(0, 1, 8, 8)
-    return DeviceData(
-        x_train,
-        y_train,
-        empty,
-        torch.zeros(0, dtype=torch.long),
-        x_test,
-        y_test,
-        CLASSES,
-        (1, 8, 8),
-    )
-
-
-def small_config(**changes) -> ExperimentConfig:
-    base = dict(
-        dataset="generated",
-        activations=("relu", "sigmoid", "tanh"),
-        seeds=(0, 1),
-        hidden=(16, 12),
-        batch_size=40,  # 512 = 12 * 40 + 32: the last partial batch is kept
-        epochs=1,
-        device="cpu",
-        diagnostics=False,
-    )
-    base.update(changes)
-    return ExperimentConfig(**base)
-
-
-def plain_optimizer(config: ExperimentConfig, params, lr: float):
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(
-        params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-
-
-def train_plain(config, data, model, member, steps):
-    """One plain model, trained alone: the reference the fused engine must match. Returns
-    the step losses and the correct training predictions of each epoch."""
-    optimizer = plain_optimizer(config, model.parameters(), member.lr)
-    generator = shuffle_generator(member.seed)
-    n, batch = data.x_train.shape[0], config.batch_size
-    losses, correct = [], []
-    while len(losses) < steps:
-        order = epoch_permutation(generator, n)
-        correct.append(0)
-        for start in range(0, n, batch):
-            index = order[start : start + batch]
-            logits = model(data.x_train[index])
-            loss = F.cross_entropy(logits, data.y_train[index])
-            correct[-1] += (logits.argmax(1) == data.y_train[index]).sum().item()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-    return losses[:steps], correct
 
 
 ORACLE_CASES = {

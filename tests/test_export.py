@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.data import write_npz
 
 from actlab.cli.main import main
 from actlab.config import ExperimentConfig
@@ -21,9 +22,6 @@ from actlab.errors import ExportError
 from actlab.export import targets as export
 from actlab.study import store
 from actlab.study.driver import run_study
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_compare_cli import write_npz  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

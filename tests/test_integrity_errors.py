@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 from fixtures.cli import run_cli
+from fixtures.data import write_npz
 from fixtures.run_dir import write_run
-from test_compare_cli import write_npz
 
 from actlab.cli.main import main
 from actlab.report import render as report

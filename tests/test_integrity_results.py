@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from fixtures.cli import run_cli
+from fixtures.data import write_npz
 from fixtures.run_dir import write_run
-from test_compare_cli import write_npz
 
 from actlab.config import ExperimentConfig
 from actlab.errors import ConfigError, SpecError

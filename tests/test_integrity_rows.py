@@ -8,7 +8,7 @@ import os
 import pandas as pd
 import pytest
 from fixtures.cli import run_cli
-from test_compare_cli import write_npz
+from fixtures.data import write_npz
 
 from actlab.study import store
 

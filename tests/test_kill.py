@@ -18,7 +18,7 @@ import stat
 import numpy as np
 import pandas as pd
 import pytest
-from test_compare_cli import write_npz
+from fixtures.data import write_npz
 
 from actlab.cli.main import main
 from actlab.report import render as report

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_compare_cli import write_npz
-from test_engine import make_data, small_config
+from fixtures.data import write_npz
+from fixtures.engine import make_data, small_config
 
 from actlab.catalog.closed_forms import closed_form
 from actlab.config import ExperimentConfig
