@@ -25,20 +25,70 @@ MAX_MEMBERS = 100_000
 MAX_THREADS = 4096
 
 
+# `actlab compare`'s and `actlab.compare()`'s seeds: with 3, the paired tests over 6 pairs
+# (Holm) detect only gaps of several SDs of the per-seed differences; all seeds of a study
+# train as one stacked model, so 10 cost little more than 1 (see benchmarks/stats_power.py).
+DEFAULT_SEEDS = 10
+
+
+def option(
+    default: object,
+    help: str,
+    *,
+    group: str,
+    flag: str | None = None,
+    kind: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+    **argparse: object,
+) -> object:
+    """A dataclass field that is also a command-line option: its help text, choices and
+    default are written here once, and actlab.cli.options turns them into argparse options.
+
+    `flag` defaults to ``--name-with-dashes`` (``--no-NAME`` for a bool whose default is
+    True); `kind` names how text becomes the value (``specs``, ``ints``, ``floats``,
+    ``seeds``; see actlab.cli.options.PARSERS); `group` is the section of --help; any
+    other keyword goes to argparse's add_argument as it is (nargs, const, action)."""
+    metadata = {"help": help, "group": group, "flag": flag, "kind": kind, "choices": choices}
+    metadata.update(metavar=metavar, argparse=argparse)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """Everything that decides the numbers of a study. Defaults are the classic protocol."""
+    """Everything that decides the numbers of a study. Defaults are the classic protocol.
+
+    Each field that is a command-line option of `actlab compare` carries its help text in
+    its metadata (see `option`): Python and the shell share one set of defaults."""
 
     # Data. The test split is never used for selection; `val_size` holds out a validation
     # split from train with a fixed seed.
-    dataset: str = "mnist"
-    data_dir: str | None = None
-    download: bool = True
+    dataset: str = option(
+        "mnist", "mnist, fashion-mnist, kmnist, digits, cifar10, npz:PATH, idx:DIR", group="data"
+    )
+    data_dir: str | None = option(
+        None,
+        "look here first; default $ACTLAB_DATA, the cache, /usr/share/datasets",
+        group="data",
+    )
+    download: bool = option(True, "never download; fail if the files are not found", group="data")
     # A count, or a fraction in (0, 1) of train; None: 0.1 when selecting on validation, else 0.
-    val_size: float | None = None
-    limit_train: int | None = None
-    limit_test: int | None = None
-    standardize: bool = False  # default scaling is x/255, as torchvision's ToTensor does
+    val_size: float | None = option(
+        None,
+        "hold out this many train samples (or this fraction, e.g. 0.1) for validation; "
+        "default 0.1 with --select val, else none",
+        group="data",
+    )
+    limit_train: int | None = option(
+        None, "use only the first N train samples (quick runs); default all", group="data"
+    )
+    limit_test: int | None = option(
+        None, "use only the first N test samples; default all", group="data"
+    )
+    # default scaling is x/255, as torchvision's ToTensor does
+    standardize: bool = option(
+        False, "standardise inputs with train mean/std (default: x/255)", group="data"
+    )
 
     # Model. `hidden` are the MLP widths (784-128-128-10 by default); `depths`, when given,
     # replaces it by a depth study: `depth` hidden layers of width hidden[0] each.
@@ -46,33 +96,90 @@ class ExperimentConfig:
     # "module.path:NAME" (actlab.nn.user_model); `swap` names the activations replaced in it
     # (empty: every catalog activation found), and `model_sha256` is the hash of its source
     # file, so that a run is never resumed with a changed model.
-    model: str = "mlp"
-    swap: tuple[str, ...] = ()
+    model: str = option(
+        "mlp",
+        "mlp, cnn, or your own network: FILE.py:NAME or module.path:NAME, where NAME is "
+        "a builder taking the activation factory (def build(act)) or an nn.Module class / "
+        "zero-argument factory whose activations are swapped (see --swap)",
+        group="model",
+    )
+    swap: tuple[str, ...] = option(
+        (),
+        "with your own nn.Module: the activations to replace, e.g. relu or relu,MyAct "
+        "(default: every catalog activation module found, and F.relu/torch.relu/x.relu()-style "
+        "calls of the rectifier family: relu, gelu, silu, elu, mish, ...)",
+        group="model",
+        kind="specs",
+    )
     model_source: str | None = None
     model_sha256: str | None = None
-    hidden: tuple[int, ...] = (128, 128)
-    depths: tuple[int, ...] = ()
-    dropout: float = 0.0
+    hidden: tuple[int, ...] = option(
+        (128, 128), "hidden widths, e.g. 256,128,64", group="model", kind="ints"
+    )
+    depths: tuple[int, ...] = option(
+        (), "depth study, e.g. 2,4,8,16 (width = first --hidden)", group="model", kind="ints"
+    )
+    dropout: float = option(0.0, "dropout after each hidden activation", group="model")
     # Refused unless empty/"linear": the model always outputs logits for CrossEntropyLoss.
-    output_activation: str | None = None
-    init: str = "pytorch"  # PyTorch's default nn.Linear init; Keras uses glorot
-    init_gain: bool = False  # scale init by torch.nn.init.calculate_gain(activation)
+    output_activation: str | None = option(
+        None,
+        "refused unless 'linear': the model outputs logits for cross-entropy "
+        "(a softmax here would be a double softmax)",
+        group="model",
+    )
+    # PyTorch's default nn.Linear init; Keras uses glorot
+    init: str = option(
+        "pytorch",
+        "weight initialisation (glorot is Keras' default)",
+        group="model",
+        choices=INITS,
+    )
+    # scale init by torch.nn.init.calculate_gain(activation)
+    init_gain: bool = option(
+        False, "scale init by the activation's recommended gain", group="model"
+    )
 
     # Members.
-    activations: tuple[str, ...] = ("relu", "sigmoid", "tanh", "leaky_relu")
-    seeds: tuple[int, ...] = (0,)
-    lrs: tuple[float, ...] = (1e-3,)
+    activations: tuple[str, ...] = option(
+        ("relu", "sigmoid", "tanh", "leaky_relu"),
+        "comma-separated catalog specs",
+        group="members",
+        kind="specs",
+    )
+    seeds: tuple[int, ...] = option(
+        tuple(range(DEFAULT_SEEDS)),
+        "a count N (seeds 0..N-1, or from --seed-start), a range A..B (inclusive, e.g. "
+        "3..4 to add two seeds to a run of --seeds 3) or a list like 0,1,7. All seeds train as "
+        "one stacked model; on Fashion-MNIST's classic MLP, 10 detect gaps of about 0.6 pp",
+        group="members",
+        kind="seeds",
+    )
+    lrs: tuple[float, ...] = option(
+        (1e-3,),
+        "one lr or a list, e.g. 1e-4,3e-4,1e-3",
+        group="members",
+        flag="--lr",
+        kind="floats",
+    )
 
     # Optimisation.
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # SGD only
+    epochs: int = option(
+        10, "epochs to train; rerun a finished study with more to continue it", group="training"
+    )
+    batch_size: int = option(64, "training batch size", group="training")
+    optimizer: str = option("adam", "the optimizer", group="training", choices=OPTIMIZERS)
+    weight_decay: float = option(0.0, "(adamw, sgd)", group="training")
+    momentum: float = option(0.9, "(sgd)", group="training")  # SGD only
     # "val": each activation's lr is chosen on the validation split, test results reported
     # at that lr; "final": every (activation, lr) is reported as it is; "auto": "val" when
     # several lrs are given (a fair comparison tunes the lr per activation), else "final".
-    select: str = "auto"
+    select: str = option(
+        "auto",
+        "val: choose each activation's lr on the validation split (never the test set); "
+        "auto: val when several --lr are given, else final",
+        group="training",
+        choices=SELECTIONS,
+    )
 
     # Analysis. The smallest gap in accuracy, in percentage points, that matters to the user:
     # the report says how many seeds would detect it, and calls two activations "practically
@@ -80,17 +187,37 @@ class ExperimentConfig:
     # Fixed before the data are seen (TOST needs that). Half a point: on Fashion-MNIST with the
     # classic MLP one network's accuracy moves by 0.27-0.41 pp (SD) from seed to seed alone,
     # so a smaller gap between activations is smaller than what reseeding changes.
-    min_gap: float = 0.5
+    min_gap: float = option(
+        0.5,
+        "the smallest accuracy gap that matters, in percentage points: the report says "
+        "how many seeds would detect it, and calls two activations practically equivalent "
+        "only when a TOST shows their gap is inside it",
+        group="analysis",
+        metavar="PP",
+    )
 
     # Execution. These do not change the numbers on CPU (except threads, in the last bits
     # of float reductions), so they are excluded from `study_key`.
-    device: str = "auto"  # "auto" = CUDA when present
-    threads: int | None = None
-    diagnostics: bool = True
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:1", group="execution")
+    threads: int | None = option(
+        None,
+        "CPU threads; default: the fastest count, measured on a few steps of the "
+        "study's own model (fewer than the cores when the machine is busy)",
+        group="execution",
+    )
+    diagnostics: bool = option(
+        True, "skip gradient/dead-unit/saturation diagnostics", group="execution"
+    )
     # How a user model's members run inside a step (actlab.engine.vmap_stack): "vmap" (one
     # batched call per activation), "loop" (member by member), "auto" (vmap, except
     # convolutions on a CPU, where oneDNN's grouped convolutions are slower than G plain ones).
-    stacking: str = "auto"
+    stacking: str = option(
+        "auto",
+        "your own model: run each activation's members as one vmapped call, or member by "
+        "member inside each step; auto: vmap, except convolutions on a CPU",
+        group="execution",
+        choices=STACKINGS,
+    )
 
     def __post_init__(self) -> None:
         # Resolve the automatic choices, so config.json records what actually ran.
