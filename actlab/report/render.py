@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import html
 import io
-import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +23,30 @@ from matplotlib.figure import Figure
 
 from actlab.errors import ConfigError
 from actlab.report import plots, stats
+from actlab.report.tables import (  # noqa: F401 (the tables as text, for scripts and tests)
+    member_rows,
+    pair_rows,
+    per_seed_text,
+    rank_text,
+    summary_note,
+    summary_rows,
+)
+from actlab.report.text import (  # noqa: F401 (the report's number formats)
+    _depth,
+    _depth_title,
+    _missing,
+    _pp_short,
+    _rows_at,
+    _seeds_text,
+    ci_num,
+    ci_pct,
+    lr_text,
+    num,
+    p_is,
+    pct,
+    pvalue,
+    signed_pp,
+)
 from actlab.study import unfinished as completion
 from actlab.study.store import RunData, merge_runs, write_text_atomic
 
@@ -126,10 +147,6 @@ def _findings(run: RunData, arms: pd.DataFrame) -> list[str]:
     return list(findings(diagnostics, run.metrics))
 
 
-def _depth(value: object) -> int | None:
-    return None if value is None or pd.isna(value) else int(value)
-
-
 def _depth_sort_key(column: pd.Series) -> pd.Series:
     if column.name == "depth":
         return column.map(lambda d: -1 if _depth(d) is None else int(d))
@@ -199,58 +216,12 @@ def write_run_report(run: RunData, output: Path | str | None = None) -> Path:
     being written leaves the previous one whole."""
     html_path, md_path = report_paths(output, run.path)
     html_path.parent.mkdir(parents=True, exist_ok=True)
-    analysis = analyse(run)
-    write_text_atomic(html_path, render_html(analysis))
-    write_text_atomic(md_path, render_markdown(analysis))
+    from actlab.report import page
+
+    model = page.build(analyse(run))
+    write_text_atomic(html_path, page.to_html(model))
+    write_text_atomic(md_path, page.to_markdown(model))
     return html_path
-
-
-# --- numbers as text ----------------------------------------------------------------------
-
-
-def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
-
-
-def pct(fraction: float, digits: int = 2) -> str:
-    """0.87654 -> '87.65' (percent, no sign); NaN -> '–'."""
-    return "–" if _missing(fraction) else f"{100 * fraction:.{digits}f}"
-
-
-def num(value: float, digits: int = 4) -> str:
-    return "–" if _missing(value) else f"{value:.{digits}f}"
-
-
-def pvalue(p: float) -> str:
-    if _missing(p):
-        return "–"
-    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
-
-
-def p_is(p: float) -> str:
-    """'= 0.0231' or '< 0.0001', for a sentence."""
-    text = pvalue(p)
-    return text if text.startswith("<") else f"= {text}"
-
-
-def ci_pct(low: float, high: float) -> str:
-    return "n/a (1 seed)" if _missing(low) else f"[{pct(low)}, {pct(high)}]"
-
-
-def ci_num(low: float, high: float, digits: int = 4) -> str:
-    return "n/a (1 seed)" if _missing(low) else f"[{num(low, digits)}, {num(high, digits)}]"
-
-
-def signed_pp(diff: float) -> str:
-    return "–" if _missing(diff) else f"{100 * diff:+.2f} pp"
-
-
-def lr_text(lr: float) -> str:
-    return f"{lr:g}"
-
-
-def _depth_title(depth: int | None) -> str:
-    return "" if depth is None else f"depth {depth}"
 
 
 # --- the verdict --------------------------------------------------------------------------
@@ -375,7 +346,7 @@ def _depth_verdict(analysis: Analysis, depth: int | None) -> list[str]:
         interval = ci_pct(best.final_test_acc_ci_low, best.final_test_acc_ci_high)
         where = f"(95% CI {interval}"
         if best.n < stats.SMALL_N:
-            where += f" from {best.n} seeds: {_per_seed_text(analysis, depth, best.arm)}"
+            where += f" from {best.n} seeds: {per_seed_text(analysis, depth, best.arm)}"
         where += ")."
     text = f"{prefix}the best is {best.arm} with {pct(best.final_test_acc_mean)}% {where}"
     sentences = [text[0].upper() + text[1:]]
@@ -477,43 +448,12 @@ def _power_sentence(unresolved: list[tuple[str, pd.Series]], gap_pp: float) -> s
     )
 
 
-def _pp_short(fraction: float) -> str:
-    """A gap in pp with two significant digits or so: 0.58, 3.3, 19."""
-    if _missing(fraction):
-        return "–"
-    value = 100 * fraction
-    if math.isinf(value):
-        return "any"
-    return f"{value:.2f}" if value < 1 else (f"{value:.1f}" if value < 10 else f"{value:.0f}")
-
-
-def _seeds_text(count: float) -> str:
-    if _missing(count):
-        return "an unknown number of seeds"
-    if math.isinf(count):
-        return f"more than {stats.MAX_SEEDS} seeds"
-    return f"about {int(count)} seeds"
-
-
 def _join_and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _per_seed_text(analysis: Analysis, depth: int | None, arm: str) -> str:
-    """The final test accuracies of an arm's finished members, by seed: "88.13, 88.41, 87.75"."""
-    members = _rows_at(analysis.arms, depth)
-    members = members[(members["arm"] == arm) & ~members["diverged"]].sort_values("seed")
-    return ", ".join(pct(v) for v in members["final_test_acc"])
-
-
 def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else "; ".join(items[:-1]) + "; and " + items[-1]
-
-
-def _rows_at(frame: pd.DataFrame, depth: int | None) -> pd.DataFrame:
-    if depth is None:
-        return frame[frame["depth"].isna()]
-    return frame[frame["depth"].map(_depth) == depth]
 
 
 def _member_text(row: object) -> str:
@@ -521,217 +461,6 @@ def _member_text(row: object) -> str:
     if _depth(row.depth) is not None:
         text += f", depth {_depth(row.depth)}"
     return text + f", epoch {row.diverged_epoch:.0f})"
-
-
-# --- tables as rows of text ---------------------------------------------------------------
-
-
-def summary_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
-    """The summary table: one row per arm (and depth). Below stats.SMALL_N seeds an arm's
-    interval is marked with its degrees of freedom, and a "per seed" column shows the values
-    the mean and interval come from."""
-    depth_column = any(_depth(d) is not None for d in analysis.summary["depth"])
-    small = any(2 <= n < stats.SMALL_N for n in analysis.summary["n"])
-    header = ["rank", "activation"]
-    if depth_column:
-        header.insert(0, "depth")
-    header += ["lr", "seeds", "final test acc %", "± std", "95% CI"]
-    if small:
-        header.append("per seed %")
-    header += ["best-epoch test acc %", "final test loss", "95% CI (loss)", "group", "diverged"]
-    rows = []
-    for row in analysis.summary.itertuples():
-        cells = [rank_text(row.rank, row.n, row.n_diverged), row.arm]
-        if depth_column:
-            cells.insert(0, str(_depth(row.depth)))
-        interval = ci_pct(row.final_test_acc_ci_low, row.final_test_acc_ci_high)
-        if 2 <= row.n < stats.SMALL_N:
-            interval += f" ({row.n - 1} df!)"
-        cells += [lr_text(row.lr), str(row.n), pct(row.final_test_acc_mean),
-                  pct(row.final_test_acc_std), interval]  # fmt: skip
-        if small:
-            cells.append(_per_seed_text(analysis, _depth(row.depth), row.arm))
-        cells += [
-            pct(row.best_test_acc_mean),
-            num(row.final_test_loss_mean),
-            ci_num(row.final_test_loss_ci_low, row.final_test_loss_ci_high),
-            row.group if isinstance(row.group, str) and row.group else "–",
-            str(row.n_diverged),
-        ]
-        rows.append(cells)
-    if analysis.unfinished:  # the numbers are at the comparable epoch, not the final one
-        header = [h.replace("final", "last common epoch") for h in header]
-    return header, rows
-
-
-def summary_note(analysis: Analysis) -> str:
-    """What the summary table's intervals and letters mean, with the small-n caution."""
-    note = (
-        "Mean over seeds of non-diverged members; std with ddof=1; 95% CI from the t "
-        "distribution. Activations that share a group letter were not shown to differ at 5% "
-        "(paired t-tests over seeds, Holm-corrected over all pairs); that is not evidence that "
-        "they are equal (the verdict says which pairs are practically equivalent, by TOST "
-        f'within ±{analysis.run.config.min_gap:g} pp). "a" is the best group. Best-epoch '
-        "accuracy picks the epoch on the test split and is optimistic."
-    )
-    if any(2 <= n < stats.SMALL_N for n in analysis.summary["n"]):
-        note += (
-            f' An interval marked "df!" comes from fewer than {stats.SMALL_N} seeds: with so '
-            "few degrees of freedom its width rests on the chance spread of the values shown "
-            "beside it, and a second run can fall outside it."
-        )
-    return note
-
-
-def rank_text(rank: object, n: int, n_diverged: int) -> str:
-    """An integer rank (1 is best); an arm with no member left to rank says why."""
-    if not _missing(rank):
-        return str(int(rank))
-    return "– (all diverged)" if n_diverged and not n else "–"
-
-
-def pair_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
-    depth_column = any(_depth(d) is not None for d in analysis.pairs["depth"])
-    header = (["depth"] if depth_column else []) + [
-        "comparison", "seeds", "difference", "95% CI (pp)", "p", "p (Holm)", "significant at 5%",
-    ]  # fmt: skip
-    gap_pp = analysis.run.config.min_gap
-    header += ["detectable gap (pp)", f"seeds for {gap_pp:g} pp", "TOST p (Holm)", "reading"]
-    rows = []
-    for row in analysis.pairs.itertuples():
-        ci = (
-            "n/a"
-            if _missing(row.ci_low)
-            else f"[{100 * row.ci_low:+.2f}, {100 * row.ci_high:+.2f}]"
-        )
-        significant = "–" if _missing(row.p_holm) else ("yes" if row.significant else "no")
-        cells = [f"{row.a} − {row.b}", str(row.n), signed_pp(row.mean_diff), ci,
-                 pvalue(row.p), pvalue(row.p_holm), significant]  # fmt: skip
-        seeds = row.seeds_needed
-        seeds = (
-            "–"
-            if _missing(seeds)
-            else (f"> {stats.MAX_SEEDS}" if math.isinf(seeds) else f"{seeds:.0f}")
-        )
-        cells += [_pp_short(row.detectable_gap), seeds, pvalue(row.tost_p_holm), _reading(row)]
-        rows.append(([str(_depth(row.depth))] if depth_column else []) + cells)
-    return header, rows
-
-
-def _reading(pair: object) -> str:
-    """The verdict's word for a pair (see _depth_verdict)."""
-    if _missing(pair.p_holm):
-        return "–"
-    if pair.significant:
-        return "different, within the min gap" if pair.equivalent else "different"
-    return "practically equivalent" if pair.equivalent else "not resolved"
-
-
-def member_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
-    results = analysis.results
-    depth_column = any(_depth(d) is not None for d in results["depth"])
-    header = (["depth"] if depth_column else []) + [
-        "activation", "lr", "seed", "epochs", "final train loss", "final test loss",
-        "final test acc %", "best test acc %", "best epoch", "final val acc %", "status",
-    ]  # fmt: skip
-    has_val = results["final_val_acc"].notna().any()
-    if not has_val:
-        header.remove("final val acc %")
-    rows = []
-    ordered = results.assign(
-        _d=results["depth"].map(lambda d: -1 if d is None or pd.isna(d) else d)
-    )
-    for row in ordered.sort_values(["_d", "activation", "lr", "seed"]).itertuples():
-        status = f"diverged at epoch {row.diverged_epoch:.0f}" if row.diverged else "ok"
-        if not row.diverged and row.epochs < analysis.run.config.epochs:
-            status = f"unfinished: epoch {row.epochs} of {analysis.run.config.epochs}"
-        cells = [row.activation, lr_text(row.lr), str(row.seed), str(row.epochs),
-                 num(row.final_train_loss), num(row.final_test_loss), pct(row.final_test_acc),
-                 pct(row.best_test_acc), "–" if _missing(row.best_epoch) else f"{row.best_epoch:.0f}",
-                 *([pct(row.final_val_acc)] if has_val else []), status]  # fmt: skip
-        rows.append(([str(_depth(row.depth))] if depth_column else []) + cells)
-    return header, rows
-
-
-def selection_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
-    """Validation accuracy per activation and lr, the selected lr marked."""
-    sensitivity = analysis.sensitivity
-    lrs = sorted(sensitivity["lr"].unique())
-    depth_column = any(_depth(d) is not None for d in sensitivity["depth"])
-    header = (["depth"] if depth_column else []) + ["activation"]
-    header += [f"val acc % at lr {lr_text(lr)}" for lr in lrs] + ["selected lr"]
-    rows = []
-    for (depth, activation), group in sensitivity.groupby(
-        ["depth", "activation"], dropna=False, sort=False
-    ):
-        chosen = None
-        if analysis.selected is not None:
-            match = _rows_at(analysis.selected, _depth(depth))
-            match = match[match["activation"] == activation]
-            chosen = float(match["lr"].iloc[0]) if len(match) else None
-        cells = [str(_depth(depth))] if depth_column else []
-        cells.append(activation)
-        for lr in lrs:
-            value = group.loc[group["lr"] == lr]
-            text = pct(value["mean"].iloc[0]) if len(value) else "–"
-            if len(value) and value["n_diverged"].iloc[0]:
-                text += f" ({value['n_diverged'].iloc[0]} diverged)"
-            cells.append(f"<b>{text}</b>" if chosen == lr else text)
-        cells.append(lr_text(chosen) if chosen is not None else "– (select final)")
-        rows.append(cells)
-    return header, rows
-
-
-def timing_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
-    """Epoch times per stacked model (all its members train together)."""
-    metrics = analysis.run.metrics
-    header = ["run", "depth", "members", "epochs", "mean epoch s", "total s", "s per member-epoch"]
-    rows = []
-    for (run, depth), group in metrics.groupby(["run", "depth"], dropna=False, sort=False):
-        epochs = group.drop_duplicates("epoch")["epoch_time_s"]
-        members = group.groupby(["activation", "lr", "seed"]).ngroups
-        rows.append([
-            analysis.run.paths[int(run)].name, str(_depth(depth) or "–"), str(members),
-            str(len(epochs)), f"{epochs.mean():.2f}", f"{epochs.sum():.1f}",
-            f"{epochs.mean() / max(1, members):.3f}",
-        ])  # fmt: skip
-    return header, rows
-
-
-def config_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
-    config = analysis.run.config.to_dict()
-    return ["setting", "value"], [[name, _value_text(value)] for name, value in config.items()]
-
-
-def environment_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
-    environments = analysis.run.environments or [analysis.run.environment]
-    names = [p.name for p in analysis.run.paths]
-    keys = list(dict.fromkeys(k for env in environments for k in env))
-    distinct = [
-        dict(e) for e in {tuple(sorted(e.items(), key=str)) for e in map(_hashable, environments)}
-    ]
-    if len(distinct) <= 1:
-        env = environments[0]
-        return ["", "value"], [[key, _value_text(env.get(key))] for key in keys]
-    return ["", *names], [
-        [key, *(_value_text(env.get(key)) for env in environments)] for key in keys
-    ]
-
-
-def dataset_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
-    return ["", "value"], [[k, _value_text(v)] for k, v in analysis.run.dataset.items()]
-
-
-def _hashable(env: dict) -> dict:
-    return {k: str(v) for k, v in env.items()}
-
-
-def _value_text(value: object) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value) if value else "–"
-    return str(value)
 
 
 # --- charts -------------------------------------------------------------------------------
@@ -850,190 +579,21 @@ def figure_png(fig: Figure, dpi: int = 110) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-# --- HTML ---------------------------------------------------------------------------------
-
-CSS = """
-body { font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-       color: #1d232a; max-width: 1180px; margin: 2em auto; padding: 0 1.5em; }
-h1 { font-size: 1.7em; margin-bottom: 0.2em; }
-h2 { font-size: 1.3em; margin-top: 2em; border-bottom: 2px solid #dde3ea; padding-bottom: 0.2em; }
-h3 { font-size: 1.05em; margin-top: 1.4em; }
-.subtitle { color: #5b6570; margin-top: 0; }
-.verdict { background: #f3f7fb; border-left: 4px solid #3b7dd8; padding: 0.8em 1.2em; }
-.problems { background: #fff6e5; border-left: 4px solid #e0a100; padding: 0.6em 1.2em; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
-th, td { padding: 0.3em 0.75em; border-bottom: 1px solid #e3e8ee; vertical-align: top; }
-th { background: #f5f7f9; text-align: left; font-weight: 600; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tr:nth-child(even) td { background: #fafbfc; }
-figure { margin: 1.2em 0; }
-figure img { max-width: 100%; border: 1px solid #e3e8ee; }
-figcaption { color: #5b6570; font-size: 0.9em; }
-.note { color: #5b6570; font-size: 0.9em; }
-.grid { display: flex; flex-wrap: wrap; gap: 0 3em; }
-details summary { cursor: pointer; color: #3b7dd8; }
-code { font: 0.92em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
-       background: #eef1f4; padding: 0.05em 0.3em; border-radius: 3px; }
-"""
-
-
-def _is_number(text: str) -> bool:
-    stripped = text.replace("<b>", "").replace("</b>", "").split(" (")[0]
-    stripped = stripped.replace(" pp", "").replace("< ", "").lstrip("+-−")
-    try:
-        float(stripped)
-    except ValueError:
-        return stripped.startswith("[") or stripped == "–"
-    return True
-
-
-def html_table(
-    header: list[str], rows: list[list[str]], css_id: str = "", raw: bool = False
-) -> str:
-    """A table; numeric columns are right-aligned. Cells are escaped unless `raw`."""
-    numeric = [bool(rows) and all(_is_number(r[i]) for r in rows) for i in range(len(header))]
-    head = "".join(
-        f"<th{' class=num' if numeric[i] else ''}>{html.escape(h)}</th>"
-        for i, h in enumerate(header)
-    )
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f"<td{' class=num' if numeric[i] else ''}>{c if raw else html.escape(c)}</td>"
-            for i, c in enumerate(row)
-        )
-        + "</tr>\n"
-        for row in rows
-    )
-    ident = f' id="{css_id}"' if css_id else ""
-    return f"<table{ident}><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>\n"
+# --- pages ------------------------------------------------------------------------------
 
 
 def render_html(analysis: Analysis) -> str:
-    run = analysis.run
-    config = run.config
-    esc = html.escape
-    figures = charts(analysis)  # first: a skipped chart adds to run.problems
-    title = f"actlab: activations on {config.dataset}"
-    sources = ", ".join(str(p) for p in run.paths)
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{esc(title)}</h1>",
-        f'<p class="subtitle">{esc(_subtitle(analysis))}<br>run: {esc(sources)}; created {esc(run.created)}</p>',
-        '<h2 id="verdict">Verdict</h2>',
-        '<div class="verdict">'
-        + "".join(f"<p>{inline_code(esc(p))}</p>" for p in verdict(analysis))
-        + "</div>",
-    ]
-    if run.problems:
-        items = "".join(f"<li>{inline_code(esc(p))}</li>" for p in run.problems)
-        parts.append(
-            f'<div class="problems"><b>Problems found while reading the run:</b><ul>{items}</ul></div>'
-        )
-    section_figures = {}
-    for section, caption, fig in figures:
-        if analysis.unfinished and section != "activations":
-            caption = f"{caption} ({analysis.unfinished})"
-        section_figures.setdefault(section, []).append(_figure_html(caption, fig))
+    """report.html (templates/report.html.j2), charts included."""
+    from actlab.report import page
 
-    if len(analysis.summary):
-        parts.append('<h2 id="summary">Summary</h2>')
-        parts.append(html_table(*summary_rows(analysis), css_id="summary-table"))
-        parts.append(f'<p class="note">{esc(summary_note(analysis))}</p>')
-    parts += ['<h2 id="charts">Training curves</h2>', *section_figures.get("curves", [])]
-    if "activations" in section_figures:
-        parts += ['<h2 id="activations">Activations</h2>', *section_figures["activations"]]
-    if len(analysis.pairs):
-        parts.append('<h2 id="differences">Paired differences</h2>')
-        parts += section_figures.get("differences", [])
-        parts.append(html_table(*pair_rows(analysis), css_id="pairs-table"))
-        parts.append('<p class="note">Difference = first − second, in percentage points of final test '
-                     "accuracy, paired by seed (members of one seed share initial weights and batch order). "
-                     "Intervals are per pair; significance is judged on Holm-corrected p-values, so an "
-                     "interval may exclude 0 while the pair is not significant after correction. "
-                     "Detectable gap: the true gap this many seeds would find with 80% power at the "
-                     "Holm level 0.05/m, if the SD of the paired differences is the one observed; "
-                     "seeds for the min gap: how many would find --min-gap so; TOST: the test that "
-                     "the gap is inside ±min gap (practically equivalent).</p>")  # fmt: skip
-    if analysis.sensitivity is not None:
-        parts.append('<h2 id="lr">Learning-rate selection</h2>')
-        rule = (
-            f"Rule: for each activation, the lr with the highest mean over seeds of the validation "
-            f"accuracy averaged over {selection_window(analysis)} (a diverged member "
-            "counts as 0); ties go to the smaller lr. Test numbers are never read for the choice."
-            if analysis.selected is not None
-            else "--select final: every (activation, lr) is compared as it is; no lr was selected."
-        )
-        parts.append(f'<p class="note">{inline_code(esc(rule))}</p>')
-        parts.append(html_table(*_escaped(selection_rows(analysis)), css_id="lr-table", raw=True))
-        parts += section_figures.get("lr", [])
-    if "depth" in section_figures:
-        parts += ['<h2 id="depth">Depth study</h2>', *section_figures["depth"]]
-    if run.diagnostics is not None:
-        parts.append('<h2 id="diagnostics">Diagnostics</h2>')
-        if analysis.findings:
-            parts.append(
-                "<ul>"
-                + "".join(f"<li>{inline_code(esc(s))}</li>" for s in analysis.findings)
-                + "</ul>"
-            )
-        parts += section_figures.get("diagnostics", [])
-        parts.append(f'<p class="note">{esc(diagnostics_definitions())}</p>')
-    parts.append('<h2 id="members">Per-member results</h2>')
-    header, rows = member_rows(analysis)
-    parts.append(
-        f"<details{' open' if len(rows) <= 24 else ''}><summary>{len(rows)} members</summary>"
-        + html_table(header, rows, css_id="members-table")
-        + "</details>"
-    )
-    diverged = analysis.results[analysis.results["diverged"]]
-    if len(diverged):
-        parts.append('<h3 id="diverged">Divergence</h3><ul>')
-        parts += [f"<li>{esc(_member_text(r))}: loss became NaN/inf; frozen and excluded from the statistics.</li>"
-                  for r in diverged.itertuples()]  # fmt: skip
-        parts.append("</ul>")
-    parts.append('<h2 id="timings">Timings</h2>')
-    header, rows = timing_rows(analysis)
-    parts.append(html_table(header, rows, css_id="timings-table"))
-    total = sum(float(r[5]) for r in rows)
-    parts.append(
-        f'<p class="note">Total training time {total:.1f} s. All members of a stacked model train together; an epoch time covers all of them.</p>'
-    )
-    parts.append('<h2 id="setup">Setup</h2><div class="grid"><div><h3>Configuration</h3>')
-    parts.append(html_table(*config_rows(analysis)))
-    parts.append("</div><div><h3>Environment</h3>")
-    parts.append(html_table(*environment_rows(analysis)))
-    parts.append("<h3>Dataset</h3>")
-    parts.append(html_table(*dataset_rows(analysis)))
-    parts.append("</div></div>")
-    parts.append(f'<p class="note">Written by actlab from {esc(sources)}; rebuild with '
-                 f"<code>actlab report {esc(' '.join(str(p) for p in run.paths))}</code>.</p>")  # fmt: skip
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    return page.to_html(page.build(analysis))
 
 
-def inline_code(escaped: str) -> str:
-    """`code` in already escaped text as <code>code</code>, as Markdown renders it."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+def render_markdown(analysis: Analysis) -> str:
+    """report.md (templates/report.md.j2): the verdict and the tables, no charts."""
+    from actlab.report import page
 
-
-def _escaped(table: tuple[list[str], list[list[str]]]) -> tuple[list[str], list[list[str]]]:
-    """Escape the cells of a table whose only markup is our own <b>."""
-    header, rows = table
-    clean = [
-        [html.escape(c).replace("&lt;b&gt;", "<b>").replace("&lt;/b&gt;", "</b>") for c in r]
-        for r in rows
-    ]
-    return header, clean
-
-
-def _figure_html(caption: str, fig: Figure) -> str:
-    data = figure_png(fig)
-    alt = html.escape(caption)
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+    return page.to_markdown(page.build(analysis, figures=False))
 
 
 def _subtitle(analysis: Analysis) -> str:
@@ -1049,70 +609,3 @@ def _subtitle(analysis: Analysis) -> str:
         f"batch {config.batch_size}, {config.epochs} epochs, seeds {', '.join(map(str, config.seeds))}"
     )
     return f"{text}; {analysis.unfinished.upper()}" if analysis.unfinished else text
-
-
-# --- Markdown -----------------------------------------------------------------------------
-
-
-_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]#|~"})
-
-
-def md(text: object) -> str:
-    """Text from names, specs and paths made inert in Markdown: HTML escaped (as in
-    report.html) and Markdown punctuation backslash-escaped, on one line."""
-    one_line = " ".join(str(text).splitlines())
-    return html.escape(one_line, quote=False).translate(_MARKDOWN_SPECIAL)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table; cells are escaped (`md`), our own <b> markup becomes bold."""
-
-    def cell(text: str) -> str:
-        return md(text).replace("&lt;b&gt;", "**").replace("&lt;/b&gt;", "**")
-
-    numeric = [bool(rows) and all(_is_number(r[i]) for r in rows) for i in range(len(header))]
-    lines = [
-        "| " + " | ".join(cell(h) for h in header) + " |",
-        "| " + " | ".join("---:" if n else "---" for n in numeric) + " |",
-    ]
-    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def render_markdown(analysis: Analysis) -> str:
-    run = analysis.run
-    config = run.config
-    env = run.environment
-    parts = [
-        MARKDOWN_MARK,
-        f"# actlab: activations on {md(config.dataset)}\n",
-        f"{md(_subtitle(analysis))}.\n",
-        "\n\n".join(md(p) for p in verdict(analysis)) + "\n",
-    ]
-    if len(analysis.summary):
-        parts += ["## Summary\n", markdown_table(*summary_rows(analysis)),
-                  summary_note(analysis) + "\n"]  # fmt: skip
-    if len(analysis.pairs):
-        parts += [
-            "## Paired differences (final test accuracy)\n",
-            markdown_table(*pair_rows(analysis)),
-        ]
-    if analysis.sensitivity is not None:
-        parts += [
-            "## Learning-rate selection (validation accuracy)\n",
-            markdown_table(*selection_rows(analysis)),
-        ]
-    if analysis.findings:
-        parts += ["## Diagnostics\n", "\n".join(f"- {md(s)}" for s in analysis.findings) + "\n"]
-    if run.problems:
-        parts += [
-            "## Problems found while reading\n",
-            "\n".join(f"- {md(p)}" for p in run.problems) + "\n",
-        ]
-    environment = (
-        f"actlab {env.get('actlab', '?')}, Python {env.get('python', '?')}, torch {env.get('torch', '?')}, "
-        f"device {env.get('device', '?')} ({env.get('gpu') or env.get('cpu') or '?'}), "
-        f"{env.get('threads', '?')} threads. Run: {', '.join(str(p) for p in run.paths)}."
-    )
-    parts.append(f"## Environment\n\n{md(environment)}\n")
-    return "\n".join(parts)
