@@ -45,10 +45,11 @@ def test_compare_prints_tutorial_lines_and_summary_and_writes_the_run(small, tmp
     first, second, third = out.splitlines()[:3]
     assert first.startswith("threads: 1 (--threads;") and third.startswith("estimate: ")
     assert second.startswith("step kernels: compiled (") or second.startswith("step kernels: torch")
-    assert out.splitlines()[3].startswith("relu      seed 0  epoch 1/2  train loss ")
-    lines = [line for line in out.splitlines() if "epoch 2/2" in line]
-    assert len(lines) == 4 and all("test acc" in line and line.endswith("%") for line in lines)
-    assert "final test acc" in out and "best epoch" in out
+    # Then one progress line per epoch (members' lines only with --verbose), the summary.
+    assert out.splitlines()[3].startswith("progress: 1/2 epochs (50% of the steps)")
+    assert out.splitlines()[4].startswith("progress: 2/2 epochs (100% of the steps)")
+    assert "seed 0  epoch" not in out
+    assert "final test acc %" in out and "95% CI" in out and "verdict:" in out
     rows = metric_rows(run)
     assert len(rows) == 2 * 2 * 2  # activations x seeds x epochs
     assert {(r["activation"], r["seed"]) for r in rows} == {

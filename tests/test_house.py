@@ -85,7 +85,9 @@ def test_no_function_is_over_80_lines_except_the_listed_ones():
 
 def test_the_function_measure_sees_methods_and_nested_functions(tmp_path):
     path = tmp_path / "m.py"
-    path.write_text("class A:\n    def f(self):\n        def g():\n            pass\n        return 1\n")
+    path.write_text(
+        "class A:\n    def f(self):\n        def g():\n            pass\n        return 1\n"
+    )
     assert functions(path) == {"A.f": 4, "A.f.g": 2}
 
 

@@ -19,6 +19,7 @@ from fixtures.data import write_npz
 from fixtures.run_dir import write_run
 
 from actlab.cli.main import main
+from actlab.report import page
 from actlab.report import render as report
 from actlab.study import store
 
@@ -284,7 +285,7 @@ def test_report_markdown_escapes_html_and_markdown(tmp_path):
     assert "<img" not in text and "&lt;img" in text
     assert "\\[link\\](x)" in text and "[link](x)" not in text
     assert "run\\_&lt;img" in text
-    assert report.md("expr:x*sigmoid(x)|a") == "expr:x\\*sigmoid(x)\\|a"
+    assert page.md("expr:x*sigmoid(x)|a") == "expr:x\\*sigmoid(x)\\|a"
 
 
 # --- a closed stdout stops nothing ----------------------------------------------------------

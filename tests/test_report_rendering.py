@@ -12,7 +12,7 @@ import pytest
 from fixtures.run_dir import write_run
 from matplotlib.collections import PolyCollection
 
-from actlab.report import plots, stats
+from actlab.report import page, plots, stats
 from actlab.report import render as report
 from actlab.report.render import analyse, charts, render_html, summary_rows, verdict
 from actlab.study.store import read_run
@@ -195,7 +195,7 @@ def test_code_is_rendered_as_code(tmp_path, monkeypatch):
     text = render_html(analyse(run))
     assert "<code>actlab report RUN_A RUN_B</code>" in text
     assert "`" not in re.sub(r"<img [^>]*>", "", text)
-    assert report.inline_code("run `a &lt; b` now") == "run <code>a &lt; b</code> now"
+    assert page.inline_code("run `a < b` now") == "run <code>a &lt; b</code> now"
 
 
 def test_percent_axis_never_leaves_its_range():

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from actlab.cli.main import summary_table
+from actlab.cli.report import summary_text
 from actlab.config import ExperimentConfig
 from actlab.report import stats
 from actlab.report.render import analyse, p_is, summary_rows, verdict, with_min_gap
@@ -137,19 +137,22 @@ def test_small_n_caution_and_per_seed_values():
     assert "per seed %" not in header
 
 
-def test_cli_summary_has_the_interval_and_the_caution():
-    few = run_with({name: values[:3] for name, values in STUDY.items()})
-    table = summary_table(few.metrics, few.config)
-    lines = table.splitlines()
-    assert lines[0].split() == ["activation", "lr", "seeds", "final", "test", "acc", "95%",
-                                "CI", "per", "seed", "%", "best", "epoch", "diverged"]  # fmt: skip
+def test_terminal_summary_is_the_reports_table_not_a_recomputation():
+    few = analyse(run_with({name: values[:3] for name, values in STUDY.items()}))
+    lines = summary_text(few).splitlines()
+    assert lines[0].split() == ["rank", "activation", "lr", "seeds", "final", "test", "acc", "%",
+                                "±", "std", "95%", "CI", "per", "seed", "%", "group",
+                                "diverged"]  # fmt: skip
+    header, rows = summary_rows(few)
+    # every cell on the screen is the report's cell, in the report's order (best first)
+    for line, row in zip(lines[2:], rows, strict=True):
+        cells = [row[header.index(h)] for h in ("rank", "activation", "final test acc %", "95% CI")]
+        assert all(cell in line for cell in cells), (line, cells)
     interval = stats.t_interval(STUDY["relu"][:3])
-    relu = next(line for line in lines if line.startswith("relu "))
+    relu = next(line for line in lines if " relu " in line)
     assert f"[{100 * interval.ci_low:.2f}, {100 * interval.ci_high:.2f}] (2 df!)" in relu
-    assert lines[-1].startswith("caution: fewer than 5 seeds")
-    many = run_with(STUDY)
-    table = summary_table(many.metrics, many.config)
-    assert "caution" not in table and "per seed" not in table and "95% CI" in table
+    many = summary_text(analyse(run_with(STUDY)))
+    assert "per seed" not in many and "95% CI" in many
 
 
 def test_pairs_table_reading_column(analysis):
