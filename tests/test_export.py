@@ -204,7 +204,7 @@ def test_a_folder_of_another_study_is_refused(small, run_dir, tmp_path, capsys):
     logdir = tmp_path / "tb"
     export.export_run(run_dir, {"tensorboard": str(logdir)})
     other = tmp_path / "study"  # the same name: the same TensorBoard run names
-    config = ExperimentConfig(dataset=small, epochs=1, hidden=(8, 8), activations=("relu",),
+    config = ExperimentConfig(seeds=(0,), dataset=small, epochs=1, hidden=(8, 8), activations=("relu",),
                               threads=1, diagnostics=False)  # fmt: skip
     run_study(config, out=other)
     with pytest.raises(ExportError, match="another study's events"):
@@ -262,7 +262,7 @@ def test_log_failures_warn_once_and_the_study_completes(small, tmp_path, monkeyp
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     (tmp_path / "file").write_text("not a directory")
     warnings = []
-    config = ExperimentConfig(dataset=small, epochs=3, hidden=(8,), activations=("relu",),
+    config = ExperimentConfig(seeds=(0,), dataset=small, epochs=3, hidden=(8,), activations=("relu",),
                               threads=1)  # fmt: skip
     specs = {"tensorboard": str(tmp_path / "file" / "tb"), "mlflow": "http://127.0.0.1:9"}
     live = export.LiveLog(specs, tmp_path / "run", warn=warnings.append)
@@ -376,7 +376,7 @@ def test_mlflow_uri_is_the_environment_s_else_mlflow_s_sqlite_default(tmp_path, 
 
 
 def test_a_depth_study_exports_one_run_per_depth(small, tmp_path):
-    config = ExperimentConfig(dataset=small, epochs=1, hidden=(8,), depths=(1, 3),
+    config = ExperimentConfig(seeds=(0,), dataset=small, epochs=1, hidden=(8,), depths=(1, 3),
                               activations=("relu", "sigmoid"), threads=1)  # fmt: skip
     run_study(config, out=tmp_path / "depths")
     export.export_run(tmp_path / "depths", {"tensorboard": str(tmp_path / "tb")})
@@ -407,7 +407,7 @@ def test_a_stalled_target_is_given_up_at_close_without_holding_up_the_other(
     warnings = []
     live = export.LiveLog({"tensorboard": str(tmp_path / "tb"), "mlflow": "http://x"},
                           tmp_path / "run", warn=warnings.append)  # fmt: skip
-    config = ExperimentConfig(dataset=small, epochs=2, hidden=(8,), activations=("relu",),
+    config = ExperimentConfig(seeds=(0,), dataset=small, epochs=2, hidden=(8,), activations=("relu",),
                               threads=1, diagnostics=False)  # fmt: skip
     run_study(config, out=tmp_path / "run", on_epoch=live.on_epoch)
     start = time.monotonic()

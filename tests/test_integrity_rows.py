@@ -42,7 +42,7 @@ def interrupted(data: str, run, after_epoch: int) -> None:
     from actlab.config import ExperimentConfig
     from actlab.study.driver import load_study_dataset, run_study
 
-    config = ExperimentConfig(dataset=data, activations=("relu", "tanh"), epochs=3,
+    config = ExperimentConfig(seeds=(0,), dataset=data, activations=("relu", "tanh"), epochs=3,
                               hidden=(8,), threads=1)  # fmt: skip
 
     def stop(result) -> None:
@@ -184,7 +184,7 @@ def test_a_checkpoint_from_before_rows_were_kept_still_reopens(tmp_path):
 
     from actlab.config import ExperimentConfig
 
-    config = ExperimentConfig(dataset="generated", activations=("relu",), epochs=3)
+    config = ExperimentConfig(seeds=(0,), dataset="generated", activations=("relu",), epochs=3)
     run = tmp_path / "run"
 
     def open_dir():

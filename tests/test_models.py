@@ -91,7 +91,7 @@ def test_mlp_matches_exported_members(hidden):
 
 
 def test_mlp_depth_study_shapes():
-    config = ExperimentConfig(hidden=(8,), depths=(1, 4), activations=("relu", "tanh"))
+    config = ExperimentConfig(seeds=(0,), hidden=(8,), depths=(1, 4), activations=("relu", "tanh"))
     model, _ = build(config, depth=4)
     assert [tuple(w.shape) for w in model.weight_layers()] == [(2, 8, 36)] + [(2, 8, 8)] * 3 + [
         (2, 10, 8)
@@ -194,7 +194,9 @@ def test_learnable_activations_match_plain(activation):
 def test_per_unit_prelu_sees_the_plain_layout():
     # num_parameters = units: a slope per hidden unit, so a (units, B) / (B, units) mix-up
     # would fail the shape check or the comparison.
-    config = ExperimentConfig(hidden=(8, 8), activations=("prelu(num_parameters=8)", "relu"))
+    config = ExperimentConfig(
+        seeds=(0,), hidden=(8, 8), activations=("prelu(num_parameters=8)", "relu")
+    )
     model, _ = build(config)
     with torch.no_grad():
         for p, owner in model.parameter_members():
@@ -342,7 +344,7 @@ def test_cnn_matches_exported_members(shape):
 def test_cnn_cifar_and_mnist_shapes_with_dropout():
     for shape in [(1, 28, 28), (3, 32, 32)]:
         config = ExperimentConfig(
-            model="cnn", hidden=(32,), dropout=0.25, activations=("relu", "gelu")
+            seeds=(0,), model="cnn", hidden=(32,), dropout=0.25, activations=("relu", "gelu")
         )
         model, _ = build(config, shape=shape)
         masks = record_masks(model)
@@ -354,7 +356,7 @@ def test_cnn_cifar_and_mnist_shapes_with_dropout():
 
 
 def test_cnn_refuses_bad_sizes_and_depths():
-    config = ExperimentConfig(model="cnn", activations=("relu",))
+    config = ExperimentConfig(seeds=(0,), model="cnn", activations=("relu",))
     with pytest.raises(ConfigError, match="at least 4x4"):
         build(config, shape=(1, 3, 8))
     with pytest.raises(ConfigError, match="--depths"):
@@ -399,7 +401,7 @@ def test_output_logits_accepted_and_other_output_refused():
 
 def test_shape_changing_activation_is_refused():
     with pytest.raises(ConfigError, match="not elementwise"):
-        build(ExperimentConfig(hidden=(8,), activations=("glu",)))
+        build(ExperimentConfig(seeds=(0,), hidden=(8,), activations=("glu",)))
 
 
 # --- init -------------------------------------------------------------------------------
@@ -438,7 +440,7 @@ def test_init_statistics(init, std):
 
 @pytest.mark.parametrize("init", ["pytorch", "glorot", "kaiming", "lecun"])
 def test_init_gain_scales_each_member_by_its_activation_gain(init):
-    config = ExperimentConfig(
+    config = ExperimentConfig(seeds=(0,), 
         hidden=(16, 8), init=init, init_gain=True,
         activations=("relu", "tanh", "sigmoid", "leaky_relu(negative_slope=0.2)", "gelu"),
     )  # fmt: skip
