@@ -114,7 +114,7 @@ def test_divergence_is_recorded_the_others_finish_and_exit_code_is_3(tmp_path, c
 
 def test_a_second_process_is_refused_with_one_line(small, tmp_path, capsys):
     run = tmp_path / "run"
-    config = ExperimentConfig(dataset=small, epochs=1, hidden=(8,), threads=1)
+    config = ExperimentConfig(seeds=(0,), dataset=small, epochs=1, hidden=(8,), threads=1)
     writer = store.open_run_dir(run, config, members=[], dataset={}, environment={})
     try:
         code = compare("--dataset", small, "--epochs", "1", "--hidden", "8", "--out", str(run))
@@ -165,7 +165,7 @@ def test_sigkill_in_epoch_3_then_rerun_gives_the_uninterrupted_metrics(tmp_path)
                "--activations", "relu,tanh", "--threads", "1", "--no-report", "--quiet",
                "--device", "cpu", "--seeds", "1"]  # fmt: skip
     reference = tmp_path / "reference"
-    config = ExperimentConfig(dataset=data, epochs=4, hidden=(64, 64), batch_size=32,
+    config = ExperimentConfig(seeds=(0,), dataset=data, epochs=4, hidden=(64, 64), batch_size=32,
                               activations=("relu", "tanh"), threads=1, device="cpu")  # fmt: skip
     run_study(config, out=reference)
 
@@ -220,7 +220,7 @@ def test_fashion_mnist_one_epoch_and_divergence_at_lr_10(tmp_path, capsys):
 
 @pytest.mark.parametrize("stop_at", [(1, 1), (1, 2), (3, 1)])
 def test_depth_study_resumes_per_depth_after_an_interruption(small, tmp_path, stop_at):
-    config = ExperimentConfig(dataset=small, epochs=2, hidden=(8,), depths=(1, 3),
+    config = ExperimentConfig(seeds=(0,), dataset=small, epochs=2, hidden=(8,), depths=(1, 3),
                               activations=("relu", "tanh"), threads=1)  # fmt: skip
     run_study(config, out=tmp_path / "reference")
 

@@ -440,7 +440,7 @@ def test_init_statistics(init, std):
 
 @pytest.mark.parametrize("init", ["pytorch", "glorot", "kaiming", "lecun"])
 def test_init_gain_scales_each_member_by_its_activation_gain(init):
-    config = ExperimentConfig(seeds=(0,), 
+    config = ExperimentConfig(seeds=(0,),
         hidden=(16, 8), init=init, init_gain=True,
         activations=("relu", "tanh", "sigmoid", "leaky_relu(negative_slope=0.2)", "gelu"),
     )  # fmt: skip

@@ -344,7 +344,7 @@ def test_the_study_says_which_kernels_its_step_runs(tmp_path, restore_threads):
     data = write_npz(tmp_path / "small.npz", 256, 64)
     plans = []
     for name, activations in (("run", ("relu", "gelu")), ("other", ("relu", "log_sigmoid"))):
-        config = ExperimentConfig(dataset=data, activations=activations, hidden=(16,),
+        config = ExperimentConfig(seeds=(0,), dataset=data, activations=activations, hidden=(16,),
                                   epochs=1, threads=1, device="cpu")  # fmt: skip
         run_study(config, out=tmp_path / name, on_plan=plans.append)
     assert plans[0].kernels.startswith("compiled (native_step.c")

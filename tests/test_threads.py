@@ -125,7 +125,9 @@ def test_step_watch_fires_when_the_step_time_degrades():
 def test_timing_step_trains_the_throwaway_trainer_only(small):
     from actlab.data.datasets import load_dataset
 
-    config = ExperimentConfig(dataset=small, hidden=(8,), epochs=1, activations=("relu", "tanh"))
+    config = ExperimentConfig(
+        seeds=(0,), dataset=small, hidden=(8,), epochs=1, activations=("relu", "tanh")
+    )
     data = DeviceData.from_dataset(load_dataset(small), "cpu")
     kept, throwaway = Trainer(config, data), Trainer(config, data)
     before = [p.detach().clone() for p in kept.optimizer.params]
@@ -137,7 +139,7 @@ def test_timing_step_trains_the_throwaway_trainer_only(small):
 
 
 def test_a_study_measures_records_and_estimates(small, tmp_path):
-    config = ExperimentConfig(dataset=small, hidden=(8,), epochs=2, activations=("relu",),
+    config = ExperimentConfig(seeds=(0,), dataset=small, hidden=(8,), epochs=2, activations=("relu",),
                               device="cpu", diagnostics=False)  # fmt: skip
     plans, out = [], tmp_path / "run"
     run_study(config, out=out, on_plan=plans.append)

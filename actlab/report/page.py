@@ -139,11 +139,11 @@ def to_terminal(table: tables.Table) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(table.columns))]
     numeric = table.numeric()
 
-    def line(cells: list[str], header: bool = False) -> str:
+    def line(cells: list[str]) -> str:
         return "  ".join(
-            c.rjust(w) if numeric[i] and not header else c.ljust(w)
+            c.rjust(w) if numeric[i] else c.ljust(w)
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
-    lines = [line(table.header, header=True), "  ".join("-" * w for w in widths)]
+    lines = [line(table.header), "  ".join("-" * w for w in widths)]
     return "\n".join(lines + [line(row) for row in table.texts()])
