@@ -37,6 +37,7 @@ def option(
     *,
     group: str,
     flag: str | None = None,
+    aliases: tuple[str, ...] = (),
     kind: str | None = None,
     choices: tuple[str, ...] | None = None,
     metavar: str | None = None,
@@ -46,10 +47,11 @@ def option(
     default are written here once, and actlab.cli.options turns them into argparse options.
 
     `flag` defaults to ``--name-with-dashes`` (``--no-NAME`` for a bool whose default is
-    True); `kind` names how text becomes the value (``specs``, ``ints``, ``floats``,
+    True), `aliases` are further flags for it (``--net`` for ``--model``); `kind` names how text becomes the value (``specs``, ``ints``, ``floats``,
     ``seeds``; see actlab.cli.options.PARSERS); `group` is the section of --help; any
     other keyword goes to argparse's add_argument as it is (nargs, const, action)."""
-    metadata = {"help": help, "group": group, "flag": flag, "kind": kind, "choices": choices}
+    metadata = {"help": help, "group": group, "flag": flag, "aliases": aliases, "kind": kind}
+    metadata["choices"] = choices
     metadata.update(metavar=metavar, argparse=argparse)
     return field(default=default, metadata=metadata)
 

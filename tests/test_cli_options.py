@@ -72,7 +72,7 @@ def test_options_parse_into_the_config_fields():
 def test_a_new_field_with_metadata_is_a_new_option():
     @dataclasses.dataclass(frozen=True)
     class Options:
-        width: int = option(64, "model width", group="model")
+        width: int = option(64, "model width", group="model", aliases=("--dim",))
         schedule: str = option(
             "cosine", "lr schedule", group="training", choices=("cosine", "none")
         )
@@ -84,7 +84,7 @@ def test_a_new_field_with_metadata_is_a_new_option():
     parser = OneLineParser(prog="x")
     add_options(parser, Options)
     assert Options(**values_from(parser.parse_args([]), Options)) == Options()
-    args = parser.parse_args(["--width", "8", "--schedule", "none", "--clip", "1", "--no-bias",
+    args = parser.parse_args(["--dim", "8", "--schedule", "none", "--clip", "1", "--no-bias",
                               "--context", "16"])  # fmt: skip
     assert Options(**values_from(args, Options)) == Options(8, "none", 1.0, False, (16,))
     assert "--internal" not in parser.format_help()

@@ -193,7 +193,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, groups: dict | None 
                 settings["choices"] = meta["choices"]
         else:
             settings["default"] = list(option.default)
-        groups[title].add_argument(option.flag, **settings)
+        groups[title].add_argument(option.flag, *meta.get("aliases", ()), **settings)
     return groups
 
 
