@@ -23,7 +23,7 @@ from actlab.cli.base import (
     warn,
 )
 from actlab.cli.options import add_options, values_from
-from actlab.cli.progress import CompareProgress, print_shards, selection_line
+from actlab.cli.progress import CompareProgress, print_shards
 from actlab.config import ExperimentConfig, option
 from actlab.errors import ConfigError
 
@@ -132,7 +132,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result, live_log = train(config, run, out, dataset, log_specs)
     if result.already_complete:
         print(f"{out}: already complete ({config.epochs} epochs); nothing to train")
-    print_outcome(config, run, out, result)
+    print_outcome(config, run, out)
     if live_log is not None:  # after the report: MLflow keeps it as an artifact
         for line in live_log.close():
             print(f"logged to {line}")
@@ -207,18 +207,18 @@ def train(config: ExperimentConfig, run: RunOptions, out: str, dataset, log_spec
     return result, live_log
 
 
-def print_outcome(config: ExperimentConfig, run: RunOptions, out: str, result) -> None:
+def print_outcome(config: ExperimentConfig, run: RunOptions, out: str) -> None:
     """The report's summary table and verdict (from report.render.analyse, as report.html
     shows them); the report's path unless --no-report."""
-    from actlab.cli.report import print_verdict, summary_text
+    from actlab.cli.report import print_verdict, selection_line, summary_text
     from actlab.report.render import analyse, with_min_gap, write_run_report
     from actlab.study.store import read_run
 
     data = with_min_gap(read_run(out), config.min_gap)
     analysis = analyse(data)
     print(summary_text(analysis))
-    if config.select == "val" and len(config.lrs) > 1:
-        print(selection_line(result.metrics))
+    if analysis.selected is not None:
+        print(selection_line(analysis))
     if run.report:
         print(f"report: {write_run_report(data)}")
     print_verdict(analysis)

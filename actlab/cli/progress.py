@@ -102,17 +102,3 @@ def print_shards(shards, plan) -> None:
         f"ray: {len(shards)} shards of {'/'.join(map(str, sizes))} members, {kind} each, "
         f"{plan.slots} at once"
     )
-
-
-def selection_line(metrics) -> str:
-    """Each activation's lr as chosen on the validation split (see stats.select_lr)."""
-    import pandas as pd
-
-    from actlab.report import stats
-
-    chosen = stats.select_lr(stats.member_results(metrics))
-    parts = []
-    for row in chosen.itertuples():
-        depth = "" if pd.isna(row.depth) else f"depth {int(row.depth)} "
-        parts.append(f"{depth}{row.activation} lr={row.lr:g} (val acc {100 * row.score:.2f}%)")
-    return "lr chosen on the validation split: " + ", ".join(parts)

@@ -69,6 +69,20 @@ def summary_text(analysis) -> str:
     return page.to_terminal(tables.summary(analysis).select(TERMINAL_COLUMNS))
 
 
+def selection_line(analysis) -> str:
+    """Each activation's lr as chosen on the validation split (the report's choice,
+    analysis.selected; see stats.select_lr)."""
+    from actlab.report.text import _depth, lr_text
+
+    parts = []
+    for row in analysis.selected.itertuples():
+        depth = "" if _depth(row.depth) is None else f"depth {_depth(row.depth)} "
+        parts.append(
+            f"{depth}{row.activation} lr={lr_text(row.lr)} (val acc {100 * row.score:.2f}%)"
+        )
+    return "lr chosen on the validation split: " + ", ".join(parts)
+
+
 def print_verdict(analysis) -> None:
     """The report's verdict, wrapped for a terminal."""
     import textwrap
