@@ -401,8 +401,9 @@ def compare(
 ) -> pd.DataFrame:
     """Run a study and return its metrics rows (one per member per epoch) as a DataFrame.
 
-    Pass an ExperimentConfig, or its fields as keywords; conveniences: ``seeds=3`` means
-    seeds 0, 1, 2; ``lr=1e-3`` or ``lrs=[...]``; lists for tuples. ``model=`` is "mlp",
+    Pass an ExperimentConfig, or its fields as keywords; the defaults are ExperimentConfig's,
+    the same as `actlab compare`'s (10 seeds, trained as one stacked model). Conveniences:
+    ``seeds=3`` means seeds 0, 1, 2; ``lr=1e-3`` or ``lrs=[...]``; lists for tuples. ``model=`` is "mlp",
     "cnn", a reference "FILE.py:NAME", or your own builder / nn.Module class / factory
     (see actlab.nn.user_model; ``swap=`` names the activations replaced in a module);
     ``dataset=`` a name or the tensors ``(x_train, y_train, x_test, y_test)``. `out` also writes (and
