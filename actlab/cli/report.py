@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from actlab.cli.base import EXIT_OK, add_command
+
+if TYPE_CHECKING:
+    from actlab.report.render import Analysis
+    from actlab.study.store import RunData
 
 # The summary table's columns a terminal shows (report.html has them all).
 TERMINAL_COLUMNS = (
@@ -61,7 +66,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def summary_text(analysis) -> str:
+def summary_text(analysis: Analysis) -> str:
     """The report's summary table for a terminal: its TERMINAL_COLUMNS (the verdict printed
     below it gives the caution for few seeds)."""
     from actlab.report import page, tables
@@ -69,7 +74,7 @@ def summary_text(analysis) -> str:
     return page.to_terminal(tables.summary(analysis).select(TERMINAL_COLUMNS))
 
 
-def selection_line(analysis) -> str:
+def selection_line(analysis: Analysis) -> str:
     """Each activation's lr as chosen on the validation split (the report's choice,
     analysis.selected; see stats.select_lr)."""
     from actlab.report.text import _depth, lr_text
@@ -83,7 +88,7 @@ def selection_line(analysis) -> str:
     return "lr chosen on the validation split: " + ", ".join(parts)
 
 
-def print_verdict(analysis) -> None:
+def print_verdict(analysis: Analysis) -> None:
     """The report's verdict, wrapped for a terminal."""
     import textwrap
 
@@ -102,7 +107,7 @@ def print_verdict(analysis) -> None:
         )
 
 
-def merge_line(run) -> str:
+def merge_line(run: RunData) -> str:
     """``merged 2 runs of one study: runs/a (seeds 0, 1), runs/b (seed 2): 3 seeds``."""
     parts = []
     for index, path in enumerate(run.paths):
