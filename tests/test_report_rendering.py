@@ -216,3 +216,18 @@ def test_depth_chart_error_bars_are_min_max_with_two_seeds(tmp_path):
     relu = arms[(arms["arm"] == "relu") & (arms["depth"] == 2)]["final_test_acc"]
     segments = [sorted(seg[:, 1]) for bar in bars for seg in bar.get_segments()]
     assert any(np.allclose(seg, [100 * relu.min(), 100 * relu.max()]) for seg in segments)
+
+
+def test_names_are_text_in_every_table_and_only_the_selected_lr_is_bold(tmp_path, monkeypatch):
+    """The templates escape every text (autoescape); bold comes from the cell's `strong`, never
+    from markup in a name (the old tables escaped, then un-escaped <b>)."""
+    spec = "expr:x*(x<b>0)"
+    run = read_run(write_run(tmp_path / "run", activations=("relu", spec), lrs=(1e-3, 3e-3),
+                             val_size=500, select="val", diagnostics=False))  # fmt: skip
+    monkeypatch.setattr(report, "charts", lambda analysis: [])
+    text = render_html(analyse(run))
+    assert "x&lt;b&gt;0" in text and "x<b>0" not in text
+    lr_table = text.split('id="lr-table"')[1].split("</table>")[0]
+    assert lr_table.count("<b>") == 2  # one selected lr per activation
+    markdown = report.render_markdown(analyse(run))
+    assert "x&lt;b&gt;0" in markdown and "**" in markdown
