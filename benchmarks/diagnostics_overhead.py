@@ -39,7 +39,9 @@ def study_level(args: argparse.Namespace) -> None:
         print(f"study level skipped: {error}")
         return
     dataset = load_dataset(args.dataset, limit_train=args.limit_train, progress=False)
-    base = ExperimentConfig(dataset=args.dataset, activations=ACTIVATIONS, epochs=args.epochs)
+    base = ExperimentConfig(
+        dataset=args.dataset, activations=ACTIVATIONS, epochs=args.epochs, seeds=(0,)
+    )
     times: dict[bool, list[float]] = {True: [], False: []}
     for repeat in range(-1, args.repeats):  # repeat -1 is a warm-up, not counted
         order = (True, False) if repeat % 2 == 0 else (False, True)  # alternate who goes first

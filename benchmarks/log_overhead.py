@@ -81,7 +81,7 @@ def main() -> None:
     dataset = load_dataset(args.dataset, progress=False)
     data = DeviceData.from_dataset(dataset, "cpu")
     config = ExperimentConfig(
-        dataset=args.dataset, epochs=args.epochs, threads=args.threads, device="cpu"
+        dataset=args.dataset, epochs=args.epochs, threads=args.threads, device="cpu", seeds=(0,)
     )
     print(
         f"{store._cpu_model_name()}, {platform.machine()}; torch {torch.__version__}, "

@@ -75,7 +75,9 @@ def main() -> None:
 
     dataset = load_dataset(args.dataset, progress=False)
     data = DeviceData.from_dataset(dataset, "cpu")
-    config = ExperimentConfig(dataset=args.dataset, threads=args.threads, diagnostics=False)
+    config = ExperimentConfig(
+        dataset=args.dataset, threads=args.threads, diagnostics=False, seeds=(0,)
+    )
     compiled = Trainer(config, data)
     assert compiled.mlp_step.native is not None, native.status()
     library = native.library

@@ -376,7 +376,11 @@ def main() -> None:
         + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else "")
     )
     config = ExperimentConfig(
-        dataset=args.dataset, epochs=args.epochs, device=args.device, threads=args.threads
+        dataset=args.dataset,
+        epochs=args.epochs,
+        device=args.device,
+        threads=args.threads,
+        seeds=(0,),
     )
     accuracies = {}
     if not args.skip_plain:
