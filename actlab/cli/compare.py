@@ -105,6 +105,8 @@ def config_from_args(args: argparse.Namespace, user=None) -> ExperimentConfig:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """Check everything that can be checked before the data are loaded, train (resuming
+    the run directory), print the summary and verdict, write the report."""
     from actlab.config import MODELS
     from actlab.study.driver import load_study_dataset
 
@@ -129,7 +131,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         log_specs = parse_log_specs(list(run.log))  # a missing package fails before training
         quiet_store_logs()
     dataset = load_study_dataset(config, progress=not run.quiet)
-    result, live_log = train(config, run, out, dataset, log_specs)
+    result, live_log = train_study(config, run, out, dataset, log_specs)
     if result.already_complete:
         print(f"{out}: already complete ({config.epochs} epochs); nothing to train")
     print_outcome(config, run, out)
@@ -155,7 +157,7 @@ def check_ray_options(run: RunOptions) -> None:
         check_reachable(run.ray)
 
 
-def train(config: ExperimentConfig, run: RunOptions, out: str, dataset, log_specs):
+def train_study(config: ExperimentConfig, run: RunOptions, out: str, dataset, log_specs):
     """Run the study, locally or on Ray, with the progress lines and live logs asked for.
     Returns (StudyResult, the live log or None)."""
     progress = None if run.quiet else CompareProgress(verbose=run.verbose)
