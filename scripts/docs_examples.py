@@ -96,12 +96,13 @@ EXAMPLES: tuple[Example, ...] = (
         "actlab compare --model examples/keras_mlp.py:KerasMLP --swap relu "
         f"{FASHION} --limit-train 5000 --activations relu,gelu,tanh --seeds 3 --epochs 2 --quiet",
     ),
-    Example("python-api", "python docs/examples/python_api.py", fast=True),
+    Example("python-api", "python docs/examples/python_api.py"),
 )
 
-# Output lines whose content depends on the machine and the moment (thread timings, the
-# time estimate, progress): the form comparison keeps only their first word.
-VOLATILE_PREFIXES = ("threads:", "step kernels:", "estimate:", "progress:")
+# Output lines that depend on the machine and the moment (thread timings and their
+# re-measurement under load, `the step time degraded: threads: ...`, the time estimate,
+# progress): the form comparison leaves them out.
+VOLATILE = re.compile(r"^(?:[\w ]+: )?(?:threads|step kernels|estimate|progress):")
 # Lines that open a paragraph of prose whose wording follows the data (which pairs were
 # resolved): the indented lines under it are compared by their first sentence only.
 PROSE_HEADERS = ("verdict:",)
@@ -114,8 +115,8 @@ def form(text: str) -> list[str]:
 
     Numbers become `#` (`# min # s` and `# h # min` become `# s`), runs of spaces and of
     dashes shrink to one, consecutive equal items of a comma-separated list merge (a list of
-    per-seed values or thread timings has the same form whatever its length), and
-    machine-dependent lines (VOLATILE_PREFIXES) keep only their first word. The indented
+    per-seed values has the same form whatever its length), and machine-dependent lines
+    (VOLATILE) are left out. The indented
     paragraph under a PROSE_HEADERS line is joined (a wrap moved by a longer number is no
     change) and kept to its first sentence: the rest of its wording follows the data."""
     lines: list[str] = []
@@ -128,8 +129,7 @@ def form(text: str) -> list[str]:
         line = re.sub(r"(# (h|min) )+# (s|min)", "# s", line)
         line = re.sub(r"-{2,}", "-", line)
         stripped = line.strip()
-        if stripped.startswith(VOLATILE_PREFIXES):
-            lines.append(stripped.split(":")[0] + ":")
+        if VOLATILE.match(stripped):
             continue
         items = " ".join(stripped.split()).split(", ")
         body = ", ".join(item for i, item in enumerate(items) if i == 0 or item != items[i - 1])

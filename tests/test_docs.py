@@ -74,6 +74,7 @@ def test_form_ignores_numbers_wrapping_and_the_data_dependent_wording():
         "threads: 4 of 8 CPUs, the fastest measured (1: 9.1 ms/step, 2: 5.0 ms/step, 4: 3.1"
         " ms/step; 0.2 s)\n"
         "estimate: 12 s for 23 steps\n"
+        "the step time degraded: threads: 1 of 8 CPUs, the fastest measured (1: 9.1 ms/step)\n"
         "activation  lr      seeds  final test acc  per seed %\n"
         "----------  ------  -----  --------------  ------------------\n"
         "relu        0.0003  3      100.00% ± 0.00  100.00, 100.00, 100.00\n"
