@@ -89,7 +89,7 @@ EXAMPLES: tuple[Example, ...] = (
     Example(
         "own-model-builder",
         "actlab compare --model docs/examples/my_net.py:build --dataset digits "
-        "--activations relu,gelu,silu --seeds 3 --epochs 5 --quiet",
+        "--activations relu,gelu,silu --seeds 5 --epochs 5 --quiet",
     ),
     Example(
         "own-model-swap",
