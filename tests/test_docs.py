@@ -30,9 +30,19 @@ SPEC.loader.exec_module(docs_examples)
 REGENERATE = "python scripts/docs_examples.py"
 
 
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
 def example_params():
     for example in docs_examples.EXAMPLES:
-        marks = () if example.fast else (pytest.mark.slow,)
+        marks = [] if example.fast else [pytest.mark.slow]
+        if "fashion-mnist" in (example.check or example.command):
+            marks += [
+                pytest.mark.realdata,
+                pytest.mark.skipif(
+                    not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist"
+                ),
+            ]
         yield pytest.param(example, id=example.name, marks=marks)
 
 
