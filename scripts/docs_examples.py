@@ -72,6 +72,8 @@ EXAMPLES: tuple[Example, ...] = (
         "compare-depths",
         "actlab compare --dataset digits --depths 2,4,8 --activations relu,sigmoid,tanh "
         "--seeds 3 --epochs 5 --quiet",
+        check="actlab compare --dataset digits --depths 2,4,8 --activations relu,sigmoid,tanh "
+        "--seeds 3 --epochs 2 --quiet",
     ),
     Example(
         "resume",
@@ -82,14 +84,16 @@ EXAMPLES: tuple[Example, ...] = (
         "report-merge",
         "actlab report runs/seeds-0-2 runs/seeds-3-4 -o runs/merged/report.html",
         setup=(
-            "actlab compare --dataset digits --epochs 5 --seeds 3 --quiet --out runs/seeds-0-2",
-            "actlab compare --dataset digits --epochs 5 --seeds 3..4 --quiet --out runs/seeds-3-4",
+            "actlab compare --dataset digits --epochs 3 --seeds 3 --quiet --out runs/seeds-0-2",
+            "actlab compare --dataset digits --epochs 3 --seeds 3..4 --quiet --out runs/seeds-3-4",
         ),
     ),
     Example(
         "own-model-builder",
         "actlab compare --model docs/examples/my_net.py:build --dataset digits "
         "--activations relu,gelu,silu --seeds 5 --epochs 5 --quiet",
+        check="actlab compare --model docs/examples/my_net.py:build --dataset digits "
+        "--activations relu,gelu,silu --seeds 5 --epochs 2 --quiet",
     ),
     Example(
         "own-model-swap",
