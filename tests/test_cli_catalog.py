@@ -20,12 +20,14 @@ def test_list_prints_one_row_per_entry(capsys):
         "parameters",
         "range",
         "monotonic",
-        "zero-centred",
+        "E f(z)",
         "saturating",
     ):
         assert column in lines[0]
-    names = [line.split()[0] for line in lines[2:]]
+    rows = lines[2 : lines.index("")]
+    names = [line.split()[0] for line in rows]
     assert names == [spec.name for spec in list_activations()]
+    assert "standard-normal" in lines[-1]  # what the E f(z) column means
     relu = next(line for line in lines if line.startswith("relu "))
     assert "0 .. inf" in relu and "left" in relu
 
@@ -39,7 +41,8 @@ def test_list_as_a_subprocess_shows_every_catalog_entry():
         timeout=120,
         check=True,
     )
-    listed = {line.split()[0] for line in result.stdout.splitlines()[2:]}
+    lines = result.stdout.splitlines()
+    listed = {line.split()[0] for line in lines[2 : lines.index("")]}
     missing = [spec.name for spec in list_activations() if spec.name not in listed]
     assert not missing, f"missing from `actlab list`: {missing}"
 

@@ -397,14 +397,15 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from actlab.catalog.registry import format_table
+    from actlab.cli.catalog_text import MEAN_NORMAL_NOTE, format_table
 
     print(format_table())
+    print(f"\n{MEAN_NORMAL_NOTE}")
     return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from actlab.catalog.registry import describe
+    from actlab.cli.catalog_text import describe
 
     print(describe(args.name))
     return EXIT_OK

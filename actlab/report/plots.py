@@ -28,7 +28,7 @@ def activation_curves(
     Entries that mix units are drawn on ``catalog.scalar_view`` (softmax: unit 0 of [x, 0])."""
     import torch
 
-    from actlab.catalog.registry import scalar_view
+    from actlab.catalog.properties import scalar_view
 
     fn = scalar_view(spec)
     points = torch.tensor(x, dtype=torch.float64, requires_grad=True)
