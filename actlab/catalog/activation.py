@@ -37,6 +37,9 @@ class ActivationSpec:
     inplace: bool = False
     elementwise: bool = True
     needs_dim: bool = False
+    # Splits its input in halves [a, b] along dim and gates one by the other (GLU and its
+    # kin): measured as a function of one variable on [x, x] (GLU -> x * sigmoid(x)).
+    gated: bool = False
     formula: str = ""
     reference: str = ""
     keras_differences: tuple[str, ...] = ()

@@ -435,6 +435,7 @@ ENTRIES: tuple[ActivationSpec, ...] = (
         torch_class="GLU",
         keras_name="glu",
         elementwise=False,
+        gated=True,
         params={"dim": -1},
         formula="a * sigmoid(b), where x = [a, b] is split in halves along dim",
         reference="Dauphin et al. 2016, 'Language Modeling with Gated Convolutional Networks', arXiv:1612.08083",

@@ -51,12 +51,12 @@ _DISK: dict[str, dict] | None = None  # the disk cache's records, read at first 
 def scalar_view(spec: Any, **params: Any) -> Callable[[Tensor], Tensor]:
     """A function of one variable for any entry. Elementwise entries are themselves; entries
     that mix units are read on a two-unit input: softmax-like ones as unit 0 of [x, 0]
-    (softmax -> sigmoid(x)), GLU as [x, x] (-> x * sigmoid(x))."""
+    (softmax -> sigmoid(x)), gated ones (GLU) as [x, x] (-> x * sigmoid(x))."""
     fn = get_fn(spec, **params)
     if not callable(spec) or isinstance(spec, (str, Mapping, ActivationSpec)):
         entry, resolved = resolve(spec, **params)
         if not entry.elementwise:
-            if entry.name == "glu":
+            if entry.gated:
                 return lambda x: entry.fn(torch.stack([x, x], -1), dim=-1)[..., 0]
             extra = {k: v for k, v in resolved.items() if k != "dim"}
             return lambda x: entry.fn(torch.stack([x, torch.zeros_like(x)], -1), dim=-1, **extra)[

@@ -132,7 +132,7 @@ def describe(spec: Any) -> str:
         lines.append(f"  note:             {text}")
     lines += ["", "  properties (measured numerically, float64):"]
     if not entry.elementwise:
-        view = "[x, x]" if entry.name == "glu" else "[x, 0]"
+        view = "[x, x]" if entry.gated else "[x, 0]"
         lines.append(f"    (mixes units along dim: measured on unit 0 of {view})")
     lines += [
         f"    range:          [{_number(props['range'][0])}, {_number(props['range'][1])}]",
