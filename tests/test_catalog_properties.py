@@ -2,12 +2,16 @@
 cache that lets `actlab list` read instead of measure (keyed, so that it is never stale)."""
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from scipy import integrate
 
+from actlab.catalog import cache
 from actlab.catalog import properties as props
 from actlab.catalog.registry import get_fn, list_activations, register, unregister
 
@@ -54,7 +58,7 @@ def test_list_reads_the_disk_cache_instead_of_measuring(isolated_cache, monkeypa
 
     first = format_table()
     path = props.cache_path()
-    assert path.is_file() and path.parent == isolated_cache / "actlab" / "properties"
+    assert path.is_file() and path.parent == isolated_cache / "actlab" / "catalog"
     props.clear_memory()  # a new process: only the disk remains
     monkeypatch.setattr(props, "measure", _no_measuring)
     assert format_table() == first
@@ -80,9 +84,9 @@ def test_cached_properties_equal_a_fresh_measurement_for_every_entry(isolated_ca
 def test_a_new_torch_or_catalog_source_starts_a_new_cache_file(isolated_cache, monkeypatch):
     props.properties("relu")
     before = props.cache_path()
-    real_version = props.metadata.version
+    real_version = cache.metadata.version
     monkeypatch.setattr(
-        props.metadata,
+        cache.metadata,
         "version",
         lambda name: "9.9.9" if name == "torch" else real_version(name),
     )
@@ -118,3 +122,30 @@ def test_a_corrupt_cache_file_is_measured_over(isolated_cache):
     path.write_text("not json")
     props.clear_memory()
     assert props.properties("relu")["monotonic"] is True
+
+
+@pytest.mark.slow
+def test_actlab_list_prints_from_the_cache_without_importing_torch(tmp_path):
+    """The second `actlab list` of an installation reads its text from the cache: the same
+    output, and torch (most of the first run's seconds) is never imported."""
+    script = (
+        "import sys\n"
+        "from actlab.cli.main import main\n"
+        "main(['list'])\n"
+        "print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    assert runs[0].stdout == runs[1].stdout and "relu" in runs[0].stdout
+    assert "torch imported: True" in runs[0].stderr
+    assert "torch imported: False" in runs[1].stderr

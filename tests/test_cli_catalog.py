@@ -32,6 +32,23 @@ def test_list_prints_one_row_per_entry(capsys):
     assert "0 .. inf" in relu and "left" in relu
 
 
+def test_list_shows_a_registered_activation_in_the_same_process(capsys):
+    import torch
+
+    from actlab.catalog.registry import register, unregister
+
+    assert main(["list"]) == 0  # the cached table, if any, is written or read here
+    capsys.readouterr()
+    register("listed_relu", lambda x: torch.relu(x))
+    try:
+        assert main(["list"]) == 0
+        assert "listed_relu" in capsys.readouterr().out
+    finally:
+        unregister("listed_relu")
+    assert main(["list"]) == 0
+    assert "listed_relu" not in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_list_as_a_subprocess_shows_every_catalog_entry():
     result = subprocess.run(

@@ -1,20 +1,13 @@
 """Properties of an activation, measured numerically from the function (never typed by
-hand), and cached: in memory per process and, for the catalog's own entries, on disk in
-``$XDG_CACHE_HOME/actlab/properties`` (default ``~/.cache/actlab/properties``), in a file
-keyed by the versions of actlab, torch and NumPy and by the catalog's source code, so that
-a cached value is always the one a fresh measurement gives (`actlab list` measures once per
-installation, then reads).
+hand), and cached: in memory per process and, for the catalog's own entries, on disk
+(:mod:`actlab.catalog.cache`: keyed by the versions and the catalog's source, so that a
+cached value is always the one a fresh measurement gives).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from actlab.catalog import lookup
+from actlab.catalog import cache, lookup
 from actlab.catalog.activation import ActivationSpec
 from actlab.catalog.registry import get_fn
 from actlab.catalog.spec import canonical_label, resolve
@@ -199,21 +192,8 @@ def _tidy(value: float) -> float:
 
 
 def cache_path() -> Path:
-    """The disk cache's file for this installation: its name carries a hash of the versions
-    of actlab, torch and NumPy and of the catalog's source files, so that any change to
-    what a measurement depends on starts a new file."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    digest = hashlib.sha256()
-    for name in ("actlab", "torch", "numpy"):
-        try:
-            version = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            version = "unknown"
-        digest.update(f"{name}={version};".encode())
-    digest.update(torch.__version__.encode())  # a torch built from source has no metadata
-    for source in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
-    return Path(root) / "actlab" / "properties" / f"properties-{digest.hexdigest()[:16]}.json"
+    """The disk cache's file of measured properties for this installation."""
+    return cache.path("properties")
 
 
 def _disk_records() -> dict[str, dict]:
@@ -221,10 +201,7 @@ def _disk_records() -> dict[str, dict]:
     global _DISK
     if _DISK is None:
         _DISK = {}
-        try:
-            records = json.loads(cache_path().read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            records = {}
+        records = cache.read("properties")
         if isinstance(records, dict):
             for label, record in records.items():
                 if isinstance(record, dict) and set(record) == set(KEYS):
@@ -233,20 +210,10 @@ def _disk_records() -> dict[str, dict]:
 
 
 def _save(label: str, result: dict) -> None:
-    """Add one record to the disk cache (written whole, atomically; a cache that cannot be
-    written is skipped: the next run measures again)."""
+    """Add one record to the disk cache (the file is written whole, atomically)."""
     records = _disk_records()
     records[label] = result
-    path = cache_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent, prefix=".properties-", suffix=".tmp", delete=False
-        ) as handle:
-            json.dump(records, handle)
-        os.replace(handle.name, path)
-    except OSError:
-        return
+    cache.write("properties", records)
 
 
 def clear_memory() -> None:

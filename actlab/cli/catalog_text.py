@@ -1,18 +1,22 @@
 """The text of `actlab list` (one row per catalog entry) and `actlab show NAME` (one entry
-in full: formula, reference, names, defaults, Keras differences, measured properties)."""
+in full: formula, reference, names, defaults, Keras differences, measured properties).
+
+The catalog (and with it torch) is imported inside the functions: `actlab list` prints
+from the catalog's disk cache (:mod:`actlab.catalog.cache`) when this installation has
+printed it before, without importing torch."""
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from actlab.catalog.activation import REQUIRED, ActivationSpec
-from actlab.catalog.entries import KERAS_NOTES
-from actlab.catalog.lookup import find
-from actlab.catalog.properties import properties
-from actlab.catalog.registry import canonical_label, list_activations, resolve
-from actlab.errors import SpecError
+from actlab.catalog import cache
+
+if TYPE_CHECKING:
+    from actlab.catalog.activation import ActivationSpec
 
 MEAN_NORMAL_NOTE = (
     "E f(z): the mean output for a standard-normal input z ~ N(0, 1); 0 for a zero-centred "
@@ -28,7 +32,27 @@ def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
+def list_text() -> str:
+    """`actlab list`'s whole output: the table, then what its E f(z) column means. Read
+    from the disk cache when there (keyed by versions and the catalog's and this module's
+    source, so never stale), else computed and cached. A process whose catalog holds a
+    user's entries (register) gets its own table, never the cached one."""
+    lookup = sys.modules.get("actlab.catalog.lookup")  # loaded: user entries may be in it
+    if lookup is not None:
+        entries = lookup.entries()
+        if len(entries) != len(lookup.BUILTIN) or not all(map(lookup.is_builtin, entries)):
+            return f"{format_table()}\n\n{MEAN_NORMAL_NOTE}"
+    sources = (Path(__file__),)
+    text = cache.read("list", sources)
+    if not isinstance(text, str):
+        text = f"{format_table()}\n\n{MEAN_NORMAL_NOTE}"
+        cache.write("list", text, sources)
+    return text
+
+
 def _params_text(params: Mapping[str, Any]) -> str:
+    from actlab.catalog.activation import REQUIRED
+
     def text(value: Any) -> str:
         if value is REQUIRED or value is None:
             return "?"
@@ -50,6 +74,9 @@ def _saturation_text(props: Mapping[str, Any]) -> str:
 def format_table(specs: list[ActivationSpec] | None = None) -> str:
     """The `actlab list` table: one fixed-width row per entry (properties at the defaults;
     entries that need a parameter are measured at their example)."""
+    from actlab.catalog.properties import properties
+    from actlab.catalog.registry import list_activations
+
     header = (
         "name",
         "aliases",
@@ -88,6 +115,12 @@ def format_table(specs: list[ActivationSpec] | None = None) -> str:
 def describe(spec: Any) -> str:
     """The `actlab show` text: formula, reference, names, defaults, Keras differences,
     measured properties, f(0) and f'(0)."""
+    from actlab.catalog.entries import KERAS_NOTES
+    from actlab.catalog.lookup import find
+    from actlab.catalog.properties import properties
+    from actlab.catalog.registry import canonical_label, resolve
+    from actlab.errors import SpecError
+
     note = None
     try:
         entry, params = resolve(spec)

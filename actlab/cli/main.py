@@ -397,10 +397,9 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from actlab.cli.catalog_text import MEAN_NORMAL_NOTE, format_table
+    from actlab.cli.catalog_text import list_text
 
-    print(format_table())
-    print(f"\n{MEAN_NORMAL_NOTE}")
+    print(list_text())
     return EXIT_OK
 
 
