@@ -66,10 +66,12 @@ def swish_beta(x: Tensor, beta: float = 1.0) -> Tensor:
 
 
 def prelu(x: Tensor, num_parameters: int = 1, init: float = 0.25) -> Tensor:
-    # At initialisation every channel has the same slope, so one weight is exact.
+    """PReLU at initialisation: ``x if x >= 0 else init * x`` (He et al. 2015). Every
+    channel has the same slope then, so one weight is exact."""
     return F.prelu(x, torch.full((1,), float(init), dtype=x.dtype, device=x.device))
 
 
 def rrelu(x: Tensor, lower: float = 1 / 8, upper: float = 1 / 3) -> Tensor:
-    # The deterministic (evaluation-mode) form: slope (lower + upper) / 2.
+    """RReLU's deterministic (evaluation-mode) form: slope (lower + upper) / 2 for x < 0
+    (Xu et al. 2015)."""
     return F.rrelu(x, lower, upper, training=False)
