@@ -24,9 +24,10 @@ activation's forward does, with no arithmetic, so no elementwise op can beat it.
 into a preallocated tensor, ``y.copy_(x)``, measured up to 1.8x slower than ``clone`` on
 the development Xeon, where the freshly allocated output is still in cache: as the
 reference it would flag undisturbed ops.) An op near the copy's GB/s is memory-bound (its
-arithmetic is free); one far below it is compute-bound. Only for tensors of at least 4 MiB, bigger than a
-core's L2 cache (below that, both numbers measure caches and call overheads); an activation
-that returns its input unchanged (``linear``) moves no bytes and is marked ``no-op``.
+arithmetic is free); one far below it is compute-bound. Only for tensors of at least 4 MiB,
+bigger than a core's L2 cache (below that, both numbers measure caches and call overheads);
+an activation that returns its input unchanged (``linear``) moves no bytes and is marked
+``no-op``.
 
 Memory, in multiples of the tensor's size, for one step that stands for a layer: ``h =
 x.clone()`` (the layer output that feeds the activation), ``y = f(h)``, ``del h``, then
