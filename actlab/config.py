@@ -3,7 +3,7 @@
 A study trains one member per (depth, seed, activation, lr). Members are laid out
 seed-major inside a depth, so that the members sharing a seed (and so sharing the initial
 weights and the batch order) are contiguous: member ``k`` of a depth uses seed index
-``k // members_per_seed``. See DESIGN.md, "The engine".
+``k // members_per_seed``. See docs/design.md, "The engine".
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ MAX_THREADS = 4096
 
 # `actlab compare`'s and `actlab.compare()`'s seeds: with 3, the paired tests over 6 pairs
 # (Holm) detect only gaps of several SDs of the per-seed differences; all seeds of a study
-# train as one stacked model, so 10 cost little more than 1 (see benchmarks/stats_power.py).
+# train as one stacked model, so 10 cost little more than 1 (see docs/statistics.md and
+# benchmarks/stats_power.py).
 DEFAULT_SEEDS = 10
 
 

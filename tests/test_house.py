@@ -1,7 +1,7 @@
 """The house rules of the code base, checked over the source (AST), not by review:
 
-- no Python file in actlab/ over 700 lines, no function over 80 lines (the catalog's entries,
-  written as data, excepted); the files and functions over the limit today are listed below
+- no Python file in actlab/ over 700 lines, no function over 80 lines (the catalog's entries
+  are data, not a function); the files and functions over the limit today are listed below
   with their current size, which may only shrink: a NEW violation fails, and so does a listed
   one that grew (or one that is gone or fixed: remove its entry, so the list stays true);
 - a test never imports another test module: shared helpers live in tests/fixtures/.
@@ -18,13 +18,11 @@ MAX_FUNCTION_LINES = 80
 # Over the limits when the rule was written; each entry is the ceiling for that file or
 # function until it is split. Lower a number when you shrink one; never raise it.
 FILE_ALLOWANCE = {
-    "actlab/catalog/registry.py": 1294,  # being split into the catalog's rooms
     "actlab/data/datasets.py": 1022,
     "actlab/export/targets.py": 890,
     "actlab/study/store.py": 806,
 }
 FUNCTION_ALLOWANCE = {
-    "actlab/catalog/registry.py::_build_catalog": 375,  # the catalog's entries: data
     "actlab/engine/trainer.py::Trainer.__init__": 87,
     "actlab/report/render.py::_depth_verdict": 85,
     "actlab/study/cluster.py::run_study_on_ray": 88,
