@@ -122,7 +122,9 @@ def form(text: str) -> list[str]:
     per-seed values has the same form whatever its length), and machine-dependent lines
     (VOLATILE) are left out. The indented
     paragraph under a PROSE_HEADERS line is joined (a wrap moved by a longer number is no
-    change) and kept to its first sentence: the rest of its wording follows the data."""
+    change) and kept to its first sentence: the rest of its wording follows the data. The
+    rows of the summary table are ranked by the data, so their order and group letters are
+    not form (`_ranked_rows`)."""
     lines: list[str] = []
     prose: set[int] = set()  # indices of the joined paragraphs
     in_prose = False
@@ -146,7 +148,36 @@ def form(text: str) -> list[str]:
         if in_prose:
             prose.add(len(lines))
             lines.append("")
-    return [_first_sentence(line) if i in prose else line for i, line in enumerate(lines)]
+    return _ranked_rows(
+        [_first_sentence(line) if i in prose else line for i, line in enumerate(lines)]
+    )
+
+
+RANKED_HEADERS = (["rank", "activation"], ["depth", "rank", "activation"])
+
+
+def _ranked_rows(lines: list[str]) -> list[str]:
+    """The rows under a summary table's header (best first, as the data rank them) sorted,
+    with their group letters (the column before `diverged`) masked."""
+    out: list[str] = []
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        out.append(line)
+        index += 1
+        if not any(line.split()[: len(h)] == h for h in RANKED_HEADERS):
+            continue
+        if index < len(lines) and set(lines[index].split()) == {"-"}:  # the rule
+            out.append(lines[index])
+            index += 1
+        block = []
+        while index < len(lines) and lines[index].startswith("  "):
+            tokens = lines[index].split()
+            tokens[-2] = "<group>"
+            block.append("  " + " ".join(tokens))
+            index += 1
+        out += sorted(block)
+    return out
 
 
 def _first_sentence(line: str) -> str:

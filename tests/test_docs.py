@@ -163,3 +163,22 @@ def test_readme_is_short_and_opens_with_the_two_commands():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert re.search(r"^python -m pytest$", ci, flags=re.M), ".ci/run must run the README's tests"
     assert "mkdocs build --strict" in ci
+
+
+def test_form_ignores_the_ranking_of_the_summary_rows():
+    """The summary table lists the best first and groups by the paired tests: the order of
+    its rows and its group letters follow the data, its columns are the form."""
+    header = (
+        "rank  activation     lr  seeds  final test acc %  ± std          95% CI  group  diverged\n"
+        "----  ----------  -----  -----  ----------------  -----  --------------  -----  --------\n"
+    )
+    before = header + (
+        "   1  leaky_relu  0.001     10             88.33   0.35  [88.08, 88.58]  a             0\n"
+        "   2  relu        0.001     10             88.28   0.46  [87.96, 88.61]  ab            0\n"
+    )
+    after = header + (
+        "   1  relu        0.001     10             88.38   0.46  [87.96, 88.61]  a             0\n"
+        "   2  leaky_relu  0.001     10             86.33   0.35  [86.08, 86.58]  b             0\n"
+    )
+    assert docs_examples.form(before) == docs_examples.form(after)
+    assert docs_examples.form(before) != docs_examples.form(after.replace("[86.08, 86.58]", ""))
