@@ -916,9 +916,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _show_notices(message, category, filename, lineno, file=None, line=None) -> None:
     """actlab's notices (e.g. members trained one by one) as one line, without the source
     location; other warnings as Python shows them."""
-    from actlab.engine.vmap_stack import FallbackNotice
+    from actlab.errors import ModelNotice
 
-    if issubclass(category, FallbackNotice):
+    if issubclass(category, ModelNotice):
         print(f"actlab: note: {message}", file=sys.stderr)
     else:
         _python_showwarning(message, category, filename, lineno, file, line)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -33,7 +34,7 @@ from actlab.config import ExperimentConfig, Member, members_for
 from actlab.engine.memory import ACTIVATION_BUDGET
 from actlab.engine.mlp_step import MLPStep
 from actlab.engine.mlp_step import supports as hand_written_backward_supports
-from actlab.errors import ConfigError
+from actlab.errors import ConfigError, ModelNotice
 from actlab.nn.optim import StackedOptimizer
 
 try:  # diagnostics are optional: the engine must train without them
@@ -185,6 +186,17 @@ class StepGraph:
         return self.losses
 
 
+def batch_bounds(n: int, batch: int, *, merge_single: bool = False) -> list[tuple[int, int]]:
+    """(begin, end) of each step's samples in an epoch's permutation: batches of `batch`,
+    the last partial one kept (``DataLoader(drop_last=False)``). `merge_single`: a last
+    batch of one sample is merged into the one before (BatchNorm cannot train on one
+    sample: torch raises "Expected more than 1 value per channel when training")."""
+    bounds = [(begin, min(begin + batch, n)) for begin in range(0, n, batch)]
+    if merge_single and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def samples_within_budget(units_per_sample: int, members: int, most: int) -> int:
     """How many samples fit ACTIVATION_BUDGET for one layer of all members (1 to `most`)."""
     return max(1, min(most, ACTIVATION_BUDGET // max(1, units_per_sample * members)))
@@ -304,6 +316,18 @@ class Trainer:
                 depth,
             )
         self.model = model
+        # A user's network with BatchNorm merges a last batch of one sample into the one
+        # before (said once); every other model keeps it.
+        self.merge_single = bool(getattr(model, "has_batchnorm", False))
+        n = self.data.x_train.shape[0]
+        if self.merge_single and n > config.batch_size and n % config.batch_size == 1:
+            warnings.warn(
+                f"the last batch of each epoch would hold 1 sample ({n} = "
+                f"{n // config.batch_size} x {config.batch_size} + 1), which BatchNorm cannot "
+                f"train on: it is merged into the batch before ({config.batch_size + 1} samples)",
+                ModelNotice,
+                stacklevel=2,
+            )
         # The MLP trains with a hand-written backward pass (the same gradients, without
         # autograd's per-step overhead); other models, and learnable activations, with
         # autograd. Set it to None to train with autograd (the tests compare both).
@@ -333,7 +357,12 @@ class Trainer:
         self.eval_chunk = samples_within_budget(units, sized_for, EVAL_CHUNK)
         n = self.data.x_train.shape[0]
         probe = torch.randperm(n, generator=torch.Generator().manual_seed(PROBE_SEED))
-        probe_size = samples_within_budget(units, sized_for, PROBE_SIZE)
+        own_size = getattr(model, "probe_size", None)  # a user's network: from one member
+        probe_size = (
+            own_size(PROBE_SIZE)
+            if own_size
+            else samples_within_budget(units, sized_for, PROBE_SIZE)
+        )
         self.probe_index = probe[:probe_size].to(self.device)
 
     def timing_step(self) -> None:
@@ -436,7 +465,8 @@ class Trainer:
         """The training loop of one epoch; returns on-device sums (no sync per step on GPU)."""
         data = self.data
         n, batch = data.x_train.shape[0], self.config.batch_size
-        steps = math.ceil(n / batch)
+        bounds = batch_bounds(n, batch, merge_single=self.merge_single)
+        steps = len(bounds)
         device = self.device
         perms = torch.stack([epoch_permutation(g, n) for g in self.generators]).to(device)
         sums = self._sums
@@ -445,8 +475,8 @@ class Trainer:
         sums.alive.copy_(torch.tensor(self.alive))
         self.model.train()
         if any(self.alive):
-            for step in range(steps):
-                index = perms[:, step * batch : (step + 1) * batch]  # (S, b)
+            for step, (begin, end) in enumerate(bounds):
+                index = perms[:, begin:end]  # (S, b)
                 if self.check_on_host:
                     losses = self._host_checked_step(index)
                 else:
@@ -584,8 +614,34 @@ class Trainer:
         count = max(x.shape[0], 1)
         return (loss_sum / count).tolist(), (correct.double() / count).tolist()
 
-    def _probe(self, grad_norms: Tensor) -> dict:
-        """Diagnostics on the fixed probe batch (eval mode); the optimizer is not touched."""
+    def _probe(self, grad_norms: Tensor) -> dict | None:
+        """Diagnostics on the fixed probe batch (eval mode); the optimizer is not touched.
+        A probe that fails costs this epoch its diagnostics (said once), never the epoch."""
+        try:
+            own = getattr(self.model, "probe", None)
+            if own is None:
+                return self._stacked_probe(grad_norms)
+            x = self.data.x_train[self.probe_index]
+            measured = own(x, self.data.y_train[self.probe_index])
+            return {
+                "grad_norm": grad_norms.tolist(),
+                **{k: v.tolist() for k, v in measured.items()},
+            }
+        except Exception as error:  # the epoch was trained: keep it, without diagnostics
+            for p in self.optimizer.params:
+                p.grad = None
+            self.model.train()
+            text = str(error).strip().splitlines()
+            warnings.warn(
+                f"diagnostics of epoch {self.epoch} skipped: the probe raised "
+                f"{type(error).__name__}: {text[0][:200] if text else ''}",
+                ModelNotice,
+                stacklevel=2,
+            )
+            return None
+
+    def _stacked_probe(self, grad_norms: Tensor) -> dict:
+        """The probe of the built-in stacked models: all members in one forward and backward."""
         model = self.model
         model.eval()
         x = self.data.x_train[self.probe_index].unsqueeze(0)
@@ -640,7 +696,7 @@ class Trainer:
     def _diagnostics_rows(self, k: int, member: Member, diag: dict) -> list[dict]:
         rows = []
         num_layers = len(diag["grad_norm"][k])
-        hidden = len(diag["dead_frac"][k])
+        hidden = len(diag["dead_frac"][k]) if "dead_frac" in diag else 0
         # A user model may have more activation sites than weight layers: site i is
         # reported on row `layer` i + 1, without gradient norms beyond the weight layers.
         for layer in range(max(num_layers, hidden)):
