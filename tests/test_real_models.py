@@ -306,7 +306,9 @@ def test_a_builder_whose_act_misses_an_activation_is_told_which(models):
     config = ExperimentConfig(
         model=f"{path}:timm_net_partial", activations=("gelu",), seeds=(0,), batch_size=BATCH
     )
-    notice = r"act\(\) did not reach every activation.*counted in a forward pass\): relu x1 \(3\.act\)"
+    notice = (
+        r"act\(\) did not reach every activation.*counted in a forward pass\): relu x1 \(3\.act\)"
+    )
     with pytest.warns(ModelNotice, match=notice):
         trainer = Trainer(config, device_data())
     assert trainer.model.swap_reports["gelu"].remaining == [("relu", "3.act", 1)]

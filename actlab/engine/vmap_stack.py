@@ -207,6 +207,9 @@ class GroupStack(nn.Module):
         self.frozen = [
             n for n, p in zip(self.param_names, self.params, strict=True) if not p.requires_grad
         ]
+        # Parameters no gradient of the logits reaches (an auxiliary head): not trained, as
+        # torch.optim skips a parameter whose .grad is None (found by _check_output).
+        self.unreached: list[str] = []
         self.in_place = any(
             getattr(m, "inplace", False) is True or isinstance(m, InPlace) for m in first.modules()
         )
@@ -343,6 +346,7 @@ class StackedUserModel(nn.Module):
                 group.stacked = False  # by choice: no reason to report
             else:
                 self._try_stacking(group, sample)
+        self.weight_names = self._weight_names()  # without the parameters not trained
         self._announce_frozen()
         self.train()
 
@@ -367,8 +371,8 @@ class StackedUserModel(nn.Module):
         return [
             (p, tuple(group.members))
             for group in self.groups
-            for p in group.params
-            if p.requires_grad
+            for name, p in zip(group.param_names, group.params, strict=True)
+            if p.requires_grad and name not in group.unreached
         ]
 
     def weight_layers(self) -> list[str]:
@@ -380,7 +384,10 @@ class StackedUserModel(nn.Module):
         norms = []
         for group in self.groups:
             params, _ = group.state()
-            norms.append(diagnostics_lib.layer_grad_norms([params[n] for n in self.weight_names]))
+            weights = [params[n] for n in self.weight_names]
+            # A weight no gradient reaches (an auxiliary head whose output is not trained)
+            # has a gradient norm of 0.
+            norms.append(torch.stack([_grad_norm(w) for w in weights], dim=1))
         return torch.cat(norms).index_select(0, self.inverse_order)
 
     def member_activations(self) -> list[nn.Module]:
@@ -592,7 +599,7 @@ class StackedUserModel(nn.Module):
         names = None
         for group in self.groups:
             trainable = {n for n, p in zip(group.param_names, group.params, strict=True)
-                         if p.requires_grad}  # fmt: skip
+                         if p.requires_grad and n not in group.unreached}  # fmt: skip
             mine = [
                 f"{path}.weight"
                 for path, module in group.base.named_modules()
@@ -686,6 +693,14 @@ class StackedUserModel(nn.Module):
             )
 
     def _announce_frozen(self) -> None:
+        unreached = self.groups[0].unreached
+        if unreached:
+            shown = ", ".join(unreached[:4]) + (", ..." if len(unreached) > 4 else "")
+            _notice(
+                ("unreached", self.user.reference, tuple(unreached)),
+                f"{self.user.reference}: no gradient of the logits (the forward's output, or "
+                f"its first element) reaches {shown}: not trained, as torch.optim skips them",
+            )
         frozen = self.groups[0].frozen
         if frozen:
             shown = ", ".join(frozen[:4]) + (", ..." if len(frozen) > 4 else "")
@@ -773,6 +788,11 @@ class StackedUserModel(nn.Module):
                     )
                     if training and isinstance(out, Tensor) and out.requires_grad:
                         out.float().sum().backward()
+                        group.unreached = [
+                            n
+                            for n, p in member_params.items()
+                            if p.requires_grad and p.grad is None
+                        ]
             except Exception as error:
                 raise ConfigError(
                     f"--model {self.user.reference}: a {mode} forward pass on a batch of shape "
@@ -877,6 +897,14 @@ def _per_site(captured: dict[str, list[Tensor]], sites: Sequence[str]) -> tuple[
         else:
             out.append(torch.cat([c.flatten(1) for c in calls], dim=1))
     return tuple(out)
+
+
+def _grad_norm(weight: Tensor) -> Tensor:
+    """(G,) L2 norm of each member's gradient of a stacked weight (0 without a gradient)."""
+    if weight.grad is None:
+        return torch.zeros(weight.shape[0], device=weight.device)
+    dims = tuple(range(1, weight.dim()))
+    return torch.linalg.vector_norm(weight.grad, dim=dims, dtype=torch.float32)
 
 
 def _per_member(tensors: dict[str, Tensor], count: int) -> list[dict[str, Tensor]]:
