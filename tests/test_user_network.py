@@ -224,6 +224,7 @@ def test_memory_is_estimated_on_the_meta_device_before_any_member_is_built(nets,
         built.append(str(device))
         return original(user, activation, seed, swap_targets, device=device)
 
+    monkeypatch.setattr("actlab.engine.user_checks.build_member", spy)
     monkeypatch.setattr("actlab.engine.vmap_stack.build_member", spy)
     monkeypatch.setattr(actlab.engine.memory, "available_bytes", lambda device: 8 * 2**30)
     config = ExperimentConfig(model=f"{nets}:huge", activations=("relu", "gelu"), seeds=(0, 1, 2))

@@ -34,6 +34,7 @@ from actlab.config import ExperimentConfig, Member, members_for
 from actlab.engine.memory import ACTIVATION_BUDGET
 from actlab.engine.mlp_step import MLPStep
 from actlab.engine.mlp_step import supports as hand_written_backward_supports
+from actlab.engine.step_graph import StepGraph
 from actlab.errors import ConfigError, ModelNotice
 from actlab.nn.optim import StackedOptimizer
 
@@ -130,60 +131,6 @@ class EpochSums:
             torch.zeros(members, layers, device=device),
             torch.ones(members, dtype=torch.bool, device=device),
         )
-
-
-class StepGraph:
-    """The full-batch training step as a CUDA graph (PyTorch's "whole network capture").
-
-    A GPU step of a small model is hundreds of kernels of a few microseconds each; launched
-    one by one from Python they keep the GPU idle. The step is therefore recorded once and
-    replayed: the batch index is copied into a static buffer, and the graph runs the
-    gather, forward, backward, divergence mask, optimizer step and epoch sums. Eager warm-up
-    steps on a side stream come first (cuBLAS and the allocator initialise outside the
-    capture). Used with the hand-written MLP step only (autograd's backward is not
-    captured: the CNN and learnable activations step eagerly), not with dropout (its
-    per-seed generators), and only with a device-side optimizer step count (see
-    ``StackedOptimizer.graph_safe``)."""
-
-    WARMUP_STEPS = 3
-
-    def __init__(self, index_shape: tuple[int, int], device: torch.device) -> None:
-        self.index = torch.zeros(index_shape, dtype=torch.long, device=device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.losses: Tensor | None = None
-        self.eager_steps = 0
-
-    @classmethod
-    def for_trainer(cls, trainer: Trainer) -> StepGraph | None:
-        usable = (
-            trainer.device.type == "cuda"
-            and trainer.mlp_step is not None  # no autograd inside the capture
-            and trainer.model.dropout == 0
-            and trainer.optimizer.graph_safe
-        )
-        if not usable:
-            return None
-        return cls((len(trainer.generators), trainer.config.batch_size), trainer.device)
-
-    def run(self, index: Tensor, step, optimizer: StackedOptimizer) -> Tensor:
-        """One step of the full batch `index`: eager (warm-up), captured, or replayed."""
-        if self.graph is None and self.eager_steps < self.WARMUP_STEPS:
-            self.eager_steps += 1
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                losses = step(index)
-            torch.cuda.current_stream().wait_stream(side)
-            return losses
-        self.index.copy_(index)
-        if self.graph is None:
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.losses = step(self.index)  # recorded, not run; counted by step()
-        else:
-            optimizer.count_replayed_step()
-        self.graph.replay()
-        return self.losses
 
 
 def batch_bounds(n: int, batch: int, *, merge_single: bool = False) -> list[tuple[int, int]]:
@@ -319,15 +266,7 @@ class Trainer:
         # A user's network with BatchNorm merges a last batch of one sample into the one
         # before (said once); every other model keeps it.
         self.merge_single = bool(getattr(model, "has_batchnorm", False))
-        n = self.data.x_train.shape[0]
-        if self.merge_single and n > config.batch_size and n % config.batch_size == 1:
-            warnings.warn(
-                f"the last batch of each epoch would hold 1 sample ({n} = "
-                f"{n // config.batch_size} x {config.batch_size} + 1), which BatchNorm cannot "
-                f"train on: it is merged into the batch before ({config.batch_size + 1} samples)",
-                ModelNotice,
-                stacklevel=2,
-            )
+        self._say_merged_batch()
         # The MLP trains with a hand-written backward pass (the same gradients, without
         # autograd's per-step overhead); other models, and learnable activations, with
         # autograd. Set it to None to train with autograd (the tests compare both).
@@ -355,15 +294,31 @@ class Trainer:
         units = self._units_per_sample()
         sized_for = budget_members or len(self.members)
         self.eval_chunk = samples_within_budget(units, sized_for, EVAL_CHUNK)
+        self.probe_index = self._probe_index(units, sized_for)
+
+    def _probe_index(self, units: int, sized_for: int) -> Tensor:
+        """The fixed probe samples: a prefix of one permutation fixed by PROBE_SEED (a
+        shard probes the same ones). Its size: a user's network says it (from one member,
+        whatever the member count); the built-in models fit ACTIVATION_BUDGET."""
         n = self.data.x_train.shape[0]
         probe = torch.randperm(n, generator=torch.Generator().manual_seed(PROBE_SEED))
-        own_size = getattr(model, "probe_size", None)  # a user's network: from one member
-        probe_size = (
-            own_size(PROBE_SIZE)
-            if own_size
-            else samples_within_budget(units, sized_for, PROBE_SIZE)
-        )
-        self.probe_index = probe[:probe_size].to(self.device)
+        own_size = getattr(self.model, "probe_size", None)
+        if own_size is not None:
+            size = own_size(PROBE_SIZE)
+        else:
+            size = samples_within_budget(units, sized_for, PROBE_SIZE)
+        return probe[:size].to(self.device)
+
+    def _say_merged_batch(self) -> None:
+        n, batch = self.data.x_train.shape[0], self.config.batch_size
+        if self.merge_single and n > batch and n % batch == 1:
+            warnings.warn(
+                f"the last batch of each epoch would hold 1 sample ({n} = {n // batch} x "
+                f"{batch} + 1), which BatchNorm cannot train on: it is merged into the batch "
+                f"before ({batch + 1} samples)",
+                ModelNotice,
+                stacklevel=3,
+            )
 
     def timing_step(self) -> None:
         """One training step on a fixed batch (the first `batch_size` train samples for
