@@ -428,15 +428,15 @@ class StackedUserModel(nn.Module):
         loop = [g for g in self.groups if not g.stacked]
         if not loop:
             return (
-                f"stacking: vmap (--stacking {self.stacking}): the members of each activation "
-                "run as one vmapped call"
+                "vmap over the members of each activation, one call each (--stacking "
+                f"{self.stacking})"
             )
         if self.stacking == "loop":
             why = "--stacking loop"
         elif all(not g.reason for g in loop):
             why = (
-                "auto: on a CPU, vmap turns the members' convolutions into one grouped "
-                "convolution, slower than running them one by one"
+                "--stacking auto: on a CPU vmap turns the members' convolutions into one "
+                "grouped convolution, slower than running them one by one"
             )
         else:
             why = "; ".join(
@@ -445,7 +445,7 @@ class StackedUserModel(nn.Module):
                 if g.reason
             )
         which = "every activation" if not stacked else ", ".join(g.activation for g in loop)
-        return f"stacking: member by member for {which} ({why})"
+        return f"member by member for {which} ({why})"
 
 
 def _argsort(values: Sequence[int]) -> list[int]:
