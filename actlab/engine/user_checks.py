@@ -21,7 +21,6 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from actlab.engine import memory
-from actlab.engine.member_dropout import replace_dropout
 from actlab.engine.member_group import (
     FallbackNotice,
     GroupStack,
@@ -37,31 +36,33 @@ if TYPE_CHECKING:
     from actlab.engine.vmap_stack import StackedUserModel
 
 
-def check_memory_before_building(
-    model: StackedUserModel, swap, sample: Tensor, batch_size: int, device
-):
-    """Build member 0 on the meta device (no memory), measure its weights and the
-    tensors autograd saves on two samples, and refuse a study that cannot fit before
-    any member is built. Returns the saved bytes per sample, or None when the model
-    cannot be built or run on the meta device (then measured on the real member 0)."""
+def check_weights_before_building(model: StackedUserModel, swap, batch_size: int, device):
+    """Build member 0 on the meta device (shapes only, nothing allocated) and refuse a
+    study whose weights, gradients and Adam state alone cannot fit, before any member is
+    built (two Linear(40000, 40000) per member are 12.8 GB). The tensors a batch keeps for
+    backward are measured on the real member 0 once built (`check_memory`): a forward on
+    the meta device would first load torch's Python meta kernels (seconds)."""
     first = model.members[0]
     try:
         meta, _ = build_member(model.user, first.activation, first.seed, swap, device="meta")
     except ConfigError:
         raise
-    except Exception:  # a builder that cannot run on meta: measured after building
-        return None
+    except Exception:  # a builder that cannot build on meta: checked once built
+        return
     weight_bytes = sum(p.numel() * p.element_size() for p in meta.parameters())
-    saved = None
-    try:
-        replace_dropout(meta)
-        x = sample.to("meta")
-        meta.train()
-        with attention_paths(False, "meta"):
-            saved = memory.saved_bytes(lambda: meta(x)) / x.shape[0]
-    except Exception:  # a forward that cannot run on meta: weights alone for now
-        pass
-    per_member = memory.user_member_bytes(weight_bytes, saved or 0.0, batch_size)
+    per_member = memory.user_member_bytes(weight_bytes, 0.0, batch_size)
+    memory.check_user_model_memory(
+        model.user.reference, per_member, model.num_members, batch_size, device
+    )
+
+
+def check_memory(model: StackedUserModel, sample: Tensor, batch_size: int, device) -> float:
+    """Refuse a study whose members' weights, optimizer state and batch activations cannot
+    fit (measured on member 0, two samples, scaled to the batch). Returns the bytes one
+    member's autograd keeps per sample."""
+    group = model.groups[0]
+    saved = saved_per_sample(model, group, sample)
+    per_member = memory.user_member_bytes(weight_bytes(group), saved, batch_size)
     memory.check_user_model_memory(
         model.user.reference, per_member, model.num_members, batch_size, device
     )

@@ -98,9 +98,7 @@ class StackedUserModel(nn.Module):
         for k, member in enumerate(self.members):
             by_activation.setdefault(member.activation, []).append(k)
         # Sized from one member built on the meta device, before any member is allocated.
-        self.saved_per_sample = checks.check_memory_before_building(
-            self, swap, sample, batch_size, device
-        )
+        checks.check_weights_before_building(self, swap, batch_size, device)
         self.groups = nn.ModuleList()
         self.swap_reports = {}
         for activation, indices in by_activation.items():
@@ -119,14 +117,7 @@ class StackedUserModel(nn.Module):
         for group in self.groups:
             group.base.to(device)
         checks.check_parameters(self)
-        if self.saved_per_sample is None:  # not measurable on the meta device: measure now
-            self.saved_per_sample = checks.saved_per_sample(self, self.groups[0], sample)
-            per_member = memory.user_member_bytes(
-                checks.weight_bytes(self.groups[0]), self.saved_per_sample, batch_size
-            )
-            memory.check_user_model_memory(
-                user.reference, per_member, self.num_members, batch_size, device
-            )
+        self.saved_per_sample = checks.check_memory(self, sample, batch_size, device)
         self.has_batchnorm = any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.groups[0].base.modules()
         )
