@@ -345,7 +345,8 @@ def test_cli_run_resume_report_and_changed_source_refusal(user_file, tmp_path, c
     run = tmp_path / "run"
     options = ["compare", "--model", f"{user_file}:Net", "--swap", "relu", "--dataset", data,
                "--activations", "relu,tanh,rrelu", "--seeds", "2", "--epochs", "3",
-               "--batch-size", "16", "--threads", "1", "--quiet", "--out"]  # fmt: skip
+               "--batch-size", "16", "--threads", "1", "--stacking", "vmap", "--quiet",
+               "--out"]  # fmt: skip
     assert main([*options, str(tmp_path / "reference")]) == 0
     out = capsys.readouterr()
     assert "nn.ReLU x1 (body.2)" in out.out

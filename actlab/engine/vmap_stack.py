@@ -129,7 +129,7 @@ class StackedUserModel(nn.Module):
         for group in self.groups:
             checks.check_output(self, group, sample)
             checks.say_remaining(self, group, sample, swap)
-            if stacking == "loop" or (stacking == "auto" and self._convolutions_on_cpu(group)):
+            if stacking == "loop" or (stacking == "auto" and self._on_cpu()):
                 group.stacked = False  # by choice: no reason to report
             else:
                 checks.try_stacking(self, group, sample)
@@ -155,14 +155,17 @@ class StackedUserModel(nn.Module):
         """(activation, reason) of the groups that train one by one because vmap failed."""
         return [(g.activation, g.reason) for g in self.groups if g.reason]
 
-    def _convolutions_on_cpu(self, group: GroupStack) -> bool:
-        """On a CPU, vmap turns the members' convolutions into one grouped convolution,
-        which oneDNN runs slower than the separate ones (ResNet-8, 4 members, batch 64, one
-        thread: 631 ms a step vmapped, 425 ms member by member, 395 ms for 4 plain models,
-        medians of 5 interleaved steps on a 2-core Xeon VM): such groups run member by member."""
-        return self.inverse_order.device.type == "cpu" and any(
-            isinstance(m, nn.modules.conv._ConvNd) for m in group.base.modules()
-        )
+    def _on_cpu(self) -> bool:
+        """--stacking auto runs the members one by one on a CPU: measured faster than vmap
+        for every kind of network tried (benchmarks/own_model.py; one thread, batch 64,
+        medians of 6 interleaved steps on a shared 2-core Xeon VM, per step of 4 members:
+        ResNet-8 912 ms one by one, 1129 ms vmapped, 921 ms for 4 plain models; ViT with
+        nn.MultiheadAttention 150, 172, 150 ms; MLP 14.5, 19.0, 26.6 ms, and with 16
+        members 42, 53, 76 ms). vmap turns the members' convolutions into one grouped
+        convolution, which oneDNN runs slower than separate ones, and batches the GEMMs of
+        small layers no faster than MKL runs them one by one. On a GPU vmap saves the
+        launches of K small kernels: there it is the default."""
+        return self.inverse_order.device.type == "cpu"
 
     def parameter_members(self) -> list[tuple[nn.Parameter, tuple[int, ...]]]:
         """The trainable stacked parameters and their members (frozen ones left out)."""
@@ -426,8 +429,8 @@ class StackedUserModel(nn.Module):
             why = "--stacking loop"
         elif all(not g.reason for g in loop):
             why = (
-                "--stacking auto: on a CPU vmap turns the members' convolutions into one "
-                "grouped convolution, slower than running them one by one"
+                "--stacking auto: on a CPU one by one is faster than vmap (vmapped "
+                "convolutions become one slower grouped convolution; small GEMMs gain nothing)"
             )
         else:
             why = "; ".join(
