@@ -80,6 +80,22 @@ NETS = textwrap.dedent(
             return (self.out(h), self.aux(h)) if self.training else self.out(h)
 
 
+    class Reused(nn.Module):
+        '''One ReLU module called at two places of forward.'''
+
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.out = nn.Linear(16, 8), nn.Linear(8, 8), nn.Linear(8, 4)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            return self.out(self.act(self.fc2(self.act(self.fc1(x.flatten(1))))))
+
+
+    def wide(act):
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 8192), act(), nn.Linear(8192, 4))
+
+
     def batchnorm(act):
         return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), act(), nn.Linear(8, 4))
 
@@ -211,6 +227,33 @@ def test_an_expr_member_beside_relu_has_the_same_diagnostics_sites(nets):
     (result,) = [Trainer(config, data()).train_epoch()]
     sites = [r["layer"] for r in result.diagnostics if r.get("dead_frac") is not None]
     assert sites == [1, 2, 1, 2]
+
+
+def test_a_reused_activation_module_is_one_diagnostics_row_with_all_its_calls(nets):
+    config = ExperimentConfig(model=f"{nets}:Reused", activations=("relu", "gelu"), seeds=(0,),
+                              epochs=1, batch_size=8)  # fmt: skip
+    trainer = Trainer(config, data())
+    result = trainer.train_epoch()
+    rows = [r for r in result.diagnostics if r["member"] == 0]
+    assert [r["layer"] for r in rows] == [1, 2, 3]  # the three Linear layers
+    assert [r.get("dead_frac") is not None for r in rows] == [True, False, False]  # one site
+    # the site's moments are over both calls: 2 x probe samples x 8 units
+    params, _ = trainer.model.groups[0].state()
+    w = {name: p[0].detach() for name, p in params.items()}  # member 0, trained
+    x = trainer.data.x_train[trainer.probe_index]
+    with torch.no_grad():
+        h1 = F.linear(x.flatten(1), w["fc1.weight"], w["fc1.bias"])
+        h2 = F.linear(torch.relu(h1), w["fc2.weight"], w["fc2.bias"])
+    both = torch.cat([h1, h2])
+    assert rows[0]["preact_mean"] == pytest.approx(both.mean().item(), rel=1e-4, abs=1e-6)
+
+
+def test_the_probe_batch_does_not_depend_on_the_member_count(nets):
+    """Before, 12 members of 8192 units shrank the probe to 170 samples (one member: 512)."""
+    few = ExperimentConfig(model=f"{nets}:wide", activations=("relu",), seeds=(0,))
+    many = few.replace(activations=("relu", "gelu", "silu"), seeds=(0, 1, 2, 3))
+    probes = [Trainer(c, data(600)).probe_index for c in (few, many)]
+    assert len(probes[0]) == 512 and torch.equal(probes[0], probes[1])
 
 
 # --- memory -----------------------------------------------------------------------------
