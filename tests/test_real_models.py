@@ -434,3 +434,36 @@ def _dataset():
 
     data = device_data()
     return from_tensors(data.x_train, data.y_train, data.x_test, data.y_test)
+
+
+def test_transformer_decoder_layer_activation_is_swapped(models):
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.TransformerDecoderLayer(8, 2, 16, dropout=0.0, activation="gelu",
+                                                    batch_first=True)  # fmt: skip
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.layer(x, x).mean(1))
+
+    swapped, report = swap(Decoder(), "relu")
+    assert report.counts() == {"TransformerDecoderLayer(activation='gelu')": 1}
+    counts = aten_counts(swapped, torch.randn(2, 5, 8), training=True)
+    assert counts["relu"] == 1 and counts["gelu"] == 0
+
+
+def test_swap_activations_with_an_example_says_what_still_runs(capsys):
+    class Hidden(nn.Module):  # a relu no swap can reach: called through torch.ops
+        def __init__(self):
+            super().__init__()
+            self.fc, self.act = nn.Linear(4, 4), nn.ReLU()
+
+        def forward(self, x):
+            return torch.ops.aten.relu(self.act(self.fc(x)))
+
+    actlab_swap = __import__("actlab").swap_activations
+    actlab_swap(Hidden(), "gelu", example=torch.randn(2, 4))
+    line = capsys.readouterr().out
+    assert "replaced 1 activation(s) by gelu: nn.ReLU x1 (act)" in line
+    assert "still running after the swap (counted in a forward pass): relu x1 (forward)" in line

@@ -178,7 +178,12 @@ def _where(path: str, kind: str) -> str:
 
 
 def swap_activations(
-    model: nn.Module, new: str, old: str | Sequence[str] | None = None, *, verbose: bool = True
+    model: nn.Module,
+    new: str,
+    old: str | Sequence[str] | None = None,
+    *,
+    verbose: bool = True,
+    example: Tensor | None = None,
 ) -> nn.Module:
     """Replace the activations of `model` by fresh `new` ones and return the model.
 
@@ -189,11 +194,21 @@ def swap_activations(
     functional calls in ``forward`` (``F.relu(x)``, ``torch.relu(x)``, ``x.relu()``) through
     torch.fx, which returns an ``fx.GraphModule`` (the same parameters and buffers). Prints
     one line saying what was replaced and left alone (`verbose`); raises ConfigError when
-    nothing was.
+    nothing was. `example`: an input batch; the activation ops of the replaced kinds that
+    still run (inside code no swap can reach) are then counted in a forward pass on it, in
+    train mode and in eval mode under no_grad, and said too.
 
-        >>> net = actlab.swap_activations(Net(), "gelu", old="relu")
+        >>> net = actlab.swap_activations(Net(), "gelu", old="relu", example=x[:2])
     """
     swapped, report = swap(model, new, old)
+    if example is not None:
+        from actlab.nn.census import remaining_after_swap
+
+        targets = Targets.of(swapped, old)
+        modules = dict(swapped.named_modules())
+        placed = [modules[path] for path in report.sites if path in modules]
+        classes = [kind.removeprefix("nn.") for kind in targets.classes.values()]
+        report.remaining = remaining_after_swap(swapped, lambda: swapped(example), classes, placed)
     if verbose:
         print(report.summary())
     return swapped
