@@ -397,14 +397,14 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from actlab.catalog.registry import format_table
+    from actlab.cli.catalog_text import list_text
 
-    print(format_table())
+    print(list_text())
     return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from actlab.catalog.registry import describe
+    from actlab.cli.catalog_text import describe
 
     print(describe(args.name))
     return EXIT_OK
