@@ -16,8 +16,17 @@ the stacked optimizer (actlab.nn.optim) updates them with per-member learning ra
   them, as they share the batch order (a paired comparison).
 - Other randomness in forward is refused by ``vmap(randomness="error")``: such a group
   trains one by one instead (below).
+- Attention: torch's fused inference fast path is off in training and evaluation alike
+  (inside vmap it would be taken before a backward, and it bakes relu/gelu in), and under
+  vmap on a CPU ``scaled_dot_product_attention`` runs its math kernel, which vmap batches
+  natively (see actlab.engine.member_group.attention_paths).
+- A forward that returns a tuple (an auxiliary head): its first element is the logits.
+- Frozen parameters (``requires_grad=False``) stay frozen: not in the optimizer, said.
+- Diagnostics probe the members one by one (`probe`), on a batch sized from one member.
 
-A group that cannot be vmapped (data-dependent control flow, ``.item()``, in-place writes
+Where vmap runs every member is decided per activation group: ``--stacking vmap``,
+``loop`` (member by member), or ``auto``: vmap on a GPU, member by member on a CPU, where it
+was measured faster (`_on_cpu`). A group that cannot be vmapped (data-dependent control flow, ``.item()``, in-place writes
 into inputs, random ops, ...) trains **one by one** from the same stacked tensors: a
 ``functional_call`` per member on its slice of the parameters. Every other part (batches,
 optimizer, checkpoints, diagnostics, run directory) is the same; ``fallbacks`` says which
