@@ -15,7 +15,7 @@ Models: the example ResNet-8 (examples/resnet.py:resnet8), the example ViT
 (examples/vit.py:vit_tiny: nn.MultiheadAttention) and the built-in MLP given as a user
 model (examples/mlp.py:mlp). Prints the times, plain / actlab ratios (above 1: actlab is
 faster), the checkpoint size and the accuracies. Sides alternate `--repeats` times (a
-shared machine's speed drifts); the ratios are medians over the pairs.
+shared machine's speed drifts; the order rotates); the ratios are medians over the rounds.
 
     python benchmarks/own_model.py --models resnet,vit --limit-train 2000 --seeds 2 --threads 1
     python benchmarks/own_model.py --models resnet --seeds 4 --device cuda   # 16 members
@@ -162,13 +162,18 @@ def compare_model(name: str, activations: tuple[str, ...], args, dataset, device
     extra: dict[str, tuple[int, str]] = {}
     # Alternate the sides `repeats` times: a shared machine's speed drifts, and each
     # round's ratios are measured under about the same load.
-    for _ in range(args.repeats):
-        seconds, accuracy["plain"] = one_by_one(reference, config, dataset, device)
-        times.setdefault("plain", []).append(seconds)
-        for mode in ("vmap", "loop", "auto"):
-            seconds, accuracy[mode], size, line = stacked(config.replace(stacking=mode), dataset)
-            times.setdefault(mode, []).append(seconds)
-            extra[mode] = (size, line)
+    # The order rotates from round to round, so that a drifting load favours no side.
+    sides = ["plain", "vmap", "loop", "auto"]
+    for round_ in range(args.repeats):
+        for side in sides[round_ % 4 :] + sides[: round_ % 4]:
+            if side == "plain":
+                seconds, accuracy[side] = one_by_one(reference, config, dataset, device)
+            else:
+                seconds, accuracy[side], size, line = stacked(
+                    config.replace(stacking=side), dataset
+                )
+                extra[side] = (size, line)
+            times.setdefault(side, []).append(seconds)
     plain = times["plain"]
     print(f"{name}: {members} members; plain loops {statistics.median(plain):.1f} s "
           f"(mean acc {mean_accuracy(accuracy['plain'])})", flush=True)  # fmt: skip
