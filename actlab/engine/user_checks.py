@@ -138,25 +138,37 @@ def announce_frozen(model: StackedUserModel) -> None:
         )
 
 
-def say_remaining(model: StackedUserModel, group: GroupStack, sample: Tensor, swap) -> None:
-    """Count, in a forward of member 0 on `sample` (copies of its buffers), the
-    activation ops of the replaced kinds that still run; say so when there are any."""
+# What a swap or a builder's act() left running, per (model file, swap): counted once per
+# process (a forward under a TorchDispatchMode is slow; ThreadKeeper builds a second model).
+_REMAINING: dict[tuple, list[tuple[str, str, int]]] = {}
+
+
+def say_remaining(model: StackedUserModel, sample: Tensor, swap) -> None:
+    """Count, in a forward of member 0 of the first activation on `sample` (copies of its
+    buffers), the activation ops of the replaced kinds that still run outside the placed
+    activations; say so when there are any. The rest of the network is the same for every
+    activation, and so is what the swap did not reach: counted once, for all members."""
+    group = model.groups[0]
     report = model.swap_reports[group.activation]
-    params, buffers = group.state(clone_buffers=True)
-    group.source.mode = "record"
-    state = (
-        {n: p[0].detach() for n, p in params.items()},
-        {n: b[0] for n, b in buffers.items()},
-    )
+    key = (model.user.reference, model.user.sha256, tuple(swap), tuple(sample.shape[1:]))
+    if key not in _REMAINING:
+        params, buffers = group.state(clone_buffers=True)
+        group.source.mode = "record"
+        state = (
+            {n: p[0].detach() for n, p in params.items()},
+            {n: b[0] for n, b in buffers.items()},
+        )
 
-    def run():
-        with attention_paths(False, sample.device.type):
-            functional_call(group.base, state, (sample.clone(),))
+        def run():
+            with attention_paths(False, sample.device.type):
+                functional_call(group.base, state, (sample.clone(),))
 
-    try:
-        count_remaining(group.base, report, sample, swap, run=run)
-    finally:
-        group.base.train()
+        try:
+            _REMAINING[key] = count_remaining(group.base, report, sample, swap, run=run)
+        finally:
+            group.base.train()
+    for other in model.swap_reports.values():
+        other.remaining = list(_REMAINING[key])
     if report.remaining:
         builder = report.modules and report.modules[0][1] == "act()"
         what = (
@@ -165,9 +177,8 @@ def say_remaining(model: StackedUserModel, group: GroupStack, sample: Tensor, sw
             else "the swap did not reach every activation"
         )
         notice(
-            ("remaining", model.user.reference, group.activation),
-            f"{model.user.reference} ({group.activation} members): {what}"
-            + report.remaining_text(),
+            ("remaining", *key),
+            f"{model.user.reference}: {what}" + report.remaining_text(),
         )
 
 

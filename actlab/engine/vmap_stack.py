@@ -137,7 +137,8 @@ class StackedUserModel(nn.Module):
             )
         for group in self.groups:
             checks.check_output(self, group, sample)
-            checks.say_remaining(self, group, sample, swap)
+        checks.say_remaining(self, sample, swap)
+        for group in self.groups:
             if stacking == "loop" or (stacking == "auto" and self._on_cpu()):
                 group.stacked = False  # by choice: no reason to report
             else:
