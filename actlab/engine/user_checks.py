@@ -80,7 +80,7 @@ def saved_per_sample(model: StackedUserModel, group: GroupStack, sample: Tensor)
             saved = memory.saved_bytes(
                 lambda: functional_call(group.base, (member_params, member_buffers), (sample,))
             )
-    except Exception:  # a forward that fails is reported by _check_output
+    except Exception:  # a forward that fails is reported by check_output
         return 0.0
     return saved / sample.shape[0]
 

@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 # The aten ops (overload packets) each activation module class runs.
 OPS_OF_CLASS = {
-    "ReLU": ("relu", "relu_", "threshold", "threshold_"),
+    "ReLU": ("relu", "relu_"),
     "ReLU6": ("hardtanh", "hardtanh_"),
     "Hardtanh": ("hardtanh", "hardtanh_"),
     "LeakyReLU": ("leaky_relu", "leaky_relu_"),

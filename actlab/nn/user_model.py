@@ -274,7 +274,8 @@ def build_member(
             f"--swap {','.join(swap_targets)}: {user.reference} is a builder, which places "
             "act() itself; --swap applies to an nn.Module whose activations actlab replaces"
         )
-    with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):
+    where = torch.device(device) if device is not None else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), where:
         torch.manual_seed(seed)
         try:
             model = user.factory(act) if user.kind == BUILDER else user.factory()
