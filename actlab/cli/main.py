@@ -27,7 +27,7 @@ EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 # `actlab compare`'s seeds: with 3, the paired tests over 6 pairs (Holm) detect only gaps of
-# several SDs of the per-seed differences; see README "How sure" and benchmarks/stats_power.py.
+# several SDs of the per-seed differences; see docs/statistics.md and benchmarks/stats_power.py.
 DEFAULT_SEEDS = 10
 
 EPILOG = """examples:
