@@ -419,14 +419,14 @@ def run_study_on_ray(
             writer = open_study_dir(out, config, dataset, environment, resume, on_note)
         try:
             checkpoint = writer.checkpoint if writer is not None else None
-            if checkpoint is not None and "shards" not in checkpoint["engine"]:
+            if checkpoint is not None and not checkpoint.sharded:
                 raise RunDirError(
                     f"{writer.path} was written by a local run; resume it without --ray "
                     "(or choose another --out)"
                 )
             if checkpoint is not None:  # the shards in progress keep their seeds
-                layout[checkpoint["depth_index"]] = [
-                    tuple(seeds) for seeds in checkpoint["engine"]["shards"]["seeds"]
+                layout[checkpoint.depth_index] = [
+                    tuple(seeds) for seeds in checkpoint.engine["shards"]["seeds"]
                 ]
             shards = shards_of(config, layout)
             if on_shards is not None:
@@ -435,11 +435,11 @@ def run_study_on_ray(
             if (
                 checkpoint is not None
                 and on_resume is not None
-                and not _finished(config, checkpoint)
+                and not checkpoint.finished(config)
             ):
-                depth = config.depth_list[checkpoint["depth_index"]]
+                depth = config.depth_list[checkpoint.depth_index]
                 where = "" if depth is None else f" of depth {depth}"
-                on_resume(f"resuming after epoch {checkpoint['epoch']}/{config.epochs}{where}")
+                on_resume(f"resuming after epoch {checkpoint.epoch}/{config.epochs}{where}")
             rows = driver.run(shards, checkpoint, on_start, on_progress, on_epoch)
         finally:
             if writer is not None:
@@ -455,12 +455,6 @@ def run_study_on_ray(
         return StudyResult(metrics_frame(rows), None, finished, resumed_from)
     metrics = store.read_run(writer.path).metrics[list(store.METRICS_COLUMNS)]
     return StudyResult(metrics, writer.path, finished, resumed_from)
-
-
-def _finished(config: ExperimentConfig, checkpoint: dict) -> bool:
-    """Whether a checkpoint is the study's last epoch of its last depth."""
-    last = len(config.depth_list) - 1
-    return checkpoint["depth_index"] == last and checkpoint["epoch"] == config.epochs
 
 
 class _Driver:
@@ -488,7 +482,7 @@ class _Driver:
         config = self.config
         depths = config.depth_list
         done_index, done_epoch = (
-            (checkpoint["depth_index"], checkpoint["epoch"]) if checkpoint else (-1, config.epochs)
+            (checkpoint.depth_index, checkpoint.epoch) if checkpoint else (-1, config.epochs)
         )
         if checkpoint:
             self.resumed_from = (depths[done_index], done_epoch)
@@ -510,7 +504,7 @@ class _Driver:
                 continue
             mine = [s for s in shards if s.depth_index == index]
             resuming = checkpoint is not None and index == done_index
-            states = checkpoint["engine"]["shards"]["states"] if resuming else [None] * len(mine)
+            states = checkpoint.engine["shards"]["states"] if resuming else [None] * len(mine)
             first_epoch = done_epoch + 1 if resuming else 1
             rows += self._train_depth(mine, states, first_epoch, on_progress, on_epoch)
         return rows
@@ -588,17 +582,15 @@ class _Driver:
             self.writer.append_rows(metrics, diagnostics)
             if parts[0]["state"] is not None:
                 self.writer.save_checkpoint(
-                    {
-                        "depth_index": depth_index,
-                        "depth": depth,
-                        "epoch": epoch,
-                        "engine": {
-                            "shards": {
-                                "seeds": [list(s.seeds) for s in shards],
-                                "states": [parts[i]["state"] for i in range(len(shards))],
-                            }
-                        },
-                    }
+                    depth_index=depth_index,
+                    depth=depth,
+                    epoch=epoch,
+                    engine={
+                        "shards": {
+                            "seeds": [list(s.seeds) for s in shards],
+                            "states": [parts[i]["state"] for i in range(len(shards))],
+                        }
+                    },
                 )
         if on_epoch is not None:
             on_epoch(

@@ -304,13 +304,13 @@ def _train_depths(
 ) -> StudyResult:
     depths = config.depth_list
     checkpoint = writer.checkpoint if writer is not None else None
-    if checkpoint is not None and "shards" in checkpoint["engine"]:
+    if checkpoint is not None and checkpoint.sharded:
         raise RunDirError(
             f"{writer.path} was written by `actlab compare --ray`; resume it with --ray "
             "(or choose another --out)"
         )
     done_index, done_epoch = (
-        (checkpoint["depth_index"], checkpoint["epoch"]) if checkpoint else (-1, config.epochs)
+        (checkpoint.depth_index, checkpoint.epoch) if checkpoint else (-1, config.epochs)
     )
     finished = done_index == len(depths) - 1 and done_epoch == config.epochs
     resumed_from = (depths[done_index], done_epoch) if checkpoint else None
@@ -344,17 +344,12 @@ def _train_depths(
                 keeper.choose(depth)
                 if on_threads is not None and not keeper.forced:
                     on_threads(keeper.choice, f"depth {depth}")
-            state = checkpoint["engine"] if checkpoint and index == done_index else None
+            state = checkpoint.engine if checkpoint and index == done_index else None
             for result in train(config, data, depth=depth, state=state, on_step=step_callback):
                 if writer is not None:
                     writer.append_rows(result.metrics, result.diagnostics)
                     writer.save_checkpoint(
-                        {
-                            "depth_index": index,
-                            "depth": depth,
-                            "epoch": result.epoch,
-                            "engine": result.state,
-                        }
+                        depth_index=index, depth=depth, epoch=result.epoch, engine=result.state
                     )
                 rows += result.metrics
                 if on_epoch is not None:

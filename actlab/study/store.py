@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import socket
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,6 +26,8 @@ import pandas as pd
 
 from actlab.config import ExperimentConfig
 from actlab.errors import ConfigError, RunDirError
+from actlab.study.checkpoint import Checkpoint, StudyIdentity, load_checkpoint
+from actlab.study.reconcile import ParsedCsv, csv_text, parse_csv_text, plan_rows
 
 SCHEMA_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -32,6 +35,8 @@ METRICS_FILE = "metrics.csv"
 DIAGNOSTICS_FILE = "diagnostics.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = "run.lock"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 METRICS_COLUMNS = (
     "depth", "member", "activation", "seed", "lr", "epoch",
@@ -91,20 +96,23 @@ class RunWriter:
     """The writing side of one run directory, holding its lock until `close()`.
 
     Open it with `open_run_dir`. `checkpoint` is the last complete checkpoint found when
-    the directory was opened (None for a fresh run).
+    the directory was opened (None for a fresh run); every checkpoint it writes carries
+    `identity`, the study it belongs to.
     """
 
     def __init__(
         self,
         path: Path,
         lock_file: IO[str],
-        checkpoint: dict | None,
+        checkpoint: Checkpoint | None,
         records: dict[str, list[list[str]]] | None = None,
         notes: Sequence[str] = (),
+        identity: StudyIdentity | None = None,
     ) -> None:
         self.path = path
         self._lock_file = lock_file
         self.checkpoint = checkpoint
+        self.identity = identity
         # Every row written so far, as CSV records; each checkpoint carries a copy, so rows
         # that metrics.csv loses (truncated, emptied, deleted) are restored on reopen.
         self.records = records or {METRICS_FILE: [], DIAGNOSTICS_FILE: []}
@@ -118,7 +126,11 @@ class RunWriter:
         self.close()
 
     def close(self) -> None:
+        """Release the lock and remove run.lock (a killed process leaves it behind: the
+        kernel releases its flock, and the next writer takes it over)."""
         if not self._lock_file.closed:
+            with contextlib.suppress(OSError):
+                (self.path / LOCK_FILE).unlink()
             self._lock_file.close()  # closing the descriptor releases the flock
 
     def append_rows(
@@ -134,15 +146,26 @@ class RunWriter:
                 _append_records(self.path / name, records)
                 self.records[name].extend(records)
 
-    def save_checkpoint(self, state: dict) -> None:
-        """Write checkpoint.pt atomically: temp file, fsync, rename, fsync the directory.
-
-        `state` must hold "depth_index" and "epoch" (the last complete epoch of that depth).
-        The checkpoint also holds a copy of every CSV row appended so far ("rows")."""
+    def save_checkpoint(
+        self, *, depth_index: int, depth: int | None, epoch: int, engine: dict
+    ) -> Checkpoint:
+        """Write checkpoint.pt atomically (temp file, fsync, rename, fsync the directory)
+        after the last complete `epoch` of the depth at `depth_index`: the engine state,
+        the study's identity and a copy of every CSV row appended so far. The one place a
+        checkpoint is built."""
         import torch
 
-        document = {"schema": SCHEMA_VERSION, **state, "rows": self.records}
+        checkpoint = Checkpoint(
+            depth_index=depth_index,
+            depth=depth,
+            epoch=epoch,
+            engine=engine,
+            identity=self.identity,
+            rows=self.records,
+        )
+        document = checkpoint.to_document()
         _replace_atomic(self.path / CHECKPOINT_FILE, lambda handle: torch.save(document, handle))
+        return checkpoint
 
 
 def open_run_dir(
@@ -158,28 +181,38 @@ def open_run_dir(
 
     A fresh directory (or one whose run never completed an epoch) gets config.json and the
     CSV headers. One with results must hold the same study (`study_key` and seeds) on the
-    same data (sizes and content fingerprint), else RunDirError names what differs. Its CSV
-    rows are reconciled with the copy the checkpoint holds: rows beyond the checkpoint (a
-    crash between the append and the checkpoint) are dropped, rows the CSV lost are restored,
-    and a CSV that contradicts the checkpoint is refused; `RunWriter.notes` says what was
-    done. `resume=True` insists that there is a run to continue.
+    same data (sizes and content fingerprint), and its checkpoint must carry the identity
+    of that study, else RunDirError names what differs. Its CSV rows are reconciled with
+    the copy the checkpoint holds (actlab.study.reconcile): every file is checked before
+    any is written. Reopening a study that is not finished removes its reports (they would
+    describe a state the directory no longer holds); `RunWriter.notes` says what was done.
+    `resume=True` insists that there is a run to continue.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--out {path} is a file, not a directory; choose another --out")
     path.mkdir(parents=True, exist_ok=True)
     lock_file = _lock(path)
+    identity = StudyIdentity.of(config, dataset)
     try:
         config_path = path / CONFIG_FILE
         if config_path.is_file() and (resume or _has_progress(path)):
             existing = _check_same_study(config_path, config, dataset)
-            checkpoint = _load_checkpoint(path)
-            records, notes = _reconcile_with_checkpoint(path, config, checkpoint)
+            checkpoint = load_checkpoint(path / CHECKPOINT_FILE)
+            if checkpoint is not None:
+                checkpoint.check_belongs_to(config, dataset, path / CHECKPOINT_FILE)
+            plan = plan_rows(path, config, checkpoint, _csv_texts(path), _COLUMNS)
+            # Everything is checked: now the repairs.
+            for name, text in plan.rewrites.items():
+                _write_atomic(path / name, text)
             if config.epochs > existing.epochs:  # training longer: continue from the checkpoint
                 _extend_epochs(config_path, existing.epochs, config.epochs)
             if config.diagnostics and not (path / DIAGNOSTICS_FILE).exists():
                 _write_atomic(path / DIAGNOSTICS_FILE, ",".join(DIAGNOSTICS_COLUMNS) + "\n")
-            writer = RunWriter(path, lock_file, checkpoint, records, notes)
+            notes = plan.notes
+            if checkpoint is None or not checkpoint.finished(config):
+                notes += _invalidate_reports(path)
+            writer = RunWriter(path, lock_file, checkpoint, plan.records, notes, identity)
         else:
             # A new run; a directory whose run never completed an epoch is simply replaced.
             if resume:
@@ -192,7 +225,7 @@ def open_run_dir(
                 raise RunDirError(
                     f"{path} holds run files but no {CONFIG_FILE}; remove them or choose another --out"
                 )
-            checkpoint = None
+            notes = _invalidate_reports(path)
             document = {
                 "schema": SCHEMA_VERSION,
                 "config": config.to_dict(),
@@ -207,11 +240,72 @@ def open_run_dir(
                 _write_atomic(path / DIAGNOSTICS_FILE, ",".join(DIAGNOSTICS_COLUMNS) + "\n")
             elif (path / DIAGNOSTICS_FILE).exists():
                 (path / DIAGNOSTICS_FILE).unlink()
-            writer = RunWriter(path, lock_file, checkpoint)
+            writer = RunWriter(path, lock_file, None, notes=notes, identity=identity)
     except BaseException:
         lock_file.close()
         raise
     return writer
+
+
+_COLUMNS = {METRICS_FILE: METRICS_COLUMNS, DIAGNOSTICS_FILE: DIAGNOSTICS_COLUMNS}
+
+
+def _csv_texts(path: Path) -> dict[str, str | None]:
+    """The text of each CSV of a run directory (None when absent)."""
+    texts: dict[str, str | None] = {}
+    for name in _COLUMNS:
+        try:
+            texts[name] = (path / name).read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            texts[name] = None
+    return texts
+
+
+# The reports a run directory may hold: its own (report.html/.md) and the one `actlab
+# report` writes while the study is being trained (see `run_owner`).
+REPORT_FILES = ("report.html", "report.md", "report.unfinished.html", "report.unfinished.md")
+REPORT_MARKS = ("<!-- written by actlab report -->", "# actlab: ", "<title>actlab: ")
+
+
+def _invalidate_reports(path: Path) -> list[str]:
+    """Remove the reports actlab wrote in `path`: the study is about to change (resumed,
+    extended or restarted), and a report must never outlive the rows it describes. A
+    report is rebuilt from the directory alone (`actlab report`)."""
+    removed = []
+    for name in REPORT_FILES:
+        file = path / name
+        try:
+            with open(file, encoding="utf-8", errors="replace") as handle:
+                head = handle.read(4096)
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        if any(mark in head for mark in REPORT_MARKS):
+            file.unlink()
+            removed.append(name)
+    if not removed:
+        return []
+    return [
+        f"removed {', '.join(removed)} (they described the study before it was reopened); "
+        f"the study writes its report when it ends, or run `actlab report {path}`"
+    ]
+
+
+def run_owner(path: Path) -> str | None:
+    """The pid (as text, "?" when unknown) of the process writing run directory `path`,
+    or None when nobody holds its lock. Never creates or changes a file."""
+    try:
+        handle = open(path / LOCK_FILE, encoding="utf-8")  # noqa: SIM115
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "?"
+        except OSError:
+            return None
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return None
 
 
 def _has_progress(path: Path) -> bool:
@@ -226,22 +320,33 @@ def _has_progress(path: Path) -> bool:
 
 
 def _lock(path: Path) -> IO[str]:
+    """Take run.lock (an fcntl lock, released by the kernel when the process dies, so a
+    lock left by a killed run is simply taken over). The writer removes the file when it
+    closes; a lock taken on a file that was removed meanwhile is taken again on the new one."""
     lock_path = path / LOCK_FILE
-    if lock_path.exists() and not lock_path.is_file():
-        raise RunDirError(
-            f"{lock_path} is not a file; remove it (actlab creates it) or choose another --out"
-        )
-    handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 -- held until close()
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        pid = handle.read().strip() or "?"
-        handle.close()
-        raise RunDirError(
-            f"run directory {path} is in use by another actlab process (pid {pid}); "
-            "wait for it to finish or choose another --out"
-        ) from None
+    for _ in range(100):
+        if lock_path.exists() and not lock_path.is_file():
+            raise RunDirError(
+                f"{lock_path} is not a file; remove it (actlab creates it) or choose another --out"
+            )
+        handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 -- held until close()
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "?"
+            handle.close()
+            raise RunDirError(
+                f"run directory {path} is in use by another actlab process (pid {pid}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()  # the previous owner removed the file between our open and lock
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
@@ -366,131 +471,9 @@ def _short(value: object) -> str:
     return text[:19] + "…'" if isinstance(value, str) and len(text) > 20 else text
 
 
-def _load_checkpoint(path: Path) -> dict | None:
-    import torch
-
-    checkpoint_path = path / CHECKPOINT_FILE
-    if not checkpoint_path.exists():
-        return None
-    if not checkpoint_path.is_file():
-        raise RunDirError(
-            f"{checkpoint_path} is not a file; remove it to restart the run, or choose another --out"
-        )
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except Exception as error:  # a corrupt file: the atomic rename makes this unlikely
-        raise RunDirError(
-            f"{checkpoint_path} is corrupt ({type(error).__name__}); delete it to restart the run"
-        ) from None
-    missing = [
-        key
-        for key in ("depth_index", "epoch", "engine")
-        if not isinstance(checkpoint, dict) or key not in checkpoint
-    ]
-    if missing or not isinstance(checkpoint.get("epoch"), int):
-        raise RunDirError(
-            f"{checkpoint_path} lacks {', '.join(missing) or 'a valid epoch'}; it was not written "
-            "by actlab compare: delete it to restart the run"
-        )
-    return checkpoint
-
-
-def _reconcile_with_checkpoint(
-    path: Path, config: ExperimentConfig, checkpoint: dict | None
-) -> tuple[dict[str, list[list[str]]], list[str]]:
-    """Make the CSVs hold exactly the rows of the epochs the checkpoint covers.
-
-    Rows beyond the checkpoint (a crash between the append and the checkpoint) are dropped:
-    those epochs are trained again. When the checkpoint carries its copy of the rows
-    ("rows"), rows the CSV lost are restored from it, and a CSV row that contradicts it is
-    refused (RunDirError naming the file and the fix). Returns the rows kept and notes that
-    say what was repaired."""
-    depth_index = {("" if d is None else str(d)): i for i, d in enumerate(config.depth_list)}
-    done = (-1, 0) if checkpoint is None else (checkpoint["depth_index"], checkpoint["epoch"])
-    saved = checkpoint.get("rows") if checkpoint is not None else None
-    if saved is None and checkpoint is None:
-        saved = {METRICS_FILE: [], DIAGNOSTICS_FILE: []}
-    if saved is not None and not (
-        isinstance(saved, dict) and all(isinstance(v, list) for v in saved.values())
-    ):
-        raise RunDirError(
-            f"{path / CHECKPOINT_FILE} holds a damaged copy of the rows; delete it to restart the run"
-        )
-
-    def position(record: list[str]) -> tuple[int, int] | None:
-        """(depth index, epoch) of a row; None for a row that is not one (blank, garbage)."""
-        try:
-            return depth_index.get(record[0], len(depth_index)), int(record[5])
-        except (IndexError, ValueError):
-            return None
-
-    def covered(record: list[str]) -> bool:
-        where = position(record)
-        return where is not None and where <= done
-
-    records: dict[str, list[list[str]]] = {}
-    notes: list[str] = []
-    for name, columns in ((METRICS_FILE, METRICS_COLUMNS), (DIAGNOSTICS_FILE, DIAGNOSTICS_COLUMNS)):
-        file = path / name
-        expected = None if saved is None else [list(map(str, r)) for r in saved.get(name, [])]
-        if file.exists():
-            parsed = parse_csv_text(file.read_text(encoding="utf-8", errors="replace"))
-        elif name == DIAGNOSTICS_FILE and not expected:
-            records[name] = []
-            continue
-        else:
-            parsed = ParsedCsv([], True, [])
-        body = parsed.records[1:] if parsed.records else []
-        has_header = bool(parsed.records) and tuple(parsed.records[0]) == columns
-        if parsed.records and not has_header:
-            body = parsed.records  # a header lost or damaged: judge the rows alone
-        kept = [r for r in body if covered(r)]
-        if expected is None:  # a checkpoint from before rows were kept in it
-            expected = kept
-        if kept == expected:
-            if len(kept) != len(body) or not parsed.complete or not has_header:
-                unreadable = sum(position(r) is None for r in body)
-                beyond = len(body) - len(kept) - unreadable + (0 if parsed.complete else 1)
-                if beyond:
-                    notes.append(
-                        f"{name}: dropped {beyond} row(s) beyond the checkpoint "
-                        f"(epoch {done[1]}); those epochs are trained again"
-                    )
-                if unreadable:
-                    notes.append(f"{name}: dropped {unreadable} blank or unreadable line(s)")
-                _write_atomic(file, _csv_text(columns, kept))
-        elif kept == expected[: len(kept)]:
-            notes.append(
-                f"{name}: {len(expected) - len(kept)} row(s) of complete epochs were missing "
-                f"from {file}; restored them from the copy in {CHECKPOINT_FILE}"
-            )
-            _write_atomic(file, _csv_text(columns, expected))
-        else:
-            line = next(
-                (i for i, (a, b) in enumerate(zip(kept, expected, strict=False)) if a != b),
-                min(len(kept), len(expected)),
-            )
-            raise RunDirError(
-                f"{file}: row {line + 1} differs from the copy of that row in {CHECKPOINT_FILE}; "
-                f"restore the file, or delete it to have it rewritten from {CHECKPOINT_FILE}"
-            )
-        records[name] = expected
-    return records, notes
-
-
 def _record(row: dict, columns: tuple[str, ...]) -> list[str]:
     """A row as the strings csv.writer writes (str of a float is its shortest repr)."""
     return ["" if row.get(name) is None else str(row[name]) for name in columns]
-
-
-def _csv_text(columns: Sequence[str], records: Sequence[Sequence[str]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(records)
-    return buffer.getvalue()
 
 
 def _append_records(file: Path, records: Sequence[Sequence[str]]) -> None:
@@ -508,9 +491,19 @@ def _append_records(file: Path, records: Sequence[Sequence[str]]) -> None:
 def _replace_atomic(file: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write `file` whole or not at all: a temp file beside it, fsync, rename, fsync the
     directory. The temp file is removed when writing fails (a full disk, an interrupt)."""
-    temp = file.with_name(file.name + ".tmp")
+    # A name of its own per writer: two processes writing the same file (a report written
+    # while the study writes its own) never share, truncate or rename each other's temp.
+    _remove_stale_temps(file)
     try:
-        with open(temp, "wb") as handle:
+        prefix = f".{file.name}.{os.getpid()}."
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=file.parent)
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would create it, not mkstemp's 0600
+    except OSError as error:
+        error.filename = str(file)
+        raise
+    temp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -522,6 +515,27 @@ def _replace_atomic(file: Path, write: Callable[[IO[bytes]], object]) -> None:
             error.filename = str(file)  # name the file in the one-line message
         raise
     _fsync_dir(file.parent)
+
+
+def _remove_stale_temps(file: Path) -> None:
+    """Remove the temp files of `file` left by writers that died (killed mid-write): their
+    names carry the writer's pid, ``.NAME.PID.XXXX.tmp``; a live writer's is left alone."""
+    with contextlib.suppress(OSError):
+        for temp in file.parent.glob(f".{file.name}.*.tmp"):
+            pid = temp.name[len(file.name) + 2 :].split(".", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_text_atomic(file: str | Path, text: str) -> Path:
@@ -540,36 +554,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-@dataclass
-class ParsedCsv:
-    """Records of an append-only CSV (header first). `complete` is False when the last
-    record was cut off (no final newline); `lines` gives each record's first line number."""
-
-    records: list[list[str]]
-    complete: bool
-    lines: list[int]
-    cut_line: int | None = None  # the line where the cut-off record began
-
-
-def parse_csv_text(text: str) -> ParsedCsv:
-    """Parse with a real CSV reader: quoted fields may hold commas, newlines and any other
-    character, so no line splitter may be used on these files. A final record without its
-    newline was cut off by a crash and is left out (complete=False)."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=False)
-    records, lines, start = [], [], 1
-    try:
-        for record in reader:
-            records.append(record)
-            lines.append(start)
-            start = reader.line_num + 1
-    except csv.Error:  # e.g. a NUL byte: keep what was read before it
-        return ParsedCsv(records, False, lines, start)
-    complete = text.endswith("\n") or not text
-    if not complete and records:
-        return ParsedCsv(records[:-1], False, lines[:-1], lines[-1])
-    return ParsedCsv(records, complete, lines)
 
 
 # === reading ==============================================================================
