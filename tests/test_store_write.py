@@ -1,12 +1,13 @@
 """The writing half of actlab.study.store: lock, config.json, append-only CSVs, atomic
 checkpoints, and truncation of rows beyond the checkpoint when a run is reopened."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from actlab.config import ExperimentConfig
+from actlab.config import ExperimentConfig, members_for
 from actlab.errors import RunDirError
 from actlab.study import store
 
@@ -18,7 +19,7 @@ def open_dir(path, config=CONFIG, **kwargs):
     return store.open_run_dir(
         path,
         config,
-        members=[{"index": 0, "activation": "relu"}],
+        members=[dataclasses.asdict(m) for m in members_for(config)],
         dataset=DATASET,
         environment=store.describe_environment("cpu", 1),
         **kwargs,

@@ -8,6 +8,7 @@ a run directory alone is enough to rebuild everything).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import csv
 import fcntl
 import io
@@ -24,10 +25,10 @@ from typing import IO
 
 import pandas as pd
 
-from actlab.config import ExperimentConfig
+from actlab.config import ExperimentConfig, members_for
 from actlab.errors import ConfigError, RunDirError
 from actlab.study.checkpoint import Checkpoint, StudyIdentity, load_checkpoint
-from actlab.study.reconcile import ParsedCsv, csv_text, parse_csv_text, plan_rows
+from actlab.study.reconcile import ParsedCsv, check_rows, csv_text, parse_csv_text, plan_rows
 
 SCHEMA_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -383,7 +384,29 @@ def read_config_document(config_path: Path) -> dict:
                 f"{config_path}: {key!r} is a {type(document[key]).__name__}, expected a "
                 f"{kind.__name__}; rerun the study or restore the file"
             )
+    for number, member in enumerate(document.get("members") or [], start=1):
+        problem = _member_problem(member)
+        if problem:
+            raise RunDirError(
+                f"{config_path}: member {number} of the members block {problem}; restore the "
+                "file, or delete the members block to have it derived from the config"
+            )
     return document
+
+
+def _member_problem(member: object) -> str | None:
+    """What is wrong with one entry of config.json's members block, or None."""
+    if not isinstance(member, dict):
+        return f"is a {type(member).__name__}, not an object"
+    kinds = {"activation": (str,), "seed": (int,), "lr": (int, float)}
+    for name, allowed in kinds.items():
+        value = member.get(name)
+        if not isinstance(value, allowed) or isinstance(value, bool):
+            return f"has no valid {name!r}"
+    depth = member.get("depth")
+    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool)):
+        return "has no valid 'depth'"
+    return None
 
 
 def config_from_document(document: dict, config_path: Path) -> ExperimentConfig:
@@ -573,16 +596,21 @@ class RunData:
     diagnostics: pd.DataFrame | None  # DIAGNOSTICS_COLUMNS (+ "run"), None when absent
     problems: list[str] = field(default_factory=list)
     environments: list[dict] = field(default_factory=list)  # one per path
+    # The pid of the process that was writing the (first) directory when it was read
+    # (a study still training), else None: see `run_owner`.
+    writing: str | None = None
 
     @property
     def path(self) -> Path:
         return self.paths[0]
 
 
-def read_run(path: str | Path) -> RunData:
+def read_run(path: str | Path, *, verify: bool = True) -> RunData:
     """Read one run directory; never changes it. Damage that leaves usable data (a CSV cut
     off mid-row) is repaired in memory and described in `problems`; anything else raises
-    RunDirError with one line."""
+    RunDirError with one line. `verify` also applies compare's checks (the checkpoint is
+    this study's, and the CSVs hold its copy of the rows unchanged; actlab.study.reconcile):
+    a run that fails them is refused, never reported as if it were whole."""
     path = Path(path)
     config_path = path / CONFIG_FILE
     if not path.is_dir():
@@ -593,15 +621,34 @@ def read_run(path: str | Path) -> RunData:
         raise RunDirError(
             f"{path} is not an actlab run directory (no {CONFIG_FILE}); run `actlab compare --out {path}` first"
         )
+    writing = run_owner(path)  # before anything is read: the rows may be a moving target
     document = read_config_document(config_path)
     config = config_from_document(document, config_path)
+    dataset = dict(document.get("dataset") or {})
 
     problems: list[str] = []
+    # The checks `actlab compare` makes on reopening, read-only: the checkpoint (read
+    # before the CSVs, which a study still training only ever extends) must be this
+    # study's, and the CSVs must hold every row of its copy, unchanged.
+    checkpoint = None
+    if verify:
+        checkpoint = load_checkpoint(path / CHECKPOINT_FILE, mmap=True)
+        if checkpoint is not None:
+            checkpoint.check_belongs_to(config, dataset, path / CHECKPOINT_FILE)
     metrics = _read_csv(path / METRICS_FILE, METRICS_COLUMNS, problems)
     if metrics is None:
         problems.append(f"{METRICS_FILE}: missing; no epoch was completed")
         metrics = _typed(pd.DataFrame(columns=list(METRICS_COLUMNS)), METRICS_COLUMNS)
     diagnostics = _read_csv(path / DIAGNOSTICS_FILE, DIAGNOSTICS_COLUMNS, problems)
+    if verify and checkpoint is not None:
+        check_rows(path, config, checkpoint, _csv_texts(path), _COLUMNS)
+    _check_unique(path / METRICS_FILE, metrics)
+    members = document.get("members")
+    if not members:
+        members = [
+            dataclasses.asdict(m) for d in config.depth_list for m in members_for(config, d)
+        ]
+        problems.append(f"{CONFIG_FILE}: no members block; the members were derived from its config")
     metrics["run"] = 0
     if diagnostics is not None:
         diagnostics["run"] = 0
@@ -609,15 +656,29 @@ def read_run(path: str | Path) -> RunData:
     return RunData(
         paths=[path],
         config=config,
-        members=list(document.get("members") or []),
-        dataset=dict(document.get("dataset") or {}),
+        members=list(members),
+        dataset=dataset,
         environment=environment,
         created=str(document.get("created", "")),
         metrics=metrics,
         diagnostics=diagnostics,
         problems=problems,
         environments=[environment],
+        writing=writing,
     )
+
+
+def _check_unique(path: Path, metrics: pd.DataFrame) -> None:
+    """Refuse a metrics.csv holding a member's epoch twice (compare refuses it too)."""
+    key = ["depth", "member", "epoch"]
+    repeated = metrics[metrics.duplicated(key, keep="first")]
+    if len(repeated):
+        depth, member, epoch = repeated[key].iloc[0]
+        where = "" if pd.isna(depth) else f" of depth {depth}"
+        raise RunDirError(
+            f"{path} holds epoch {epoch} of member {member}{where} twice; restore the file, "
+            f"or delete it to have it rewritten from {CHECKPOINT_FILE} by rerunning the study"
+        )
 
 
 def _read_csv(path: Path, columns: tuple[str, ...], problems: list[str]) -> pd.DataFrame | None:
@@ -759,6 +820,7 @@ def merge_runs(paths: Sequence[str | Path]) -> RunData:
         diagnostics=pd.concat(diagnostics_parts, ignore_index=True) if diagnostics_parts else None,
         problems=problems,
         environments=[run.environment for run in runs],
+        writing=next((run.writing for run in runs if run.writing is not None), None),
     )
 
 
