@@ -164,7 +164,9 @@ def test_report_on_a_member_without_activation_is_one_line(finished, tmp_path):
     document = json.loads((run / store.CONFIG_FILE).read_text())
     del document["members"][1]["activation"]
     (run / store.CONFIG_FILE).write_text(json.dumps(document))
-    one_line(*run_cli("report", run)[::2], "member 2 of the members block has no valid 'activation'")
+    one_line(
+        *run_cli("report", run)[::2], "member 2 of the members block has no valid 'activation'"
+    )
 
 
 @pytest.mark.parametrize("state", ["deleted", "empty", "header only"])

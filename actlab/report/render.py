@@ -220,7 +220,10 @@ def write_run_report(run: RunData, output: Path | str | None = None) -> Path:
     write_text_atomic(html_path, render_html(analysis))
     write_text_atomic(md_path, render_markdown(analysis))
     if output is None:  # the run's own report: one written while it trained is outdated
-        for stale in (run.path / UNFINISHED_REPORT, (run.path / UNFINISHED_REPORT).with_suffix(".md")):
+        for stale in (
+            run.path / UNFINISHED_REPORT,
+            (run.path / UNFINISHED_REPORT).with_suffix(".md"),
+        ):
             if stale.is_file() and _written_by_actlab_report(stale):
                 stale.unlink()
     return html_path

@@ -153,7 +153,9 @@ class Checkpoint:
         rows = document.get("rows")
         if rows is not None and not (
             isinstance(rows, dict)
-            and all(isinstance(v, list) and all(isinstance(r, list) for r in v) for v in rows.values())
+            and all(
+                isinstance(v, list) and all(isinstance(r, list) for r in v) for v in rows.values()
+            )
         ):
             raise RunDirError(f"{path} holds a damaged copy of the rows; {fix}")
         identity = StudyIdentity.from_dict(document.get("identity"))
@@ -166,8 +168,12 @@ class Checkpoint:
             epoch=epoch,
             engine=engine,
             identity=identity,
-            rows=None if rows is None else {k: [list(map(str, r)) for r in v] for k, v in rows.items()},
-            version=int(document.get("schema", 1)) if isinstance(document.get("schema"), int) else 1,
+            rows=None
+            if rows is None
+            else {k: [list(map(str, r)) for r in v] for k, v in rows.items()},
+            version=int(document.get("schema", 1))
+            if isinstance(document.get("schema"), int)
+            else 1,
             extra={k: v for k, v in document.items() if k not in known},
         )
 

@@ -432,11 +432,7 @@ def run_study_on_ray(
             if on_shards is not None:
                 on_shards(shards, plan)
             driver = _Driver(ray, config, dataset, writer, plan, checkpoint_every)
-            if (
-                checkpoint is not None
-                and on_resume is not None
-                and not checkpoint.finished(config)
-            ):
+            if checkpoint is not None and on_resume is not None and not checkpoint.finished(config):
                 depth = config.depth_list[checkpoint.depth_index]
                 where = "" if depth is None else f" of depth {depth}"
                 on_resume(f"resuming after epoch {checkpoint.epoch}/{config.epochs}{where}")

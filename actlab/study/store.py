@@ -8,10 +8,9 @@ a run directory alone is enough to rebuild everything).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import csv
+import dataclasses
 import fcntl
-import io
 import json
 import os
 import platform
@@ -28,7 +27,7 @@ import pandas as pd
 from actlab.config import ExperimentConfig, members_for
 from actlab.errors import ConfigError, RunDirError
 from actlab.study.checkpoint import Checkpoint, StudyIdentity, load_checkpoint
-from actlab.study.reconcile import ParsedCsv, check_rows, csv_text, parse_csv_text, plan_rows
+from actlab.study.reconcile import check_rows, parse_csv_text, plan_rows
 
 SCHEMA_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -645,10 +644,10 @@ def read_run(path: str | Path, *, verify: bool = True) -> RunData:
     _check_unique(path / METRICS_FILE, metrics)
     members = document.get("members")
     if not members:
-        members = [
-            dataclasses.asdict(m) for d in config.depth_list for m in members_for(config, d)
-        ]
-        problems.append(f"{CONFIG_FILE}: no members block; the members were derived from its config")
+        members = [dataclasses.asdict(m) for d in config.depth_list for m in members_for(config, d)]
+        problems.append(
+            f"{CONFIG_FILE}: no members block; the members were derived from its config"
+        )
     metrics["run"] = 0
     if diagnostics is not None:
         diagnostics["run"] = 0
