@@ -258,6 +258,7 @@ def connect(address: str):
     ray = import_ray()
     if ray.is_initialized():
         return ray, False
+    quiet_token_notice()
     options = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address == "local":
         ray.init(include_dashboard=False, **options)
@@ -273,6 +274,24 @@ def connect(address: str):
             "`ray start --head`, give --ray HOST:PORT, or use --ray local"
         ) from None
     return ray, True
+
+
+TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _DropTokenNotice(logging.Filter):
+    """Drops Ray's notice that token authentication is on by default (good news, printed
+    as a WARNING between actlab's lines); the warning that it is *off* still passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+def quiet_token_notice() -> None:
+    """Silence Ray's token-authentication notice at its logger (once per process)."""
+    logger = logging.getLogger(TOKEN_LOGGER)
+    if not any(isinstance(f, _DropTokenNotice) for f in logger.filters):
+        logger.addFilter(_DropTokenNotice())
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -359,6 +378,32 @@ def check_shard_memory(ray, config, dataset, shards, plan: ClusterPlan, nodes) -
         check_memory(needed, node_memory(nodes), "the largest Ray node")
 
 
+def _worker_kernels(ray, config: ExperimentConfig, dataset, plan: ClusterPlan) -> str | None:
+    """How a worker's step runs its elementwise work (`MLPStep.describe_kernels`, as a
+    local run records it in config.json), asked of a worker with a shard's resources."""
+    probe = ray.remote(_describe_kernels).options(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus)
+    device = "cuda" if plan.num_gpus else "cpu"
+    shape, classes = tuple(dataset.input_shape), int(dataset.num_classes)
+    return ray.get(probe.remote(config, shape, classes, device), timeout=600)
+
+
+def _describe_kernels(config: ExperimentConfig, input_shape, num_classes: int, device: str):
+    """On a worker: the kernels of the first depth's step for one seed (None: not the
+    hand-written MLP step, e.g. the CNN or your own network)."""
+    from actlab.engine.mlp_step import MLPStep, supports
+    from actlab.nn.models import build_model
+
+    if config.is_user_model:
+        return None
+    config = config.replace(seeds=config.seeds[:1], device=device)
+    depth = config.depth_list[0]
+    members = members_for(config, depth)
+    model = build_model(
+        config, members, input_shape, num_classes, resolve_device(config.device), depth
+    )
+    return MLPStep(model).describe_kernels() if supports(model) else None
+
+
 def _gpu_memory() -> int:
     """Total memory of the GPU Ray gives this task (a probe, run before any training)."""
     return int(torch.cuda.get_device_properties(0).total_memory)
@@ -409,6 +454,7 @@ def run_study_on_ray(
             environment = store.describe_environment(
                 "cuda" if plan.num_gpus else "cpu", plan.num_cpus
             )
+            environment["step_kernels"] = _worker_kernels(ray, config, dataset, plan)
             environment["ray"] = {
                 "address": address,
                 "nodes": sum(1 for node in nodes if node.get("Alive", True)),
