@@ -8,15 +8,11 @@ a run directory alone is enough to rebuild everything).
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import fcntl
 import json
 import os
-import platform
-import socket
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,18 +21,24 @@ from typing import IO
 import pandas as pd
 
 from actlab.config import ExperimentConfig, members_for
-from actlab.errors import ConfigError, RunDirError
+from actlab.errors import RunDirError
 from actlab.study.checkpoint import Checkpoint, StudyIdentity, load_checkpoint
+from actlab.study.config_file import (
+    SCHEMA_VERSION,
+    check_same_study,
+    config_from_document,
+    extend_epochs,
+    read_config_document,
+)
+from actlab.study.config_file import DATA_KEYS, describe_environment  # noqa: F401 -- re-exported
+from actlab.study.files import append_records, replace_atomic, write_text_atomic
 from actlab.study.reconcile import check_rows, parse_csv_text, plan_rows
 
-SCHEMA_VERSION = 1
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 DIAGNOSTICS_FILE = "diagnostics.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = "run.lock"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 METRICS_COLUMNS = (
     "depth", "member", "activation", "seed", "lr", "epoch",
@@ -56,40 +58,6 @@ DIAGNOSTICS_COLUMNS = (
 # every row) is replaced atomically, so after a crash the checkpoint is at most one epoch
 # behind the CSVs: reopening the directory drops the rows beyond the checkpoint and restores
 # rows the CSVs lost, and nothing is lost or duplicated.
-
-
-def describe_environment(device: str, threads: int) -> dict:
-    """Versions and hardware recorded in config.json (no hidden state: DESIGN.md rule 5)."""
-    import numpy
-    import torch
-
-    import actlab
-
-    gpu = None
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        gpu = torch.cuda.get_device_name(torch.device(device))
-    return {
-        "actlab": actlab.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "platform": platform.platform(),
-        "device": str(device),
-        "cpu": _cpu_model_name(),
-        "gpu": gpu,
-        "threads": int(threads),
-        "hostname": socket.gethostname(),
-    }
-
-
-def _cpu_model_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class RunWriter:
@@ -143,7 +111,7 @@ class RunWriter:
         ):
             if rows:
                 records = [_record(row, columns) for row in rows]
-                _append_records(self.path / name, records)
+                append_records(self.path / name, records)
                 self.records[name].extend(records)
 
     def save_checkpoint(
@@ -164,7 +132,7 @@ class RunWriter:
             rows=self.records,
         )
         document = checkpoint.to_document()
-        _replace_atomic(self.path / CHECKPOINT_FILE, lambda handle: torch.save(document, handle))
+        replace_atomic(self.path / CHECKPOINT_FILE, lambda handle: torch.save(document, handle))
         return checkpoint
 
 
@@ -197,7 +165,7 @@ def open_run_dir(
     try:
         config_path = path / CONFIG_FILE
         if config_path.is_file() and (resume or _has_progress(path)):
-            existing = _check_same_study(config_path, config, dataset)
+            existing = check_same_study(config_path, config, dataset)
             checkpoint = load_checkpoint(path / CHECKPOINT_FILE)
             if checkpoint is not None:
                 checkpoint.check_belongs_to(config, dataset, path / CHECKPOINT_FILE)
@@ -206,7 +174,7 @@ def open_run_dir(
             for name, text in plan.rewrites.items():
                 _write_atomic(path / name, text)
             if config.epochs > existing.epochs:  # training longer: continue from the checkpoint
-                _extend_epochs(config_path, existing.epochs, config.epochs)
+                extend_epochs(config_path, existing.epochs, config.epochs)
             if config.diagnostics and not (path / DIAGNOSTICS_FILE).exists():
                 _write_atomic(path / DIAGNOSTICS_FILE, ",".join(DIAGNOSTICS_COLUMNS) + "\n")
             notes = plan.notes
@@ -354,228 +322,13 @@ def _lock(path: Path) -> IO[str]:
     return handle
 
 
-def read_config_document(config_path: Path) -> dict:
-    """config.json as a dict, checked for its schema version and the types of its blocks,
-    so that a damaged file is refused before anything trains (RunDirError, one line)."""
-    try:
-        document = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise RunDirError(
-            f"{config_path} is unreadable or corrupt ({error}); rerun the study or restore the file"
-        ) from None
-    if not isinstance(document, dict) or "schema" not in document or "config" not in document:
-        raise RunDirError(
-            f"{config_path} is not an actlab config (no 'schema'/'config' keys); rerun the study"
-        )
-    if document["schema"] != SCHEMA_VERSION:
-        raise RunDirError(
-            f"{config_path} has schema version {document['schema']!r}, this actlab reads version "
-            f"{SCHEMA_VERSION}; use the actlab version that wrote it"
-        )
-    for key, kind in (
-        ("config", dict),
-        ("members", list),
-        ("dataset", dict),
-        ("environment", dict),
-    ):
-        if key in document and not isinstance(document[key], kind):
-            raise RunDirError(
-                f"{config_path}: {key!r} is a {type(document[key]).__name__}, expected a "
-                f"{kind.__name__}; rerun the study or restore the file"
-            )
-    for number, member in enumerate(document.get("members") or [], start=1):
-        problem = _member_problem(member)
-        if problem:
-            raise RunDirError(
-                f"{config_path}: member {number} of the members block {problem}; restore the "
-                "file, or delete the members block to have it derived from the config"
-            )
-    return document
-
-
-def _member_problem(member: object) -> str | None:
-    """What is wrong with one entry of config.json's members block, or None."""
-    if not isinstance(member, dict):
-        return f"is a {type(member).__name__}, not an object"
-    kinds = {"activation": (str,), "seed": (int,), "lr": (int, float)}
-    for name, allowed in kinds.items():
-        value = member.get(name)
-        if not isinstance(value, allowed) or isinstance(value, bool):
-            return f"has no valid {name!r}"
-    depth = member.get("depth")
-    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool)):
-        return "has no valid 'depth'"
-    return None
-
-
-def config_from_document(document: dict, config_path: Path) -> ExperimentConfig:
-    try:
-        return ExperimentConfig.from_dict(document["config"])
-    except (ConfigError, TypeError, ValueError, AttributeError) as error:
-        text = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise RunDirError(
-            f"{config_path} holds an invalid config ({text}); rerun the study or restore the file"
-        ) from None
-
-
-# The dataset fields that must agree to resume: a study continued on other data would mix
-# two experiments in one table.
-DATA_KEYS = ("train_size", "val_size", "test_size", "input_shape", "num_classes", "fingerprint")
-
-
-def _check_same_study(
-    config_path: Path, config: ExperimentConfig, dataset: dict
-) -> ExperimentConfig:
-    """The run's config, when it is the same study as `config` on the same data; more
-    epochs than the run has are the same study trained longer (not for a depth study: only
-    the last depth's checkpoint is kept, so the earlier depths could not continue)."""
-    document = read_config_document(config_path)
-    existing = config_from_document(document, config_path)
-    mine, theirs = config.study_key(), existing.study_key()
-    mine["seeds"], theirs["seeds"] = config.seeds, existing.seeds
-    if config.epochs > existing.epochs and len(config.depth_list) > 1:
-        raise RunDirError(
-            f"{config_path.parent} holds a depth study of {existing.epochs} epochs; a depth "
-            "study cannot be continued with more --epochs (only its last depth has a "
-            "checkpoint); choose another --out"
-        )
-    if config.epochs > existing.epochs:
-        theirs["epochs"] = config.epochs
-    differing = [name for name in mine if mine[name] != theirs.get(name)]
-    if "model_sha256" in differing and mine["model"] == theirs.get("model"):
-        source = config.model_source or config.model
-        raise RunDirError(
-            f"{source} changed since the run in {config_path.parent} started (sha256 "
-            f"{str(theirs.get('model_sha256'))[:12]} there, {str(mine['model_sha256'])[:12]} now); "
-            "restore the file to resume, or choose another --out"
-        )
-    if differing:
-        details = ", ".join(
-            f"{name} {theirs.get(name)!r} there, {mine[name]!r} asked" for name in differing
-        )
-        raise RunDirError(
-            f"{config_path.parent} holds a different study ({details}); "
-            "choose another --out or repeat the original options"
-        )
-    stored = document.get("dataset") or {}
-    changed = [
-        name
-        for name in DATA_KEYS
-        if name in stored and name in dataset and stored[name] != dataset[name]
-    ]
-    if changed:
-        details = ", ".join(
-            f"{name} {_short(stored[name])} there, {_short(dataset[name])} now" for name in changed
-        )
-        raise RunDirError(
-            f"{config_path.parent} was started on other data ({details}); restore the "
-            "original data, or choose another --out to start a new study on this data"
-        )
-    return existing
-
-
-def _extend_epochs(config_path: Path, old: int, new: int) -> None:
-    """Record in config.json that the study now trains for `new` epochs (it had `old`)."""
-    document = json.loads(config_path.read_text(encoding="utf-8"))
-    document["config"]["epochs"] = new
-    document.setdefault("continued", []).append(
-        {
-            "from_epochs": old,
-            "to_epochs": new,
-            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }  # fmt: skip
-    )
-    _write_atomic(config_path, json.dumps(document, indent=2) + "\n")
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text[:19] + "…'" if isinstance(value, str) and len(text) > 20 else text
+_write_atomic = write_text_atomic
+_replace_atomic = replace_atomic  # the names tests and older callers use
 
 
 def _record(row: dict, columns: tuple[str, ...]) -> list[str]:
     """A row as the strings csv.writer writes (str of a float is its shortest repr)."""
     return ["" if row.get(name) is None else str(row[name]) for name in columns]
-
-
-def _append_records(file: Path, records: Sequence[Sequence[str]]) -> None:
-    try:
-        with open(file, "a", encoding="utf-8", newline="") as handle:
-            csv.writer(handle, lineterminator="\n").writerows(records)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as error:  # a full disk: a row cut off here is dropped on reopening
-        if error.filename is None:
-            error.filename = str(file)
-        raise
-
-
-def _replace_atomic(file: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write `file` whole or not at all: a temp file beside it, fsync, rename, fsync the
-    directory. The temp file is removed when writing fails (a full disk, an interrupt)."""
-    # A name of its own per writer: two processes writing the same file (a report written
-    # while the study writes its own) never share, truncate or rename each other's temp.
-    _remove_stale_temps(file)
-    try:
-        prefix = f".{file.name}.{os.getpid()}."
-        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=file.parent)
-        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would create it, not mkstemp's 0600
-    except OSError as error:
-        error.filename = str(file)
-        raise
-    temp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, file)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        if isinstance(error, OSError) and error.filename is None:
-            error.filename = str(file)  # name the file in the one-line message
-        raise
-    _fsync_dir(file.parent)
-
-
-def _remove_stale_temps(file: Path) -> None:
-    """Remove the temp files of `file` left by writers that died (killed mid-write): their
-    names carry the writer's pid, ``.NAME.PID.XXXX.tmp``; a live writer's is left alone."""
-    with contextlib.suppress(OSError):
-        for temp in file.parent.glob(f".{file.name}.*.tmp"):
-            pid = temp.name[len(file.name) + 2 :].split(".", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                with contextlib.suppress(OSError):
-                    temp.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def write_text_atomic(file: str | Path, text: str) -> Path:
-    """Replace a text file atomically (see `_replace_atomic`); used for reports too."""
-    file = Path(file)
-    _replace_atomic(file, lambda handle: handle.write(text.encode("utf-8")))
-    return file
-
-
-_write_atomic = write_text_atomic
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # === reading ==============================================================================
