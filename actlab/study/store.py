@@ -24,13 +24,18 @@ from actlab.config import ExperimentConfig, members_for
 from actlab.errors import RunDirError
 from actlab.study.checkpoint import Checkpoint, StudyIdentity, load_checkpoint
 from actlab.study.config_file import (
+    DATA_KEYS as DATA_KEYS,  # re-exported, as describe_environment
+)
+from actlab.study.config_file import (
     SCHEMA_VERSION,
     check_same_study,
     config_from_document,
     extend_epochs,
     read_config_document,
 )
-from actlab.study.config_file import DATA_KEYS, describe_environment  # noqa: F401 -- re-exported
+from actlab.study.config_file import (
+    describe_environment as describe_environment,
+)
 from actlab.study.files import append_records, replace_atomic, write_text_atomic
 from actlab.study.reconcile import check_rows, parse_csv_text, plan_rows
 
