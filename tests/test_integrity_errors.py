@@ -341,7 +341,7 @@ def data_npz(path: Path, x_train, y_train, x_test, y_test) -> str:
     [
         ("float64 beyond float32", ["x_train holds values up to 1e+39, beyond float32"]),
         ("one class", ["the training split holds only class [0]"]),
-        ("test class never trained", ["test labels 3 never occur in the training data"]),
+        ("test classes never trained", ["every test label (3) is a class the training data"]),
     ],
 )
 def test_data_that_cannot_give_a_verdict_is_one_line(tmp_path, case, words):
@@ -353,7 +353,7 @@ def test_data_that_cannot_give_a_verdict_is_one_line(tmp_path, case, words):
     elif case == "one class":
         y, y_test = np.zeros(48, np.int64), np.zeros(8, np.int64)
     else:
-        y_test[0] = 3
+        y_test[:] = 3
     dataset = data_npz(tmp_path / "d.npz", x, y, x_test, y_test)
     code, _, err = compare(dataset, "--out", tmp_path / "run")
     one_line(code, err, 2, *words)

@@ -775,8 +775,10 @@ def _check_float32_range(x: np.ndarray, where: str) -> None:
 
 
 def _check_labels(name: str, y_train: np.ndarray, others: dict[str, np.ndarray]) -> None:
-    """A classifier needs two classes to learn, and every class it is evaluated on must
-    occur in its training split (else its accuracy on that class measures nothing)."""
+    """A classifier needs two classes to learn, and a split whose every sample is of a
+    class the training split lacks measures nothing (every member scores 0%, and a
+    verdict of "equivalent" would be made up). A split with *some* such samples is kept:
+    every member is scored on the same samples."""
     trained = np.unique(y_train)
     if len(trained) < 2:
         raise DataError(
@@ -784,12 +786,12 @@ def _check_labels(name: str, y_train: np.ndarray, others: dict[str, np.ndarray])
             "needs at least two classes (check the labels, --val-size and --limit-train)"
         )
     for split, labels in others.items():
-        unseen = sorted(set(np.unique(labels).tolist()) - set(trained.tolist()))
-        if unseen:
+        if labels.size and not np.isin(labels, trained).any():
+            unseen = np.unique(labels).tolist()
             shown = ", ".join(map(str, unseen[:10])) + (", ..." if len(unseen) > 10 else "")
             raise DataError(
-                f"{name}: {split} labels {shown} never occur in the training data; a model "
-                "cannot learn a class it never sees: check the labels"
+                f"{name}: every {split} label ({shown}) is a class the training data never "
+                "holds; a model cannot learn a class it never sees: check the labels"
             )
 
 
