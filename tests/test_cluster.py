@@ -121,6 +121,24 @@ def test_rays_token_notice_is_silenced_at_its_logger(caplog):
     assert [r.getMessage()[:33] for r in caplog.records] == ["Token authentication is disabled "]
 
 
+def test_ctrl_c_during_ray_shutdown_waits_for_it(monkeypatch):
+    """A Ctrl-C right after the last epoch of a --ray run landed in ray.shutdown(), left
+    Ray half shut down, and the process ended with status 1 instead of 130 (issue 25)."""
+
+    class FakeRay:
+        done = False
+
+        def shutdown(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, mid-shutdown
+            time.sleep(0.2)
+            self.done = True
+
+    ray = FakeRay()
+    with pytest.raises(KeyboardInterrupt):
+        cluster.shutdown_uninterrupted(ray)
+    assert ray.done  # the interrupt came after the shutdown, not in its middle
+
+
 # --- shards (no cluster) ------------------------------------------------------------------
 
 

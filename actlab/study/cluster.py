@@ -32,8 +32,10 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,6 +298,24 @@ def quiet_token_notice() -> None:
         logger.addFilter(_DropTokenNotice())
 
 
+def shutdown_uninterrupted(ray) -> None:
+    """``ray.shutdown()`` with Ctrl-C held until it is done. A KeyboardInterrupt raised
+    inside it left Ray half shut down, and Ray's own exit handler then ended the process
+    with status 1 instead of actlab's 130 (a Ctrl-C right after the last epoch lands
+    here). The held SIGINT is delivered once shutdown returns."""
+    if threading.current_thread() is not threading.main_thread():
+        ray.shutdown()
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: held.append(number))
+    try:
+        ray.shutdown()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+
+
 def check_reachable(address: str, timeout: float = 5.0) -> None:
     """Refuse at once a HOST:PORT nobody listens on (ray.init would retry for minutes).
     Other forms (empty, ``auto``, ``ray://...``) are left to Ray."""
@@ -491,7 +511,7 @@ def run_study_on_ray(
                 writer.close()
     finally:
         if connected:
-            ray.shutdown()
+            shutdown_uninterrupted(ray)
 
 
 def _check_ray_checkpoint(checkpoint, writer) -> None:
