@@ -182,7 +182,7 @@ def test_the_fingerprint_covers_every_split(tmp_path):
     assert base != load_dataset(f"npz:{data}", val_size=9).fingerprint()
     assert base != load_dataset(f"npz:{data}", val_size=8, limit_test=15).fingerprint()
     arrays = dict(np.load(data))
-    arrays["y_test"] = (arrays["y_test"] + 1) % 4
+    arrays["y_test"] = np.roll(arrays["y_test"], 1)  # the same classes, another order
     np.savez(data, **arrays)
     assert base != load_dataset(f"npz:{data}", val_size=8).fingerprint()
 

@@ -847,6 +847,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     unfinished = unfinished_text(completion(run.metrics, run.members, run.config.epochs))
     if unfinished:  # the report says so too; a user reading the terminal should know
         print(f"actlab: note: {unfinished}; compared at the last common epoch", file=sys.stderr)
+    if run.writing is not None and args.output is None:
+        print(
+            f"actlab: note: {run.path} is being written by another actlab process (pid "
+            f"{run.writing}); wrote {path.name}: report.html is the study's own, written "
+            "when it ends",
+            file=sys.stderr,
+        )
     print(path)
     print(path.with_suffix(".md"))
     return EXIT_OK
@@ -946,7 +953,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"actlab: error: {os_error_text(error)}", file=sys.stderr)
         return EXIT_ENVIRONMENT
     except KeyboardInterrupt as interrupt:
-        print(f"actlab: {interrupt or 'interrupted'}", file=sys.stderr)
+        print(f"actlab: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         sys.stdout.flush()

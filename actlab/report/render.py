@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from actlab.errors import ConfigError
+from actlab.errors import ConfigError, RunDirError
 from actlab.report import plots, stats
 from actlab.report.figure_png import png_with_text_layout
 from actlab.study import unfinished as completion
@@ -175,6 +175,11 @@ def report_paths(output: Path | str | None, run_dir: Path) -> tuple[Path, Path]:
         )
     if html_path.is_dir():
         raise ConfigError(f"-o {str(html_path)!r} is a directory; give a file name ending in .html")
+    blocking = next((p for p in html_path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(
+            f"-o {str(html_path)!r}: {blocking} is a file, not a folder; give a path in a folder"
+        )
     md_path = html_path.with_suffix(".md")
     if md_path.exists() and not _written_by_actlab(md_path):
         raise ConfigError(
@@ -196,13 +201,42 @@ def _written_by_actlab(path: Path) -> bool:
 def write_run_report(run: RunData, output: Path | str | None = None) -> Path:
     """Write report.html and report.md for an already-read RunData; return the HTML path.
     Both are written atomically (a temp file renamed into place): a report killed while
-    being written leaves the previous one whole."""
+    being written leaves the previous one whole.
+    A run directory that was being written when it was read (`run.writing`: a study
+    still training) gets report.unfinished.html/.md instead of report.html/.md: those
+    are the study's own, written when it ends, and a slower report must never replace
+    them with an older state."""
+    if run.metrics.empty:
+        raise RunDirError(
+            f"{run.path} holds no metrics row (no epoch completed, or metrics.csv was "
+            f"deleted or emptied); rerun the same `actlab compare` with --out {run.path}: it "
+            "resumes (and restores rows from checkpoint.pt)"
+        )
+    if output is None and run.writing is not None:
+        output = run.path / UNFINISHED_REPORT
     html_path, md_path = report_paths(output, run.path)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     analysis = analyse(run)
     write_text_atomic(html_path, render_html(analysis))
     write_text_atomic(md_path, render_markdown(analysis))
+    if output is None:  # the run's own report: one written while it trained is outdated
+        for stale in (
+            run.path / UNFINISHED_REPORT,
+            (run.path / UNFINISHED_REPORT).with_suffix(".md"),
+        ):
+            if stale.is_file() and _written_by_actlab_report(stale):
+                stale.unlink()
     return html_path
+
+
+UNFINISHED_REPORT = "report.unfinished.html"
+
+
+def _written_by_actlab_report(path: Path) -> bool:
+    if path.suffix == ".md":
+        return _written_by_actlab(path)
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return "<title>actlab: " in handle.read(4096)
 
 
 # --- numbers as text ----------------------------------------------------------------------
