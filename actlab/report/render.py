@@ -242,7 +242,11 @@ def ci_num(low: float, high: float, digits: int = 4) -> str:
 
 
 def signed_pp(diff: float) -> str:
-    return "–" if _missing(diff) else f"{100 * diff:+.2f} pp"
+    """+0.56 pp, -0.28 pp; a gap that rounds to zero is '0.00 pp', never '-0.00 pp'."""
+    if _missing(diff):
+        return "–"
+    text = f"{100 * diff:+.2f}"
+    return ("0.00" if text in ("+0.00", "-0.00") else text) + " pp"
 
 
 def lr_text(lr: float) -> str:
@@ -257,38 +261,40 @@ def _depth_title(depth: int | None) -> str:
 
 
 def verdict(analysis: Analysis) -> list[str]:
-    """The report's opening, in plain words with numbers: a list of paragraphs (the setup,
-    one per depth, then the caveats)."""
+    """The report's opening, in plain words with numbers: a list of paragraphs (the setup
+    and its scope, one per depth, then the caveats). Every claim stands beside the interval
+    that matches it (see stats.pairwise) and says no more than the seeds support."""
     if not len(analysis.summary):
         return ["No epoch was completed, so there is nothing to compare yet."]
     paragraphs = _unfinished_verdict(analysis)
-    sentences = []
     n = analysis.n_seeds
     config = analysis.run.config
-    sentences.append(
-        f"{compared_text(analysis)} on "
-        f"{config.dataset}, {n} seed{'s' if n != 1 else ''} each, {config.epochs} epochs; "
-        "the accuracy compared is the final-epoch test accuracy."
-    )
+    sentences = [
+        f"{compared_text(analysis)} on {config.dataset}, {n} seed{'s' if n != 1 else ''} "
+        f"each, {_plural(config.epochs, 'epoch')}; the accuracy compared is the final-epoch "
+        "test accuracy."
+    ]
     if analysis.selected is not None:
-        chosen = ", ".join(
-            f"{row.activation} {lr_text(row.lr)}"
-            for row in analysis.selected.drop_duplicates("activation").itertuples()
-        )
         sentences.append(
             "Each activation's learning rate was chosen on the validation split "
-            f"(mean validation accuracy over {selection_window(analysis)}): {chosen}."
+            f"(mean validation accuracy over {selection_window(analysis)}): "
+            f"{chosen_lr_text(analysis.selected)}."
         )
+    sentences.append(scope_text(analysis))
     paragraphs.append(" ".join(sentences))
     for depth in analysis.depths:
         paragraphs.append(" ".join(_depth_verdict(analysis, depth)))
+    paragraphs.append(_test_set_caution(analysis))
     if 2 <= n < stats.SMALL_N:
+        floor = stats.smallest_p(n)
         paragraphs.append(
-            f"Caution: only {n} seeds. Every interval and test here rests on {n - 1} degree"
+            f"Caution: only {n} seeds. Every interval over seeds rests on {n - 1} degree"
             f"{'s' if n != 2 else ''} of freedom, so its width depends on the chance spread of "
-            f"{n} values (the per-seed values are shown beside the means), and a paired test "
-            "at the Holm level has little power. Stacked seeds are cheap: run with --seeds 10 "
-            "or more, or add seeds later and merge the runs with `actlab report RUN_A RUN_B`."
+            f"{n} values (the per-seed values are shown beside the means), and a sign-flip test "
+            f"of {n} seeds cannot give p below 2/2^{n} = {floor:.3g}"
+            + (", so no difference can be called significant." if floor >= stats.ALPHA else ".")
+            + " Stacked seeds are cheap: run with --seeds 10 or more, or add seeds later and "
+            "merge the runs with `actlab report RUN_A RUN_B`."
         )
     if n < 2:
         paragraphs.append(
@@ -299,12 +305,76 @@ def verdict(analysis: Analysis) -> list[str]:
     diverged = analysis.results[analysis.results["diverged"]]
     if len(diverged):
         paragraphs.append(
-            f"{len(diverged)} member{'s' if len(diverged) != 1 else ''} diverged and "
-            f"{'were' if len(diverged) != 1 else 'was'} left out of the statistics: "
+            f"{_plural(len(diverged), 'member')} diverged: "
             + ", ".join(_member_text(row) for row in diverged.itertuples())
-            + "."
+            + ". A diverged member is counted as a failure of its arm: it scores 0% accuracy "
+            "in the ranking and in the paired tests (left out, an activation that diverges "
+            "would be compared on its lucky seeds only); the summary's accuracy columns are "
+            "over the members that finished."
         )
     return [p for p in paragraphs if p]
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
+
+
+def chosen_lr_text(selected: pd.DataFrame) -> str:
+    """Each activation's selected lr, per depth when there are several depths: "relu 0.001,
+    tanh 0.003" or "depth 2: relu 0.003, tanh 0.003; depth 8: relu 0.001, tanh 0.001"."""
+    depths = list(dict.fromkeys(map(_depth, selected["depth"])))
+    parts = []
+    for depth in depths:
+        rows = _rows_at(selected, depth)
+        chosen = ", ".join(f"{row.activation} {lr_text(row.lr)}" for row in rows.itertuples())
+        parts.append(chosen if len(depths) == 1 else f"depth {depth}: {chosen}")
+    return "; ".join(parts)
+
+
+def _test_size(analysis: Analysis) -> int | None:
+    size = (analysis.run.dataset or {}).get("test_size")
+    return int(size) if isinstance(size, (int, float)) and size > 0 else None
+
+
+def scope_text(analysis: Analysis) -> str:
+    """What the seeds can and cannot speak for: one split, one budget, seeds only."""
+    size = _test_size(analysis)
+    split = "one fixed train/test split" + (f" ({size} test images)" if size else "")
+    epochs = _plural(analysis.run.config.epochs, "epoch")
+    return (
+        f"Scope: {split} and a budget of {epochs}; the seeds vary the initial weights and the "
+        "batch order only, so every interval and test below is about that variation, not "
+        "about another test set, dataset or training budget."
+    )
+
+
+# A test set below this size gets a caution: one image is more than 0.05 pp.
+SMALL_TEST_SET = 2000
+
+
+def _test_set_caution(analysis: Analysis) -> str:
+    """The test set's own resolution and binomial sampling error, which more seeds do not
+    shrink: sqrt(p (1 - p) / N) for an accuracy p on N test images."""
+    size = _test_size(analysis)
+    if size is None:
+        return ""
+    best = analysis.summary["final_test_acc_mean"].dropna()
+    if not len(best):
+        return ""
+    accuracy = float(best.iloc[0])
+    se = math.sqrt(accuracy * (1 - accuracy) / size)
+    text = (
+        f"The test set has {size} images, so one image is {100 / size:.2g} pp, and an "
+        f"accuracy of {pct(accuracy, 1)}% measured on it has a binomial sampling SE of "
+        f"{100 * se:.1f} pp (sqrt(p(1-p)/N)) from the choice of those images, which more "
+        "seeds do not shrink."
+    )
+    if size < SMALL_TEST_SET:
+        text = (
+            f"Caution: a small test set. {text} A gap of a few images may not hold on "
+            "another test set of the same size."
+        )
+    return text
 
 
 def compared_text(analysis: Analysis) -> str:
@@ -360,95 +430,148 @@ def _unfinished_verdict(analysis: Analysis) -> list[str]:
 
 
 def _depth_verdict(analysis: Analysis, depth: int | None) -> list[str]:
-    """The best arm of a depth against each other arm, each pair in one of four words:
-    significantly better; better but by less than --min-gap (both tests pass); practically
-    equivalent (TOST); or not resolved, with the gap the seeds could have detected and the
-    seeds that would detect --min-gap. Never "equal" from a test that found no difference."""
+    """The highest-ranked arm of a depth against each other arm, each pair in one of four
+    words: significantly better; better but by less than --min-gap (both tests pass);
+    practically equivalent (TOST); or not resolved, with what the seeds could detect and
+    the seeds to plan. Each beside the interval that matches it. "The best is X" only when X
+    is significantly better than every other arm; else "Highest mean: X"."""
     rows = _rows_at(analysis.summary, depth).dropna(subset=["final_test_acc_mean"])
     if not len(rows):
         return []
-    prefix = "" if depth is None else f"At depth {depth}, "
     best = rows.iloc[0]
-    if _missing(best.final_test_acc_ci_low):
-        where = "(one seed, no interval)."
-    else:
-        interval = ci_pct(best.final_test_acc_ci_low, best.final_test_acc_ci_high)
-        where = f"(95% CI {interval}"
-        if best.n < stats.SMALL_N:
-            where += f" from {best.n} seeds: {_per_seed_text(analysis, depth, best.arm)}"
-        where += ")."
-    text = f"{prefix}the best is {best.arm} with {pct(best.final_test_acc_mean)}% {where}"
-    sentences = [text[0].upper() + text[1:]]
-    if _missing(best["group"]):
-        return sentences
     pairs = _rows_at(analysis.pairs, depth)
     gap_pp = analysis.run.config.min_gap
-
-    def pair_of(arm: str) -> pd.Series | None:
-        match = pairs[
-            ((pairs["a"] == best.arm) & (pairs["b"] == arm))
-            | ((pairs["b"] == best.arm) & (pairs["a"] == arm))
-        ]
-        return match.iloc[0] if len(match) else None
-
-    def gap(arm: str, pair: pd.Series) -> str:
-        sign = 1 if pair["a"] == best.arm else -1  # report best - arm
-        low, high = sorted((sign * pair["ci_low"], sign * pair["ci_high"]))
-        return (
-            f"{arm} (gap {signed_pp(sign * pair['mean_diff'])}, 95% CI [{100 * low:+.2f}, "
-            f"{100 * high:+.2f}], Holm p {p_is(pair['p_holm'])}"
-        )
-
-    better, small, equivalent, unresolved = [], [], [], []
+    words: dict[str, list] = {"better": [], "small": [], "equivalent": [], "unresolved": [],
+                              "behind": []}  # fmt: skip
     for arm in rows["arm"].iloc[1:]:
-        pair = pair_of(arm)
+        pair = _pair_of(pairs, best.arm, arm)
         if pair is None or _missing(pair["p_holm"]):
             continue
-        if pair["significant"] and pair["equivalent"]:
-            small.append(f"{gap(arm, pair)}, TOST p {p_is(pair['tost_p_holm'])})")
+        ahead = pair["a"] == best.arm or pair["mean_diff"] == 0
+        if pair["significant"] and not ahead:
+            words["behind"].append(_claim_text(arm, pair, best.arm))
+        elif pair["significant"] and pair["equivalent"]:
+            words["small"].append(f"{_claim_text(arm, pair, best.arm)}; {_tost_text(pair, gap_pp)}")
         elif pair["significant"]:
-            better.append(gap(arm, pair) + ")")
+            words["better"].append(_claim_text(arm, pair, best.arm))
         elif pair["equivalent"]:
-            equivalent.append(
-                f"{arm} (gap {signed_pp(abs(pair['mean_diff']))}, "
-                f"TOST p {p_is(pair['tost_p_holm'])})"
-            )
+            words["equivalent"].append(f"{arm} ({_tost_text(pair, gap_pp)})")
         else:
-            unresolved.append((arm, pair))
-    if better:
+            words["unresolved"].append((arm, pair))
+    resolved = len(rows) > 1 and len(words["better"]) + len(words["small"]) == len(rows) - 1
+    sentences = [_best_text(analysis, depth, best, resolved)]
+    if words["better"]:
         few = int(best.n) < stats.SMALL_N
         sentences.append(
-            f"It is significantly better than {_join(better)}"
-            + (
-                f", on {int(best.n) - 1} degrees of freedom (see the caution below)."
-                if few
-                else "."
-            )
+            f"It is significantly better than {_join([t + ')' for t in words['better']])}"
+            + (f", on {int(best.n)} seeds (see the caution below)." if few else ".")
         )
-    if small:
+    if words["small"]:
         sentences.append(
-            f"It is significantly better than {_join(small)}, but by less than "
-            f"{gap_pp:g} pp: practically equivalent."
+            f"It is significantly better than {_join([t + ')' for t in words['small']])}, but by "
+            f"less than {gap_pp:g} pp: practically equivalent."
         )
-    if equivalent:
+    if words["equivalent"]:
         sentences.append(
-            f"It is practically equivalent (within ±{gap_pp:g} pp) to {_join(equivalent)}."
+            f"It is practically equivalent (within ±{gap_pp:g} pp) to {_join(words['equivalent'])}."
         )
-    if unresolved:
+    if words["behind"]:
         sentences.append(
-            f"It is not resolved against {_join([gap(a, p) + ')' for a, p in unresolved])}: "
-            f"the seeds show neither a difference nor equivalence within ±{gap_pp:g} pp, so "
-            "this is an open question, not a tie."
+            "On the seeds both have, it is significantly behind "
+            f"{_join([t + ')' for t in words['behind']])}."
         )
-        sentences.append(_power_sentence(unresolved, gap_pp))
+    if words["unresolved"]:
+        texts = [_claim_text(a, p, best.arm) + ")" for a, p in words["unresolved"]]
+        sentences.append(
+            f"It is not resolved against {_join(texts)}: the seeds show neither a difference "
+            f"nor equivalence within ±{gap_pp:g} pp, so this is an open question, not a tie."
+        )
+        sentences.append(_power_sentence(words["unresolved"], gap_pp))
     if len(rows) == 1:
         sentences.append("It is the only activation compared.")
     return sentences
 
 
+def _pair_of(pairs: pd.DataFrame, x: str, y: str) -> pd.Series | None:
+    match = pairs[((pairs["a"] == x) & (pairs["b"] == y)) | ((pairs["a"] == y) & (pairs["b"] == x))]
+    return match.iloc[0] if len(match) else None
+
+
+def _best_text(analysis: Analysis, depth: int | None, best: pd.Series, resolved: bool) -> str:
+    """'The best is X with 88.1% (95% CI over seeds [...])' when X is resolved against all
+    the others, else 'Highest mean: X with ...'; a diverged seed's 0% is said."""
+    prefix = "" if depth is None else f"At depth {depth}, "
+    if _missing(best.final_test_acc_ci_low):
+        where = "(one seed, no interval)."
+    else:
+        interval = ci_pct(best.final_test_acc_ci_low, best.final_test_acc_ci_high)
+        where = f"(95% CI over seeds {interval}"
+        if best.n < stats.SMALL_N:
+            where += f" from {best.n} seeds: {_per_seed_text(analysis, depth, best.arm)}"
+        where += ")."
+    mean = f"{pct(best.final_test_acc_mean)}% {where}"
+    if best.n_diverged:
+        mean = (
+            f"{pct(best.score_mean)}% counting its {_plural(int(best.n_diverged), 'diverged seed')}"
+            f" as 0%, {pct(best.final_test_acc_mean)}% over the {best.n} that finished {where}"
+        )
+    text = f"{prefix}{'the best is' if resolved else 'highest mean:'} {best.arm} with {mean}"
+    return text[0].upper() + text[1:]
+
+
+def _failures_text(pair: pd.Series) -> str:
+    """'; counting tanh's 1 diverged seed as 0%' when a member of the pair diverged."""
+    parts = [
+        f"{name}'s {_plural(int(count), 'diverged seed')}"
+        for name, count in ((pair["a"], pair["n_failed_a"]), (pair["b"], pair["n_failed_b"]))
+        if count
+    ]
+    return f"; counting {' and '.join(parts)} as 0%" if parts else ""
+
+
+def _claim_text(arm: str, pair: pd.Series, best: str) -> str:
+    """'tanh (gap +0.56 pp, Holm-level 99.2% CI [+0.31, +0.80], Holm p = 0.0039' (the
+    caller closes the parenthesis). The gap is best - arm; the interval is the one that
+    matches the word (see stats.pairwise)."""
+    sign = 1 if pair["a"] == best else -1
+    low, high = sorted((sign * pair["ci_low"], sign * pair["ci_high"]))
+    level = f"Holm-level {_confidence(pair['ci_confidence'])} CI"
+    if math.isinf(low) or math.isinf(high):
+        interval = f"{int(pair['n'])} seeds are too few for a {level.replace(' CI', ' interval')}"
+    else:
+        interval = f"{level} [{_signed(low)}, {_signed(high)}]"
+    return (
+        f"{arm} (gap {signed_pp(sign * pair['mean_diff'])}, {interval}, Holm p "
+        f"{p_is(pair['p_holm'])}{_failures_text(pair)}"
+    )
+
+
+def _tost_text(pair: pd.Series, gap_pp: float) -> str:
+    """'gap +0.02 pp, Holm-level 96.7% CI [-0.10, +0.14] inside ±0.5 pp, TOST Holm p = 0.0020'."""
+    interval = f"[{_signed(pair['tost_low'])}, {_signed(pair['tost_high'])}]"
+    return (
+        f"gap {signed_pp(pair['mean_diff'])}, Holm-level {_confidence(pair['tost_confidence'])} "
+        f"CI {interval} inside ±{gap_pp:g} pp, TOST Holm p {p_is(pair['tost_p_holm'])}"
+        f"{_failures_text(pair)}"
+    )
+
+
+def _confidence(confidence: float) -> str:
+    """0.99166 -> '99.2%', 0.9 -> '90%'."""
+    text = f"{100 * confidence:.1f}"
+    return (text[:-2] if text.endswith(".0") else text) + "%"
+
+
+def _signed(fraction: float) -> str:
+    """A signed difference in pp with two decimals, never '-0.00'."""
+    text = f"{100 * fraction:+.2f}"
+    return "0.00" if text in ("+0.00", "-0.00") else text
+
+
 def _power_sentence(unresolved: list[tuple[str, pd.Series]], gap_pp: float) -> str:
-    """The issue's sentence, per unresolved pair: "With 3 seeds only gaps above 1.1 pp could
-    be detected; about 14 seeds would detect 0.3 pp" (80% power at the Holm level, observed SD)."""
+    """What the seeds could detect and what to plan, per unresolved pair: "With 3 seeds,
+    gaps below 1.1 pp would be missed more often than 20% of the time ...; to detect 0.5 pp
+    plan about 14 seeds, and about 9 to show equivalence within ±0.5 pp"."""
     names = len(unresolved) > 1
     seeds = {int(pair["n"]) for _, pair in unresolved}
     one_count = len(seeds) == 1
@@ -458,23 +581,40 @@ def _power_sentence(unresolved: list[tuple[str, pd.Series]], gap_pp: float) -> s
         label += [f"{n} seeds"] if n is not None and not one_count else []
         return f"{text} ({', '.join(label)})" if label else text
 
-    detectable, needed = [], []
+    level = unresolved[0][1]["level"]
+    holm = f"the Holm level {stats.ALPHA:g}/{round(stats.ALPHA / level)} = {level:.3g}"
+    missed, blind, plans, equivalence = [], [], [], []
     for arm, pair in unresolved:
         n = int(pair["n"])
-        detectable.append(named(f"{_pp_short(pair['detectable_gap'])} pp", arm, n))
-        count = pair["seeds_needed"]
-        if not _missing(count) and count <= n:
-            needed.append(named(f"the {n} seeds at hand", arm))
+        detectable = pair["detectable_gap"]
+        if math.isinf(detectable):
+            blind.append(named(f"{n} seeds", arm))
+        elif detectable >= 1:
+            missed.append(named("any gap the 0-100% scale allows", arm, n))
         else:
-            needed.append(named(_seeds_text(count), arm))
-    level = unresolved[0][1]["level"]
+            missed.append(named(f"{_pp_short(detectable)} pp", arm, n))
+        plans.append(named(_seeds_text(pair["seeds_needed"]), arm))
+        equivalence.append(named(_seeds_text(pair["seeds_for_equivalence"]), arm))
     count = f"{seeds.pop()} seeds" if one_count else "the seeds at hand"
-    return (
-        f"With {count} only gaps above {_join_and(detectable)} could be detected; "
-        f"{_join_and(needed)} would detect {gap_pp:g} pp (80% power of the paired t-test at "
-        f"the Holm level {stats.ALPHA:g}/{round(stats.ALPHA / level)} = {level:.3g}, if the SD "
-        "of the paired differences stays at the one observed)."
+    parts = []
+    if missed:
+        parts.append(
+            f"With {count}, gaps below {_join_and(missed)} would be missed more often than "
+            f"20% of the time (t-test power at {holm}, if the SD of the paired differences "
+            "stays at the one observed)"
+        )
+    if blind:
+        parts.append(
+            f"With {_join_and(blind)} no gap can be found at {holm}: a sign-flip test of n "
+            "seeds cannot give p below 2/2^n"
+        )
+    parts.append(
+        f"to detect {gap_pp:g} pp plan {_join_and(plans)}, and {_join_and(equivalence)} to show "
+        f"equivalence within ±{gap_pp:g} pp (80% power at that level, from the 80% upper "
+        "confidence limit of the observed SD, Browne 1995)"
     )
+    text = "; ".join(parts) + "."
+    return text[0].upper() + text[1:]
 
 
 def _pp_short(fraction: float) -> str:

@@ -38,6 +38,13 @@ import pandas as pd
 from scipy import optimize
 from scipy import stats as scipy_stats
 
+from actlab.report.signflip import (  # noqa: F401 (re-exported: the statistics' one entry)
+    seeds_to_reach,
+    sign_flip_test,
+    sign_flip_tost,
+    smallest_p,
+)
+
 ALPHA = 0.05
 CONFIDENCE = 0.95
 # The power at which the detectable gap and the seeds needed are stated (the usual 80%).
@@ -223,6 +230,87 @@ def seeds_needed(
     return float(high)
 
 
+
+# --- seed plans: from an upper confidence limit of the SD ---------------------------------
+
+# The SD of the paired differences that a plan assumes: its one-sided 80% upper limit, so
+# that an SD that came out small by chance (likely with few seeds) does not promise power.
+PLAN_CONFIDENCE = 0.80
+
+
+def sd_upper_limit(std: float, n: int, confidence: float = PLAN_CONFIDENCE) -> float:
+    """One-sided upper confidence limit of a normal SD from the sample SD of n values
+    (Browne, "On the use of a pilot sample for sample size determination", Stat. Med. 14,
+    1995):  s * sqrt((n - 1) / chi2_{1 - confidence, n - 1}).  At 80% the factor is 3.95,
+    2.12 and 1.56 at 2, 3 and 5 seeds. NaN for n < 2."""
+    if n < 2 or _missing(std):
+        return math.nan
+    df = n - 1
+    return float(std) * math.sqrt(df / float(scipy_stats.chi2.ppf(1 - confidence, df)))
+
+
+def tost_power(effect: float, n: int, alpha: float = ALPHA) -> float:
+    """A lower bound on the power of TOST at level `alpha` for n pairs when the true gap is
+    0 and the margin is `effect` SDs of the differences: each one-sided test rejects with
+    probability nct.sf(t_{1-alpha, n-1}, n - 1, effect sqrt(n)), and both do with at least
+    twice that minus 1 (Bonferroni). 0 when that is negative; NaN for n < 2."""
+    if n < 2:
+        return math.nan
+    df = n - 1
+    critical = float(scipy_stats.t.ppf(1 - alpha, df))
+    one = float(scipy_stats.nct.sf(critical, df, abs(effect) * math.sqrt(n)))
+    return max(0.0, 2 * one - 1)
+
+
+def _smallest_n(enough, start: int, max_seeds: int) -> float:
+    """min {n >= start : enough(n)} for an `enough` that stays true once true (doubling, then
+    bisection); inf beyond `max_seeds`."""
+    if enough(start):
+        return float(start)
+    low, high = start, start
+    while not enough(high):
+        if high >= max_seeds:
+            return math.inf
+        low, high = high, min(2 * high, max_seeds)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle, high)
+    return float(high)
+
+
+def seed_plan(
+    gap: float, std: float, n: int, level: float, power: float = POWER
+) -> float:
+    """The seeds to plan to detect `gap` at `level` with `power`, from an n-seed study whose
+    paired differences had SD `std`: `seeds_needed` at the SD's 80% upper limit
+    (`sd_upper_limit`), and never fewer than SMALL_N nor than the sign-flip test needs to
+    reach p < level at all (`seeds_to_reach`). The t-test's power stands in for the
+    sign-flip test's (the two agree as seeds grow; benchmarks/stats_power.py measures the
+    plan's real power). NaN when unknown."""
+    upper = sd_upper_limit(std, n)
+    needed = seeds_needed(gap, upper, level, power)
+    if _missing(needed):
+        return math.nan
+    return max(needed, float(SMALL_N), float(seeds_to_reach(level)))
+
+
+def seeds_for_equivalence(
+    margin: float, std: float, level: float = ALPHA, power: float = POWER,
+    max_seeds: int = MAX_SEEDS,
+) -> float:
+    """The seeds whose TOST at `level` shows equivalence within +-`margin` with `power` when
+    the true gap is 0 and the SD of the paired differences is `std` (`tost_power`), never
+    fewer than SMALL_N nor than the one-sided sign-flip test needs to reach p < level.
+    inf beyond `max_seeds`; NaN when unknown."""
+    if _missing(std) or _missing(margin):
+        return math.nan
+    start = max(SMALL_N, seeds_to_reach(level, two_sided=False))
+    if std == 0:
+        return float(start)
+    effect = abs(margin) / std
+    return _smallest_n(lambda n: tost_power(effect, n, level) >= power, start, max_seeds)
+
+
 def tost(a: Sequence[float], b: Sequence[float], margin: float) -> dict:
     """Equivalence of two arms paired by seed: TOST (Schuirmann 1987) on d_i = a_i - b_i.
 
@@ -369,7 +457,10 @@ def summary_table(
     arms: pd.DataFrame, metrics: Sequence[str] = tuple(SUMMARY_METRICS)
 ) -> pd.DataFrame:
     """Per (depth, arm), over the seeds of non-diverged members: n and, for each metric,
-    <metric>_mean, _std, _ci_low, _ci_high; plus n_diverged. Rows are in the arms' order."""
+    <metric>_mean, _std, _ci_low, _ci_high (an accuracy's interval clipped to [0, 1]: the
+    t interval of 2 or 3 seeds can reach past the scale); plus n_diverged and score_mean,
+    the mean final test accuracy with each diverged member counted as 0 (`scored`), by
+    which arms are ranked. Rows are in the arms' order."""
     rows = []
     for (depth, arm), group in arms.groupby(["depth", "arm"], dropna=False, sort=False):
         ok = group[~group["diverged"]]
@@ -377,10 +468,33 @@ def summary_table(
                "lr": group["lr"].iloc[0], "n": len(ok), "n_diverged": int(group["diverged"].sum())}  # fmt: skip
         for metric in metrics:
             interval = t_interval(ok[metric])
+            low, high = interval.ci_low, interval.ci_high
+            if metric.endswith("_acc") and interval.n >= 2:  # a fraction: inside [0, 1]
+                low, high = max(0.0, low), min(1.0, high)
             row.update({f"{metric}_mean": interval.mean, f"{metric}_std": interval.std,
-                        f"{metric}_ci_low": interval.ci_low, f"{metric}_ci_high": interval.ci_high})  # fmt: skip
+                        f"{metric}_ci_low": low, f"{metric}_ci_high": high})  # fmt: skip
+        row["score_mean"] = scored(group, "final_test_acc")[0].iloc[:, 0].mean()
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# A diverged member counts as a failure of its arm: in ranks and paired tests of an
+# accuracy it scores 0 (the worst), as in `select_lr`. Left out instead, an activation that
+# diverges on its unlucky seeds would be compared on its lucky ones only.
+FAILURE_SCORE = 0.0
+
+
+def scored(group: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(values, failed): seed x arm tables of `metric` with each diverged member scored
+    FAILURE_SCORE when `metric` is an accuracy (left out, NaN, for other metrics), and of
+    which members diverged."""
+    frame = group.copy()
+    if metric.endswith("_acc"):
+        frame[metric] = np.where(frame["diverged"], FAILURE_SCORE, frame[metric])
+    values = frame.pivot_table(index="seed", columns="arm", values=metric, aggfunc="first",
+                               dropna=False)  # fmt: skip
+    failed = frame.pivot_table(index="seed", columns="arm", values="diverged", aggfunc="any")
+    return values, failed.reindex_like(values).fillna(False).astype(bool)
 
 
 def pairwise(
@@ -390,54 +504,114 @@ def pairwise(
     power: float = POWER,
 ) -> pd.DataFrame:
     """Paired differences between every two arms of a depth, over the seeds where both
-    members finished. Within a pair, `a` is the arm with the higher mean, so mean_diff >= 0.
+    members exist, a diverged member scored as a failure (FAILURE_SCORE). Within a pair, `a`
+    is the arm with the higher mean on those seeds, so mean_diff >= 0: a pair is never
+    read backwards. Tests are sign-flip permutation tests (actlab.report.signflip).
 
-    Columns: depth, a, b, n, mean_diff (a - b), std (of the paired differences), ci_low,
-    ci_high, p, p_holm, significant (p_holm < ALPHA; Holm over all pairs of the table), and
-    how sure that is:
-    - level: ALPHA / m for the m pairs tested, Holm's strictest step. A pair whose p is below
-      it is rejected whatever the other pairs, so its power under Holm is at least the
-      power at this level: the figures below are on the safe side;
-    - detectable_gap: the gap detected with `power` at `level` if the SD of the paired
-      differences is the observed `std` (`detectable_gap`);
-    - seeds_needed: the seeds that would detect a gap of `margin` at `level` (`seeds_needed`;
-      inf beyond MAX_SEEDS; NaN without a margin);
-    - tost_p, tost_p_holm, equivalent: TOST against +-`margin` (`tost`), Holm-corrected
-      over the pairs like the difference tests; equivalent = tost_p_holm < ALPHA. Without a
-      margin these are NaN / False."""
-    rows = []
+    Columns: depth, a, b, n, n_failed_a, n_failed_b (diverged members among those seeds),
+    mean_diff (a - b), std (of the paired differences), p, p_holm, significant (p_holm <
+    ALPHA; Holm over all pairs of the table) and
+    - ci_low, ci_high, ci_confidence: the interval that matches the word. A significant
+      pair's is at the level of the Holm step that rejected it, 1 - ALPHA / (m - j), so it
+      excludes 0; any other pair's at 1 - ALPHA / m (Bonferroni: simultaneous over all m),
+      which then includes 0. Infinite when the seeds are too few for that level;
+    - level: ALPHA / m, Holm's strictest step; detectable_gap: the gap a t-test of these
+      seeds detects with `power` at `level` if the SD of the differences is the observed
+      one, inf when no sign-flip p of n seeds can be below `level`;
+    - seeds_needed: the seeds to plan to detect `margin` at `level` (`seed_plan`: from the
+      SD's 80% upper limit, at least SMALL_N); seeds_for_equivalence: to show equivalence
+      within +-`margin` at `level` when the true gap is 0, from the same SD limit;
+    - tost_p, tost_p_holm, equivalent (tost_p_holm < ALPHA), tost_low, tost_high,
+      tost_confidence: sign-flip TOST against +-`margin` and its matching 1 - 2 level
+      interval (the Holm step's level for an equivalent pair, else ALPHA / m), inside
+      +-margin exactly when the pair is equivalent. NaN / False without a margin."""
+    rows, diffs = [], []
     for depth, group in arms.groupby("depth", dropna=False, sort=False):
-        ok = group[~group["diverged"]]
-        table = ok.pivot_table(index="seed", columns="arm", values=metric, aggfunc="first")
-        order = table.mean().sort_values(ascending=False).index.tolist()
-        values = {arm: table[arm].to_numpy(dtype=float) for arm in order}
-        for a, b in itertools.combinations(order, 2):
-            both = ~np.isnan(values[a]) & ~np.isnan(values[b])  # seeds where both finished
-            x, y = values[a][both], values[b][both]
-            row = {"depth": depth, "a": a, "b": b, **paired_test(x, y)}
-            row["tost_p"] = math.nan if margin is None else tost(x, y, margin)["p"]
-            rows.append(row)
-    columns = ["depth", "a", "b", "n", "mean_diff", "std", "ci_low", "ci_high", "p", "tost_p"]
+        values, failed = scored(group, metric)
+        order = values.mean().sort_values(ascending=False).index.tolist()
+        for x, y in itertools.combinations(order, 2):
+            both = (values[x].notna() & values[y].notna()).to_numpy()
+            d = values[x].to_numpy(dtype=float)[both] - values[y].to_numpy(dtype=float)[both]
+            if len(d) and d.mean() < 0:  # orient by the mean on these seeds
+                x, y, d = y, x, -d
+            test = sign_flip_test(d)
+            rows.append({"depth": depth, "a": x, "b": y, "n": test["n"],
+                         "n_failed_a": int(failed[x].to_numpy()[both].sum()),
+                         "n_failed_b": int(failed[y].to_numpy()[both].sum()),
+                         "mean_diff": test["mean_diff"], "std": test["std"], "p": test["p"],
+                         "tost_p": math.nan if margin is None
+                         else sign_flip_tost(d, margin)["p"]})  # fmt: skip
+            diffs.append(d)
+    columns = ["depth", "a", "b", "n", "n_failed_a", "n_failed_b", "mean_diff", "std", "p",
+               "tost_p"]  # fmt: skip
     frame = pd.DataFrame(rows, columns=columns)
     frame["p_holm"] = holm(frame["p"].to_numpy()) if len(frame) else []
     frame["significant"] = frame["p_holm"] < ALPHA
     tested = int(frame["p"].notna().sum())
     level = ALPHA / tested if tested else math.nan
     frame["level"] = level
+    _claim_intervals(frame, diffs, level, margin)
     frame["detectable_gap"] = [
-        detectable_gap(std, n, level, power) if tested else math.nan
+        math.inf if tested and smallest_p(n) >= level
+        else (detectable_gap(std, n, level, power) if tested else math.nan)
+        for std, n in zip(frame["std"], frame["n"], strict=True)
+    ]  # fmt: skip
+    frame["seeds_needed"] = [
+        seed_plan(margin, std, n, level, power) if tested and margin is not None else math.nan
         for std, n in zip(frame["std"], frame["n"], strict=True)
     ]
-    frame["seeds_needed"] = [
-        seeds_needed(margin, std, level, power) if tested and margin is not None else math.nan
-        for std in frame["std"]
-    ]
+    frame["seeds_for_equivalence"] = [
+        seeds_for_equivalence(margin, sd_upper_limit(std, n), level, power)
+        if tested and margin is not None else math.nan
+        for std, n in zip(frame["std"], frame["n"], strict=True)
+    ]  # fmt: skip
     frame["tost_p_holm"] = holm(frame["tost_p"].to_numpy()) if len(frame) else []
     frame["equivalent"] = frame["tost_p_holm"] < ALPHA
+    _equivalence_intervals(frame, diffs, level, margin)
     order = ["depth", "a", "b", "n", "mean_diff", "std", "ci_low", "ci_high", "p", "p_holm",
              "significant", "level", "detectable_gap", "seeds_needed", "tost_p", "tost_p_holm",
-             "equivalent"]  # fmt: skip
+             "equivalent", "ci_confidence", "n_failed_a", "n_failed_b",
+             "seeds_for_equivalence", "tost_low", "tost_high", "tost_confidence"]  # fmt: skip
     return frame[order]
+
+
+def holm_step_levels(pvalues: Sequence[float], alpha: float = ALPHA) -> np.ndarray:
+    """The level of each p-value's own Holm step: alpha / (m - j) for the j-th smallest
+    (j = 0, 1, ...) of the m that are not NaN; NaN for NaN."""
+    p = np.asarray(pvalues, dtype=float)
+    levels = np.full(p.shape, math.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    for rank, index in enumerate(valid[np.argsort(p[valid], kind="stable")]):
+        levels[index] = alpha / (len(valid) - rank)
+    return levels
+
+
+def _claim_intervals(frame: pd.DataFrame, diffs: list, level: float, margin) -> None:
+    """ci_low, ci_high, ci_confidence of `pairwise` (see there)."""
+    steps = holm_step_levels(frame["p"].to_numpy()) if len(frame) else []
+    lows, highs, confidences = [], [], []
+    for d, step, significant in zip(diffs, steps, frame["significant"], strict=True):
+        at = step if significant else level
+        if _missing(at):
+            lows.append(math.nan), highs.append(math.nan), confidences.append(math.nan)
+            continue
+        test = sign_flip_test(d, 1 - at)
+        lows.append(test["ci_low"]), highs.append(test["ci_high"]), confidences.append(1 - at)
+    frame["ci_low"], frame["ci_high"], frame["ci_confidence"] = lows, highs, confidences
+
+
+def _equivalence_intervals(frame: pd.DataFrame, diffs: list, level: float, margin) -> None:
+    """tost_low, tost_high, tost_confidence of `pairwise` (see there)."""
+    steps = holm_step_levels(frame["tost_p"].to_numpy()) if len(frame) else []
+    lows, highs, confidences = [], [], []
+    for d, step, equivalent in zip(diffs, steps, frame["equivalent"], strict=True):
+        at = step if equivalent else level
+        if margin is None or _missing(at):
+            lows.append(math.nan), highs.append(math.nan), confidences.append(math.nan)
+            continue
+        test = sign_flip_tost(d, margin, at)
+        lows.append(test["low"]), highs.append(test["high"]), confidences.append(1 - 2 * at)
+    frame["tost_low"], frame["tost_high"], frame["tost_confidence"] = lows, highs, confidences
 
 
 def letter_groups(order: Sequence[str], pairs: pd.DataFrame) -> dict[str, str]:
@@ -481,16 +655,14 @@ def letter_groups(order: Sequence[str], pairs: pd.DataFrame) -> dict[str, str]:
 
 
 def ranking(arms: pd.DataFrame, metric: str = "final_test_acc") -> pd.DataFrame:
-    """Arms of each depth ordered by mean `metric` (best first; lower is better for losses)
-    with their significance groups: depth, arm, rank, mean, group, tied_with_best (not
+    """Arms of each depth ordered by mean `metric` (best first; lower is better for losses),
+    a diverged member counted as a failure (see `scored`), with their significance groups: depth, arm, rank, mean, group, tied_with_best (not
     significantly different from the best arm; None without p-values)."""
     ascending = metric.endswith("loss")
     pairs = pairwise(arms, metric)
     rows = []
     for depth, group in arms.groupby("depth", dropna=False, sort=False):
-        means = (
-            group[~group["diverged"]].groupby("arm")[metric].mean().sort_values(ascending=ascending)
-        )
+        means = scored(group, metric)[0].mean().dropna().sort_values(ascending=ascending)
         order = means.index.tolist()
         own = pairs[pairs["depth"].isna()] if pd.isna(depth) else pairs[pairs["depth"] == depth]
         letters = letter_groups(order, own)
