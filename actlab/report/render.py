@@ -461,10 +461,8 @@ def _depth_verdict(analysis: Analysis, depth: int | None) -> list[str]:
     resolved = len(rows) > 1 and len(words["better"]) + len(words["small"]) == len(rows) - 1
     sentences = [_best_text(analysis, depth, best, resolved)]
     if words["better"]:
-        few = int(best.n) < stats.SMALL_N
         sentences.append(
-            f"It is significantly better than {_join([t + ')' for t in words['better']])}"
-            + (f", on {int(best.n)} seeds (see the caution below)." if few else ".")
+            f"It is significantly better than {_join([t + ')' for t in words['better']])}."
         )
     if words["small"]:
         sentences.append(
@@ -588,7 +586,7 @@ def _power_sentence(unresolved: list[tuple[str, pd.Series]], gap_pp: float) -> s
         n = int(pair["n"])
         detectable = pair["detectable_gap"]
         if math.isinf(detectable):
-            blind.append(named(f"{n} seeds", arm))
+            blind.append(n)
         elif detectable >= 1:
             missed.append(named("any gap the 0-100% scale allows", arm, n))
         else:
@@ -603,10 +601,10 @@ def _power_sentence(unresolved: list[tuple[str, pd.Series]], gap_pp: float) -> s
             f"20% of the time (t-test power at {holm}, if the SD of the paired differences "
             "stays at the one observed)"
         )
-    if blind:
+    for n in sorted(set(blind)):
         parts.append(
-            f"With {_join_and(blind)} no gap can be found at {holm}: a sign-flip test of n "
-            "seeds cannot give p below 2/2^n"
+            f"with {n} seeds no gap can be found at {holm}: a sign-flip test of {n} seeds "
+            f"cannot give p below 2/2^{n} = {stats.smallest_p(n):.3g}"
         )
     parts.append(
         f"to detect {gap_pp:g} pp plan {_join_and(plans)}, and {_join_and(equivalence)} to show "
@@ -725,9 +723,10 @@ def summary_note(analysis: Analysis) -> str:
 
 def rank_text(rank: object, n: int, n_diverged: int) -> str:
     """An integer rank (1 is best); an arm with no member left to rank says why."""
-    if not _missing(rank):
-        return str(int(rank))
-    return "– (all diverged)" if n_diverged and not n else "–"
+    all_diverged = bool(n_diverged and not n)
+    if not _missing(rank):  # an arm whose members all diverged ranks last, as failures
+        return str(int(rank)) + (" (all diverged)" if all_diverged else "")
+    return "– (all diverged)" if all_diverged else "–"
 
 
 def pair_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
