@@ -152,7 +152,9 @@ def one_sided_flip_p(shifted):
     import itertools
 
     observed = shifted.mean()
-    flips = [(np.array(s) * shifted).mean() for s in itertools.product((1, -1), repeat=len(shifted))]
+    flips = [
+        (np.array(s) * shifted).mean() for s in itertools.product((1, -1), repeat=len(shifted))
+    ]
     return sum(f >= observed - 1e-12 for f in flips) / len(flips)
 
 

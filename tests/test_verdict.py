@@ -113,7 +113,10 @@ def test_significant_and_within_the_margin_says_both():
         "gelu": BEST - 0.001 + RNG.normal(0, 0.0002, SEEDS),  # 0.1 pp behind, every seed
     }
     text = " ".join(verdict(analyse(run_with(study))))
-    assert "It is significantly better than gelu (gap +0.09 pp, Holm-level 95% CI [+0.08, +0.11]" in text
+    assert (
+        "It is significantly better than gelu (gap +0.09 pp, Holm-level 95% CI [+0.08, +0.11]"
+        in text
+    )
     assert "but by less than 0.5 pp: practically equivalent." in text
 
 

@@ -5,7 +5,7 @@ network, so it opens from a file years later. The Markdown carries the same summ
 verdict and the tables, no charts) for pasting into an issue or a paper.
 
 Accuracies are stored as fractions and shown as percentages with two decimals; intervals
-are Student-t 95% intervals over seeds; groups come from paired t-tests with Holm's
+are Student-t 95% intervals over seeds; groups come from paired sign-flip tests with Holm's
 correction (see actlab/report/stats.py).
 """
 
@@ -706,8 +706,9 @@ def summary_note(analysis: Analysis) -> str:
     """What the summary table's intervals and letters mean, with the small-n caution."""
     note = (
         "Mean over seeds of non-diverged members; std with ddof=1; 95% CI from the t "
-        "distribution. Activations that share a group letter were not shown to differ at 5% "
-        "(paired t-tests over seeds, Holm-corrected over all pairs); that is not evidence that "
+        "distribution, clipped to 0-100%; ranked by the mean with each diverged member counted "
+        "as 0%. Activations that share a group letter were not shown to differ at 5% "
+        "(paired sign-flip tests over seeds, Holm-corrected over all pairs); that is not evidence that "
         "they are equal (the verdict says which pairs are practically equivalent, by TOST "
         f'within ±{analysis.run.config.min_gap:g} pp). "a" is the best group. Best-epoch '
         "accuracy picks the epoch on the test split and is optimistic."
@@ -732,17 +733,16 @@ def rank_text(rank: object, n: int, n_diverged: int) -> str:
 def pair_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
     depth_column = any(_depth(d) is not None for d in analysis.pairs["depth"])
     header = (["depth"] if depth_column else []) + [
-        "comparison", "seeds", "difference", "95% CI (pp)", "p", "p (Holm)", "significant at 5%",
+        "comparison", "seeds", "difference", "Holm-level CI (pp)", "p", "p (Holm)",
+        "significant at 5%",
     ]  # fmt: skip
     gap_pp = analysis.run.config.min_gap
     header += ["detectable gap (pp)", f"seeds for {gap_pp:g} pp", "TOST p (Holm)", "reading"]
     rows = []
     for row in analysis.pairs.itertuples():
-        ci = (
-            "n/a"
-            if _missing(row.ci_low)
-            else f"[{100 * row.ci_low:+.2f}, {100 * row.ci_high:+.2f}]"
-        )
+        ci = "n/a" if _missing(row.ci_low) else "too few seeds"
+        if not _missing(row.ci_low) and math.isfinite(row.ci_low):
+            ci = f"[{_signed(row.ci_low)}, {_signed(row.ci_high)}] ({_confidence(row.ci_confidence)})"
         significant = "–" if _missing(row.p_holm) else ("yes" if row.significant else "no")
         cells = [f"{row.a} − {row.b}", str(row.n), signed_pp(row.mean_diff), ci,
                  pvalue(row.p), pvalue(row.p_holm), significant]  # fmt: skip
@@ -1091,12 +1091,15 @@ def render_html(analysis: Analysis) -> str:
         parts.append(html_table(*pair_rows(analysis), css_id="pairs-table"))
         parts.append('<p class="note">Difference = first − second, in percentage points of final test '
                      "accuracy, paired by seed (members of one seed share initial weights and batch order). "
-                     "Intervals are per pair; significance is judged on Holm-corrected p-values, so an "
-                     "interval may exclude 0 while the pair is not significant after correction. "
-                     "Detectable gap: the true gap this many seeds would find with 80% power at the "
-                     "Holm level 0.05/m, if the SD of the paired differences is the one observed; "
-                     "seeds for the min gap: how many would find --min-gap so; TOST: the test that "
-                     "the gap is inside ±min gap (practically equivalent).</p>")  # fmt: skip
+                     "A diverged member counts as a failure (0%) on its seed. p: exact sign-flip "
+                     "permutation test (never below 2/2^n for n seeds); the interval is the one that "
+                     "matches the pair's word: at the level of the Holm step that resolved it, else "
+                     "at 1 − 0.05/m (simultaneous over all m pairs), so it excludes 0 exactly when "
+                     "the pair is significant. Detectable gap: gaps below it would be missed more "
+                     "often than 20% of the time at the Holm level 0.05/m, if the SD of the paired "
+                     "differences is the one observed; seeds for the min gap: a plan from the SD's "
+                     "80% upper confidence limit (at least 5); TOST: the test that the gap is inside "
+                     "±min gap (practically equivalent). See docs/statistics.md.</p>")  # fmt: skip
     if analysis.sensitivity is not None:
         parts.append('<h2 id="lr">Learning-rate selection</h2>')
         rule = (
@@ -1131,7 +1134,7 @@ def render_html(analysis: Analysis) -> str:
     diverged = analysis.results[analysis.results["diverged"]]
     if len(diverged):
         parts.append('<h3 id="diverged">Divergence</h3><ul>')
-        parts += [f"<li>{esc(_member_text(r))}: loss became NaN/inf; frozen and excluded from the statistics.</li>"
+        parts += [f"<li>{esc(_member_text(r))}: loss became NaN/inf; frozen, and counted as a failure (0% accuracy) of its arm in the ranking and the paired tests.</li>"
                   for r in diverged.itertuples()]  # fmt: skip
         parts.append("</ul>")
     parts.append('<h2 id="timings">Timings</h2>')

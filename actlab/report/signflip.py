@@ -114,9 +114,7 @@ def sign_flip_test(diff: Sequence[float] | np.ndarray, confidence: float = 0.95)
             "p": min(1.0, 2 * min(p_ge, p_le)), "ci_low": low, "ci_high": high}  # fmt: skip
 
 
-def sign_flip_tost(
-    diff: Sequence[float] | np.ndarray, margin: float, tail: float = 0.05
-) -> dict:
+def sign_flip_tost(diff: Sequence[float] | np.ndarray, margin: float, tail: float = 0.05) -> dict:
     """Equivalence (TOST, Schuirmann 1987) with sign-flip tests in place of t-tests:
 
         p_lower = p_ge(-margin)   (H0: mean <= -margin, the d_i + margin flipped)
