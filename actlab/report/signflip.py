@@ -34,7 +34,7 @@ FLIP_SEED = 0
 TIE = 1e-9
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)  # 1 MB at 16 seeds, 6.5 MB at 100
 def sign_vectors(n: int) -> np.ndarray:
     """The sign vectors of a sign-flip test of `n` paired differences, shape (B, n), row 0
     the identity: all 2^n for n <= EXACT_FLIPS, else FLIP_DRAWS - 1 random ones (seed
@@ -47,7 +47,18 @@ def sign_vectors(n: int) -> np.ndarray:
     return np.vstack([np.ones((1, n), dtype=np.int8), drawn])
 
 
+@functools.lru_cache(maxsize=8)
+def _mean_signs(n: int) -> np.ndarray:
+    return sign_vectors(n).mean(axis=1)
+
+
 def _flip_thresholds(diff: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """`_thresholds` of `diff`, remembered: a pair's p, interval and TOST share them."""
+    return _thresholds(np.ascontiguousarray(diff, dtype=float).tobytes())
+
+
+@functools.lru_cache(maxsize=256)
+def _thresholds(key: bytes) -> tuple[np.ndarray, int, int]:
     """For the shift delta, the flipped mean T_s(delta) = mean(s (d - delta)) is at least the
     observed T(delta) = mean(d) - delta iff delta >= c_s and at most it iff delta <= c_s, with
 
@@ -56,13 +67,16 @@ def _flip_thresholds(diff: np.ndarray) -> tuple[np.ndarray, int, int]:
     so both one-sided p-values are counts of thresholds: p_ge(delta) = (k + #{c_s <= delta}) / B
     and p_le(delta) = (k + #{c_s >= delta}) / B, k the vectors equal to the identity.
     Returns (sorted c_s, k, B)."""
+    diff = np.frombuffer(key, dtype=float)
     signs = sign_vectors(len(diff))
-    mean_sign = signs.mean(axis=1)
+    mean_sign = _mean_signs(len(diff))
     flipped = signs @ diff / len(diff)
     moving = mean_sign < 1
     c = (diff.mean() - flipped[moving]) / (1 - mean_sign[moving])
     c[np.abs(c) < TIE] = 0.0  # a tie with delta = 0 is exactly a tie
-    return np.sort(c), int((~moving).sum()), len(signs)
+    c = np.sort(c)
+    c.setflags(write=False)  # shared by the callers of the cache
+    return c, int((~moving).sum()), len(signs)
 
 
 def _one_sided(c: np.ndarray, always: int, total: int, delta: float) -> tuple[float, float]:
