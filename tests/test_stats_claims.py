@@ -288,3 +288,10 @@ def test_depth_study_verdict_names_each_depths_lr(tmp_path):
     text = " ".join(verdict(analysis))
     assert "depth 2: relu 0.003, tanh 0.003, sigmoid 0.003" in text
     assert "depth 8: relu 0.001, tanh 0.001, sigmoid 0.001" in text
+
+
+def test_summary_carries_the_test_sets_binomial_se(tmp_path):
+    analysis = analyse(read_run(zero_variance_run(tmp_path / "run", seeds=(0, 1, 2))))
+    p = analysis.summary["final_test_acc_mean"]
+    expected = np.sqrt(p * (1 - p) / DIGITS_TEST)
+    assert np.allclose(analysis.summary["final_test_acc_test_se"], expected)

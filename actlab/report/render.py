@@ -95,6 +95,10 @@ def analyse(run: RunData) -> Analysis:
             on=["depth", "arm"],
             how="left",
         ).sort_values(["depth", "rank"], na_position="last", key=_depth_sort_key)
+    size = (run.dataset or {}).get("test_size")
+    if len(summary) and isinstance(size, (int, float)) and size > 0:  # binomial SE, see docs
+        p = summary["final_test_acc_mean"].astype(float)
+        summary["final_test_acc_test_se"] = (p * (1 - p) / size) ** 0.5
     sensitivity = stats.lr_sensitivity(results) if several_lrs and has_val else None
     arm_of = {
         (_depth(d), a, float(lr)): arm
