@@ -9,12 +9,19 @@ Vocabulary:
 - an *arm* is what is compared: an activation (at its selected lr when lrs were swept),
   at one depth. Each arm has one member per seed.
 
-How sure the comparison is (see `pair_power`):
-- the *detectable gap* of a pair: the true gap its paired t-test would find with 80% power
-  at the Holm level alpha/m, if the SD of its paired differences is the observed one;
-- the *seeds needed* to detect the smallest gap that matters (`--min-gap`);
-- *equivalence*: TOST (two one-sided tests) against +-min-gap, so that "no difference
-  found" is never read as "equal" unless the data support it.
+How pairs are judged (`pairwise`; docs/statistics.md says what each claim means):
+- the test is the exact sign-flip permutation test of the paired differences
+  (actlab.report.signflip), valid for accuracies quantised by a small test set; Holm over
+  all pairs; each claim beside the interval that matches it;
+- a diverged member counts as a failure (0% accuracy) of its arm, and each pair is read in
+  the direction of its own mean;
+- how sure (actlab.report.power): the *detectable gap*, the *seeds to plan* for the
+  smallest gap that matters (`--min-gap`) from an upper confidence limit of the SD, and
+  *equivalence* by TOST against +-min-gap, so that "no difference found" is never read as
+  "equal" unless the data support it.
+
+`paired_test` and `tost` are the paired t-test and t-TOST, kept as references (the
+benchmark compares the old rule with the new one); the verdict does not use them.
 
 References: Student's t interval and paired t-test (any statistics textbook; `scipy.stats`);
 Holm, "A simple sequentially rejective multiple test procedure", Scand. J. Stat. 6 (1979);
@@ -108,7 +115,8 @@ def t_interval(values: Sequence[float] | np.ndarray, confidence: float = CONFIDE
 
 
 def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> dict:
-    """Paired comparison of two arms measured on the same seeds: d_i = a_i - b_i.
+    """Paired t-test of two arms measured on the same seeds, d_i = a_i - b_i (a reference:
+    the verdict uses `sign_flip_test`, which stays valid when every d_i is equal).
 
     Returns n, mean_diff, std, ci_low, ci_high (t interval of d) and p (two-sided paired
     t-test, t = mean(d) / (std(d) / sqrt(n)), n - 1 degrees of freedom). With n < 2, p and
@@ -152,7 +160,8 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 
 
 def tost(a: Sequence[float], b: Sequence[float], margin: float) -> dict:
-    """Equivalence of two arms paired by seed: TOST (Schuirmann 1987) on d_i = a_i - b_i.
+    """Equivalence of two arms paired by seed: t-TOST (Schuirmann 1987) on d_i = a_i - b_i (a
+    reference: the verdict uses `sign_flip_tost`).
 
     H0: |mu_d| >= margin against H1: |mu_d| < margin, as two one-sided t-tests with n - 1
     degrees of freedom and se = std(d) / sqrt(n):
