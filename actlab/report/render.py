@@ -95,8 +95,8 @@ def analyse(run: RunData) -> Analysis:
             on=["depth", "arm"],
             how="left",
         ).sort_values(["depth", "rank"], na_position="last", key=_depth_sort_key)
-    size = (run.dataset or {}).get("test_size")
-    if len(summary) and isinstance(size, (int, float)) and size > 0:  # binomial SE, see docs
+    size = images_in_test_set(run)
+    if len(summary) and size:  # the test set's binomial SE, see docs/statistics.md
         p = summary["final_test_acc_mean"].astype(float)
         summary["final_test_acc_test_se"] = (p * (1 - p) / size) ** 0.5
     sensitivity = stats.lr_sensitivity(results) if several_lrs and has_val else None
@@ -335,14 +335,15 @@ def chosen_lr_text(selected: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
-def _test_size(analysis: Analysis) -> int | None:
-    size = (analysis.run.dataset or {}).get("test_size")
+def images_in_test_set(run: RunData) -> int | None:
+    """The number of test images, from dataset.json; None when it is not recorded."""
+    size = (run.dataset or {}).get("test_size")
     return int(size) if isinstance(size, (int, float)) and size > 0 else None
 
 
 def scope_text(analysis: Analysis) -> str:
     """What the seeds can and cannot speak for: one split, one budget, seeds only."""
-    size = _test_size(analysis)
+    size = images_in_test_set(analysis.run)
     split = "one fixed train/test split" + (f" ({size} test images)" if size else "")
     epochs = _plural(analysis.run.config.epochs, "epoch")
     return (
@@ -359,7 +360,7 @@ SMALL_TEST_SET = 2000
 def _test_set_caution(analysis: Analysis) -> str:
     """The test set's own resolution and binomial sampling error, which more seeds do not
     shrink: sqrt(p (1 - p) / N) for an accuracy p on N test images."""
-    size = _test_size(analysis)
+    size = images_in_test_set(analysis.run)
     if size is None:
         return ""
     best = analysis.summary["final_test_acc_mean"].dropna()
