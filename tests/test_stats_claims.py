@@ -269,7 +269,7 @@ def test_scope_and_detectable_gap_wording():
     assert "one fixed train/test split (10000 test images)" in text
     assert "1 epochs" not in text and "a budget of 1 epoch" in text
     assert "could be detected" not in text
-    assert "gaps below" in text and "would be missed more often than 20%" in text
+    assert "gaps below about" in text and "would be missed more often than 20%" in text
 
 
 # --- issue 21, item 4: a depth study's verdict names each depth's own learning rates -------

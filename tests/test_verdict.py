@@ -95,7 +95,7 @@ def test_wording_resolved_equivalent_unresolved(analysis):
     needed = stats.seed_plan(0.005, tanh["std"], SEEDS, level)
     assert gap > 0.005 and needed > SEEDS
     assert (
-        f"With {SEEDS} seeds, gaps below {100 * gap:.2f} pp would be missed more often than "
+        f"With {SEEDS} seeds, gaps below about {100 * gap:.2f} pp would be missed more often than "
         "20% of the time (t-test power at the Holm level 0.05/6 = 0.00833" in text
     )
     equivalence = stats.seeds_for_equivalence(0.005, stats.sd_upper_limit(tanh["std"], SEEDS),

@@ -573,7 +573,7 @@ def _signed(fraction: float) -> str:
 
 def _power_sentence(unresolved: list[tuple[str, pd.Series]], gap_pp: float) -> str:
     """What the seeds could detect and what to plan, per unresolved pair: "With 3 seeds,
-    gaps below 1.1 pp would be missed more often than 20% of the time ...; to detect 0.5 pp
+    gaps below about 1.1 pp would be missed more often than 20% of the time ...; to detect 0.5 pp
     plan about 14 seeds, and about 9 to show equivalence within ±0.5 pp"."""
     names = len(unresolved) > 1
     seeds = {int(pair["n"]) for _, pair in unresolved}
@@ -602,7 +602,7 @@ def _power_sentence(unresolved: list[tuple[str, pd.Series]], gap_pp: float) -> s
     parts = []
     if missed:
         parts.append(
-            f"With {count}, gaps below {_join_and(missed)} would be missed more often than "
+            f"With {count}, gaps below about {_join_and(missed)} would be missed more often than "
             f"20% of the time (t-test power at {holm}, if the SD of the paired differences "
             "stays at the one observed)"
         )
@@ -1100,7 +1100,7 @@ def render_html(analysis: Analysis) -> str:
                      "permutation test (never below 2/2^n for n seeds); the interval is the one that "
                      "matches the pair's word: at the level of the Holm step that resolved it, else "
                      "at 1 − 0.05/m (simultaneous over all m pairs), so it excludes 0 exactly when "
-                     "the pair is significant. Detectable gap: gaps below it would be missed more "
+                     "the pair is significant. Detectable gap: gaps below about it would be missed more "
                      "often than 20% of the time at the Holm level 0.05/m, if the SD of the paired "
                      "differences is the one observed; seeds for the min gap: a plan from the SD's "
                      "80% upper confidence limit (at least 5); TOST: the test that the gap is inside "
