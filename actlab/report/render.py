@@ -456,7 +456,8 @@ def _depth_verdict(analysis: Analysis, depth: int | None) -> list[str]:
         if pair["significant"] and not ahead:
             words["behind"].append(_claim_text(arm, pair, best.arm))
         elif pair["significant"] and pair["equivalent"]:
-            words["small"].append(f"{_claim_text(arm, pair, best.arm)}; {_tost_text(pair, gap_pp)}")
+            tost = _tost_text(pair, gap_pp, with_gap=False)
+            words["small"].append(f"{_claim_text(arm, pair, best.arm)}; {tost}")
         elif pair["significant"]:
             words["better"].append(_claim_text(arm, pair, best.arm))
         elif pair["equivalent"]:
@@ -549,13 +550,15 @@ def _claim_text(arm: str, pair: pd.Series, best: str) -> str:
     )
 
 
-def _tost_text(pair: pd.Series, gap_pp: float) -> str:
-    """'gap +0.02 pp, Holm-level 96.7% CI [-0.10, +0.14] inside ±0.5 pp, TOST Holm p = 0.0020'."""
+def _tost_text(pair: pd.Series, gap_pp: float, with_gap: bool = True) -> str:
+    """'gap +0.02 pp, Holm-level 96.7% CI [-0.10, +0.14] inside ±0.5 pp, TOST Holm p = 0.0020'
+    (without the gap, and without the failures already said, after a difference claim)."""
     interval = f"[{_signed(pair['tost_low'])}, {_signed(pair['tost_high'])}]"
+    gap = f"gap {signed_pp(pair['mean_diff'])}, " if with_gap else ""
     return (
-        f"gap {signed_pp(pair['mean_diff'])}, Holm-level {_confidence(pair['tost_confidence'])} "
-        f"CI {interval} inside ±{gap_pp:g} pp, TOST Holm p {p_is(pair['tost_p_holm'])}"
-        f"{_failures_text(pair)}"
+        f"{gap}Holm-level {_confidence(pair['tost_confidence'])} CI {interval} inside "
+        f"±{gap_pp:g} pp, TOST Holm p {p_is(pair['tost_p_holm'])}"
+        + (_failures_text(pair) if with_gap else "")
     )
 
 
