@@ -756,14 +756,14 @@ def selection_line(metrics) -> str:
 
 
 def summary_table(metrics, config) -> str:
-    """Per (depth,) activation and lr: mean final test accuracy over seeds +- std (sample),
-    its 95% t interval, the epoch of the best mean test accuracy, and how many seeds
+    """Per (depth,) activation and lr: mean final test accuracy over seeds +- its sample SD
+    (labelled so: it is not an interval), its 95% t interval clipped to [0, 100], the epoch of the best mean test accuracy, and how many seeds
     diverged. Below stats.SMALL_N seeds the interval is marked with its degrees of freedom,
     the per-seed values are shown, and a caution line follows the table."""
     from actlab.report import stats
 
     header = ("depth",) if config.depths else ()
-    header += ("activation", "lr", "seeds", "final test acc", "95% CI")
+    header += ("activation", "lr", "seeds", "final test acc ± SD", "95% CI")
     rows, small = [], False
     groups = ["depth", "activation", "lr"] if config.depths else ["activation", "lr"]
     order = {spec: i for i, spec in enumerate(config.activations)}
@@ -787,7 +787,8 @@ def summary_table(metrics, config) -> str:
             ci = (
                 "-"
                 if len(final) < 2
-                else f"[{100 * interval.ci_low:.2f}, {100 * interval.ci_high:.2f}]"
+                else f"[{100 * max(0.0, interval.ci_low):.2f}, "
+                f"{100 * min(1.0, interval.ci_high):.2f}]"
             )
             if 2 <= len(final) < stats.SMALL_N:
                 small = True
