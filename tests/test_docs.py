@@ -169,7 +169,7 @@ def test_form_ignores_the_ranking_of_the_summary_rows():
     """The summary table lists the best first and groups by the paired tests: the order of
     its rows and its group letters follow the data, its columns are the form."""
     header = (
-        "rank  activation     lr  seeds  final test acc %  ± std          95% CI  group  diverged\n"
+        "rank  activation     lr  seeds  final test acc %  ± SD           95% CI  group  diverged\n"
         "----  ----------  -----  -----  ----------------  -----  --------------  -----  --------\n"
     )
     before = header + (

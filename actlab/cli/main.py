@@ -85,9 +85,9 @@ def attach_negative_values(argv: Sequence[str]) -> list[str]:
 def _show_notices(message, category, filename, lineno, file=None, line=None) -> None:
     """actlab's notices (e.g. members trained one by one) as one line, without the source
     location; other warnings as Python shows them."""
-    from actlab.engine.vmap_stack import FallbackNotice
+    from actlab.errors import ModelNotice
 
-    if issubclass(category, FallbackNotice):
+    if issubclass(category, ModelNotice):
         print(f"actlab: note: {message}", file=sys.stderr)
     else:
         _python_showwarning(message, category, filename, lineno, file, line)
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"actlab: error: {os_error_text(error)}", file=sys.stderr)
         return EXIT_ENVIRONMENT
     except KeyboardInterrupt as interrupt:
-        print(f"actlab: {interrupt or 'interrupted'}", file=sys.stderr)
+        print(f"actlab: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         sys.stdout.flush()

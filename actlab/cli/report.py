@@ -58,6 +58,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     unfinished = unfinished_text(completion(run.metrics, run.members, run.config.epochs))
     if unfinished:  # the report says so too; a user reading the terminal should know
         print(f"actlab: note: {unfinished}; compared at the last common epoch", file=sys.stderr)
+    if run.writing is not None and args.output is None:
+        print(
+            f"actlab: note: {run.path} is being written by another actlab process (pid "
+            f"{run.writing}); wrote {path.name}: report.html is the study's own, written "
+            "when it ends",
+            file=sys.stderr,
+        )
     analysis = analyse(run)
     print(summary_text(analysis))
     print_verdict(analysis)
@@ -92,7 +99,7 @@ def print_verdict(analysis: Analysis) -> None:
     """The report's verdict, wrapped for a terminal."""
     import textwrap
 
-    from actlab.report.render import verdict
+    from actlab.report.verdict import verdict
 
     print("verdict:")
     for paragraph in verdict(analysis):

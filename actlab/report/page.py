@@ -15,7 +15,7 @@ from functools import cache
 import jinja2
 from markupsafe import Markup, escape
 
-from actlab.report import render, tables
+from actlab.report import render, tables, verdict
 from actlab.report.render import Analysis
 
 SECTIONS = ("curves", "activations", "differences", "lr", "depth", "diagnostics")
@@ -79,7 +79,7 @@ def build(analysis: Analysis, figures: bool = True) -> dict:
         "sources": ", ".join(str(p) for p in run.paths),
         "paths": " ".join(str(p) for p in run.paths),
         "created": run.created,
-        "verdict": render.verdict(analysis),
+        "verdict": verdict.verdict(analysis),
         "problems": run.problems,
         "figures": drawn,
         "summary": tables.summary(analysis) if len(analysis.summary) else None,
@@ -93,7 +93,7 @@ def build(analysis: Analysis, figures: bool = True) -> dict:
             render.diagnostics_definitions() if run.diagnostics is not None else ""
         ),
         "members": tables.members(analysis),
-        "diverged": [render._member_text(row) for row in diverged.itertuples()],
+        "diverged": [verdict._member_text(row) for row in diverged.itertuples()],
         "timings": timings,
         "total_time_s": sum(row[total].value for row in timings.rows),
         "config": tables.config_table(analysis),
@@ -108,7 +108,7 @@ def selection_rule(analysis: Analysis) -> str:
         return "--select final: every (activation, lr) is compared as it is; no lr was selected."
     return (
         "Rule: for each activation, the lr with the highest mean over seeds of the validation "
-        f"accuracy averaged over {render.selection_window(analysis)} (a diverged member "
+        f"accuracy averaged over {verdict.selection_window(analysis)} (a diverged member "
         "counts as 0); ties go to the smaller lr. Test numbers are never read for the choice."
     )
 

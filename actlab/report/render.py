@@ -5,7 +5,7 @@ network, so it opens from a file years later. The Markdown carries the same summ
 verdict and the tables, no charts) for pasting into an issue or a paper.
 
 Accuracies are stored as fractions and shown as percentages with two decimals; intervals
-are Student-t 95% intervals over seeds; groups come from paired t-tests with Holm's
+are Student-t 95% intervals over seeds; groups come from paired sign-flip tests with Holm's
 correction (see actlab/report/stats.py).
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from actlab.errors import ConfigError
+from actlab.errors import ConfigError, RunDirError
 from actlab.report import plots, stats
 from actlab.report.figure_png import png_with_text_layout
 from actlab.report.tables import (  # noqa: F401 (the tables as text, for scripts and tests)
@@ -32,12 +32,14 @@ from actlab.report.tables import (  # noqa: F401 (the tables as text, for script
     summary_rows,
 )
 from actlab.report.text import (  # noqa: F401 (the report's number formats)
+    _confidence,
     _depth,
     _depth_title,
     _missing,
     _pp_short,
     _rows_at,
     _seeds_text,
+    _signed,
     ci_num,
     ci_pct,
     lr_text,
@@ -46,6 +48,12 @@ from actlab.report.text import (  # noqa: F401 (the report's number formats)
     pct,
     pvalue,
     signed_pp,
+)
+from actlab.report.verdict import (  # noqa: F401 (verdict: where it was)
+    compared_text,
+    images_in_test_set,
+    selection_window,
+    verdict,
 )
 from actlab.study import unfinished as completion
 from actlab.study.store import RunData, merge_runs, write_text_atomic
@@ -116,6 +124,10 @@ def analyse(run: RunData) -> Analysis:
             on=["depth", "arm"],
             how="left",
         ).sort_values(["depth", "rank"], na_position="last", key=_depth_sort_key)
+    size = images_in_test_set(run)
+    if len(summary) and size:  # the test set's binomial SE, see docs/statistics.md
+        p = summary["final_test_acc_mean"].astype(float)
+        summary["final_test_acc_test_se"] = (p * (1 - p) / size) ** 0.5
     sensitivity = stats.lr_sensitivity(results) if several_lrs and has_val else None
     arm_of = {
         (_depth(d), a, float(lr)): arm
@@ -192,6 +204,11 @@ def report_paths(output: Path | str | None, run_dir: Path) -> tuple[Path, Path]:
         )
     if html_path.is_dir():
         raise ConfigError(f"-o {str(html_path)!r} is a directory; give a file name ending in .html")
+    blocking = next((p for p in html_path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(
+            f"-o {str(html_path)!r}: {blocking} is a file, not a folder; give a path in a folder"
+        )
     md_path = html_path.with_suffix(".md")
     if md_path.exists() and not _written_by_actlab(md_path):
         raise ConfigError(
@@ -213,254 +230,44 @@ def _written_by_actlab(path: Path) -> bool:
 def write_run_report(run: RunData, output: Path | str | None = None) -> Path:
     """Write report.html and report.md for an already-read RunData; return the HTML path.
     Both are written atomically (a temp file renamed into place): a report killed while
-    being written leaves the previous one whole."""
+    being written leaves the previous one whole.
+    A run directory that was being written when it was read (`run.writing`: a study
+    still training) gets report.unfinished.html/.md instead of report.html/.md: those
+    are the study's own, written when it ends, and a slower report must never replace
+    them with an older state."""
+    if run.metrics.empty:
+        raise RunDirError(
+            f"{run.path} holds no metrics row (no epoch completed, or metrics.csv was "
+            f"deleted or emptied); rerun the same `actlab compare` with --out {run.path}: it "
+            "resumes (and restores rows from checkpoint.pt)"
+        )
+    if output is None and run.writing is not None:
+        output = run.path / UNFINISHED_REPORT
     html_path, md_path = report_paths(output, run.path)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     from actlab.report import page
 
-    model = page.build(analyse(run))
+    model = page.build(analyse(run))  # one page model for both files
     write_text_atomic(html_path, page.to_html(model))
     write_text_atomic(md_path, page.to_markdown(model))
+    if output is None:  # the run's own report: one written while it trained is outdated
+        for stale in (
+            run.path / UNFINISHED_REPORT,
+            (run.path / UNFINISHED_REPORT).with_suffix(".md"),
+        ):
+            if stale.is_file() and _written_by_actlab_report(stale):
+                stale.unlink()
     return html_path
 
 
-# --- the verdict --------------------------------------------------------------------------
+UNFINISHED_REPORT = "report.unfinished.html"
 
 
-def verdict(analysis: Analysis) -> list[str]:
-    """The report's opening, in plain words with numbers: a list of paragraphs (the setup,
-    one per depth, then the caveats)."""
-    if not len(analysis.summary):
-        return ["No epoch was completed, so there is nothing to compare yet."]
-    paragraphs = _unfinished_verdict(analysis)
-    sentences = []
-    n = analysis.n_seeds
-    config = analysis.run.config
-    sentences.append(
-        f"{compared_text(analysis)} on "
-        f"{config.dataset}, {n} seed{'s' if n != 1 else ''} each, {config.epochs} epochs; "
-        "the accuracy compared is the final-epoch test accuracy."
-    )
-    if analysis.selected is not None:
-        chosen = ", ".join(
-            f"{row.activation} {lr_text(row.lr)}"
-            for row in analysis.selected.drop_duplicates("activation").itertuples()
-        )
-        sentences.append(
-            "Each activation's learning rate was chosen on the validation split "
-            f"(mean validation accuracy over {selection_window(analysis)}): {chosen}."
-        )
-    paragraphs.append(" ".join(sentences))
-    for depth in analysis.depths:
-        paragraphs.append(" ".join(_depth_verdict(analysis, depth)))
-    if 2 <= n < stats.SMALL_N:
-        paragraphs.append(
-            f"Caution: only {n} seeds. Every interval and test here rests on {n - 1} degree"
-            f"{'s' if n != 2 else ''} of freedom, so its width depends on the chance spread of "
-            f"{n} values (the per-seed values are shown beside the means), and a paired test "
-            "at the Holm level has little power. Stacked seeds are cheap: run with --seeds 10 "
-            "or more, or add seeds later and merge the runs with `actlab report RUN_A RUN_B`."
-        )
-    if n < 2:
-        paragraphs.append(
-            "With a single seed no confidence interval or significance test can be given, so "
-            "these differences may be seed noise; run with --seeds 10 (the default), or add seeds "
-            "later and merge the runs with `actlab report RUN_A RUN_B`."
-        )
-    diverged = analysis.results[analysis.results["diverged"]]
-    if len(diverged):
-        paragraphs.append(
-            f"{len(diverged)} member{'s' if len(diverged) != 1 else ''} diverged and "
-            f"{'were' if len(diverged) != 1 else 'was'} left out of the statistics: "
-            + ", ".join(_member_text(row) for row in diverged.itertuples())
-            + "."
-        )
-    return [p for p in paragraphs if p]
-
-
-def compared_text(analysis: Analysis) -> str:
-    """What is compared, counted and named: "4 activations (relu, sigmoid, tanh and
-    leaky_relu)", or "4 activation-lr pairs (relu and tanh, each at lr 0.001 and 0.01)"
-    when every (activation, lr) is an arm of its own."""
-    arms = analysis.arms.drop_duplicates("arm") if len(analysis.arms) else analysis.arms
-    activations = list(dict.fromkeys(arms["activation"])) if len(arms) else []
-    lrs = sorted(dict.fromkeys(arms["lr"])) if len(arms) else []
-    names = _and(activations)
-    if len(arms) > len(activations):  # several lrs per activation, each its own arm
-        each = "each " if len(activations) > 1 else ""
-        return (
-            f"{len(arms)} activation-lr pairs ({names}, {each}at lr "
-            f"{_and([lr_text(lr) for lr in lrs])})"
-        )
-    noun = "activation" if len(activations) == 1 else "activations"
-    return f"{len(activations)} {noun} ({names})"
-
-
-def selection_window(analysis: Analysis) -> str:
-    """The epochs whose validation accuracy was averaged to choose an lr, as they really
-    were: "the last 3 epochs (8-10)", "the 2 epochs (1-2)", "epoch 1 only"."""
-    epochs = analysis.results["epochs"] if len(analysis.results) else pd.Series([0])
-    last = int(epochs.max()) if len(epochs) else 0
-    window = min(stats.SELECTION_LAST_EPOCHS, last)
-    if window <= 1:
-        return f"epoch {last} only"
-    first = last - window + 1
-    if window < stats.SELECTION_LAST_EPOCHS:
-        return f"all {window} epochs ({first}-{last})"
-    return f"the last {window} epochs ({first}-{last})"
-
-
-def _and(items: list[str]) -> str:
-    items = [str(i) for i in items]
-    if len(items) <= 2:
-        return " and ".join(items)
-    return ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _unfinished_verdict(analysis: Analysis) -> list[str]:
-    """The first paragraph of an unfinished study's verdict (none for a finished one)."""
-    if not analysis.unfinished:
-        return []
-    epochs = sorted({c.epoch for c in analysis.completions if c.epoch})
-    at = f"epoch {epochs[0]}" if len(epochs) == 1 else "the last epoch each depth reached"
-    return [
-        f"This study is {analysis.unfinished}. Every member is compared at {at}, the last "
-        'epoch all of them completed, not at the final epoch: "final" below means that '
-        "epoch. Finish the run (rerun the same `actlab compare`) for the final comparison."
-    ]
-
-
-def _depth_verdict(analysis: Analysis, depth: int | None) -> list[str]:
-    """The best arm of a depth against each other arm, each pair in one of four words:
-    significantly better; better but by less than --min-gap (both tests pass); practically
-    equivalent (TOST); or not resolved, with the gap the seeds could have detected and the
-    seeds that would detect --min-gap. Never "equal" from a test that found no difference."""
-    rows = _rows_at(analysis.summary, depth).dropna(subset=["final_test_acc_mean"])
-    if not len(rows):
-        return []
-    prefix = "" if depth is None else f"At depth {depth}, "
-    best = rows.iloc[0]
-    if _missing(best.final_test_acc_ci_low):
-        where = "(one seed, no interval)."
-    else:
-        interval = ci_pct(best.final_test_acc_ci_low, best.final_test_acc_ci_high)
-        where = f"(95% CI {interval}"
-        if best.n < stats.SMALL_N:
-            where += f" from {best.n} seeds: {per_seed_text(analysis, depth, best.arm)}"
-        where += ")."
-    text = f"{prefix}the best is {best.arm} with {pct(best.final_test_acc_mean)}% {where}"
-    sentences = [text[0].upper() + text[1:]]
-    if _missing(best["group"]):
-        return sentences
-    pairs = _rows_at(analysis.pairs, depth)
-    gap_pp = analysis.run.config.min_gap
-
-    def pair_of(arm: str) -> pd.Series | None:
-        match = pairs[
-            ((pairs["a"] == best.arm) & (pairs["b"] == arm))
-            | ((pairs["b"] == best.arm) & (pairs["a"] == arm))
-        ]
-        return match.iloc[0] if len(match) else None
-
-    def gap(arm: str, pair: pd.Series) -> str:
-        sign = 1 if pair["a"] == best.arm else -1  # report best - arm
-        low, high = sorted((sign * pair["ci_low"], sign * pair["ci_high"]))
-        return (
-            f"{arm} (gap {signed_pp(sign * pair['mean_diff'])}, 95% CI [{100 * low:+.2f}, "
-            f"{100 * high:+.2f}], Holm p {p_is(pair['p_holm'])}"
-        )
-
-    better, small, equivalent, unresolved = [], [], [], []
-    for arm in rows["arm"].iloc[1:]:
-        pair = pair_of(arm)
-        if pair is None or _missing(pair["p_holm"]):
-            continue
-        if pair["significant"] and pair["equivalent"]:
-            small.append(f"{gap(arm, pair)}, TOST p {p_is(pair['tost_p_holm'])})")
-        elif pair["significant"]:
-            better.append(gap(arm, pair) + ")")
-        elif pair["equivalent"]:
-            equivalent.append(
-                f"{arm} (gap {signed_pp(abs(pair['mean_diff']))}, "
-                f"TOST p {p_is(pair['tost_p_holm'])})"
-            )
-        else:
-            unresolved.append((arm, pair))
-    if better:
-        few = int(best.n) < stats.SMALL_N
-        sentences.append(
-            f"It is significantly better than {_join(better)}"
-            + (
-                f", on {int(best.n) - 1} degrees of freedom (see the caution below)."
-                if few
-                else "."
-            )
-        )
-    if small:
-        sentences.append(
-            f"It is significantly better than {_join(small)}, but by less than "
-            f"{gap_pp:g} pp: practically equivalent."
-        )
-    if equivalent:
-        sentences.append(
-            f"It is practically equivalent (within ±{gap_pp:g} pp) to {_join(equivalent)}."
-        )
-    if unresolved:
-        sentences.append(
-            f"It is not resolved against {_join([gap(a, p) + ')' for a, p in unresolved])}: "
-            f"the seeds show neither a difference nor equivalence within ±{gap_pp:g} pp, so "
-            "this is an open question, not a tie."
-        )
-        sentences.append(_power_sentence(unresolved, gap_pp))
-    if len(rows) == 1:
-        sentences.append("It is the only activation compared.")
-    return sentences
-
-
-def _power_sentence(unresolved: list[tuple[str, pd.Series]], gap_pp: float) -> str:
-    """The issue's sentence, per unresolved pair: "With 3 seeds only gaps above 1.1 pp could
-    be detected; about 14 seeds would detect 0.3 pp" (80% power at the Holm level, observed SD)."""
-    names = len(unresolved) > 1
-    seeds = {int(pair["n"]) for _, pair in unresolved}
-    one_count = len(seeds) == 1
-
-    def named(text: str, arm: str, n: int | None = None) -> str:
-        label = [arm] if names else []
-        label += [f"{n} seeds"] if n is not None and not one_count else []
-        return f"{text} ({', '.join(label)})" if label else text
-
-    detectable, needed = [], []
-    for arm, pair in unresolved:
-        n = int(pair["n"])
-        detectable.append(named(f"{_pp_short(pair['detectable_gap'])} pp", arm, n))
-        count = pair["seeds_needed"]
-        if not _missing(count) and count <= n:
-            needed.append(named(f"the {n} seeds at hand", arm))
-        else:
-            needed.append(named(_seeds_text(count), arm))
-    level = unresolved[0][1]["level"]
-    count = f"{seeds.pop()} seeds" if one_count else "the seeds at hand"
-    return (
-        f"With {count} only gaps above {_join_and(detectable)} could be detected; "
-        f"{_join_and(needed)} would detect {gap_pp:g} pp (80% power of the paired t-test at "
-        f"the Holm level {stats.ALPHA:g}/{round(stats.ALPHA / level)} = {level:.3g}, if the SD "
-        "of the paired differences stays at the one observed)."
-    )
-
-
-def _join_and(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _join(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else "; ".join(items[:-1]) + "; and " + items[-1]
-
-
-def _member_text(row: object) -> str:
-    text = f"{row.activation} (lr {lr_text(row.lr)}, seed {row.seed}"
-    if _depth(row.depth) is not None:
-        text += f", depth {_depth(row.depth)}"
-    return text + f", epoch {row.diverged_epoch:.0f})"
+def _written_by_actlab_report(path: Path) -> bool:
+    if path.suffix == ".md":
+        return _written_by_actlab(path)
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return "<title>actlab: " in handle.read(4096)
 
 
 # --- charts -------------------------------------------------------------------------------

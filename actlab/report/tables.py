@@ -18,10 +18,12 @@ import pandas as pd
 
 from actlab.report import stats
 from actlab.report.text import (
+    _confidence,
     _depth,
     _missing,
     _pp_short,
     _rows_at,
+    _signed,
     _value_text,
     ci_num,
     ci_pct,
@@ -120,7 +122,7 @@ def summary(analysis: Analysis) -> Table:
     spec = [("depth", "depth", True)] if depth_column else []
     spec += [("rank", "rank", True), ("activation", "activation", False), ("lr", "lr", True),
              ("seeds", "seeds", True), ("acc", f"{final} test acc %", True),
-             ("std", "± std", True), ("ci", "95% CI", True)]  # fmt: skip
+             ("std", "± SD", True), ("ci", "95% CI", True)]  # fmt: skip
     if small:
         spec.append(("per_seed", "per seed %", False))
     spec += [("best_acc", "best-epoch test acc %", True), ("loss", f"{final} test loss", True),
@@ -160,8 +162,9 @@ def summary_note(analysis: Analysis) -> str:
     """What the summary table's intervals and letters mean, with the small-n caution."""
     note = (
         "Mean over seeds of non-diverged members; std with ddof=1; 95% CI from the t "
-        "distribution. Activations that share a group letter were not shown to differ at 5% "
-        "(paired t-tests over seeds, Holm-corrected over all pairs); that is not evidence that "
+        "distribution, clipped to 0-100%; ranked by the mean with each diverged member counted "
+        "as 0%. Activations that share a group letter were not shown to differ at 5% "
+        "(paired sign-flip tests over seeds, Holm-corrected over all pairs); that is not evidence that "
         "they are equal (the verdict says which pairs are practically equivalent, by TOST "
         f'within ±{analysis.run.config.min_gap:g} pp). "a" is the best group. Best-epoch '
         "accuracy picks the epoch on the test split and is optimistic."
@@ -177,9 +180,10 @@ def summary_note(analysis: Analysis) -> str:
 
 def rank_text(rank: object, n: int, n_diverged: int) -> str:
     """An integer rank (1 is best); an arm with no member left to rank says why."""
-    if not _missing(rank):
-        return str(int(rank))
-    return "– (all diverged)" if n_diverged and not n else "–"
+    all_diverged = bool(n_diverged and not n)
+    if not _missing(rank):  # an arm whose members all diverged ranks last, as failures
+        return str(int(rank)) + (" (all diverged)" if all_diverged else "")
+    return "– (all diverged)" if all_diverged else "–"
 
 
 def per_seed_text(analysis: Analysis, depth: int | None, arm: str) -> str:
@@ -198,18 +202,16 @@ def pairs(analysis: Analysis) -> Table:
     gap_pp = analysis.run.config.min_gap
     spec = [("depth", "depth", True)] if depth_column else []
     spec += [("comparison", "comparison", False), ("seeds", "seeds", True),
-             ("difference", "difference", True), ("ci", "95% CI (pp)", True), ("p", "p", True),
+             ("difference", "difference", True), ("ci", "Holm-level CI (pp)", True), ("p", "p", True),
              ("p_holm", "p (Holm)", True), ("significant", "significant at 5%", False),
              ("detectable_gap", "detectable gap (pp)", True),
              ("seeds_needed", f"seeds for {gap_pp:g} pp", True),
              ("tost_p_holm", "TOST p (Holm)", True), ("reading", "reading", False)]  # fmt: skip
     table = Table(_columns(*spec), css_id="pairs-table")
     for row in analysis.pairs.itertuples():
-        ci = (
-            "n/a"
-            if _missing(row.ci_low)
-            else f"[{100 * row.ci_low:+.2f}, {100 * row.ci_high:+.2f}]"
-        )
+        ci = "n/a" if _missing(row.ci_low) else "too few seeds"
+        if not _missing(row.ci_low) and math.isfinite(row.ci_low):
+            ci = f"[{_signed(row.ci_low)}, {_signed(row.ci_high)}] ({_confidence(row.ci_confidence)})"
         significant = "–" if _missing(row.p_holm) else ("yes" if row.significant else "no")
         seeds = row.seeds_needed
         seeds_text = (

@@ -45,7 +45,22 @@ def ci_num(low: float, high: float, digits: int = 4) -> str:
 
 
 def signed_pp(diff: float) -> str:
-    return "–" if _missing(diff) else f"{100 * diff:+.2f} pp"
+    """+0.56 pp, -0.28 pp; a gap that rounds to zero is '0.00 pp', never '-0.00 pp'."""
+    if _missing(diff):
+        return "–"
+    return _signed(diff) + " pp"
+
+
+def _signed(fraction: float) -> str:
+    """A signed difference in pp with two decimals, never '-0.00'."""
+    text = f"{100 * fraction:+.2f}"
+    return "0.00" if text in ("+0.00", "-0.00") else text
+
+
+def _confidence(confidence: float) -> str:
+    """0.99166 -> '99.2%', 0.9 -> '90%'."""
+    text = f"{100 * confidence:.1f}"
+    return (text[:-2] if text.endswith(".0") else text) + "%"
 
 
 def lr_text(lr: float) -> str:
