@@ -10,6 +10,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "actlab"
 LAYERS = {
+    "tasks": 2,
     "errors": 0,
     "catalog": 1,
     "config": 2,

@@ -7,3 +7,5 @@ registry (`get`, `get_fn`, `register`), spec parsing (``leaky_relu(negative_slop
 
 May import: `actlab.errors` only.
 """
+
+from actlab.catalog import gated as _gated  # noqa: E402, F401  (registers the gated entries)

@@ -964,10 +964,12 @@ def register(
     params: dict | None = None,
     learnable: bool = False,
     overwrite: bool = False,
+    elementwise: bool = True,
 ) -> ActivationSpec:
     """Add a user activation. ``fn(x, **params)`` is its functional form; ``module(**params)``
     builds its module (default: ``fn`` wrapped). A duplicate name is refused unless
-    ``overwrite``."""
+    ``overwrite``. ``elementwise=False``: the function mixes units (a gated unit halves the
+    last dim), so the elementwise-only layers refuse it."""
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise SpecError(f"activation name {name!r} must be snake_case, e.g. 'my_relu'")
     if fn is None and module is None:
@@ -987,6 +989,7 @@ def register(
         aliases=tuple(aliases),
         params=dict(params or {}),
         learnable=learnable,
+        elementwise=elementwise,
         formula=formula,
         reference=reference,
     )
