@@ -16,7 +16,8 @@ from actlab.errors import ConfigError, control_characters
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 INITS = ("pytorch", "glorot", "kaiming", "lecun")
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "gpt")
+SCHEDULES = ("constant", "cosine")
 SELECTIONS = ("auto", "final", "val")
 STACKINGS = ("auto", "vmap", "loop")
 # More members than this is a mistake (a count typed as a list, an extra zero), not a study:
@@ -56,6 +57,13 @@ class ExperimentConfig:
     # Refused unless empty/"linear": the model always outputs logits for CrossEntropyLoss.
     output_activation: str | None = None
     init: str = "pytorch"  # PyTorch's default nn.Linear init; Keras uses glorot
+    # The decoder-only transformer (model "gpt", actlab.nn.gpt): model width, blocks, attention
+    # heads, and the context in tokens (also the window length of a text dataset). Its FFN
+    # has 4 * width hidden units, 2/3 of that for a gated activation (equal parameters).
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+    context: int = 64
     init_gain: bool = False  # scale init by torch.nn.init.calculate_gain(activation)
 
     # Members.
@@ -69,6 +77,12 @@ class ExperimentConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.9  # SGD only
+    # Learning-rate schedule per member (actlab.nn.schedule): "constant" or "cosine" (to 0 at
+    # the last step), after `warmup` steps of linear warm-up; `clip`: each member's gradient
+    # is clipped to this global norm (torch.nn.utils.clip_grad_norm_), None for no clipping.
+    schedule: str = "constant"
+    warmup: int = 0
+    clip: float | None = None
     # "val": each activation's lr is chosen on the validation split, test results reported
     # at that lr; "final": every (activation, lr) is reported as it is; "auto": "val" when
     # several lrs are given (a fair comparison tunes the lr per activation), else "final".
@@ -119,6 +133,13 @@ class ExperimentConfig:
             if name in values and values[name] is not None:
                 values[name] = tuple(values[name])
         return cls(**values)
+
+    @property
+    def task(self):
+        """The study's task (actlab.tasks.Task): it follows from the dataset."""
+        from actlab.tasks import task_for_dataset
+
+        return task_for_dataset(self.dataset)
 
     @property
     def is_user_model(self) -> bool:
@@ -214,6 +235,39 @@ def check_output_activation(spec: str | None) -> None:
     )
 
 
+def check_lm_fields(config: ExperimentConfig) -> None:
+    """The transformer, text and schedule fields (see ExperimentConfig)."""
+
+    def need(condition: bool, message: str) -> None:
+        if not condition:
+            raise ConfigError(message)
+
+    for name in ("width", "layers", "heads", "context"):
+        value = getattr(config, name)
+        need(isinstance(value, int) and value >= 1, f"--{name} must be a positive integer, got {value}")
+    need(
+        config.width % config.heads == 0,
+        f"--width {config.width} must be a multiple of --heads {config.heads} (width per head)",
+    )
+    need(
+        config.schedule in SCHEDULES,
+        f"unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}",
+    )
+    need(config.warmup >= 0, f"--warmup must be a step count >= 0, got {config.warmup}")
+    need(
+        config.clip is None or (math.isfinite(config.clip) and config.clip > 0),
+        f"--clip must be a positive gradient norm, got {config.clip}",
+    )
+    text = config.dataset.startswith("text:")
+    if config.model == "gpt":
+        need(text, "--net gpt is a language model: give --dataset text:PATH (or text:stdlib)")
+    else:
+        need(
+            not text,
+            f"--dataset {config.dataset} is a language-modelling corpus: add --net gpt",
+        )
+
+
 def validate(config: ExperimentConfig) -> None:
     """Refuse configurations that cannot run, with one line that says how to fix them."""
 
@@ -244,6 +298,7 @@ def validate(config: ExperimentConfig) -> None:
         )
     else:
         need(not config.swap, "--swap applies to your own model (--model FILE.py:NAME) only")
+    check_lm_fields(config)
     need(
         config.stacking in STACKINGS,
         f"unknown stacking {config.stacking!r}; choose one of {', '.join(STACKINGS)}",
