@@ -215,7 +215,8 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         default="mnist",
-        help="mnist, fashion-mnist, kmnist, digits, cifar10, npz:PATH, idx:DIR",
+        help="mnist, fashion-mnist, kmnist, digits, cifar10, npz:PATH, idx:DIR, or a text corpus "
+        "for --net gpt: text:PATH (a UTF-8 file) or text:stdlib (Python's own source)",
     )
     p.add_argument(
         "--data-dir",
@@ -251,8 +252,10 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--model",
+        "--net",
+        dest="model",
         default="mlp",
-        help="mlp, cnn, or your own network: FILE.py:NAME or module.path:NAME, where NAME is "
+        help="mlp, cnn, gpt (a decoder-only transformer; needs --dataset text:PATH), or your own network: FILE.py:NAME or module.path:NAME, where NAME is "
         "a builder taking the activation factory (def build(act)) or an nn.Module class / "
         "zero-argument factory whose activations are swapped (see --swap)",
     )
@@ -264,6 +267,21 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         "calls of the rectifier family: relu, gelu, silu, elu, mish, ...)",
     )
     p.add_argument("--hidden", default="128,128", help="hidden widths, e.g. 256,128,64")
+    p.add_argument(
+        "--width", type=int, default=ExperimentConfig.width, help="--net gpt: model width"
+    )
+    p.add_argument(
+        "--layers", type=int, default=ExperimentConfig.layers, help="--net gpt: blocks"
+    )
+    p.add_argument(
+        "--heads", type=int, default=ExperimentConfig.heads, help="--net gpt: attention heads"
+    )
+    p.add_argument(
+        "--context",
+        type=int,
+        default=ExperimentConfig.context,
+        help="--net gpt: context in tokens (bytes), the length of a training window",
+    )
     p.add_argument(
         "--depths", default=None, help="depth study, e.g. 2,4,8,16 (width = first --hidden)"
     )
@@ -332,6 +350,22 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--weight-decay", type=float, default=0.0, help="(adamw, sgd)")
     p.add_argument("--momentum", type=float, default=0.9, help="(sgd)")
+    p.add_argument(
+        "--schedule",
+        default=ExperimentConfig.schedule,
+        choices=("constant", "cosine"),
+        help="learning-rate schedule per member: constant, or cosine decay to 0 at the end",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=0, help="steps of linear lr warm-up (default 0)"
+    )
+    p.add_argument(
+        "--clip",
+        type=float,
+        default=None,
+        metavar="NORM",
+        help="clip each member's gradient to this global norm (default: no clipping)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
     p.add_argument(
         "--threads",
@@ -469,6 +503,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         weight_decay=args.weight_decay,
         momentum=args.momentum,
+        schedule=args.schedule,
+        warmup=args.warmup,
+        clip=args.clip,
+        width=args.width,
+        layers=args.layers,
+        heads=args.heads,
+        context=args.context,
         device=args.device,
         threads=args.threads,
         diagnostics=not args.no_diagnostics,
@@ -756,14 +797,22 @@ def selection_line(metrics) -> str:
 
 
 def summary_table(metrics, config) -> str:
-    """Per (depth,) activation and lr: mean final test accuracy over seeds +- std (sample),
-    its 95% t interval, the epoch of the best mean test accuracy, and how many seeds
-    diverged. Below stats.SMALL_N seeds the interval is marked with its degrees of freedom,
+    """Per (depth,) activation and lr: the task's final test metric over seeds (mean +- std,
+    sample), its 95% t interval, the epoch of the best mean, and how many seeds diverged:
+    accuracy in % for a classifier, bits per character for a language model (lower is
+    better). Below stats.SMALL_N seeds the interval is marked with its degrees of freedom,
     the per-seed values are shown, and a caution line follows the table."""
     from actlab.report import stats
+    from actlab.tasks import bits_per_character
 
+    task = config.task
+    shown, label, unit = {
+        "classify": (lambda v: 100 * v, "final test acc", "%"),
+        "lm": (bits_per_character, "final test bpc", ""),
+    }.get(task.name, (lambda v: v, f"final {task.metric_label}", ""))
+    digits = 2 if task.name == "classify" else 4
     header = ("depth",) if config.depths else ()
-    header += ("activation", "lr", "seeds", "final test acc", "95% CI")
+    header += ("activation", "lr", "seeds", label, "95% CI")
     rows, small = [], False
     groups = ["depth", "activation", "lr"] if config.depths else ["activation", "lr"]
     order = {spec: i for i, spec in enumerate(config.activations)}
@@ -776,28 +825,29 @@ def summary_table(metrics, config) -> str:
     ):
         key = key if isinstance(key, tuple) else (key,)
         ok = group[group["status"] == "ok"]
-        final = ok[ok["epoch"] == config.epochs].sort_values("seed")["test_acc"]
+        final = ok[ok["epoch"] == config.epochs].sort_values("seed")[task.metric].map(shown)
         diverged = int((group["status"] == "diverged").sum())
         interval = stats.t_interval(final)
         per_seed = ""
         if len(final):
-            spread = f" ± {100 * interval.std:.2f}" if len(final) > 1 else ""
-            accuracy = f"{100 * interval.mean:.2f}%{spread}"
-            best = int(ok.groupby("epoch")["test_acc"].mean().idxmax())
+            spread = f" ± {interval.std:.{digits}f}" if len(final) > 1 else ""
+            accuracy = f"{interval.mean:.{digits}f}{unit}{spread}"
+            means = ok.groupby("epoch")[task.metric].mean()
+            best = int(means.idxmax() if task.higher_is_better else means.idxmin())
             ci = (
                 "-"
                 if len(final) < 2
-                else f"[{100 * interval.ci_low:.2f}, {100 * interval.ci_high:.2f}]"
+                else f"[{interval.ci_low:.{digits}f}, {interval.ci_high:.{digits}f}]"
             )
             if 2 <= len(final) < stats.SMALL_N:
                 small = True
                 ci += f" ({len(final) - 1} df!)"
-                per_seed = ", ".join(f"{100 * v:.2f}" for v in final)
+                per_seed = ", ".join(f"{v:.{digits}f}" for v in final)
         else:
             accuracy, best, ci = "-", "-", "-"
         cells = [str(v) for v in key[:-1]] + [f"{key[-1]:g}"]
         rows.append((*cells, str(len(final)), accuracy, ci, per_seed, str(best), str(diverged)))
-    header += ("per seed %", "best epoch", "diverged")
+    header += (f"per seed{' %' if unit else ''}", "best epoch", "diverged")
     if not small:  # drop the per-seed column
         header = header[:-3] + header[-2:]
         rows = [row[:-3] + row[-2:] for row in rows]

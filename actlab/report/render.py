@@ -196,7 +196,12 @@ def _written_by_actlab(path: Path) -> bool:
 def write_run_report(run: RunData, output: Path | str | None = None) -> Path:
     """Write report.html and report.md for an already-read RunData; return the HTML path.
     Both are written atomically (a temp file renamed into place): a report killed while
-    being written leaves the previous one whole."""
+    being written leaves the previous one whole. A study scored by a loss (a language
+    model) has its own wording: actlab.report.loss_report."""
+    if not run.config.task.higher_is_better:
+        from actlab.report.loss_report import write_loss_report
+
+        return write_loss_report(run, output)
     html_path, md_path = report_paths(output, run.path)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     analysis = analyse(run)
