@@ -244,7 +244,10 @@ def check_lm_fields(config: ExperimentConfig) -> None:
 
     for name in ("width", "layers", "heads", "context"):
         value = getattr(config, name)
-        need(isinstance(value, int) and value >= 1, f"--{name} must be a positive integer, got {value}")
+        need(
+            isinstance(value, int) and value >= 1,
+            f"--{name} must be a positive integer, got {value}",
+        )
     need(
         config.width % config.heads == 0,
         f"--width {config.width} must be a multiple of --heads {config.heads} (width per head)",

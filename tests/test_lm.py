@@ -142,7 +142,9 @@ def plain_run(config, windows, steps):
         mine = []
         for x, y in windows:
             logits = model(x[seed_index])
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 256), y[seed_index].reshape(-1))
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, 256), y[seed_index].reshape(-1)
+            )
             opt.zero_grad()
             loss.backward()
             if config.clip is not None:

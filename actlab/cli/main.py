@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=cmd_export)
 
+    from actlab.cli.extract import add_command as add_extract_command
+
+    add_extract_command(command)
+
     # --- explanation ---------------------------------------------------------------------
     p = command(
         "bench",
@@ -270,9 +274,7 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--width", type=int, default=ExperimentConfig.width, help="--net gpt: model width"
     )
-    p.add_argument(
-        "--layers", type=int, default=ExperimentConfig.layers, help="--net gpt: blocks"
-    )
+    p.add_argument("--layers", type=int, default=ExperimentConfig.layers, help="--net gpt: blocks")
     p.add_argument(
         "--heads", type=int, default=ExperimentConfig.heads, help="--net gpt: attention heads"
     )
@@ -356,9 +358,7 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         choices=("constant", "cosine"),
         help="learning-rate schedule per member: constant, or cosine decay to 0 at the end",
     )
-    p.add_argument(
-        "--warmup", type=int, default=0, help="steps of linear lr warm-up (default 0)"
-    )
+    p.add_argument("--warmup", type=int, default=0, help="steps of linear lr warm-up (default 0)")
     p.add_argument(
         "--clip",
         type=float,
@@ -517,6 +517,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         min_gap=args.min_gap,
     )
     config.check_activations()
+    if config.model == "gpt":
+        from actlab.nn.gpt import parameter_line
+
+        print(parameter_line(config))
     if args.ray is None and (args.shard_size is not None or args.checkpoint_every != 1):
         raise ConfigError("--shard-size and --checkpoint-every apply with --ray only; add --ray")
     if args.ray is not None:

@@ -123,7 +123,9 @@ class LMTrainer:
         self.diverged_epoch: list[int | None] = [None] * len(self.members)
         self.steps_per_epoch = math.ceil(self.data.x_train.shape[0] / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
-        per_window = len(self.members) * config.context * max(self.data.num_classes, 4 * config.width)
+        per_window = (
+            len(self.members) * config.context * max(self.data.num_classes, 4 * config.width)
+        )
         self.eval_chunk = max(1, min(EVAL_WINDOWS, ACTIVATION_BUDGET // per_window))
 
     @property
@@ -208,7 +210,9 @@ class LMTrainer:
             losses = self.step(x, y)
             loss_sum += torch.where(torch.tensor(self.alive), losses.cpu().double(), 0.0)
             if on_step is not None:
-                on_step(StepInfo(self.depth, self.epoch, self.config.epochs, index + 1, steps, losses))
+                on_step(
+                    StepInfo(self.depth, self.epoch, self.config.epochs, index + 1, steps, losses)
+                )
         for p in self.optimizer.params:
             p.grad = None
         newly = [k for k, was in enumerate(alive_before) if was and not self.alive[k]]
@@ -220,7 +224,9 @@ class LMTrainer:
             epoch=self.epoch,
             epochs=self.config.epochs,
             members=self.members,
-            metrics=self._rows(alive_before, newly, (loss_sum / steps).tolist(), val, test, elapsed),
+            metrics=self._rows(
+                alive_before, newly, (loss_sum / steps).tolist(), val, test, elapsed
+            ),
             diagnostics=[],
             epoch_time_s=elapsed,
             diverged=newly,

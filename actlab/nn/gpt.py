@@ -159,7 +159,7 @@ class GPT(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         T = tokens.shape[-1]
-        if T > self.context:
+        if self.context < T:
             raise ValueError(f"{T} tokens is more than the context of {self.context}")
         x = self.tok(tokens) + self.pos.weight[:T]
         for block in self.blocks:
@@ -169,6 +169,17 @@ class GPT(nn.Module):
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def parameter_line(config: ExperimentConfig) -> str:
+    """``parameters per member: relu 42,624 (FFN 256 units), swiglu 42,644 (gated, 171)``."""
+    parts = []
+    for activation in config.activations:
+        count = parameter_count(GPT.from_config(config, activation, 0))
+        hidden = ffn_width(activation, config.width)
+        kind = "gated, " if gated.is_gated(activation) else ""
+        parts.append(f"{activation} {count:,} (FFN {kind}{hidden} units)")
+    return "parameters per member: " + ", ".join(parts)
 
 
 # --- the stacked model ----------------------------------------------------------------------
@@ -199,8 +210,12 @@ class StackedGPT(nn.Module):
         plain = [GPT.from_config(config, m.activation, m.seed) for m in self.members]
         self.acts = nn.ModuleList(activation_module(a) for a in self.activations)
         group = [self.activations.index(m.activation) for m in self.members]
-        self.ffn_owner = [tuple(k for k in range(K) if group[k] == a) for a in range(len(self.activations))]
-        self.parameter_counts = {a: parameter_count(plain[self.ffn_owner[i][0]]) for i, a in enumerate(self.activations)}
+        self.ffn_owner = [
+            tuple(k for k in range(K) if group[k] == a) for a in range(len(self.activations))
+        ]
+        self.parameter_counts = {
+            a: parameter_count(plain[self.ffn_owner[i][0]]) for i, a in enumerate(self.activations)
+        }
         self.shared = nn.ParameterDict()
         self.ffn = nn.ModuleList(nn.ParameterDict() for _ in self.activations)
         with torch.no_grad():
@@ -301,4 +316,6 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
     """nn.LayerNorm over the last dim with member k's weight and bias."""
-    return torch.addcmul(bias.unsqueeze(1), F.layer_norm(x, x.shape[-1:], eps=eps), weight.unsqueeze(1))
+    return torch.addcmul(
+        bias.unsqueeze(1), F.layer_norm(x, x.shape[-1:], eps=eps), weight.unsqueeze(1)
+    )

@@ -235,9 +235,7 @@ class StackedOptimizer:
             for (lr, targets, exp_avg, exp_avg_sq), group_grads in zip(
                 self._lr_groups_of_state(), self._grad_groups_of(grads), strict=True
             ):
-                self._fused_adam_step(
-                    targets, group_grads, exp_avg, exp_avg_sq, lr * self.lr_scale
-                )
+                self._fused_adam_step(targets, group_grads, exp_avg, exp_avg_sq, lr * self.lr_scale)
             return
         torch._foreach_lerp_(self.exp_avg, grads, 1.0 - beta1)
         torch._foreach_mul_(self.exp_avg_sq, beta2)

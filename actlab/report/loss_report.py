@@ -93,7 +93,9 @@ def _gap_sentence(pair: pd.Series, min_gap_bpc: float) -> str:
         return gap + f": practically equivalent (TOST within ±{min_gap_bpc:g} bpc)"
     detectable = pair["detectable_gap"]
     if math.isfinite(detectable):
-        words += f"; with these seeds only a gap of about {detectable:.4f} bpc would be found reliably"
+        words += (
+            f"; with these seeds only a gap of about {detectable:.4f} bpc would be found reliably"
+        )
     return words
 
 
