@@ -10,8 +10,6 @@ nothing else branches on the kind of study.
   token cross-entropy in nats/token; metric: test loss (lower is better), also written as
   bits per character, ``bpc = nats / ln 2``, which for a byte-level vocabulary is bits per
   byte (a character of ASCII text).
-- ``regress``: mean squared error; metric: test MSE (lower is better).
-
 The task follows from the dataset (``text:PATH`` is a language-modelling corpus).
 """
 
@@ -28,11 +26,11 @@ class Task:
     """One kind of study: its loss, its metric, and the metric's direction and units."""
 
     name: str
-    loss: str  # "cross_entropy" | "token_cross_entropy" | "mse"
+    loss: str  # "cross_entropy" | "token_cross_entropy"
     metric: str  # the metrics.csv column compared at the final epoch, e.g. "test_acc"
     metric_label: str  # words for the metric: "test accuracy", "test loss"
     higher_is_better: bool
-    unit: str  # "%" | "nats/token" | ""
+    unit: str  # "%" | "nats/token"
 
     @property
     def direction(self) -> str:
@@ -48,14 +46,12 @@ class Task:
         return a > b if self.higher_is_better else a < b
 
     def format(self, value: float) -> str:
-        """The metric as the report writes it: ``97.12%``, ``1.2345 nats/token (1.781 bpc)``."""
+        """The metric as written: ``97.12%``, ``1.2345 nats/token (1.7810 bpc)``."""
         if value is None or not math.isfinite(value):
             return "–"
         if self.name == "classify":
             return f"{100 * value:.2f}%"
-        if self.name == "lm":
-            return f"{value:.4f} nats/token ({bits_per_character(value):.4f} bpc)"
-        return f"{value:.4g}"
+        return f"{value:.4f} nats/token ({bits_per_character(value):.4f} bpc)"
 
 
 def bits_per_character(nats_per_token: float) -> float:
@@ -65,8 +61,7 @@ def bits_per_character(nats_per_token: float) -> float:
 
 CLASSIFY = Task("classify", "cross_entropy", "test_acc", "test accuracy", True, "%")
 LM = Task("lm", "token_cross_entropy", "test_loss", "test loss", False, "nats/token")
-REGRESS = Task("regress", "mse", "test_loss", "test MSE", False, "")
-TASKS = {task.name: task for task in (CLASSIFY, LM, REGRESS)}
+TASKS = {task.name: task for task in (CLASSIFY, LM)}
 
 TEXT_SCHEME = "text:"
 

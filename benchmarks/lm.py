@@ -160,7 +160,9 @@ def main() -> None:
         per_step, losses = timed(ways[name], windows, args.warmup)
         seconds[name] = per_step
         mean_loss = sum(losses) / len(losses)
-        print(f"{name:7s} {1e3 * per_step:9.1f} ms/step   mean loss at the last step {mean_loss:.4f}")
+        print(
+            f"{name:7s} {1e3 * per_step:9.1f} ms/step   mean loss at the last step {mean_loss:.4f}"
+        )
     if "actlab" in seconds:
         for name in ("plain", "vmap"):
             if name in seconds:

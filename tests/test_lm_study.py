@@ -48,6 +48,8 @@ def test_lm_study_writes_rows_and_a_report_in_bits_per_character(corpus, tmp_pat
     assert "accuracy" not in report.lower()
     config = (out / "config.json").read_text()
     assert '"schedule": "cosine"' in config and '"clip": 1.0' in config
+    # exports take a study without accuracy (they read the test loss, and bpc)
+    assert main(["export", str(out), "--tensorboard", str(tmp_path / "tb")]) == 0
 
 
 def test_sigkill_then_rerun_gives_the_rows_of_an_uninterrupted_run(corpus, tmp_path):

@@ -328,9 +328,10 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=ExperimentConfig.min_gap,
         metavar="PP",
-        help="the smallest accuracy gap that matters, in percentage points: the report says "
-        "how many seeds would detect it, and calls two activations practically equivalent "
-        "only when a TOST shows their gap is inside it",
+        help="the smallest accuracy gap that matters, in percentage points (a language model: "
+        "in hundredths of a bit per character): the report says how many seeds would detect "
+        "it, and calls two activations practically equivalent only when a TOST shows their "
+        "gap is inside it",
     )
     p.add_argument("--lr", default="1e-3", help="one lr or a list, e.g. 1e-4,3e-4,1e-3")
     p.add_argument(
