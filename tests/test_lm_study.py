@@ -39,6 +39,8 @@ def test_lm_study_writes_rows_and_a_report_in_bits_per_character(corpus, tmp_pat
     assert main([a for a in command(corpus, out, epochs=2) if a != "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "parameters per member: relu" in printed and "final test bpc" in printed
+    verdict = printed[printed.index("verdict:") :]
+    assert "bits per character" in verdict and "accuracy" not in verdict
     metrics = pd.read_csv(out / store.METRICS_FILE)
     assert len(metrics) == 2 * 2 * 2 and (metrics["status"] == "ok").all()
     assert metrics["test_acc"].isna().all()  # no accuracy for a language model

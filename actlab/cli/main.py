@@ -872,11 +872,11 @@ def print_verdict(out: str | Path, min_gap: float) -> None:
     """The report's verdict, wrapped for a terminal."""
     import textwrap
 
-    from actlab.report.render import analyse, verdict, with_min_gap
+    from actlab.report.render import verdict_of, with_min_gap
     from actlab.study.store import read_run
 
     print("verdict:")
-    for paragraph in verdict(analyse(with_min_gap(read_run(out), min_gap))):
+    for paragraph in verdict_of(with_min_gap(read_run(out), min_gap)):
         print(
             textwrap.fill(
                 paragraph,

@@ -130,8 +130,11 @@ def verdict(analysis: dict) -> list[str]:
     if gated and plain:
         g, p = gated[0], plain[0]  # the best of each family (ranked order)
         pair = _pair(pairs, g, p)
-        if pair is not None and best["arm"] in (g, p) and len(ranked) == 2:
-            lines.append(f"Gated against plain at equal parameters: {g} against {p}, above.")
+        if pair is not None and best["arm"] in (g, p):
+            lines.append(
+                f"Gated against plain at equal parameters: the best gated FFN ({g}) against the "
+                f"best plain one ({p}) is the {pair['a']}-{pair['b']} comparison above."
+            )
         elif pair is not None:
             lines.append(
                 f"Gated against plain at equal parameters: the best gated FFN ({g}) against "

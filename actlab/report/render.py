@@ -193,6 +193,17 @@ def _written_by_actlab(path: Path) -> bool:
     return first.startswith((MARKDOWN_MARK, "# actlab: "))
 
 
+def verdict_of(run: RunData) -> list[str]:
+    """The verdict's paragraphs for a run, in its task's words (a loss-scored study, such as
+    a language model: actlab.report.loss_report)."""
+    if not run.config.task.higher_is_better:
+        from actlab.report.loss_report import loss_analysis
+        from actlab.report.loss_report import verdict as loss_verdict
+
+        return loss_verdict(loss_analysis(run))
+    return verdict(analyse(run))
+
+
 def write_run_report(run: RunData, output: Path | str | None = None) -> Path:
     """Write report.html and report.md for an already-read RunData; return the HTML path.
     Both are written atomically (a temp file renamed into place): a report killed while
