@@ -269,6 +269,10 @@ def check_lm_fields(config: ExperimentConfig) -> None:
             not text,
             f"--dataset {config.dataset} is a language-modelling corpus: add --net gpt",
         )
+        need(
+            config.schedule == "constant" and config.warmup == 0 and config.clip is None,
+            "--schedule, --warmup and --clip apply to --net gpt only for now; drop them",
+        )
 
 
 def validate(config: ExperimentConfig) -> None:

@@ -199,3 +199,20 @@ def test_stacked_gpt_trains_as_plain_gpts_with_torch_optim(corpus, schedule, war
             if name.endswith("attn.qkv.bias"):  # the key bias (see the docstring)
                 got[name][width : 2 * width] = value[width : 2 * width]
             torch.testing.assert_close(got[name], value, rtol=1e-4, atol=2e-5, msg=name)
+
+
+def test_schedules_and_clipping_are_refused_where_they_would_be_ignored():
+    with pytest.raises(ConfigError, match="--net gpt only"):
+        ExperimentConfig(schedule="cosine")
+    with pytest.raises(ConfigError, match="--net gpt only"):
+        ExperimentConfig(clip=1.0)
+
+
+def test_lr_factor_warms_up_linearly_then_decays_to_zero():
+    total, warmup = 100, 10
+    factors = [lr_factor(t, total, "cosine", warmup) for t in range(total)]
+    assert factors[0] == pytest.approx(0.1) and factors[warmup - 1] == pytest.approx(1.0)
+    assert factors[warmup] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1 :]))
+    assert factors[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    assert lr_factor(50, total, "constant", warmup) == 1.0

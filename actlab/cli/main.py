@@ -524,6 +524,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(parameter_line(config))
     if args.ray is None and (args.shard_size is not None or args.checkpoint_every != 1):
         raise ConfigError("--shard-size and --checkpoint-every apply with --ray only; add --ray")
+    if args.ray is not None and config.model == "gpt":
+        raise ConfigError("--ray does not run --net gpt studies yet; drop --ray")
     if args.ray is not None:
         from actlab.study.cluster import check_options, check_reachable, import_ray
 
