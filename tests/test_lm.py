@@ -213,6 +213,6 @@ def test_lr_factor_warms_up_linearly_then_decays_to_zero():
     factors = [lr_factor(t, total, "cosine", warmup) for t in range(total)]
     assert factors[0] == pytest.approx(0.1) and factors[warmup - 1] == pytest.approx(1.0)
     assert factors[warmup] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1 :]))
+    assert all(a >= b for a, b in zip(factors[warmup:-1], factors[warmup + 1 :], strict=True))
     assert factors[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
     assert lr_factor(50, total, "constant", warmup) == 1.0
