@@ -88,3 +88,20 @@ def test_an_extracted_member_reproduces_its_recorded_test_loss(corpus, tmp_path)
     assert loss.item() == pytest.approx(float(recorded.iloc[-1]), rel=1e-5)
     assert extracted.member.activation == "swiglu" and extracted.epoch == 1
     assert main(["extract", str(out), "--activation", "tanh", "--seed", "0"]) == 2
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--net", "gpt"], "--net gpt is a language model: give --dataset text:PATH"),
+        (["--net", "gpt", "--dataset", "text:/no/such.txt"], "text file '/no/such.txt' not found"),
+        (["--dataset", "text:stdlib"], "language-modelling corpus: add --net gpt"),
+        (["--net", "gpt", "--dataset", "text:stdlib", "--width", "30"], "multiple of --heads"),
+        (["--net", "gpt", "--dataset", "text:stdlib", "--activations", "softmax(dim=-1)"],
+         "not elementwise and not a gated unit"),
+    ],
+)  # fmt: skip
+def test_lm_mistakes_are_one_line_and_exit_2(extra, message, capsys, tmp_path):
+    assert main(["compare", "--quiet", "--out", str(tmp_path / "r"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err

@@ -685,11 +685,13 @@ def parse_floats(text: str, option: str) -> tuple[float, ...]:
 
 
 def default_out(dataset: str, model: str | None = None) -> str:
-    """runs/compare-<dataset>; for npz:PATH and idx:DIR, the file or folder name; a user
+    """runs/compare-<dataset>; for npz:PATH, idx:DIR and text:PATH, the file or folder name; a user
     model's NAME is appended (runs/compare-fashion-mnist-resnet8)."""
     name = dataset
     if dataset.startswith(("npz:", "idx:")):
         name = dataset[:3] + "-" + Path(dataset[4:]).stem
+    elif dataset.startswith("text:"):  # text:corpus/shakespeare.txt -> text-shakespeare
+        name = "text-" + Path(dataset[5:]).stem
     if model:
         name += "-" + model
     return "runs/compare-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
