@@ -11,7 +11,8 @@ seeds, gated FFNs at 2/3 of the hidden units) are trained for --steps steps each
 - **actlab**: ``LMTrainer.step`` (StackedGPT: batched matmuls over the members, the
   stacked AdamW).
 
-The first --warmup steps are not timed. Prints ms per step of all K members, the ratios,
+The ways take turns step by step (a shared machine's load slows them alike); the first
+--warmup steps are not timed. Prints ms per step of all K members, the ratios,
 the final losses (the three agree: the same model and optimizer), the peak RSS and the CPU.
 
     python benchmarks/lm.py                      # K = 8: relu, gelu, relu2, swiglu x 2 seeds
@@ -46,15 +47,20 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def timed(step, windows, warmup: int) -> tuple[float, list[float]]:
-    """Seconds per step after `warmup` steps, and the last step's losses."""
-    losses = []
-    for x, y in windows[:warmup]:
-        step(x, y)
-    start = time.perf_counter()
-    for x, y in windows[warmup:]:
-        losses = step(x, y)
-    return (time.perf_counter() - start) / max(1, len(windows) - warmup), losses
+def timed(ways: dict, windows, warmup: int) -> tuple[dict, dict]:
+    """Seconds per step of each way after `warmup` steps, and each way's last losses. The
+    ways take turns step by step, so that a machine whose load changes (a shared one)
+    slows them alike."""
+    seconds = dict.fromkeys(ways, 0.0)
+    losses: dict = {}
+    for index, (x, y) in enumerate(windows):
+        for name, step in ways.items():
+            start = time.perf_counter()
+            losses[name] = step(x, y)
+            if index >= warmup:
+                seconds[name] += time.perf_counter() - start
+    timed_steps = max(1, len(windows) - warmup)
+    return {name: s / timed_steps for name, s in seconds.items()}, losses
 
 
 def plain_step(config: ExperimentConfig):
@@ -153,16 +159,16 @@ def main() -> None:
         f"{args.layers} layers, {args.heads} heads, context {args.context}, batch {args.batch}; "
         f"{args.steps - args.warmup} timed steps; {args.threads} thread(s); {cpu_name()}"
     )
-    ways = {"plain": plain_step(config), "vmap": vmap_step(config)}
-    ways["actlab"] = actlab_step(config, dataset)
-    seconds = {}
-    for name in args.only.split(","):
-        per_step, losses = timed(ways[name], windows, args.warmup)
-        seconds[name] = per_step
-        mean_loss = sum(losses) / len(losses)
-        print(
-            f"{name:7s} {1e3 * per_step:9.1f} ms/step   mean loss at the last step {mean_loss:.4f}"
-        )
+    makers = {
+        "plain": lambda: plain_step(config),
+        "vmap": lambda: vmap_step(config),
+        "actlab": lambda: actlab_step(config, dataset),
+    }
+    ways = {name: makers[name]() for name in args.only.split(",")}
+    seconds, losses = timed(ways, windows, args.warmup)
+    for name, per_step in seconds.items():
+        mean_loss = sum(losses[name]) / len(losses[name])
+        print(f"{name:7s} {1e3 * per_step:9.1f} ms/step   mean loss at the last step {mean_loss:.4f}")
     if "actlab" in seconds:
         for name in ("plain", "vmap"):
             if name in seconds:
