@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 
+# The package's only version string: pyproject.toml reads it at build time
+# ([tool.setuptools.dynamic]), so the wheel's metadata says the same.
 __version__ = "0.1.0"
 
 # Public names and the module that defines each. Imported lazily so that `import actlab`

@@ -3,7 +3,7 @@
 A study trains one member per (depth, seed, activation, lr). Members are laid out
 seed-major inside a depth, so that the members sharing a seed (and so sharing the initial
 weights and the batch order) are contiguous: member ``k`` of a depth uses seed index
-``k // members_per_seed``. See DESIGN.md, "The engine".
+``k // members_per_seed``. See docs/design.md, "The engine".
 """
 
 from __future__ import annotations

@@ -168,7 +168,9 @@ def main() -> None:
     seconds, losses = timed(ways, windows, args.warmup)
     for name, per_step in seconds.items():
         mean_loss = sum(losses[name]) / len(losses[name])
-        print(f"{name:7s} {1e3 * per_step:9.1f} ms/step   mean loss at the last step {mean_loss:.4f}")
+        print(
+            f"{name:7s} {1e3 * per_step:9.1f} ms/step   mean loss at the last step {mean_loss:.4f}"
+        )
     if "actlab" in seconds:
         for name in ("plain", "vmap"):
             if name in seconds:

@@ -1,20 +1,22 @@
 """The catalog's lookup API, coverage of torch.nn, registration, labels and properties."""
 
 import inspect
+import math
 
 import pytest
 import torch
 from torch import nn
 
 import actlab
-from actlab.catalog import registry as catalog
+from actlab.catalog.entries import KERAS_NOTES
+from actlab.catalog.lookup import find
+from actlab.catalog.properties import properties
 from actlab.catalog.registry import (
     ActivationSpec,
     canonical_label,
     get,
     get_fn,
     list_activations,
-    properties,
     register,
     resolve,
     unregister,
@@ -40,7 +42,7 @@ def test_every_torch_nn_activation_is_in_the_catalog():
             missing.append(name)
             continue
         except SpecError:  # needs a parameter (dim, threshold): use the entry's example
-            module = get(catalog._lookup(name)[0].example)
+            module = get(find(name)[0].example)
         assert type(module).__name__ == name.replace("Softmax2d", "Softmax"), name
     assert not missing, f"torch.nn activations missing from the catalog: {missing}"
     torch_classes = {spec.torch_class for spec in list_activations()}
@@ -171,7 +173,7 @@ def test_keras_differences_are_recorded():
     assert any("Keras 2" in d for d in by_name["hard_sigmoid"].keras_differences)
     assert any("0.25" in d for d in by_name["prelu"].keras_differences)
     assert any("axis" in d for d in by_name["softmax"].keras_differences)
-    notes = " ".join(catalog.KERAS_NOTES)
+    notes = " ".join(KERAS_NOTES)
     assert "glorot" in notes and "1e-7" in notes and "1e-8" in notes
 
 
@@ -261,7 +263,10 @@ def test_properties_of_textbook_activations():
     assert relu["saturating_left"] and not relu["saturating_right"]
     assert sigmoid["range"] == (0.0, 1.0) and sigmoid["f0"] == 0.5
     assert sigmoid["max_slope"] == pytest.approx(0.25) and sigmoid["df0"] == pytest.approx(0.25)
-    assert not sigmoid["zero_centred"] and tanh["zero_centred"]
+    # E f(z), z ~ N(0, 1): 1 / sqrt(2 pi) for relu; 1/2 and 0 by symmetry for sigmoid, tanh
+    assert relu["mean_normal"] == pytest.approx(1 / math.sqrt(2 * math.pi), abs=1e-6)
+    assert sigmoid["mean_normal"] == pytest.approx(0.5, abs=1e-6)
+    assert tanh["mean_normal"] == 0.0
     assert tanh["saturating_left"] and tanh["saturating_right"] and tanh["smooth"]
 
 
@@ -290,4 +295,4 @@ def test_properties_are_cached_and_copied():
     first = properties("tanh")
     first["monotonic"] = "changed"
     assert properties("tanh")["monotonic"] is True
-    assert properties(torch.sin)["zero_centred"]  # callables work, uncached
+    assert properties(torch.sin)["mean_normal"] == 0.0  # callables work, uncached

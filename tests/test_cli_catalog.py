@@ -20,14 +20,33 @@ def test_list_prints_one_row_per_entry(capsys):
         "parameters",
         "range",
         "monotonic",
-        "zero-centred",
+        "E f(z)",
         "saturating",
     ):
         assert column in lines[0]
-    names = [line.split()[0] for line in lines[2:]]
+    rows = lines[2 : lines.index("")]
+    names = [line.split()[0] for line in rows]
     assert names == [spec.name for spec in list_activations()]
+    assert "standard-normal" in lines[-1]  # what the E f(z) column means
     relu = next(line for line in lines if line.startswith("relu "))
     assert "0 .. inf" in relu and "left" in relu
+
+
+def test_list_shows_a_registered_activation_in_the_same_process(capsys):
+    import torch
+
+    from actlab.catalog.registry import register, unregister
+
+    assert main(["list"]) == 0  # the cached table, if any, is written or read here
+    capsys.readouterr()
+    register("listed_relu", lambda x: torch.relu(x))
+    try:
+        assert main(["list"]) == 0
+        assert "listed_relu" in capsys.readouterr().out
+    finally:
+        unregister("listed_relu")
+    assert main(["list"]) == 0
+    assert "listed_relu" not in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -39,7 +58,8 @@ def test_list_as_a_subprocess_shows_every_catalog_entry():
         timeout=120,
         check=True,
     )
-    listed = {line.split()[0] for line in result.stdout.splitlines()[2:]}
+    lines = result.stdout.splitlines()
+    listed = {line.split()[0] for line in lines[2 : lines.index("")]}
     missing = [spec.name for spec in list_activations() if spec.name not in listed]
     assert not missing, f"missing from `actlab list`: {missing}"
 

@@ -69,6 +69,21 @@ def test_the_fastest_count_is_kept_and_set():
     )
 
 
+def test_a_machine_that_slows_down_after_the_warm_ups_keeps_a_candidate():
+    """Warm-ups of 1 s and 5 s drop 2 threads; then every step takes 30 s (the machine got
+    busy). The race must keep its fastest live candidate, not empty itself (it divided by
+    zero) over the dropped candidate's stale warm-up."""
+    durations = iter([1.0, 5.0] + [30.0] * 100)
+    now = [0.0]
+
+    def step() -> None:
+        now[0] += next(durations)
+
+    choice = choose_threads(step, [1, 2], budget_s=1e9, clock=lambda: now[0],
+                            set_threads=lambda count: None)  # fmt: skip
+    assert choice.threads in (1, 2)
+
+
 def test_a_tie_goes_to_fewer_threads_and_the_budget_stops_rounds():
     machine = FakeMachine({1: 0.0100, 2: 0.0098})  # 2% apart: a tie
     choice = choose_threads(machine.step, [1, 2], rounds=5, clock=machine.clock,

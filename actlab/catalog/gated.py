@@ -70,13 +70,7 @@ def relu2(x: Tensor) -> Tensor:
 def is_gated(spec: str) -> bool:
     """Whether a catalog spec is a gated unit (its input is the two halves [a, b])."""
     entry, _ = registry.resolve(spec)
-    return entry.name in GATES
-
-
-def gate_of(spec: str) -> Callable[[Tensor], Tensor]:
-    """The gate nonlinearity of a gated spec (``swiglu`` -> silu)."""
-    entry, _ = registry.resolve(spec)
-    return GATES[entry.name]
+    return bool(entry.gated)
 
 
 def gated_hidden(hidden: int) -> int:
@@ -105,6 +99,7 @@ def _register() -> None:
             gated(GATES[name]),
             params={"dim": -1},
             elementwise=False,
+            gated=True,
             formula=f"a * {gate_words}, where x = [a, b] is split in halves along dim "
             "(a gated FFN: (x W) * gate(x V), then W2)",
             reference=reference,

@@ -27,7 +27,7 @@ EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 # `actlab compare`'s seeds: with 3, the paired tests over 6 pairs (Holm) detect only gaps of
-# several SDs of the per-seed differences; see README "How sure" and benchmarks/stats_power.py.
+# several SDs of the per-seed differences; see docs/statistics.md and benchmarks/stats_power.py.
 DEFAULT_SEEDS = 10
 
 EPILOG = """examples:
@@ -432,14 +432,14 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from actlab.catalog.registry import format_table
+    from actlab.cli.catalog_text import list_text
 
-    print(format_table())
+    print(list_text())
     return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from actlab.catalog.registry import describe
+    from actlab.cli.catalog_text import describe
 
     print(describe(args.name))
     return EXIT_OK

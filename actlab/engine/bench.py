@@ -1,19 +1,33 @@
 """What each activation costs: time per element, memory for backward, achieved bandwidth.
 
-Time: ``torch.utils.benchmark.Timer`` (the fastest of many short blocks) of the forward
-``f(x)`` and of forward+backward ``torch.autograd.grad(f(x), x, g)``, on a tensor of
+Time: ``torch.utils.benchmark.Timer`` (the fastest of at least 5 short blocks) of the
+forward ``f(x)`` and of forward+backward ``torch.autograd.grad(f(x), x, g)``, on a tensor of
 ``size`` elements shaped (size / 1024, 1024) (a batch of 1024-wide layers), with torch's
-current number of threads (``OMP_NUM_THREADS`` sets it). Reported in ns per element and as a ratio to ReLU (``nn.ReLU``, timed at
-the start and the end of the same run; the median of those and of a "relu" row counts).
+current number of threads (``OMP_NUM_THREADS`` sets it). Every quantity (the copy, ReLU's
+two times, each activation's two) is timed once per round, in ``repeats`` rounds one after
+the other, and reported as the median of its rounds: all of them see the same mix of
+machine load, so that a busy minute does not fall on one of them only. Reported in ns per
+element and as a ratio to ReLU (``nn.ReLU``, timed in every round; the ratio is taken
+within each round, then the median of the rounds).
+
+A row is flagged (``warning``) when its figures cannot come from an undisturbed
+measurement: a GB/s more than 10% above the copy's (the op moves at least as many bytes),
+forward+backward faster than the forward alone, or rounds that differ by more than 50%.
+A flagged op is not classified memory- or compute-bound (``?``).
 
 Bandwidth: an elementwise forward reads x and writes y (2 tensors); forward+backward also
 reads the upstream gradient and a saved tensor and writes the input gradient (5 tensors in
 all, a lower bound: some backward formulas read both x and y). Achieved GB/s is that
-traffic over the time, shown next to the GB/s of a plain copy ``y.copy_(x)`` of the same
-size timed in the same run. An op near the copy's GB/s is memory-bound (its arithmetic is
-free); one far below it is compute-bound. Only for tensors of at least 4 MiB, bigger than a
-core's L2 cache (below that, both numbers measure caches and call overheads); an activation
-that returns its input unchanged (``linear``) moves no bytes and is marked ``no-op``.
+traffic over the time, shown next to the GB/s of a plain copy ``x.clone()`` of the same
+size timed in the same rounds: it reads x and allocates and writes a new tensor as an
+activation's forward does, with no arithmetic, so no elementwise op can beat it. (A copy
+into a preallocated tensor, ``y.copy_(x)``, measured up to 1.8x slower than ``clone`` on
+the development Xeon, where the freshly allocated output is still in cache: as the
+reference it would flag undisturbed ops.) An op near the copy's GB/s is memory-bound (its
+arithmetic is free); one far below it is compute-bound. Only for tensors of at least 4 MiB,
+bigger than a core's L2 cache (below that, both numbers measure caches and call overheads);
+an activation that returns its input unchanged (``linear``) moves no bytes and is marked
+``no-op``.
 
 Memory, in multiples of the tensor's size, for one step that stands for a layer: ``h =
 x.clone()`` (the layer output that feeds the activation), ``y = f(h)``, ``del h``, then
@@ -33,12 +47,13 @@ and, where the catalog says the activation supports it, with ``inplace=True``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -54,7 +69,10 @@ from actlab.errors import ConfigError
 # in a server's L3 (32 MiB on the dev box), so "copy GB/s" is then partly cache bandwidth.
 # From 32 MiB up, glibc maps every new tensor fresh and page faults dominate every op.
 DEFAULT_SIZE = 1 << 22
-MIN_RUN_TIME = 0.1  # seconds per timing; the whole catalog runs in well under a minute
+MIN_RUN_TIME = 0.02  # seconds per timing and round; the whole catalog runs in about a minute
+REPEATS = 5  # interleaved rounds; every time is the median of its rounds
+BANDWIDTH_SLACK = 1.1  # an op that moves as many bytes as the copy cannot be >10% faster
+SPREAD_WARNING = 0.5  # rounds of one time that differ by more than 50% of it: flagged
 BANDWIDTH_MIN_BYTES = 4 << 20  # report GB/s only for tensors of at least 4 MiB
 MEMORY_BOUND = 0.5  # at least half the copy's GB/s: memory-bound
 DTYPES = {
@@ -69,7 +87,7 @@ COLUMNS = (
     "fwd_gbps", "fwdbwd_gbps", "copy_gbps", "bound",
     "fwd_peak_bytes", "kept_bytes", "peak_bytes",
     "inplace_fwd_peak_bytes", "inplace_kept_bytes", "inplace_peak_bytes",
-    "tensor_bytes", "error",
+    "tensor_bytes", "warning", "error",
 )  # fmt: skip
 
 
@@ -87,9 +105,12 @@ def run_bench(
     dtype: str = "float32",
     *,
     min_run_time: float = MIN_RUN_TIME,
+    repeats: int = REPEATS,
 ) -> list[dict]:
     """One row per activation (columns: :data:`COLUMNS`). Unknown names raise the catalog's
-    one-line error before anything is timed."""
+    one-line error before anything is timed. Every time is the median over ``repeats``
+    interleaved rounds (see the module docstring); figures that no undisturbed measurement
+    can give are flagged in the row's ``warning``."""
     from actlab.catalog import registry as catalog
 
     size = DEFAULT_SIZE if size is None else size
@@ -113,65 +134,116 @@ def run_bench(
     grad_out = torch.randn(shape, generator=generator, device=device).to(torch_dtype)
     tensor_bytes = x.numel() * x.element_size()
 
-    copy_seconds = _time("y.copy_(x)", {"x": x, "y": torch.empty_like(x)}, min_run_time)
-    copy_gbps = 2 * tensor_bytes / copy_seconds / 1e9
-    relu_times = [_times(nn.ReLU(), x, grad_out, min_run_time)]
-    rows = []
-    for spec, (module, inplace_module) in zip(specs, activations, strict=True):
+    rows, modules = [], {}
+    for index, (spec, (module, inplace_module)) in enumerate(zip(specs, activations, strict=True)):
         row = dict.fromkeys(COLUMNS)
         row |= {"name": spec, "device": device, "dtype": dtype, "size": x.numel()}
         row |= {"threads": torch.get_num_threads(), "tensor_bytes": tensor_bytes}
-        row |= {"copy_gbps": copy_gbps}
+        module = module.to(device=device, dtype=torch_dtype)
+        inplace_module = None if inplace_module is None else inplace_module.to(device, torch_dtype)
         try:
-            row |= _measure(
-                module.to(device=device, dtype=torch_dtype), x, grad_out, row, min_run_time
-            )
+            row |= _memory_columns(module, inplace_module, x, grad_out)
+            modules[index] = module
         except RuntimeError as error:  # e.g. an op without a bfloat16 kernel
             row["error"] = str(error).splitlines()[0]
-        if row["error"] is None and isinstance(module, nn.ReLU) and not module.inplace:
-            relu_times.append(
-                (row["fwd_ns"] * 1e-9 * x.numel(), row["fwdbwd_ns"] * 1e-9 * x.numel())
-            )
-        if row["error"] is None and inplace_module is not None:
-            inplace_module = inplace_module.to(device=device, dtype=torch_dtype)
-            try:
-                fwd_peak, kept, peak = measure_memory(inplace_module, x, grad_out)
-                row["inplace_fwd_peak_bytes"] = fwd_peak
-                row["inplace_kept_bytes"] = kept
-                row["inplace_peak_bytes"] = peak
-            except RuntimeError as error:  # inplace that autograd refuses
-                row["error"] = f"inplace: {str(error).splitlines()[0]}"
         rows.append(row)
-    # The ReLU reference: the median of its timings at the start, at the end and in a
-    # "relu" row, so that the ratios do not hang on one disturbed measurement.
-    relu_times.append(_times(nn.ReLU(), x, grad_out, min_run_time))
-    relu_fwd = statistics.median(fwd for fwd, _ in relu_times)
-    relu_fwdbwd = statistics.median(fwdbwd for _, fwdbwd in relu_times)
-    for row in rows:
-        if row["fwd_ns"] is not None:
-            row["fwd_vs_relu"] = row["fwd_ns"] * 1e-9 * x.numel() / relu_fwd
-            row["fwdbwd_vs_relu"] = row["fwdbwd_ns"] * 1e-9 * x.numel() / relu_fwdbwd
+    times = _interleaved_times(modules, x, grad_out, min_run_time, repeats)
+    copy_gbps = 2 * tensor_bytes / statistics.median(times["copy"]) / 1e9
+    for index, row in enumerate(rows):
+        row["copy_gbps"] = copy_gbps
+        if index in modules:
+            try:
+                row |= _time_columns(times, index, row, modules[index], x)
+            except RuntimeError as error:
+                row["error"] = str(error).splitlines()[0]
     return rows
 
 
-def _measure(
-    module: nn.Module, x: Tensor, grad_out: Tensor, row: dict, min_run_time: float
+def _memory_columns(
+    module: nn.Module, inplace_module: nn.Module | None, x: Tensor, grad_out: Tensor
 ) -> dict:
-    """Times, bandwidth and memory of one activation (the columns it fills in a row)."""
-    fwd, fwdbwd = _times(module, x, grad_out, min_run_time)
+    """The memory columns of one row: the module, then its inplace variant if any."""
+    fwd_peak, kept, peak = measure_memory(module, x, grad_out)
+    out = {"fwd_peak_bytes": fwd_peak, "kept_bytes": kept, "peak_bytes": peak}
+    if inplace_module is not None:
+        try:
+            fwd_peak, kept, peak = measure_memory(inplace_module, x, grad_out)
+        except RuntimeError as error:  # inplace that autograd refuses
+            return out | {"error": f"inplace: {str(error).splitlines()[0]}"}
+        out |= {"inplace_fwd_peak_bytes": fwd_peak, "inplace_kept_bytes": kept}
+        out["inplace_peak_bytes"] = peak
+    return out
+
+
+def _interleaved_times(
+    modules: Mapping[int, nn.Module],
+    x: Tensor,
+    grad_out: Tensor,
+    min_run_time: float,
+    repeats: int,
+) -> dict:
+    """Seconds per run of every subject in each of ``repeats`` rounds: the copy, ReLU's
+    forward and forward+backward (the reference), and each module's two; within a round
+    every subject is timed once, so that all of them see the same mix of machine load."""
+    leaf = x.detach().requires_grad_(True)
+    base = {"x": x, "leaf": leaf, "g": grad_out, "torch": torch}
+    subjects: dict[object, tuple[str, dict, bool]] = {"copy": ("x.clone()", base, True)}
+    for key, module in [("relu", nn.ReLU()), *modules.items()]:
+        names = {**base, "f": module}
+        subjects[(key, "fwd")] = ("f(x)", names, True)
+        subjects[(key, "fwdbwd")] = ("torch.autograd.grad(f(leaf), leaf, g)", names, False)
+    times: dict[object, list[float]] = {key: [] for key in subjects}
+    for _ in range(max(1, repeats)):
+        for key, (stmt, names, no_grad) in subjects.items():
+            if key in times and isinstance(times[key], RuntimeError):
+                continue
+            try:
+                with torch.no_grad() if no_grad else contextlib.nullcontext():
+                    times[key].append(_time(stmt, names, min_run_time))
+            except RuntimeError as error:  # reported in the module's row
+                times[key] = error
+    return times
+
+
+def _time_columns(times: Mapping, index: int, row: dict, module: nn.Module, x: Tensor) -> dict:
+    """Times, ratios to ReLU, bandwidth and warnings of one row, from the interleaved
+    rounds: medians of the rounds, and ratios taken within each round before the median."""
+    fwd_rounds, both_rounds = times[(index, "fwd")], times[(index, "fwdbwd")]
+    for rounds in (fwd_rounds, both_rounds):
+        if isinstance(rounds, RuntimeError):
+            raise rounds
+    fwd, fwdbwd = statistics.median(fwd_rounds), statistics.median(both_rounds)
     out = {"fwd_ns": fwd * 1e9 / x.numel(), "fwdbwd_ns": fwdbwd * 1e9 / x.numel()}
+    relu_fwd, relu_both = times[("relu", "fwd")], times[("relu", "fwdbwd")]
+    out["fwd_vs_relu"] = statistics.median(a / b for a, b in zip(fwd_rounds, relu_fwd, strict=True))
+    out["fwdbwd_vs_relu"] = statistics.median(
+        a / b for a, b in zip(both_rounds, relu_both, strict=True)
+    )
     with torch.no_grad():
         no_op = module(x).data_ptr() == x.data_ptr()  # e.g. linear returns x itself
-    tensor_bytes = row["tensor_bytes"]
+    warnings = []
     if no_op:
         out["bound"] = "no-op"
-    elif tensor_bytes >= BANDWIDTH_MIN_BYTES:
-        out["fwd_gbps"] = 2 * tensor_bytes / fwd / 1e9
-        out["fwdbwd_gbps"] = 5 * tensor_bytes / fwdbwd / 1e9
+    elif row["tensor_bytes"] >= BANDWIDTH_MIN_BYTES:
+        out["fwd_gbps"] = 2 * row["tensor_bytes"] / fwd / 1e9
+        out["fwdbwd_gbps"] = 5 * row["tensor_bytes"] / fwdbwd / 1e9
         memory_bound = out["fwd_gbps"] >= MEMORY_BOUND * row["copy_gbps"]
         out["bound"] = "memory" if memory_bound else "compute"
-    fwd_peak, kept, peak = measure_memory(module, x, grad_out)
-    return out | {"fwd_peak_bytes": fwd_peak, "kept_bytes": kept, "peak_bytes": peak}
+        for part, label in (("fwd", "forward"), ("fwdbwd", "forward+backward")):
+            if out[f"{part}_gbps"] > BANDWIDTH_SLACK * row["copy_gbps"]:
+                warnings.append(
+                    f"{label} {out[f'{part}_gbps']:.1f} GB/s exceeds the copy's "
+                    f"{row['copy_gbps']:.1f} GB/s measured in the same run"
+                )
+                out["bound"] = "?"
+    if not no_op and fwdbwd < fwd:
+        warnings.append("forward+backward timed faster than the forward alone")
+    for rounds, label in ((fwd_rounds, "forward"), (both_rounds, "forward+backward")):
+        spread = (max(rounds) - min(rounds)) / statistics.median(rounds)
+        if len(rounds) > 1 and spread > SPREAD_WARNING:
+            warnings.append(f"{label} times vary by {spread:.0%} across {len(rounds)} rounds")
+    out["warning"] = "; ".join(warnings) or None
+    return out
 
 
 def _activation_pair(catalog, spec: str) -> tuple[nn.Module, nn.Module | None]:
@@ -190,8 +262,8 @@ def _time(stmt: str, names: dict, min_run_time: float) -> float:
     """Seconds per run of ``stmt`` with torch's current number of threads: the fastest of
     at least 5 blocks of ~1 ms or more, timed with ``torch.utils.benchmark.Timer`` for
     ``min_run_time`` seconds. On a shared machine other processes only add time, so the
-    fastest short block is the estimate least disturbed by them (a median, or a long block
-    as ``blocked_autorange`` uses, moves with their load)."""
+    fastest short block is the estimate least disturbed by them within this window; the
+    rounds of :func:`run_bench` then spread the windows over the whole run."""
     timer = benchmark.Timer(stmt=stmt, globals=names, num_threads=torch.get_num_threads())
     first = timer.timeit(3).mean  # also the warm-up: page faults, allocator growth, lazy init
     number = max(1, math.ceil(1e-3 / max(first, 1e-9)))
@@ -200,16 +272,6 @@ def _time(stmt: str, names: dict, min_run_time: float) -> float:
     while len(times) < 5 or time.perf_counter() - start < min_run_time:
         times.append(timer.timeit(number).mean)
     return min(times)
-
-
-def _times(module: nn.Module, x: Tensor, grad_out: Tensor, min_run_time: float):
-    """(forward seconds, forward+backward seconds) of ``module`` on ``x``."""
-    leaf = x.detach().requires_grad_(True)
-    names = {"f": module, "x": x, "leaf": leaf, "g": grad_out, "torch": torch}
-    with torch.no_grad():
-        forward = _time("f(x)", names, min_run_time)
-    both = _time("torch.autograd.grad(f(leaf), leaf, g)", names, min_run_time)
-    return forward, both
 
 
 # === memory ===============================================================================
@@ -312,11 +374,19 @@ def format_table(rows: Sequence[dict]) -> str:
             return f"{fwd_peak / size:.3g}/{peak / size:.3g}/{kept / size:.3g}"
 
         gbps = "-" if row["fwd_gbps"] is None else f"{row['fwd_gbps']:.1f}"
+        name = f"{row['name']} (!)" if row["warning"] else row["name"]
         lines.append(
-            f"{row['name']:<36} {row['fwd_ns']:>9.3f} {row['fwdbwd_ns']:>9.3f} "
+            f"{name:<36} {row['fwd_ns']:>9.3f} {row['fwdbwd_ns']:>9.3f} "
             f"{row['fwd_vs_relu']:>8.2f} {row['fwdbwd_vs_relu']:>8.2f} {gbps:>8} "
             f"{row['bound'] or '-':>7}  {memory(''):>12}  {memory('inplace_'):>12}"
         )
+    flagged = [row for row in rows if row["warning"]]
+    if flagged:
+        lines += [
+            "",
+            "(!) disturbed timings (another process was busy?); rerun on a quiet machine:",
+        ]
+        lines += [f"  {row['name']}: {row['warning']}" for row in flagged]
     return "\n".join(lines)
 
 
@@ -346,9 +416,11 @@ def _bytes_text(count: float) -> str:
 def _load() -> str:
     """The 1-minute load average: other processes on a shared machine inflate every time."""
     try:
-        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        load, cpus = os.getloadavg()[0], os.cpu_count() or 1
     except OSError:  # not available on this platform
         return "load average unknown"
+    busy = " (busy: other processes share the CPUs, times are inflated)" if load > cpus else ""
+    return f"load average {load:.1f} on {cpus} CPUs{busy}"
 
 
 def check_output(path: str | Path) -> Path:

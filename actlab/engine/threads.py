@@ -161,7 +161,9 @@ def choose_threads(
                 if times[-1] > LOSER_FACTOR * best:
                     break
             samples[count].append(sum(times) / len(times))
-        best = min(statistics.median(v) for v in samples.values())
+        # Judged against the racing candidates only: a machine that slowed down after the
+        # warm-ups must not drop every candidate for a stale warm-up sample of a loser.
+        best = min(statistics.median(samples[c]) for c in racing)
         racing = [c for c in racing if statistics.median(samples[c]) <= LOSER_FACTOR * best]
         if clock() - start > budget_s or len(racing) == 1:
             break

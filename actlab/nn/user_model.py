@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from actlab.catalog import lookup as catalog_lookup
 from actlab.catalog import registry as catalog
 from actlab.errors import ConfigError, SpecError
 
@@ -508,7 +509,7 @@ def _catalog_entry(name: str) -> catalog.ActivationSpec | None:
     except catalog.UnknownActivationError:
         return None
     except SpecError:  # an entry that needs parameters (softmax's dim): the entry itself
-        spec, _ = catalog._lookup(name.split("(")[0].strip())
+        spec, _ = catalog_lookup.find(name.split("(")[0].strip())
     return spec
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib import ticker
 from matplotlib.figure import Figure
 
 matplotlib.use("Agg")  # never open a window, also when a display is present
@@ -28,7 +29,7 @@ def activation_curves(
     Entries that mix units are drawn on ``catalog.scalar_view`` (softmax: unit 0 of [x, 0])."""
     import torch
 
-    from actlab.catalog.registry import scalar_view
+    from actlab.catalog.properties import scalar_view
 
     fn = scalar_view(spec)
     points = torch.tensor(x, dtype=torch.float64, requires_grad=True)
@@ -132,6 +133,50 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     plain_text(fig).savefig(path, dpi=150)
     return path
+
+
+def tick_number(value: float) -> str:
+    """A tick value as short plain text: 0.001, 0.0003, 10, 1e-5, 2e6 (``%g``, exponent
+    without '+' and leading zeros)."""
+    text = f"{value:g}"
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}e{int(exponent)}"
+    return text
+
+
+class PlainLogFormatter(ticker.LogFormatter):
+    """Log-axis tick labels as plain text (0.01, 0.1, 1, 2e-5) where matplotlib's default,
+    ``LogFormatterSciNotation``, writes mathtext (``$\\mathdefault{10^{-2}}$``) that
+    :func:`plain_text` would show as code. Which ticks get a label is matplotlib's
+    ``LogFormatter`` logic: every decade, and minor ticks only on an axis too short to show
+    two decades."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return tick_number(x) if super().__call__(x, pos) else ""
+
+
+def plain_log_axis(axis) -> None:
+    """Put :class:`PlainLogFormatter` on a log-scaled ``ax.xaxis`` / ``ax.yaxis`` (major and
+    minor ticks, as matplotlib's log scale sets its own formatters)."""
+    base = axis.get_transform().base
+    axis.set_major_formatter(PlainLogFormatter(base))
+    axis.set_minor_formatter(PlainLogFormatter(base, labelOnlyBase=False))
+
+
+def tick_labels_overlap(fig: Figure, axis) -> bool:
+    """Whether two visible tick labels of ``axis`` overlap, or come closer than a third of
+    their font size (touching labels read as one number), once ``fig`` is laid out."""
+    fig.draw_without_rendering()  # runs the layout; the boxes are then final
+    labels = [
+        label
+        for label in axis.get_ticklabels(which="both")
+        if label.get_visible() and label.get_text()
+    ]
+    boxes = [
+        label.get_window_extent().padded(label.get_size() * fig.dpi / 72 / 6) for label in labels
+    ]
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
 
 
 def plain_text(fig: Figure) -> Figure:
@@ -347,11 +392,17 @@ def plot_lr_sensitivity(
                     ax.plot(lr, 100 * score.iloc[0], "*", color=styles[activation]["color"],
                             markersize=14, markeredgecolor="black")  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
+    # Ticks at the tested learning rates only, so that no label names an untested one.
+    tested = sorted({float(lr) for lr in sensitivity["lr"]})
+    ax.set_xticks(tested, [tick_number(lr) for lr in tested])
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    ax.set_xlabel("learning rate (tested values)")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title("Learning-rate sensitivity (star: selected on validation)")
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     _figure_legend(fig, [ax])
+    if tick_labels_overlap(fig, ax.xaxis):  # many or close lrs: upright labels fit
+        ax.tick_params(axis="x", labelrotation=90)
     return fig
 
 
@@ -386,6 +437,7 @@ def plot_depth_study(
     ax.set_xscale("log", base=2)
     depths = sorted({int(d) for d in summary["depth"]})
     ax.set_xticks(depths, [str(d) for d in depths])
+    ax.xaxis.set_minor_locator(ticker.NullLocator())  # ticks at the tested depths only
     ax.set_xlabel("hidden layers")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title("Depth study")
@@ -418,6 +470,7 @@ def plot_gradient_norms(diagnostics: pd.DataFrame) -> Figure:
                         linestyle=LINE_STYLES[i % len(LINE_STYLES)], markersize=4,
                         color=cmap(i / max(1, len(layers) - 1)), label=f"layer {layer}")  # fmt: skip
         ax.set_yscale("log")
+        plain_log_axis(ax.yaxis)
         ax.set_title(str(activation), fontsize=11)
         ax.set_xlabel("epoch")
         ax.set_ylabel("gradient L2 norm")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
-import io
 import math
 import re
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from matplotlib.figure import Figure
 
 from actlab.errors import ConfigError
 from actlab.report import plots, stats
+from actlab.report.figure_png import png_with_text_layout
 from actlab.study import unfinished as completion
 from actlab.study.store import RunData, merge_runs, write_text_atomic
 
@@ -860,10 +860,10 @@ def _activation_figure(analysis: Analysis) -> Figure | None:
 
 
 def figure_png(fig: Figure, dpi: int = 110) -> str:
-    """The figure as a base64 PNG data string."""
-    buffer = io.BytesIO()
-    plots.plain_text(fig).savefig(buffer, format="png", dpi=dpi)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    """The figure as a base64 PNG data string, carrying its drawn text layout (the
+    report checker reads it: actlab.report.figure_png)."""
+    png = png_with_text_layout(plots.plain_text(fig), dpi)
+    return base64.b64encode(png).decode("ascii")
 
 
 # --- HTML ---------------------------------------------------------------------------------

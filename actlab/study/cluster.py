@@ -4,8 +4,8 @@ The members of each depth are split into **shards** of whole seeds (every activa
 of a seed), each one stacked model trained by `actlab.engine.trainer.train` on one Ray worker, the
 same entry point a local run uses. A member's initial weights, batch order and dropout masks
 depend on its seed alone, and a shard of whole seeds keeps the shape of every GEMM of its
-members, so a study gives the same numbers on 1 or N shards (see README, "Beyond one
-machine", for the one exception measured).
+members, so a study gives the same numbers on 1 or N shards (see docs/ray.md, "The same
+numbers", for the exceptions measured).
 
 - Shards run as Ray streaming-generator tasks, one task per checkpoint interval
   (``checkpoint_every`` epochs): each yields every epoch's metrics and diagnostics rows as

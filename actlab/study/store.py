@@ -54,7 +54,7 @@ DIAGNOSTICS_COLUMNS = (
 
 
 def describe_environment(device: str, threads: int) -> dict:
-    """Versions and hardware recorded in config.json (no hidden state: DESIGN.md rule 5)."""
+    """Versions and hardware recorded in config.json (no hidden state: docs/design.md, rule 5)."""
     import numpy
     import torch
 
