@@ -20,8 +20,8 @@ its hidden width is 2/3 of the plain one (`gated_hidden`): Shazeer's d_ff 3072 -
 Squared ReLU (So et al. 2021, "Primer: Searching for Efficient Transformers for Language
 Modeling", arXiv:2109.08668) is elementwise: ``relu2(x) = max(0, x)^2``.
 
-Registered through the catalog's public `register` at import (actlab.catalog imports this
-module), so every entry has its formula and reference like the built-in ones.
+Entries as data like actlab.catalog.entries' (the name index adds GATED_ENTRIES after
+ENTRIES), so they are built-in: listed, measured and cached like every other.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from actlab.catalog import registry
+from actlab.catalog.activation import ActivationSpec
+from actlab.catalog.entries import entry
 
 SHAZEER = "Shazeer 2020, 'GLU Variants Improve Transformer', arXiv:2002.05202"
 PRIMER = (
@@ -69,8 +70,10 @@ def relu2(x: Tensor) -> Tensor:
 
 def is_gated(spec: str) -> bool:
     """Whether a catalog spec is a gated unit (its input is the two halves [a, b])."""
-    entry, _ = registry.resolve(spec)
-    return bool(entry.gated)
+    from actlab.catalog.spec import resolve  # the name index imports this module
+
+    found, _ = resolve(spec)
+    return bool(found.gated)
 
 
 def gated_hidden(hidden: int) -> int:
@@ -85,33 +88,29 @@ def ffn_hidden(spec: str, hidden: int) -> int:
     return gated_hidden(hidden) if is_gated(spec) else hidden
 
 
-def _register() -> None:
-    for name, gate_words, reference in (
-        ("bilinear", "b", SHAZEER),
-        ("reglu", "max(0, b)", SHAZEER),
-        ("geglu", "gelu(b) = b Phi(b)", SHAZEER),
-        ("swiglu", "silu(b) = b sigmoid(b)", SHAZEER),
-    ):
-        if name in {e.name for e in registry.list_activations()}:
-            continue
-        registry.register(
-            name,
-            gated(GATES[name]),
-            params={"dim": -1},
-            elementwise=False,
-            gated=True,
-            formula=f"a * {gate_words}, where x = [a, b] is split in halves along dim "
-            "(a gated FFN: (x W) * gate(x V), then W2)",
-            reference=reference,
-        )
-    if "relu2" not in {e.name for e in registry.list_activations()}:
-        registry.register(
-            "relu2",
-            lambda x: relu2(x),
-            aliases=("squared_relu",),
-            formula="max(0, x)^2",
-            reference=PRIMER,
-        )
+def _gated_entry(name: str, gate_words: str) -> ActivationSpec:
+    return entry(
+        name,
+        gated(GATES[name]),
+        params={"dim": -1},
+        elementwise=False,
+        gated=True,
+        formula=f"a * {gate_words}, where x = [a, b] is split in halves along dim "
+        "(a gated FFN: (x W) * gate(x V), then W2)",
+        reference=SHAZEER,
+    )
 
 
-_register()
+GATED_ENTRIES: tuple[ActivationSpec, ...] = (
+    _gated_entry("bilinear", "b"),
+    _gated_entry("reglu", "max(0, b)"),
+    _gated_entry("geglu", "gelu(b) = b Phi(b)"),
+    _gated_entry("swiglu", "silu(b) = b sigmoid(b)"),
+    entry(
+        "relu2",
+        relu2,
+        aliases=("squared_relu",),
+        formula="max(0, x)^2",
+        reference=PRIMER,
+    ),
+)

@@ -94,14 +94,10 @@ def register(
     params: dict | None = None,
     learnable: bool = False,
     overwrite: bool = False,
-    elementwise: bool = True,
-    gated: bool = False,
 ) -> ActivationSpec:
     """Add a user activation. ``fn(x, **params)`` is its functional form; ``module(**params)``
     builds its module (default: ``fn`` wrapped). A duplicate name is refused unless
-    ``overwrite``. ``elementwise=False``: the function mixes units, so the elementwise-only
-    layers refuse it; ``gated=True``: it splits its input in halves [a, b] along dim and
-    gates one by the other (as GLU; see actlab.catalog.gated)."""
+    ``overwrite``."""
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise SpecError(f"activation name {name!r} must be snake_case, e.g. 'my_relu'")
     if fn is None and module is None:
@@ -121,8 +117,6 @@ def register(
         aliases=tuple(aliases),
         params=dict(params or {}),
         learnable=learnable,
-        elementwise=elementwise,
-        gated=gated,
         formula=formula,
         reference=reference,
     )
