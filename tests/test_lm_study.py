@@ -48,6 +48,10 @@ def test_lm_study_writes_rows_and_a_report_in_bits_per_character(corpus, tmp_pat
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "bits per character" in report and "lower is better" in report
     assert "accuracy" not in report.lower()
+    final = metrics[metrics["epoch"] == 2].groupby("activation")["test_loss"].mean()
+    best = final.idxmin()  # lower is better: the best arm has the lowest loss
+    bpc = final[best] / np.log(2)
+    assert f"The best is {best} at {bpc:.4f} bpc" in report
     config = (out / "config.json").read_text()
     assert '"schedule": "cosine"' in config and '"clip": 1.0' in config
     # exports take a study without accuracy (they read the test loss, and bpc)
