@@ -25,7 +25,7 @@ _EXPORTS = {
     "list_activations": "actlab.catalog.registry",
     "load_dataset": "actlab.data.datasets",
     "compare": "actlab.study.driver",
-    "swap_activations": "actlab.nn.user_model",
+    "swap_activations": "actlab.nn.swap",
     "ExperimentConfig": "actlab.config",
 }
 

@@ -53,3 +53,9 @@ def control_characters(text: str) -> list[str]:
 class ClusterError(ActlabError):
     """A Ray cluster that cannot run the study (unreachable, workers lost beyond retries);
     the message says how to go on (rerunning resumes from the last checkpoint)."""
+
+
+class ModelNotice(UserWarning):
+    """Something the user should know about how their model trains (members trained one by
+    one, activations a swap left alone or did not reach, frozen parameters, a merged last
+    batch). Not an error: the study runs. The CLI prints it as one ``actlab: note:`` line."""

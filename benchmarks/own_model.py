@@ -1,18 +1,23 @@
-"""Your own model: one by one (the plain PyTorch loop) vs actlab's stacked training.
+"""Your own model: K plain PyTorch loops vs actlab, end to end, side by side in one run.
 
 In one process, on the same data (Fashion-MNIST), for each model:
 
-- **one by one**: per member (activation x seed), the network built after
+- **plain**: per member (activation x seed), the network built after
   ``torch.manual_seed(seed)``, ``DataLoader(TensorDataset)`` with shuffle, ``torch.optim.Adam``,
   test accuracy after each epoch (what a tutorial loop does, K times);
-- **stacked**: ``actlab.study.driver.run_study`` with ``--model FILE.py:NAME`` (vmap over the
-  members of each activation; no run directory, no diagnostics);
+- **actlab** as ``actlab compare --model FILE.py:NAME`` runs it: ``run_study`` into a run
+  directory (checks, checkpoint after every epoch, CSVs; no report), once per stacking mode:
+  ``vmap`` (each activation's members as one vmapped call), ``loop`` (member by member
+  inside each step) and ``auto`` (what actlab picks, and why);
 - for the MLP also actlab's **built-in** path (``--model mlp``, the hand-written step).
 
-Models: the example ResNet-8 (examples/resnet.py:resnet8) and the built-in MLP given as a
-user model (examples/mlp.py:mlp). Prints the times, the ratios and the accuracies.
+Models: the example ResNet-8 (examples/resnet.py:resnet8), the example ViT
+(examples/vit.py:vit_tiny: nn.MultiheadAttention) and the built-in MLP given as a user
+model (examples/mlp.py:mlp). Prints the times, plain / actlab ratios (above 1: actlab is
+faster), the checkpoint size and the accuracies. Sides alternate `--repeats` times (a
+shared machine's speed drifts; the order rotates); the ratios are medians over the rounds.
 
-    python benchmarks/own_model.py --limit-train 5000 --epochs 1 --seeds 2
+    python benchmarks/own_model.py --models resnet,vit --limit-train 2000 --seeds 2 --threads 1
     python benchmarks/own_model.py --models resnet --seeds 4 --device cuda   # 16 members
 """
 
@@ -22,7 +27,9 @@ import argparse
 import contextlib
 import platform
 import statistics
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,6 +45,7 @@ from actlab.study.driver import run_study
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {
     "resnet": str(ROOT / "examples" / "resnet.py") + ":resnet8",
+    "vit": str(ROOT / "examples" / "vit.py") + ":vit_tiny",
     "mlp": str(ROOT / "examples" / "mlp.py") + ":mlp",
 }
 
@@ -80,13 +88,20 @@ def one_by_one(reference: str, config: ExperimentConfig, dataset, device) -> tup
     return time.perf_counter() - start, accuracies
 
 
-def stacked(config: ExperimentConfig, dataset) -> tuple[float, dict]:
-    start = time.perf_counter()
-    result = run_study(config, dataset=dataset)
-    seconds = time.perf_counter() - start
+def stacked(config: ExperimentConfig, dataset) -> tuple[float, dict, int, str]:
+    """actlab end to end into a fresh run directory. Returns seconds, final test accuracy
+    per member, the checkpoint's bytes, and the stacking line actlab printed."""
+    plans: list = []
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        result = run_study(config, dataset=dataset, out=Path(folder) / "run", on_plan=plans.append)
+        seconds = time.perf_counter() - start
+        checkpoint = sum(f.stat().st_size for f in Path(folder).rglob("*checkpoint*"))
     final = result.metrics[result.metrics["epoch"] == config.epochs]
     labels = [m.label for m in members_for(config)]
-    return seconds, dict(zip(labels, final.sort_values("member")["test_acc"], strict=True))
+    accuracies = dict(zip(labels, final.sort_values("member")["test_acc"], strict=True))
+    line = (plans[0].kernels or "") if plans else ""
+    return seconds, accuracies, checkpoint, line
 
 
 def mean_accuracy(accuracies: dict) -> str:
@@ -127,53 +142,56 @@ def main() -> None:
         f"{args.batch_size}"
     )
     activations = tuple(a for a in args.activations.split(",") if a)
-    rows = []
+    warnings.simplefilter("ignore")  # actlab's notes (e.g. members trained one by one)
     for name in args.models.split(","):
-        reference = MODELS[name]
-        loaded = load(reference)
-        config = ExperimentConfig(
-            dataset="fashion-mnist", model=reference, model_source=loaded.source,
-            model_sha256=loaded.sha256, activations=activations,
-            seeds=tuple(range(args.seeds)), epochs=args.epochs, batch_size=args.batch_size,
-            limit_train=args.limit_train, limit_test=args.limit_test, device=args.device,
-            diagnostics=False,
-        )  # fmt: skip
-        members = len(members_for(config))
-        # Alternate the two sides `repeats` times: a shared machine's speed drifts, and
-        # each pair's ratio is measured under about the same load.
-        ratios = []
-        for _ in range(args.repeats):
-            plain_s, plain_acc = one_by_one(reference, config, dataset, device)
-            stacked_s, stacked_acc = stacked(config, dataset)
-            ratios.append(plain_s / stacked_s)
-            if args.repeats > 1:
-                print(f"  {name} pair: one by one {plain_s:.1f} s, stacked {stacked_s:.1f} s, "
-                      f"{plain_s / stacked_s:.2f}x", flush=True)  # fmt: skip
-        row = [name, members, plain_s, stacked_s, plain_s / stacked_s, plain_acc, stacked_acc]
-        if name == "mlp":
-            builtin = config.replace(
-                model="mlp", model_source=None, model_sha256=None, hidden=(128, 128)
-            )
-            builtin_s, builtin_acc = stacked(builtin, dataset)
-            row += [builtin_s, builtin_acc]
-        rows.append(row)
+        compare_model(name, activations, args, dataset, device)
+
+
+def compare_model(name: str, activations: tuple[str, ...], args, dataset, device) -> None:
+    reference = MODELS[name]
+    loaded = load(reference)
+    config = ExperimentConfig(
+        dataset="fashion-mnist", model=reference, model_source=loaded.source,
+        model_sha256=loaded.sha256, activations=activations, seeds=tuple(range(args.seeds)),
+        epochs=args.epochs, batch_size=args.batch_size, limit_train=args.limit_train,
+        limit_test=args.limit_test, device=args.device, threads=args.threads, diagnostics=False,
+    )  # fmt: skip
+    members = len(members_for(config))
+    times: dict[str, list[float]] = {}
+    accuracy: dict[str, dict] = {}
+    extra: dict[str, tuple[int, str]] = {}
+    # Alternate the sides `repeats` times: a shared machine's speed drifts, and each
+    # round's ratios are measured under about the same load.
+    # The order rotates from round to round, so that a drifting load favours no side.
+    sides = ["plain", "vmap", "loop", "auto"]
+    for round_ in range(args.repeats):
+        for side in sides[round_ % 4 :] + sides[: round_ % 4]:
+            if side == "plain":
+                seconds, accuracy[side] = one_by_one(reference, config, dataset, device)
+            else:
+                seconds, accuracy[side], size, line = stacked(
+                    config.replace(stacking=side), dataset
+                )
+                extra[side] = (size, line)
+            times.setdefault(side, []).append(seconds)
+    plain = times["plain"]
+    print(f"{name}: {members} members; plain loops {statistics.median(plain):.1f} s "
+          f"(mean acc {mean_accuracy(accuracy['plain'])})", flush=True)  # fmt: skip
+    for mode in ("vmap", "loop", "auto"):
+        ratio = statistics.median(p / s for p, s in zip(plain, times[mode], strict=True))
+        size, line = extra[mode]
         print(
-            f"{name}: {members} members; one by one {plain_s:.1f} s (mean acc "
-            f"{mean_accuracy(plain_acc)}), stacked {stacked_s:.1f} s ({mean_accuracy(stacked_acc)})"
-            f", one-by-one / stacked = {plain_s / stacked_s:.2f}x"
-            + (
-                f" (median of {len(ratios)} pairs {statistics.median(ratios):.2f}x)"
-                if len(ratios) > 1
-                else ""
-            )
-            + (
-                f"; built-in hand-written path {row[7]:.1f} s ({mean_accuracy(row[8])}), "
-                f"stacked user model / built-in = {stacked_s / row[7]:.2f}x"
-                if len(row) > 7
-                else ""
-            ),
+            f"  actlab --stacking {mode}: {statistics.median(times[mode]):.1f} s "
+            f"(mean acc {mean_accuracy(accuracy[mode])}), plain / actlab = {ratio:.2f}x, "
+            f"checkpoint {size / 2**20:.1f} MiB" + (f"; {line}" if mode == "auto" else ""),
             flush=True,
         )
+    if name == "mlp":
+        builtin = config.replace(
+            model="mlp", model_source=None, model_sha256=None, hidden=(128, 128)
+        )
+        seconds, builtin_acc, _, _ = stacked(builtin, dataset)
+        print(f"  built-in hand-written path {seconds:.1f} s ({mean_accuracy(builtin_acc)})")
 
 
 if __name__ == "__main__":

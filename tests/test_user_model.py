@@ -131,16 +131,21 @@ def test_swap_activations_returns_the_model_and_says_what_it_replaced(capsys):
     assert "x.relu_() x1" in line
 
 
-def test_default_swaps_every_catalog_activation_and_a_named_user_class():
+def test_default_swaps_the_rectifier_family_and_a_named_user_class():
     class MyAct(nn.Module):
         def forward(self, x):
             return x * torch.sigmoid(x)
 
     model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3), nn.GELU(), MyAct())
     _, report = swap(model, "relu")
-    assert report.counts() == {"nn.Tanh": 1, "nn.GELU": 1}
-    swapped, report = swap(model, "elu", ["relu", "MyAct"])
-    assert report.counts() == {"MyAct": 1, "nn.ReLU": 2}
+    # tanh (a gate or a squashing output as often as an activation) is left alone, and said
+    assert report.counts() == {"nn.GELU": 1}
+    assert report.left == [("1", "nn.Tanh", "gates and squashing outputs are kept unless named")]
+    assert "left alone (gates and squashing outputs are kept unless named): nn.Tanh x1 (1)" in (
+        report.summary()
+    )
+    swapped, report = swap(model, "elu", ["relu", "tanh", "MyAct"])
+    assert report.counts() == {"nn.Tanh": 1, "MyAct": 1, "nn.ReLU": 1}
     assert isinstance(swapped[4], nn.ELU)
 
 
@@ -340,7 +345,8 @@ def test_cli_run_resume_report_and_changed_source_refusal(user_file, tmp_path, c
     run = tmp_path / "run"
     options = ["compare", "--model", f"{user_file}:Net", "--swap", "relu", "--dataset", data,
                "--activations", "relu,tanh,rrelu", "--seeds", "2", "--epochs", "3",
-               "--batch-size", "16", "--threads", "1", "--quiet", "--out"]  # fmt: skip
+               "--batch-size", "16", "--threads", "1", "--stacking", "vmap", "--quiet",
+               "--out"]  # fmt: skip
     assert main([*options, str(tmp_path / "reference")]) == 0
     out = capsys.readouterr()
     assert "nn.ReLU x1 (body.2)" in out.out

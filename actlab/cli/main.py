@@ -380,7 +380,7 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         choices=("auto", "vmap", "loop"),
         help="your own model: run each activation's members as one vmapped call, or member by "
-        "member inside each step; auto: vmap, except convolutions on a CPU",
+        "member inside each step; auto: vmap on a GPU, member by member on a CPU (faster there)",
     )
     p.add_argument(
         "--no-diagnostics",
@@ -975,9 +975,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _show_notices(message, category, filename, lineno, file=None, line=None) -> None:
     """actlab's notices (e.g. members trained one by one) as one line, without the source
     location; other warnings as Python shows them."""
-    from actlab.engine.vmap_stack import FallbackNotice
+    from actlab.errors import ModelNotice
 
-    if issubclass(category, FallbackNotice):
+    if issubclass(category, ModelNotice):
         print(f"actlab: note: {message}", file=sys.stderr)
     else:
         _python_showwarning(message, category, filename, lineno, file, line)

@@ -130,3 +130,63 @@ def check_tensor_memory(elements: int, element_bytes: int, copies: int, device, 
             f"{what} needs at least {gib(need)} of memory but {device} has {gib(free)} free; "
             "choose a smaller size"
         )
+
+
+# === a user's own network ================================================================
+
+# Bytes of tensors saved for backward one member's diagnostics probe may hold: the probe
+# batch is sized from one member (never from the member count), at most PROBE_SIZE samples.
+PROBE_BUDGET_BYTES = 256 * 2**20
+
+
+def user_member_bytes(weight_bytes: int, saved_bytes_per_sample: float, batch_size: int) -> float:
+    """Bytes one member of a user's network needs while training: its weights four times
+    (weights, gradients, Adam's two moments) plus the tensors autograd saves for backward on
+    one batch (measured per sample, see `saved_bytes`)."""
+    return 4 * weight_bytes + saved_bytes_per_sample * max(1, batch_size)
+
+
+def saved_bytes(run) -> int:
+    """Bytes of the tensors autograd saves for backward while `run()` runs (a forward with
+    trainable leaves), weights excluded (counted apart). Works on the meta device (shapes
+    only, nothing allocated): tensors are told apart by storage there and by data_ptr on a
+    real device, so a tensor saved twice counts once."""
+    import torch
+
+    saved: dict[object, int] = {}
+
+    def pack(tensor):
+        if not (tensor.is_leaf and tensor.requires_grad):
+            key = id(tensor) if tensor.is_meta else tensor.data_ptr()
+            saved[key] = tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(saved.values())
+
+
+def check_user_model_memory(
+    reference: str, per_member: float, members: int, batch_size: int, device
+) -> None:
+    """Refuse, before the members are built, a study of `members` members of `per_member`
+    bytes each (`user_member_bytes`) that cannot fit in 80% of the free memory; the message
+    says how many members would fit."""
+    free = available_bytes(device)
+    needed = per_member * members
+    if free is not None and needed > 0.8 * free:
+        fit = int(0.8 * free // per_member)
+        raise ConfigError(
+            f"the {members} members of {reference} need about {gib(needed)} ({per_member / 2**20:.0f} "
+            f"MiB each: weights, gradients, Adam state and a batch of {batch_size}), but "
+            f"{gib(free)} are free; about {fit} members would fit: use fewer --seeds or "
+            "--activations, or a smaller --batch-size"
+        )
+
+
+def probe_samples(saved_bytes_per_sample: float, most: int) -> int:
+    """The diagnostics probe's sample count for a user's network: what one member's saved
+    tensors allow within PROBE_BUDGET_BYTES (8 to `most`), whatever the member count."""
+    if saved_bytes_per_sample <= 0:
+        return most
+    return int(max(8, min(most, PROBE_BUDGET_BYTES // saved_bytes_per_sample)))

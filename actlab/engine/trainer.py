@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -33,7 +34,8 @@ from actlab.config import ExperimentConfig, Member, members_for
 from actlab.engine.memory import ACTIVATION_BUDGET
 from actlab.engine.mlp_step import MLPStep
 from actlab.engine.mlp_step import supports as hand_written_backward_supports
-from actlab.errors import ConfigError
+from actlab.engine.step_graph import StepGraph
+from actlab.errors import ConfigError, ModelNotice
 from actlab.nn.optim import StackedOptimizer
 
 try:  # diagnostics are optional: the engine must train without them
@@ -131,58 +133,15 @@ class EpochSums:
         )
 
 
-class StepGraph:
-    """The full-batch training step as a CUDA graph (PyTorch's "whole network capture").
-
-    A GPU step of a small model is hundreds of kernels of a few microseconds each; launched
-    one by one from Python they keep the GPU idle. The step is therefore recorded once and
-    replayed: the batch index is copied into a static buffer, and the graph runs the
-    gather, forward, backward, divergence mask, optimizer step and epoch sums. Eager warm-up
-    steps on a side stream come first (cuBLAS and the allocator initialise outside the
-    capture). Used with the hand-written MLP step only (autograd's backward is not
-    captured: the CNN and learnable activations step eagerly), not with dropout (its
-    per-seed generators), and only with a device-side optimizer step count (see
-    ``StackedOptimizer.graph_safe``)."""
-
-    WARMUP_STEPS = 3
-
-    def __init__(self, index_shape: tuple[int, int], device: torch.device) -> None:
-        self.index = torch.zeros(index_shape, dtype=torch.long, device=device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.losses: Tensor | None = None
-        self.eager_steps = 0
-
-    @classmethod
-    def for_trainer(cls, trainer: Trainer) -> StepGraph | None:
-        usable = (
-            trainer.device.type == "cuda"
-            and trainer.mlp_step is not None  # no autograd inside the capture
-            and trainer.model.dropout == 0
-            and trainer.optimizer.graph_safe
-        )
-        if not usable:
-            return None
-        return cls((len(trainer.generators), trainer.config.batch_size), trainer.device)
-
-    def run(self, index: Tensor, step, optimizer: StackedOptimizer) -> Tensor:
-        """One step of the full batch `index`: eager (warm-up), captured, or replayed."""
-        if self.graph is None and self.eager_steps < self.WARMUP_STEPS:
-            self.eager_steps += 1
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                losses = step(index)
-            torch.cuda.current_stream().wait_stream(side)
-            return losses
-        self.index.copy_(index)
-        if self.graph is None:
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.losses = step(self.index)  # recorded, not run; counted by step()
-        else:
-            optimizer.count_replayed_step()
-        self.graph.replay()
-        return self.losses
+def batch_bounds(n: int, batch: int, *, merge_single: bool = False) -> list[tuple[int, int]]:
+    """(begin, end) of each step's samples in an epoch's permutation: batches of `batch`,
+    the last partial one kept (``DataLoader(drop_last=False)``). `merge_single`: a last
+    batch of one sample is merged into the one before (BatchNorm cannot train on one
+    sample: torch raises "Expected more than 1 value per channel when training")."""
+    bounds = [(begin, min(begin + batch, n)) for begin in range(0, n, batch)]
+    if merge_single and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
 
 
 def samples_within_budget(units_per_sample: int, members: int, most: int) -> int:
@@ -324,6 +283,10 @@ class Trainer:
                 depth,
             )
         self.model = model
+        # A user's network with BatchNorm merges a last batch of one sample into the one
+        # before (said once); every other model keeps it.
+        self.merge_single = bool(getattr(model, "has_batchnorm", False))
+        self._say_merged_batch()
         # The MLP trains with a hand-written backward pass (the same gradients, without
         # autograd's per-step overhead); other models, and learnable activations, with
         # autograd. Set it to None to train with autograd (the tests compare both).
@@ -351,10 +314,31 @@ class Trainer:
         units = self._units_per_sample()
         sized_for = budget_members or len(self.members)
         self.eval_chunk = samples_within_budget(units, sized_for, EVAL_CHUNK)
+        self.probe_index = self._probe_index(units, sized_for)
+
+    def _probe_index(self, units: int, sized_for: int) -> Tensor:
+        """The fixed probe samples: a prefix of one permutation fixed by PROBE_SEED (a
+        shard probes the same ones). Its size: a user's network says it (from one member,
+        whatever the member count); the built-in models fit ACTIVATION_BUDGET."""
         n = self.data.x_train.shape[0]
         probe = torch.randperm(n, generator=torch.Generator().manual_seed(PROBE_SEED))
-        probe_size = samples_within_budget(units, sized_for, PROBE_SIZE)
-        self.probe_index = probe[:probe_size].to(self.device)
+        own_size = getattr(self.model, "probe_size", None)
+        if own_size is not None:
+            size = own_size(PROBE_SIZE)
+        else:
+            size = samples_within_budget(units, sized_for, PROBE_SIZE)
+        return probe[:size].to(self.device)
+
+    def _say_merged_batch(self) -> None:
+        n, batch = self.data.x_train.shape[0], self.config.batch_size
+        if self.merge_single and n > batch and n % batch == 1:
+            warnings.warn(
+                f"the last batch of each epoch would hold 1 sample ({n} = {n // batch} x "
+                f"{batch} + 1), which BatchNorm cannot train on: it is merged into the batch "
+                f"before ({batch + 1} samples)",
+                ModelNotice,
+                stacklevel=3,
+            )
 
     def timing_step(self) -> None:
         """One training step on a fixed batch (the first `batch_size` train samples for
@@ -456,7 +440,8 @@ class Trainer:
         """The training loop of one epoch; returns on-device sums (no sync per step on GPU)."""
         data = self.data
         n, batch = data.x_train.shape[0], self.config.batch_size
-        steps = math.ceil(n / batch)
+        bounds = batch_bounds(n, batch, merge_single=self.merge_single)
+        steps = len(bounds)
         device = self.device
         perms = torch.stack([epoch_permutation(g, n) for g in self.generators]).to(device)
         sums = self._sums
@@ -465,8 +450,8 @@ class Trainer:
         sums.alive.copy_(torch.tensor(self.alive))
         self.model.train()
         if any(self.alive):
-            for step in range(steps):
-                index = perms[:, step * batch : (step + 1) * batch]  # (S, b)
+            for step, (begin, end) in enumerate(bounds):
+                index = perms[:, begin:end]  # (S, b)
                 if self.check_on_host:
                     losses = self._host_checked_step(index)
                 else:
@@ -604,8 +589,34 @@ class Trainer:
         count = max(x.shape[0], 1)
         return (loss_sum / count).tolist(), (correct.double() / count).tolist()
 
-    def _probe(self, grad_norms: Tensor) -> dict:
-        """Diagnostics on the fixed probe batch (eval mode); the optimizer is not touched."""
+    def _probe(self, grad_norms: Tensor) -> dict | None:
+        """Diagnostics on the fixed probe batch (eval mode); the optimizer is not touched.
+        A probe that fails costs this epoch its diagnostics (said once), never the epoch."""
+        try:
+            own = getattr(self.model, "probe", None)
+            if own is None:
+                return self._stacked_probe(grad_norms)
+            x = self.data.x_train[self.probe_index]
+            measured = own(x, self.data.y_train[self.probe_index])
+            return {
+                "grad_norm": grad_norms.tolist(),
+                **{k: v.tolist() for k, v in measured.items()},
+            }
+        except Exception as error:  # the epoch was trained: keep it, without diagnostics
+            for p in self.optimizer.params:
+                p.grad = None
+            self.model.train()
+            text = str(error).strip().splitlines()
+            warnings.warn(
+                f"diagnostics of epoch {self.epoch} skipped: the probe raised "
+                f"{type(error).__name__}: {text[0][:200] if text else ''}",
+                ModelNotice,
+                stacklevel=2,
+            )
+            return None
+
+    def _stacked_probe(self, grad_norms: Tensor) -> dict:
+        """The probe of the built-in stacked models: all members in one forward and backward."""
         model = self.model
         model.eval()
         x = self.data.x_train[self.probe_index].unsqueeze(0)
@@ -660,7 +671,7 @@ class Trainer:
     def _diagnostics_rows(self, k: int, member: Member, diag: dict) -> list[dict]:
         rows = []
         num_layers = len(diag["grad_norm"][k])
-        hidden = len(diag["dead_frac"][k])
+        hidden = len(diag["dead_frac"][k]) if "dead_frac" in diag else 0
         # A user model may have more activation sites than weight layers: site i is
         # reported on row `layer` i + 1, without gradient norms beyond the weight layers.
         for layer in range(max(num_layers, hidden)):

@@ -16,8 +16,17 @@ the stacked optimizer (actlab.nn.optim) updates them with per-member learning ra
   them, as they share the batch order (a paired comparison).
 - Other randomness in forward is refused by ``vmap(randomness="error")``: such a group
   trains one by one instead (below).
+- Attention: torch's fused inference fast path is off in training and evaluation alike
+  (inside vmap it would be taken before a backward, and it bakes relu/gelu in), and under
+  vmap on a CPU ``scaled_dot_product_attention`` runs its math kernel, which vmap batches
+  natively (see actlab.engine.member_group.attention_paths).
+- A forward that returns a tuple (an auxiliary head): its first element is the logits.
+- Frozen parameters (``requires_grad=False``) stay frozen: not in the optimizer, said.
+- Diagnostics probe the members one by one (`probe`), on a batch sized from one member.
 
-A group that cannot be vmapped (data-dependent control flow, ``.item()``, in-place writes
+Where vmap runs every member is decided per activation group: ``--stacking vmap``,
+``loop`` (member by member), or ``auto``: vmap on a GPU, member by member on a CPU, where it
+was measured faster (`_on_cpu`). A group that cannot be vmapped (data-dependent control flow, ``.item()``, in-place writes
 into inputs, random ops, ...) trains **one by one** from the same stacked tensors: a
 ``functional_call`` per member on its slice of the parameters. Every other part (batches,
 optimizer, checkpoints, diagnostics, run directory) is the same; ``fallbacks`` says which
@@ -33,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -45,153 +53,30 @@ from actlab.catalog import registry as catalog
 from actlab.config import Member
 from actlab.engine import diagnostics as diagnostics_lib
 from actlab.engine import memory
+from actlab.engine import user_checks as checks
+from actlab.engine.member_dropout import (  # noqa: F401  (MemberDropout: part of this API)
+    MaskSource,
+    MemberDropout,
+    draw_mask,
+    dropout_generator,
+    replace_dropout,
+)
+from actlab.engine.member_group import (  # noqa: F401  (FallbackNotice: part of this API)
+    FallbackNotice,
+    GroupStack,
+    attention_paths,
+    capturing,
+    first_line,
+    grad_norm,
+    logits_of,
+    per_member,
+    per_site,
+)
 from actlab.errors import ConfigError
-from actlab.nn.models import DROPOUT_SEED_OFFSET
 from actlab.nn.user_model import UserModel, activation_sites, build_member
 
 # Seeds the per-member RNG of random ops in the one-by-one path apart from init and dropout.
 RANDOM_SEED_OFFSET = 0x0A11_0C
-
-
-class FallbackNotice(UserWarning):
-    """Some members train one by one (the message says which and why)."""
-
-
-_ANNOUNCED: set[tuple[str, str, str]] = set()  # (model, activation, reason) already said
-
-
-# === dropout with per-member masks =======================================================
-
-
-class MaskSource:
-    """Where the MemberDropout modules of one group take their masks from.
-
-    mode "queue": the masks of this forward, drawn beforehand (inside vmap: batched);
-    "member": drawn now from `generator` (one member at a time); "record": no dropout,
-    the input shapes are recorded (to draw the masks of a batch shape beforehand)."""
-
-    def __init__(self) -> None:
-        self.mode = "record"
-        self.queue: list[Tensor] = []
-        self.shapes: list[tuple[tuple[int, ...], float]] = []  # (input shape, p) per call
-        self.generator: torch.Generator | None = None
-
-    def mask(self, x: Tensor, p: float) -> Tensor:
-        if self.mode == "queue":
-            return self.queue.pop(0)
-        if self.mode == "member":
-            return draw_mask(tuple(x.shape), p, self.generator, x.dtype, x.device)
-        self.shapes.append((tuple(x.shape), p))
-        return torch.ones_like(x)
-
-
-class MemberDropout(nn.Module):
-    """``nn.Dropout(p)`` with the mask of its member (see MaskSource); off in eval mode."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = float(p)
-        self.source: MaskSource | None = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0 or self.source is None:
-            return x
-        return x * self.source.mask(x, self.p)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-def draw_mask(
-    shape: tuple[int, ...], p: float, generator: torch.Generator, dtype, device
-) -> Tensor:
-    """Inverted-dropout mask: 1/(1-p) with probability 1-p, else 0 (as nn.Dropout)."""
-    keep = 1.0 - p
-    mask = torch.empty(shape, dtype=dtype, device=generator.device)
-    return mask.bernoulli_(keep, generator=generator).div_(keep).to(device)
-
-
-def dropout_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """The generator of a member's dropout masks: its seed alone decides them."""
-    return torch.Generator(device=device).manual_seed(seed + DROPOUT_SEED_OFFSET)
-
-
-def replace_dropout(model: nn.Module) -> int:
-    """Replace every nn.Dropout in `model` by a MemberDropout of the same p; the count."""
-    count = 0
-    for name, child in list(model.named_children()):
-        if type(child) is nn.Dropout:
-            setattr(model, name, MemberDropout(child.p))
-            count += 1
-        else:
-            count += replace_dropout(child)
-    return count
-
-
-# === one activation group ================================================================
-
-
-class GroupStack(nn.Module):
-    """The members of one activation, stacked: parameter i is ``params[i]`` (G, ...)."""
-
-    def __init__(self, activation: str, members: list[int], models: list[nn.Module], sites):
-        super().__init__()
-        self.activation = activation
-        self.members = members
-        first = models[0]
-        self.param_names = [name for name, _ in first.named_parameters()]
-        self.buffer_names = [name for name, _ in first.named_buffers()]
-        try:
-            self.params = nn.ParameterList(
-                nn.Parameter(
-                    torch.stack([_named(m.named_parameters(), n).detach() for m in models])
-                )
-                for n in self.param_names
-            )
-            for i, name in enumerate(self.buffer_names):
-                stacked = torch.stack([_named(m.named_buffers(), name) for m in models])
-                self.register_buffer(f"buffer_{i}", stacked)
-        except (RuntimeError, KeyError) as error:
-            raise ConfigError(
-                f"the members of {activation} do not have the same parameters ({error}); "
-                "the model must be built the same way for every seed"
-            ) from None
-        self.sites = list(sites)
-        self.source = MaskSource()
-        self.has_dropout = False
-        self.stacked = True
-        self.reason = ""
-        # The module whose code runs for every member: parameters are swapped in by
-        # functional_call. Kept in a list: it is not part of the state_dict.
-        self._base = [first]
-        for module in first.modules():
-            if isinstance(module, MemberDropout):
-                module.source = self.source
-                self.has_dropout = True
-
-    @property
-    def base(self) -> nn.Module:
-        return self._base[0]
-
-    def buffers_list(self) -> list[Tensor]:
-        return [getattr(self, f"buffer_{i}") for i in range(len(self.buffer_names))]
-
-    def state(self, clone_buffers: bool = False) -> tuple[dict, dict]:
-        params = dict(zip(self.param_names, self.params, strict=True))
-        buffers = self.buffers_list()
-        if clone_buffers:
-            buffers = [b.clone() for b in buffers]
-        return params, dict(zip(self.buffer_names, buffers, strict=True))
-
-
-def _named(items, name: str) -> Tensor:
-    for key, value in items:
-        if key == name:
-            return value
-    raise KeyError(name)
-
-
-# === the stacked model ===================================================================
 
 
 class StackedUserModel(nn.Module):
@@ -216,20 +101,18 @@ class StackedUserModel(nn.Module):
         self.num_classes = num_classes
         self.seeds = tuple(dict.fromkeys(m.seed for m in self.members))
         self.member_seed = torch.tensor([self.seeds.index(m.seed) for m in self.members])
+        self.stacking = stacking
+        sample = sample[:2].to(device).clone()
         by_activation: dict[str, list[int]] = {}
         for k, member in enumerate(self.members):
             by_activation.setdefault(member.activation, []).append(k)
+        # Sized from one member built on the meta device, before any member is allocated.
+        checks.check_weights_before_building(self, swap, batch_size, device)
         self.groups = nn.ModuleList()
         self.swap_reports = {}
         for activation, indices in by_activation.items():
-            models, sites = [], None
-            for k in indices:
-                model, report = build_member(user, activation, self.members[k].seed, swap)
-                replace_dropout(model)
-                sites = activation_sites(model, report) if sites is None else sites
-                models.append(model)
-            self.swap_reports[activation] = report
-            self.groups.append(GroupStack(activation, indices, models, sites))
+            self._add_group(activation, indices, swap)
+        checks.check_sites(self)
         order = [k for group in self.groups for k in group.members]
         self.register_buffer("inverse_order", torch.tensor(_argsort(order)), persistent=False)
         self.register_buffer("seed_index", self.member_seed.clone(), persistent=False)
@@ -242,15 +125,38 @@ class StackedUserModel(nn.Module):
         self.to(device)
         for group in self.groups:
             group.base.to(device)
-        sample = sample[:2].to(device).clone()
-        self._check_memory(sample, batch_size)
+        checks.check_parameters(self)
+        self.saved_per_sample = checks.check_memory(self, sample, batch_size, device)
+        self.has_batchnorm = any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.groups[0].base.modules()
+        )
+        if self.has_batchnorm and batch_size < 2:
+            raise ConfigError(
+                f"--model {user.reference} has BatchNorm, which cannot train on batches of one "
+                "sample: use --batch-size 2 or more"
+            )
         for group in self.groups:
-            self._check_output(group, sample)
-            if stacking == "loop" or (stacking == "auto" and self._convolutions_on_cpu(group)):
+            checks.check_output(self, group, sample)
+        checks.say_remaining(self, sample, swap)
+        for group in self.groups:
+            if stacking == "loop" or (stacking == "auto" and self._on_cpu()):
                 group.stacked = False  # by choice: no reason to report
             else:
-                self._try_stacking(group, sample)
+                checks.try_stacking(self, group, sample)
+        self.weight_names = self._weight_names()  # without the parameters not trained
+        checks.announce_frozen(self)
         self.train()
+
+    def _add_group(self, activation: str, indices: list[int], swap: Sequence[str]) -> None:
+        """Build the members of one activation (each after its seed) and stack them."""
+        models, sites = [], None
+        for k in indices:
+            model, report = build_member(self.user, activation, self.members[k].seed, swap)
+            replace_dropout(model)
+            sites = activation_sites(model, report) if sites is None else sites
+            models.append(model)
+        self.swap_reports[activation] = report
+        self.groups.append(GroupStack(activation, indices, models, sites))
 
     # -- interface of actlab.nn.models ----------------------------------------------------
 
@@ -259,17 +165,26 @@ class StackedUserModel(nn.Module):
         """(activation, reason) of the groups that train one by one because vmap failed."""
         return [(g.activation, g.reason) for g in self.groups if g.reason]
 
-    def _convolutions_on_cpu(self, group: GroupStack) -> bool:
-        """On a CPU, vmap turns the members' convolutions into one grouped convolution,
-        which oneDNN runs slower than the separate ones (ResNet-8, 4 members, batch 64, one
-        thread: 631 ms a step vmapped, 425 ms member by member, 395 ms for 4 plain models,
-        medians of 5 interleaved steps on a 2-core Xeon VM): such groups run member by member."""
-        return self.inverse_order.device.type == "cpu" and any(
-            isinstance(m, nn.modules.conv._ConvNd) for m in group.base.modules()
-        )
+    def _on_cpu(self) -> bool:
+        """--stacking auto runs the members one by one on a CPU: measured faster than vmap
+        for every kind of network tried (benchmarks/own_model.py; one thread, batch 64,
+        medians of 6 interleaved steps on a shared 2-core Xeon VM, per step of 4 members:
+        ResNet-8 912 ms one by one, 1129 ms vmapped, 921 ms for 4 plain models; ViT with
+        nn.MultiheadAttention 150, 172, 150 ms; MLP 14.5, 19.0, 26.6 ms, and with 16
+        members 42, 53, 76 ms). vmap turns the members' convolutions into one grouped
+        convolution, which oneDNN runs slower than separate ones, and batches the GEMMs of
+        small layers no faster than MKL runs them one by one. On a GPU vmap saves the
+        launches of K small kernels: there it is the default."""
+        return self.inverse_order.device.type == "cpu"
 
     def parameter_members(self) -> list[tuple[nn.Parameter, tuple[int, ...]]]:
-        return [(p, tuple(group.members)) for group in self.groups for p in group.params]
+        """The trainable stacked parameters and their members (frozen ones left out)."""
+        return [
+            (p, tuple(group.members))
+            for group in self.groups
+            for name, p in zip(group.param_names, group.params, strict=True)
+            if p.requires_grad and name not in group.unreached
+        ]
 
     def weight_layers(self) -> list[str]:
         """The weight of every Linear/Conv layer, by name (diagnostics' layers 1..L)."""
@@ -280,7 +195,10 @@ class StackedUserModel(nn.Module):
         norms = []
         for group in self.groups:
             params, _ = group.state()
-            norms.append(diagnostics_lib.layer_grad_norms([params[n] for n in self.weight_names]))
+            weights = [params[n] for n in self.weight_names]
+            # A weight no gradient reaches (an auxiliary head whose output is not trained)
+            # has a gradient norm of 0.
+            norms.append(torch.stack([grad_norm(w) for w in weights], dim=1))
         return torch.cat(norms).index_select(0, self.inverse_order)
 
     def member_activations(self) -> list[nn.Module]:
@@ -299,6 +217,58 @@ class StackedUserModel(nn.Module):
                             if prefix + name in params:
                                 p.copy_(params[prefix + name][i])
                 out[k] = module.to(self.inverse_order.device)
+        return out
+
+    def probe_size(self, most: int) -> int:
+        """Samples of the diagnostics probe: what one member's saved tensors allow within
+        memory.PROBE_BUDGET_BYTES (the probe runs member by member), never depending on
+        how many members the study has."""
+        return memory.probe_samples(self.saved_per_sample or 0.0, most)
+
+    def probe(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Diagnostics on the probe batch (x (B, *input), y (B,)), in eval mode, member by
+        member (exact: a member's weight gradients are those of its own loss; the memory
+        of one member, whatever their number): the weight-gradient norm of each
+        Linear/Conv layer of the mean cross-entropy, and the dead/saturated fractions and
+        moments of the input of each activation site. Each a (K, L) tensor."""
+        was_training = self.training
+        self.eval()
+        activations = self.member_activations()
+        rows: list[dict[str, Tensor] | None] = [None] * self.num_members
+        try:
+            for group in self.groups:
+                params, buffers = group.state()
+                member_params = per_member(params, len(group.members))
+                member_buffers = per_member(buffers, len(group.members))
+                for i, k in enumerate(group.members):
+                    rows[k] = self._probe_member(
+                        group, member_params[i], member_buffers[i], x, y, activations[k]
+                    )
+        finally:
+            self.train(was_training)
+        return {name: torch.cat([row[name] for row in rows]) for name in rows[0]}
+
+    def _probe_member(self, group, params, buffers, x, y, activation) -> dict[str, Tensor]:
+        weights = set(self.weight_names)
+        leaves = {n: p.detach().requires_grad_(n in weights) for n, p in params.items()}
+        captured: dict[str, list[Tensor]] = {}
+        with attention_paths(False, x.device.type), capturing(group.base, group.sites, captured):
+            logits = logits_of(functional_call(group.base, (leaves, buffers), (x,)))
+        norms = torch.zeros(1, len(self.weight_names), device=x.device)
+        if self.weight_names:
+            loss = F.cross_entropy(logits, y)
+            grads = torch.autograd.grad(
+                loss, [leaves[n] for n in self.weight_names], allow_unused=True
+            )
+            for layer, grad in enumerate(grads):
+                if grad is not None:
+                    norms[0, layer] = torch.linalg.vector_norm(grad, dtype=torch.float32)
+        preacts = [t.detach().unsqueeze(0) for t in per_site(captured, group.sites)]
+        out = {"probe_grad_norm": norms}
+        if preacts:
+            dead, saturated = diagnostics_lib.unit_fractions(preacts, [activation])
+            mean, std = diagnostics_lib.preact_moments(preacts)
+            out.update(dead_frac=dead, saturated_frac=saturated, preact_mean=mean, preact_std=std)
         return out
 
     def dropout_generators(self) -> list[torch.Generator]:
@@ -336,8 +306,20 @@ class StackedUserModel(nn.Module):
                 # (an unbatched input would merge the members' convolutions into one,
                 # whose rounding depends on how many members there are).
                 inputs, one_input = inputs.expand(len(group.members), *inputs.shape), False
+            if group.in_place:  # an in-place activation must not write into the dataset
+                inputs = inputs.clone()
             run = self._stacked if group.stacked else self._one_by_one
-            logits, captured = run(group, inputs, one_input, preactivations is not None)
+            try:
+                with attention_paths(group.stacked, inputs.device.type):
+                    logits, captured = run(group, inputs, one_input, preactivations is not None)
+            except ConfigError:
+                raise
+            except Exception as error:  # the user's forward: one line, the run dir intact
+                mode = "training" if self.training else "evaluation"
+                raise ConfigError(
+                    f"--model {self.user.reference}: a {mode} forward pass on a batch of shape "
+                    f"{tuple(inputs.shape[0 if one_input else 1 :])} raised {first_line(error)}"
+                ) from None
             outs.append(logits)
             captures.append(captured)
         logits = torch.cat(outs).index_select(0, self.inverse_order)
@@ -354,10 +336,10 @@ class StackedUserModel(nn.Module):
 
         def member_forward(params, buffers, x, masks):
             source.mode, source.queue = "queue", list(masks)
-            captured: list[Tensor] = []
-            with _capturing(base, group.sites, captured) if capture else contextlib.nullcontext():
-                out = functional_call(base, (params, buffers), (x,))
-            return out, tuple(captured)
+            captured: dict[str, list[Tensor]] = {}
+            with capturing(base, group.sites, captured) if capture else contextlib.nullcontext():
+                out = logits_of(functional_call(base, (params, buffers), (x,)))
+            return out, per_site(captured, group.sites) if capture else ()
 
         in_dims = (0, 0, None if shared else 0, 0)
         return vmap(member_forward, in_dims=in_dims, randomness="error")(
@@ -395,28 +377,30 @@ class StackedUserModel(nn.Module):
         params, buffers = group.state()
         # One unbind per tensor (its backward stacks the G gradients once), not G selects
         # (each of whose backwards would fill a whole (G, ...) gradient).
-        member_params = _per_member(params, len(group.members))
-        member_buffers = _per_member(buffers, len(group.members))
+        member_params = per_member(params, len(group.members))
+        member_buffers = per_member(buffers, len(group.members))
         source = group.source
         outs, captures = [], []
         for i, k in enumerate(group.members):
             x = inputs if shared else inputs[i]
             source.mode, source.generator = "member", self._dropout_generators[k]
-            captured: list[Tensor] = []
+            captured: dict[str, list[Tensor]] = {}
             generator = self._random_generators[k]
             with (
                 torch.random.fork_rng(devices=[]),
                 (
-                    _capturing(group.base, group.sites, captured)
+                    capturing(group.base, group.sites, captured)
                     if capture
                     else contextlib.nullcontext()
                 ),
             ):
                 torch.set_rng_state(generator.get_state())
-                out = functional_call(group.base, (member_params[i], member_buffers[i]), (x,))
+                out = logits_of(
+                    functional_call(group.base, (member_params[i], member_buffers[i]), (x,))
+                )
                 generator.set_state(torch.get_rng_state())
             outs.append(out)
-            captures.append(captured)
+            captures.append(per_site(captured, group.sites) if capture else ())
         stacked_captures = tuple(torch.stack(c) for c in zip(*captures, strict=True))
         return torch.stack(outs), stacked_captures
 
@@ -425,11 +409,13 @@ class StackedUserModel(nn.Module):
     def _weight_names(self) -> list[str]:
         names = None
         for group in self.groups:
+            trainable = {n for n, p in zip(group.param_names, group.params, strict=True)
+                         if p.requires_grad and n not in group.unreached}  # fmt: skip
             mine = [
                 f"{path}.weight"
                 for path, module in group.base.named_modules()
                 if isinstance(module, nn.Linear | nn.modules.conv._ConvNd)
-                and f"{path}.weight" in group.param_names
+                and f"{path}.weight" in trainable
             ]
             if names is not None and len(mine) != len(names):
                 raise ConfigError(
@@ -440,142 +426,31 @@ class StackedUserModel(nn.Module):
             names = mine
         return names or []
 
-    def _check_memory(self, sample: Tensor, batch_size: int) -> None:
-        """Refuse a study that cannot fit: per member, the parameters four times (weights,
-        gradients, Adam's two moments) plus the tensors autograd keeps for backward on one
-        batch (measured on two samples, scaled to the batch), against the free memory."""
-        group = self.groups[0]
-        params, buffers = group.state(clone_buffers=True)
-        saved: dict[int, int] = {}
-
-        def pack(tensor: Tensor) -> Tensor:
-            if not (tensor.is_leaf and tensor.requires_grad):  # weights are counted below
-                saved[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
-            return tensor
-
-        group.source.mode = "record"
-        try:
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                member_params = {n: p[0].detach().requires_grad_() for n, p in params.items()}
-                functional_call(
-                    group.base, (member_params, {n: b[0] for n, b in buffers.items()}), (sample,)
-                )
-        except Exception:  # a forward that fails is reported by _check_output
-            return
-        weights = sum(p[0].numel() * p.element_size() for p in group.params)
-        per_member = 4 * weights + sum(saved.values()) * max(1, batch_size) / sample.shape[0]
-        free = memory.available_bytes(self.inverse_order.device)
-        needed = per_member * self.num_members
-        if free is not None and needed > 0.8 * free:
-            fit = int(0.8 * free // per_member)
-            raise ConfigError(
-                f"the {self.num_members} members of {self.user.reference} need about "
-                f"{needed / 2**30:.1f} GiB ({per_member / 2**20:.0f} MiB each: weights, "
-                f"gradients, Adam state and a batch of {batch_size}), but {free / 2**30:.1f} GiB "
-                f"are free; about {fit} members would fit: use fewer --seeds or --activations, "
-                "or a smaller --batch-size"
+    def describe_stacking(self) -> str:
+        """One line: how the members run (vmapped or member by member) and why."""
+        stacked = [g.activation for g in self.groups if g.stacked]
+        loop = [g for g in self.groups if not g.stacked]
+        if not loop:
+            return (
+                "vmap over the members of each activation, one call each (--stacking "
+                f"{self.stacking})"
             )
-
-    @torch.no_grad()
-    def _check_output(self, group: GroupStack, sample: Tensor) -> None:
-        """Member 0 of the group on two samples, in eval mode: logits (2, classes)."""
-        params, buffers = group.state(clone_buffers=True)
-        group.base.eval()
-        group.source.mode = "record"
-        try:
-            out = functional_call(
-                group.base,
-                ({n: p[0] for n, p in params.items()}, {n: b[0] for n, b in buffers.items()}),
-                (sample,),
+        if self.stacking == "loop":
+            why = "--stacking loop"
+        elif all(not g.reason for g in loop):
+            why = (
+                "--stacking auto: on a CPU one by one is faster than vmap (vmapped "
+                "convolutions become one slower grouped convolution; small GEMMs gain nothing)"
             )
-        except Exception as error:
-            raise ConfigError(
-                f"--model {self.user.reference}: a forward pass on a batch of shape "
-                f"{tuple(sample.shape)} (the dataset's) raised {_first_line(error)}"
-            ) from None
-        finally:
-            group.base.train()
-        expected = (sample.shape[0], self.num_classes)
-        if not isinstance(out, Tensor) or tuple(out.shape) != expected:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ConfigError(
-                f"--model {self.user.reference}: output {got} for a batch of {sample.shape[0]}; "
-                f"actlab needs logits of shape (batch, classes) = {expected} for cross-entropy"
+        else:
+            why = "; ".join(
+                f"{g.activation}: vmap could not run the model ({g.reason})"
+                for g in loop
+                if g.reason
             )
-
-    def _try_stacking(self, group: GroupStack, sample: Tensor) -> None:
-        """A vmapped training step on two samples, on copies of the buffers, and the
-        vmapped eval logits against member 0's own forward; any failure: one by one."""
-        G = len(group.members)
-        x = sample.unsqueeze(0).expand(G, *sample.shape)
-        params, buffers = group.state(clone_buffers=True)
-        base, source = group.base, group.source
-        try:
-
-            def member_forward(params, buffers, x):
-                source.mode = "record"  # no masks: the trial draws none
-                return functional_call(base, (params, buffers), (x,))
-
-            base.train()
-            logits = vmap(member_forward, randomness="error")(params, buffers, x)
-            loss = F.cross_entropy(logits.flatten(0, 1), torch.zeros(G * 2, dtype=torch.long,
-                                   device=x.device))  # fmt: skip
-            loss.backward()
-            base.eval()
-            with torch.no_grad():
-                stacked = vmap(member_forward, in_dims=(0, 0, None), randomness="error")(
-                    params, buffers, sample
-                )
-                alone = functional_call(
-                    base,
-                    ({n: p[0] for n, p in params.items()}, {n: b[0] for n, b in buffers.items()}),
-                    (sample,),
-                )
-            if not torch.allclose(stacked[0], alone, rtol=1e-4, atol=1e-5):
-                raise RuntimeError("the vmapped forward differs from the member's own forward")
-        except Exception as error:
-            group.stacked = False
-            group.reason = _first_line(error)
-        finally:
-            base.train()
-            for p in group.params:
-                p.grad = None
-        notice = (self.user.reference, group.activation, group.reason)
-        if not group.stacked and notice not in _ANNOUNCED:
-            _ANNOUNCED.add(notice)  # once per process, however many trainers are built
-            warnings.warn(
-                f"{self.user.reference}: the {group.activation} members train one by one "
-                f"(not stacked): vmap could not run the model ({group.reason})",
-                FallbackNotice,
-                stacklevel=2,
-            )
-
-
-@contextlib.contextmanager
-def _capturing(base: nn.Module, sites: Sequence[str], captured: list[Tensor]):
-    """Append the input of each activation site to `captured` (forward pre-hooks)."""
-    modules = dict(base.named_modules())
-    handles = [
-        modules[site].register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
-        for site in sites
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _per_member(tensors: dict[str, Tensor], count: int) -> list[dict[str, Tensor]]:
-    """{name: (G, ...)} -> G dicts {name: member i's (...)} (views)."""
-    parts = {name: t.unbind(0) for name, t in tensors.items()}
-    return [{name: p[i] for name, p in parts.items()} for i in range(count)]
+        which = "every activation" if not stacked else ", ".join(g.activation for g in loop)
+        return f"member by member for {which} ({why})"
 
 
 def _argsort(values: Sequence[int]) -> list[int]:
     return sorted(range(len(values)), key=lambda i: values[i])
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__

@@ -11,12 +11,11 @@ Each member's network is built after ``torch.manual_seed(seed)`` (inside a forke
 so the caller's global RNG is untouched): its initial weights are exactly those the user
 gets building it alone with that seed.
 
-Swapping replaces activation *modules* (any catalog class, found by walking
-``named_children``) and *functional calls* in ``forward`` (``F.relu``, ``torch.relu``,
-``x.relu()``, ``F.gelu``, ...) by rewriting the module's ``torch.fx`` graph: each call
-becomes a call of a fresh activation submodule. A forward that fx cannot trace is reported
-(with fx's reason), its children are rewritten one by one, and the builder form is
-suggested. See torchvision's ``feature_extraction`` for the same walk over fx graphs.
+Swapping (actlab.nn.swap) replaces the rectifier-family activation modules, the activation
+of torch's transformer layers, and functional calls in ``forward`` (through ``torch.fx``),
+and leaves gates (sigmoid, hard-sigmoid, tanh modules) alone unless named. What a swap or a
+builder's ``act()`` did not reach is counted in a real forward pass (actlab.nn.census) and
+said in the summary.
 """
 
 from __future__ import annotations
@@ -33,27 +32,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
-from torch import fx, nn
+from torch import Tensor, nn
 
-from actlab.catalog import lookup as catalog_lookup
 from actlab.catalog import registry as catalog
 from actlab.errors import ConfigError, SpecError
+from actlab.nn.census import remaining_after_swap
+from actlab.nn.swap import (  # noqa: F401  (the swap API, also importable from here)
+    DEFAULT_CALLS,
+    RECTIFIERS,
+    SwapReport,
+    activation_sites,
+    fresh_activation,
+    swap,
+    swap_activations,
+)
 
 if TYPE_CHECKING:
     from actlab.config import ExperimentConfig
 
 BUILDER = "builder"
 MODULE = "module"
-
-# Functional calls swapped when no `old` is named: the rectifier family, whose calls are
-# activations. sigmoid, tanh, softplus and the like are left alone by default: inside a
-# forward they are as often gates or constraints (x * sigmoid(x), an LSTM's gates, a
-# softplus-positive scale) as activations; name them (--swap tanh) to replace their calls.
-DEFAULT_CALLS = frozenset(
-    ("relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish", "hard_swish")
-)
-
 
 # === loading =============================================================================
 
@@ -246,19 +244,38 @@ def _first_line(error: BaseException) -> str:
 
 
 def build_member(
-    user: UserModel, activation: str, seed: int, swap_targets: Sequence[str] = ()
+    user: UserModel,
+    activation: str,
+    seed: int,
+    swap_targets: Sequence[str] = (),
+    *,
+    device: torch.device | str | None = None,
 ) -> tuple[nn.Module, SwapReport]:
     """Member (activation, seed) of a study: the user's network built after
     ``torch.manual_seed(seed)``, with `activation` everywhere (passed to the builder, or
-    swapped in for `swap_targets`). Returns the network and what was put where."""
-    made: list[nn.Module] = []
+    swapped in for `swap_targets`). Returns the network and what was put where.
 
-    def act() -> nn.Module:
-        module = _fresh(activation)
+    A builder's ``act(**kwargs)`` takes timm's ``act_layer`` keywords: ``inplace=True`` is
+    honoured (an in-place activation; see actlab.nn.swap.InPlace), any other keyword is
+    ignored and listed in the report. `device`: build under ``torch.device(device)`` (the
+    "meta" device builds a member without allocating its weights, to size a study)."""
+    made: list[nn.Module] = []
+    report = SwapReport(new=activation)
+
+    def act(*args, inplace: bool = False, **kwargs) -> nn.Module:
+        report.ignored_arguments += [repr(a) for a in args]
+        report.ignored_arguments += [f"{k}={v!r}" for k, v in kwargs.items()]
+        module = fresh_activation(activation, inplace=bool(inplace))
         made.append(module)
         return module
 
-    with torch.random.fork_rng(devices=[]):
+    if user.kind == BUILDER and swap_targets:
+        raise ConfigError(
+            f"--swap {','.join(swap_targets)}: {user.reference} is a builder, which places "
+            "act() itself; --swap applies to an nn.Module whose activations actlab replaces"
+        )
+    where = torch.device(device) if device is not None else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), where:
         torch.manual_seed(seed)
         try:
             model = user.factory(act) if user.kind == BUILDER else user.factory()
@@ -273,7 +290,6 @@ def build_member(
             f"--model {user.reference} returned a {type(model).__name__}, not an nn.Module"
         )
     if user.kind == BUILDER:
-        report = SwapReport(new=activation)
         paths = {id(m): name for name, m in model.named_modules()}
         report.modules = [(paths[id(m)], "act()") for m in made if id(m) in paths]
         if not report.modules:
@@ -286,6 +302,42 @@ def build_member(
     return model, report
 
 
+def placed_activations(model: nn.Module, report: SwapReport) -> list[nn.Module]:
+    """The activation modules actlab put in `model` (act() results or swapped-in ones)."""
+    modules = dict(model.named_modules())
+    return [modules[path] for path in report.sites if path in modules]
+
+
+def count_remaining(
+    model: nn.Module,
+    report: SwapReport,
+    sample: Tensor,
+    swap_targets: Sequence[str] = (),
+    *,
+    run: Callable[[], object] | None = None,
+) -> list[tuple[str, str, int]]:
+    """Count, in a real forward pass on `sample` (train mode, then eval under no_grad), the
+    activation ops of the replaced kinds that still run outside the activations actlab
+    placed, and store them in ``report.remaining``. A builder's kinds: the rectifier
+    family; a swap's: its targets (the rectifier family by default)."""
+    names = [n for n in (swap_targets or RECTIFIERS)]
+    classes = []
+    for name in names:
+        entry = _catalog_spec(name)
+        if entry is not None and entry.torch_class:
+            classes.append(entry.torch_class)
+    run = run or (lambda: model(sample))
+    report.remaining = remaining_after_swap(model, run, classes, placed_activations(model, report))
+    return report.remaining
+
+
+def _catalog_spec(name: str):
+    try:
+        return catalog.resolve(name)[0]
+    except (catalog.UnknownActivationError, SpecError):
+        return None
+
+
 def describe(user: UserModel, activation: str, swap_targets: Sequence[str] = ()) -> str:
     """One line on what actlab does to the model: where each member's activation goes."""
     _, report = build_member(user, activation, 0, swap_targets)
@@ -293,350 +345,3 @@ def describe(user: UserModel, activation: str, swap_targets: Sequence[str] = ())
         places = ", ".join(path for path, _ in report.modules)
         return f"model {user.reference} (builder): act() at {len(report.modules)} places ({places})"
     return f"model {user.reference} (nn.Module, seed 0, {activation}): {report.summary()}"
-
-
-def _fresh(spec: str) -> nn.Module:
-    """A new activation module, never in place (members share views of stacked tensors)."""
-    entry, params = catalog.resolve(spec)
-    if params.get("inplace"):
-        return catalog.get(spec, inplace=False)
-    return catalog.get(spec)
-
-
-# === swapping ============================================================================
-
-
-@dataclass
-class SwapReport:
-    """What `swap` replaced: modules (path, old kind) and calls (where, old call), and the
-    forwards it could not read (module, fx's reason)."""
-
-    new: str
-    modules: list[tuple[str, str]] = field(default_factory=list)
-    calls: list[tuple[str, str]] = field(default_factory=list)
-    untraced: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def count(self) -> int:
-        return len(self.modules) + len(self.calls)
-
-    @property
-    def sites(self) -> list[str]:
-        """Module paths of the new activations in the swapped model, in model order."""
-        return [path for path, _ in self.modules] + [
-            path for path, _ in self.calls if not path.startswith("(")
-        ]
-
-    def counts(self) -> dict[str, int]:
-        """How many of each kind were replaced, e.g. {"nn.ReLU": 3, "F.relu()": 1}."""
-        out: dict[str, int] = {}
-        for _, kind in [*self.modules, *self.calls]:
-            kind = kind.split(" in ")[0]
-            out[kind] = out.get(kind, 0) + 1
-        return out
-
-    def summary(self) -> str:
-        """One line: ``replaced 5 activations by gelu: nn.ReLU x3 (stem.1, ...), F.relu() x2 (...)``."""
-        if self.modules and all(kind == "act()" for _, kind in self.modules) and not self.calls:
-            where = ", ".join(path for path, _ in self.modules)
-            return f"{self.new} at {len(self.modules)} act() places ({where})"
-        parts = []
-        groups: dict[str, list[str]] = {}
-        for path, kind in [*self.modules, *self.calls]:
-            groups.setdefault(kind.split(" in ")[0], []).append(_where(path, kind))
-        for kind, places in groups.items():
-            shown = ", ".join(places[:4]) + (", ..." if len(places) > 4 else "")
-            parts.append(f"{kind} x{len(places)} ({shown})")
-        text = f"replaced {self.count} activation(s) by {self.new}: " + "; ".join(parts)
-        for module, reason in self.untraced:
-            text += (
-                f"; could not read {module}.forward ({reason}), so activation calls in it (if "
-                "any) were not swapped: to be sure, give a builder that takes the activation"
-            )
-        return text
-
-
-def _where(path: str, kind: str) -> str:
-    return kind.split(" in ", 1)[1] if " in " in kind else path
-
-
-def swap_activations(
-    model: nn.Module, new: str, old: str | Sequence[str] | None = None, *, verbose: bool = True
-) -> nn.Module:
-    """Replace the activations of `model` by fresh `new` ones and return the model.
-
-    `old`: names of the activations to replace (catalog names such as ``"relu"``, or the
-    class name of your own activation module); None replaces every elementwise catalog
-    activation module found, and the calls of the rectifier family (DEFAULT_CALLS). Modules are replaced in place; functional calls in ``forward``
-    (``F.relu(x)``, ``torch.relu(x)``, ``x.relu()``) through torch.fx, which returns an
-    ``fx.GraphModule`` (the same parameters and buffers). Prints one line saying what was
-    replaced (`verbose`); raises ConfigError when nothing was.
-
-        >>> net = actlab.swap_activations(Net(), "gelu", old="relu")
-    """
-    swapped, report = swap(model, new, old)
-    if verbose:
-        print(report.summary())
-    return swapped
-
-
-def swap(
-    model: nn.Module,
-    new: str,
-    old: str | Sequence[str] | None = None,
-    *,
-    reference: str | None = None,
-) -> tuple[nn.Module, SwapReport]:
-    """`swap_activations` without printing: the swapped model and its SwapReport."""
-    catalog.resolve(new)  # a misspelt new activation fails with the nearest names
-    targets = Targets.of(model, old)
-    report = SwapReport(new=new)
-    model = _swap_modules(model, targets, new, "", report)
-    model = _rewrite_calls(model, targets, new, "", report)
-    if report.count == 0:
-        what = "any catalog activation" if old is None else ", ".join(targets.names)
-        why = ""
-        if report.untraced:
-            module, reason = report.untraced[0]
-            why = f" (fx could not read {module}.forward: {reason})"
-        name = reference or type(model).__name__
-        raise ConfigError(
-            f"nothing to swap in {name}: found no {what} as a module or a call in forward{why}; "
-            "give a builder that takes the activation instead (def build(act): ... act() ...)"
-        )
-    return model, report
-
-
-@dataclass
-class Targets:
-    """What to replace: module classes, functions (fx call_function targets) and Tensor
-    method names, each with the name reported for it."""
-
-    names: tuple[str, ...]
-    classes: dict[type, str]
-    functions: dict[object, str]
-    methods: dict[str, str]
-    catalog_names: dict[str, str] = field(default_factory=dict)  # Activation.name -> label
-
-    @classmethod
-    def of(cls, model: nn.Module, old: str | Sequence[str] | None) -> Targets:
-        if old is None:
-            specs = [s for s in catalog.list_activations() if _default_target(s)]
-            names = tuple(s.name for s in specs)
-        else:
-            names = (old,) if isinstance(old, str) else tuple(old)
-            specs = []
-            for name in names:
-                layer = getattr(nn, name, None)
-                if (
-                    isinstance(layer, type)
-                    and issubclass(layer, nn.Module)
-                    and layer.__module__ != "torch.nn.modules.activation"
-                ):
-                    raise ConfigError(
-                        f"swap target {name!r} is not an activation (torch.nn.{name} is a "
-                        "layer); name an activation such as relu"
-                    )
-                spec = _catalog_entry(name)
-                if spec is None:
-                    continue
-                if not spec.elementwise:
-                    raise ConfigError(
-                        f"swap target {name!r} is not elementwise (it mixes units); swap an "
-                        "elementwise activation such as relu"
-                    )
-                specs.append(spec)
-        targets = cls(names, {}, {}, {})
-        for spec in specs:
-            targets._add_spec(spec, calls=old is not None or spec.name in DEFAULT_CALLS)
-        for name in names:
-            if old is not None and _catalog_entry(name) is None:
-                targets._add_user_class(model, name)
-        return targets
-
-    def _add_spec(self, spec: catalog.ActivationSpec, *, calls: bool = True) -> None:
-        if spec.torch_class:
-            self.classes[getattr(nn, spec.torch_class)] = f"nn.{spec.torch_class}"
-        self.catalog_names[spec.name] = spec.name
-        if not calls:
-            return
-        fn = spec.fn
-        fn_name = getattr(fn, "__name__", None)
-        if getattr(nn.functional, fn_name or "", None) is fn:
-            self.functions[fn] = f"F.{fn_name}()"
-        elif getattr(torch, fn_name or "", None) is fn:
-            self.functions[fn] = f"torch.{fn_name}()"
-        if not fn_name or not spec.torch_class:
-            return
-        for variant in (fn_name, fn_name + "_"):
-            for namespace, label in ((F, "F"), (torch, "torch"), (torch.special, "torch.special")):
-                function = getattr(namespace, variant, None)
-                if callable(function):
-                    self.functions.setdefault(function, f"{label}.{variant}()")
-            if hasattr(torch.Tensor, variant):
-                self.methods[variant] = f"x.{variant}()"
-
-    def _add_user_class(self, model: nn.Module, name: str) -> None:
-        found = {type(m): m for m in model.modules() if type(m).__name__ == name}
-        if not found:
-            raise ConfigError(
-                f"swap target {name!r} is neither a catalog activation nor a module class in "
-                "the model; see `actlab list`, or name your activation's class"
-            )
-        for klass, instance in found.items():
-            layer = klass.__module__.startswith("torch.nn") or any(
-                p.dim() > 1 for p in instance.parameters()
-            )
-            if layer:
-                raise ConfigError(
-                    f"swap target {name!r} is not an activation (a {klass.__name__} layer with "
-                    "weights); name an activation such as relu"
-                )
-            self.classes[klass] = klass.__name__
-
-    def matches_module(self, module: nn.Module) -> str | None:
-        kind = self.classes.get(type(module))
-        if kind is not None:
-            return kind
-        if isinstance(module, catalog.Activation) and module.name in self.catalog_names:
-            return module.name
-        return None
-
-
-def _catalog_entry(name: str) -> catalog.ActivationSpec | None:
-    try:
-        spec, _ = catalog.resolve(name)
-    except catalog.UnknownActivationError:
-        return None
-    except SpecError:  # an entry that needs parameters (softmax's dim): the entry itself
-        spec, _ = catalog_lookup.find(name.split("(")[0].strip())
-    return spec
-
-
-def _default_target(spec: catalog.ActivationSpec) -> bool:
-    """Swapped by default: elementwise catalog activations other than the identity."""
-    return spec.elementwise and spec.name not in ("linear", "identity") and bool(spec.torch_class)
-
-
-def _swap_modules(
-    module: nn.Module, targets: Targets, new: str, path: str, report: SwapReport
-) -> nn.Module:
-    kind = targets.matches_module(module)
-    if kind is not None:
-        report.modules.append((path or "(root)", kind))
-        return _fresh(new)
-    for name, child in list(module.named_children()):
-        replaced = _swap_modules(child, targets, new, _join(path, name), report)
-        if replaced is not child:
-            setattr(module, name, replaced)
-    return module
-
-
-def _rewrite_calls(
-    module: nn.Module, targets: Targets, new: str, path: str, report: SwapReport
-) -> nn.Module:
-    """Replace activation calls in `module`'s forward (and, when it traces, its children's)
-    by submodules. Returns an fx.GraphModule when something was replaced, else `module`."""
-    if _is_torch_leaf(module):
-        return module
-    try:
-        graph_module = fx.symbolic_trace(module)
-    except Exception as error:  # fx raises many types for untraceable Python
-        report.untraced.append((path or type(module).__name__, _trace_reason(error)))
-        for name, child in list(module.named_children()):
-            rewritten = _rewrite_calls(child, targets, new, _join(path, name), report)
-            if rewritten is not child:
-                setattr(module, name, rewritten)
-        return module
-    graph = graph_module.graph
-    replaced = 0
-    for node in list(graph.nodes):
-        kind = _call_kind(node, targets)
-        if kind is None or not node.args:
-            continue
-        name = f"actlab_act_{replaced}"
-        while hasattr(graph_module, name):
-            name += "_"
-        graph_module.add_submodule(name, _fresh(new))
-        source = node.args[0]
-        with graph.inserting_after(node):
-            new_node = graph.call_module(name, (source,))
-        node.replace_all_uses_with(new_node)
-        if _in_place(node):
-            # x.relu_() changes x itself: later readers of x must read the new value.
-            _redirect_later_uses(graph, source, new_node)
-        graph.erase_node(node)
-        where = _node_module(node) or path or "forward"
-        report.calls.append((_join(path, name), f"{kind} in {where}"))
-        replaced += 1
-    if not replaced:
-        return module
-    graph.lint()
-    graph_module.recompile()
-    return graph_module
-
-
-def _call_kind(node: fx.Node, targets: Targets) -> str | None:
-    if node.op == "call_function":
-        try:
-            return targets.functions.get(node.target)
-        except TypeError:  # unhashable target
-            return None
-    if node.op == "call_method":
-        return targets.methods.get(node.target)
-    return None
-
-
-def _in_place(node: fx.Node) -> bool:
-    name = getattr(node.target, "__name__", node.target)
-    if isinstance(name, str) and name.endswith("_") and not name.endswith("__"):
-        return True
-    if node.kwargs.get("inplace") is True:
-        return True
-    return len(node.args) > 1 and node.args[-1] is True
-
-
-def _redirect_later_uses(graph: fx.Graph, source: fx.Node, replacement: fx.Node) -> None:
-    after = False
-    for node in graph.nodes:
-        if node is replacement:
-            after = True
-            continue
-        if after and source in node.all_input_nodes:
-            node.replace_input_with(source, replacement)
-
-
-def _node_module(node: fx.Node) -> str | None:
-    stack = node.meta.get("nn_module_stack")
-    if stack:
-        last = list(stack.values())[-1]
-        path = last[0] if isinstance(last, tuple) else None
-        if isinstance(path, str) and path:
-            return path
-    return None
-
-
-def _is_torch_leaf(module: nn.Module) -> bool:
-    """torch.nn's own layers (Conv2d, BatchNorm2d, ...): nothing of the user's to rewrite."""
-    return type(module).__module__.startswith("torch.nn") and not isinstance(
-        module, nn.Sequential | nn.ModuleList | nn.ModuleDict
-    )
-
-
-def _trace_reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    reason = text[0] if text else type(error).__name__
-    if "symbolically traced variables cannot be used as inputs to control flow" in reason:
-        reason = "data-dependent Python control flow"
-    return reason[:160]
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-def activation_sites(model: nn.Module, report: SwapReport) -> list[str]:
-    """Module paths of the activations actlab put in `model`, in ``named_modules`` order
-    (the order of the diagnostics' layers)."""
-    wanted = set(report.sites)
-    return [name for name, _ in model.named_modules() if name in wanted]

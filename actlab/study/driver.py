@@ -216,9 +216,15 @@ class ThreadKeeper:
             self.choice = ThreadChoice(config.threads, True, self.cpus)
 
     def kernels(self) -> str | None:
-        """How the measured model's step runs its elementwise work (the hand-written MLP
-        step on a CPU: compiled kernels or torch ops, and why), else None."""
-        step = self._trainer.mlp_step if self._trainer is not None else None
+        """How the measured model's step runs: the hand-written MLP step's elementwise work
+        on a CPU (compiled kernels or torch ops, and why), a user's network's stacking (vmap
+        or member by member, and why), else None."""
+        if self._trainer is None:
+            return None
+        stacking = getattr(self._trainer.model, "describe_stacking", None)  # a user's network
+        if stacking is not None:
+            return stacking()
+        step = self._trainer.mlp_step
         return step.describe_kernels() if step is not None else None
 
     def how_chosen(self) -> str:

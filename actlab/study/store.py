@@ -296,6 +296,16 @@ def config_from_document(document: dict, config_path: Path) -> ExperimentConfig:
 DATA_KEYS = ("train_size", "val_size", "test_size", "input_shape", "num_classes", "fingerprint")
 
 
+def _same_model_file(mine: ExperimentConfig, theirs: ExperimentConfig) -> bool:
+    """Two references to the same NAME in the same file (resolved paths agree), however the
+    path was written (``net.py:build``, ``./net.py:build``, ``../x/net.py:build``); whether
+    its content changed is the source hash's question."""
+    name, other = mine.model.rpartition(":")[2], theirs.model.rpartition(":")[2]
+    if name != other or not mine.model_source or not theirs.model_source:
+        return False
+    return Path(mine.model_source).resolve() == Path(theirs.model_source).resolve()
+
+
 def _check_same_study(
     config_path: Path, config: ExperimentConfig, dataset: dict
 ) -> ExperimentConfig:
@@ -315,6 +325,8 @@ def _check_same_study(
     if config.epochs > existing.epochs:
         theirs["epochs"] = config.epochs
     differing = [name for name in mine if mine[name] != theirs.get(name)]
+    if "model" in differing and _same_model_file(config, existing):
+        differing.remove("model")  # another relative path to the same file: the same study
     if "model_sha256" in differing and mine["model"] == theirs.get("model"):
         source = config.model_source or config.model
         raise RunDirError(
