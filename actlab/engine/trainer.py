@@ -188,8 +188,9 @@ def device_data(dataset, device: torch.device | str):
 
 
 def make_trainer(config: ExperimentConfig, data, **options):
-    """The trainer of a study's task: the LM trainer for --net gpt, else Trainer."""
-    if config.model == "gpt":
+    """The trainer of a study's task (actlab.tasks): a language model's (--net gpt on a text
+    corpus) or the classifier's Trainer."""
+    if config.task.name == "lm":
         from actlab.engine.lm_trainer import LMTrainer
 
         return LMTrainer(config, data, **options)
