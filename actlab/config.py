@@ -24,6 +24,7 @@ STACKINGS = ("auto", "vmap", "loop")
 # the bookkeeping alone would take minutes and gigabytes before any memory check could run.
 MAX_MEMBERS = 100_000
 MAX_THREADS = 4096
+MAX_EPOCHS = 1_000_000  # a bound, so that a typo never trains for ever
 
 
 MAX_DEPTH = 1000  # hidden layers of one MLP of a depth study (a typo's 10**20 is refused)
@@ -157,8 +158,9 @@ class ExperimentConfig:
 
         seen: dict[str, str] = {}
         for spec in self.activations:
-            catalog.resolve(spec)
-            label = catalog.canonical_label(spec)
+            _, params = catalog.resolve(spec)
+            _check_float32_params(spec, params)
+            label = _expression_label(catalog.canonical_label(spec))
             if label in seen:
                 raise ConfigError(
                     f"activations {seen[label]!r} and {spec!r} are the same activation "
@@ -186,6 +188,35 @@ class ExperimentConfig:
 
     def hidden_for(self, depth: int | None) -> tuple[int, ...]:
         return self.hidden if depth is None else (self.hidden[0],) * depth
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_float32_params(spec: str, params: dict) -> None:
+    """An activation's numeric parameters must fit float32, the dtype it runs in (e.g.
+    ``elu(alpha=1e308)`` would fail in the middle of training)."""
+    for name, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+            raise ConfigError(
+                f"activation {spec!r}: {name}={value!r} is outside the float32 range the "
+                f"networks run in (|{name}| <= 3.4e38, finite); give a smaller value"
+            )
+
+
+def _expression_label(label: str) -> str:
+    """``expr:`` labels compared by the parsed formula: ``expr:x`` and ``expr:(x)`` are one
+    activation."""
+    if not label.startswith("expr:"):
+        return label
+    import ast
+
+    try:
+        return "expr:" + ast.unparse(ast.parse(label[5:].strip(), mode="eval"))
+    except (SyntaxError, ValueError):
+        return label
 
 
 @dataclass(frozen=True)
@@ -351,7 +382,10 @@ def validate(config: ExperimentConfig) -> None:
         "--weight-decay and --momentum must be finite numbers",
     )
     need(len(set(config.lrs)) == len(config.lrs), f"duplicate learning rates in {list(config.lrs)}")
-    need(config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}")
+    need(
+        1 <= config.epochs <= MAX_EPOCHS,
+        f"--epochs must be from 1 to {MAX_EPOCHS}, got {config.epochs}",
+    )
     need(config.batch_size >= 1, f"--batch-size must be at least 1, got {config.batch_size}")
     need(
         all(h >= 1 for h in config.hidden) and len(config.hidden) >= 1,
@@ -360,6 +394,10 @@ def validate(config: ExperimentConfig) -> None:
     need(
         all(1 <= d <= MAX_DEPTH for d in config.depths),
         f"--depths must be between 1 and {MAX_DEPTH} hidden layers, got {list(config.depths)}",
+    )
+    need(
+        len(set(config.depths)) == len(config.depths),
+        f"duplicate depths in {list(config.depths)}; give each depth once",
     )
     need(0.0 <= config.dropout < 1.0, f"--dropout must be in [0, 1), got {config.dropout}")
     need(

@@ -61,7 +61,7 @@ EXAMPLES: tuple[Example, ...] = (
     Example(
         "compare-fashion",
         f"actlab compare {FASHION} --quiet",
-        check=f"actlab compare {FASHION} --limit-train 2000 --limit-test 1000 --epochs 1 --quiet",
+        check=f"actlab compare {FASHION} --limit-train 2000 --limit-test 1000 --epochs 2 --quiet",
     ),
     Example("compare-digits", "actlab compare --dataset digits --epochs 2 --seeds 2", fast=True),
     Example(

@@ -65,6 +65,11 @@ def compare(data: str, *extra) -> tuple[int, str, str]:
         (["--lr", "nan"], ["learning rates must be positive finite numbers"]),
         (["--lr", "inf"], ["learning rates must be positive finite numbers"]),
         (["--optimizer", "sgd", "--momentum", "inf"], ["must be finite numbers"]),
+        # issue 25: accepted before, with wrong or endless results
+        (["--depths", "2,2"], ["duplicate depths in [2, 2]"]),
+        (["--epochs", "99999999999999999999"], ["--epochs must be from 1 to 1000000"]),
+        (["--activations", "expr:x,expr:(x)"], ["'expr:x' and 'expr:(x)' are the same activation"]),
+        (["--activations", "elu(alpha=1e308)"], ["alpha=1e+308 is outside the float32 range"]),
     ],
 )
 def test_bad_values_are_one_line(data, tmp_path, extra, words):
@@ -206,7 +211,7 @@ def test_a_directory_where_a_run_file_belongs_is_one_line(data, tmp_path, name):
     run = tmp_path / "run"
     assert compare(data, "--out", run)[0] == 0
     target = run / name
-    target.unlink()
+    target.unlink(missing_ok=True)  # run.lock: removed when the run ended
     target.mkdir()
     code, _, err = compare(data, "--out", run)
     assert code in (1, 2) and err.count("\n") == 1 and "Traceback" not in err
@@ -321,3 +326,75 @@ def test_actlab_show_into_head_exits_quietly():
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=60) == 0
     assert stderr == ""
+
+
+# --- issue 25: data that trained into wrong verdicts, messages ------------------------------
+
+
+def data_npz(path: Path, x_train, y_train, x_test, y_test) -> str:
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return f"npz:{path}"
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("float64 beyond float32", ["x_train holds values up to 1e+39, beyond float32"]),
+        ("one class", ["the training split holds only class [0]"]),
+        ("test classes never trained", ["every test label (3) is a class the training data"]),
+    ],
+)
+def test_data_that_cannot_give_a_verdict_is_one_line(tmp_path, case, words):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(48, 16)), rng.integers(0, 3, 48)
+    x_test, y_test = rng.normal(size=(8, 16)), rng.integers(0, 3, 8)
+    if case == "float64 beyond float32":
+        x[3, 2] = 1e39  # finite in float64, inf in float32: every member diverged
+    elif case == "one class":
+        y, y_test = np.zeros(48, np.int64), np.zeros(8, np.int64)
+    else:
+        y_test[:] = 3
+    dataset = data_npz(tmp_path / "d.npz", x, y, x_test, y_test)
+    code, _, err = compare(dataset, "--out", tmp_path / "run")
+    one_line(code, err, 2, *words)
+
+
+def test_report_into_a_path_under_a_file_names_the_file_not_removing_it(data, tmp_path):
+    run = write_run(tmp_path / "done", seeds=(0,))
+    blocker = tmp_path / "hostname"
+    blocker.write_text("a file\n")
+    code, _, err = run_cli("report", run, "-o", blocker / "x.html")
+    one_line(code, err, 2, f"{blocker} is a file, not a folder")
+    assert "remove" not in err and blocker.read_text() == "a file\n"
+
+
+def test_an_unreachable_mlflow_server_is_one_line_at_once(tmp_path):
+    pytest.importorskip("mlflow")
+    run = write_run(tmp_path / "done", seeds=(0,))
+    with socket_nobody_listens_on() as port:
+        code, _, err = run_cli("export", run, "--mlflow", f"http://127.0.0.1:{port}")
+    one_line(code, err, 2, f"no MLflow server reachable at http://127.0.0.1:{port}", "checked for")
+
+
+@contextlib.contextmanager
+def socket_nobody_listens_on():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    yield port
+
+
+def test_ctrl_c_outside_training_says_interrupted(monkeypatch):
+    import actlab.cli.main as cli
+
+    def interrupted(args) -> int:
+        raise KeyboardInterrupt
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        action.set_defaults(handler=interrupted)
+    code, _, err = run_cli("list")
+    assert code == 130 and err == "actlab: interrupted\n"

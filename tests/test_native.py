@@ -2,7 +2,10 @@
 float64 reference; their fallback; and the whole step trained both ways."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +354,104 @@ def test_the_study_says_which_kernels_its_step_runs(tmp_path, restore_threads):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["environment"]["step_kernels"] == plans[0].kernels
     assert plans[1].kernels == "torch ops (an activation is differentiated by autograd)"
+
+
+# --- the cache is verified before use (issue 25) ------------------------------------------
+
+
+def fresh_process_status(cache: Path, **env: str) -> subprocess.CompletedProcess:
+    """native.status() and one compiled step in a new process using `cache` (a damaged
+    library must be caught before dlopen: dlopen'ed, it could kill the process)."""
+    code = (
+        "from actlab.engine import native\n"
+        "print(native.status())\n"
+        "lib = native.library()\n"
+        "print('failures:', native.known_answer_failures(lib) if lib else None)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "XDG_CACHE_HOME": str(cache), **env},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def cached_library(cache: Path) -> Path:
+    (path,) = (cache / "actlab" / "native").glob("native_step-*.so")
+    return path
+
+
+def build_cache(cache: Path) -> Path:
+    run = fresh_process_status(cache)
+    assert run.returncode == 0 and run.stdout.startswith("on ("), run.stderr
+    return cached_library(cache)
+
+
+def compile_into_cache(cache: Path, source: str) -> Path:
+    """`source` compiled as if it were native_step.c, under the name (key and digest) the
+    cache would give the real one: a library that passes the digest check."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    key = native.cache_key(native.SOURCE.read_text(), compiler, version)
+    folder = cache / "actlab" / "native"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "source.c").write_text(source)
+    built = folder / "built.so"
+    command = [compiler, *native.FLAGS, str(folder / "source.c"), "-o", str(built), "-lm"]
+    subprocess.run(command, check=True, capture_output=True)
+    target = native._digest_path(folder / f"native_step-{key}.so", native._file_digest(built))
+    built.rename(target)
+    return target
+
+
+@pytest.mark.parametrize("damage", ["truncated", "8 flipped bits"])
+def test_a_damaged_cached_library_is_never_loaded_and_is_rebuilt(tmp_path, damage):
+    library = build_cache(tmp_path)
+    data = bytearray(library.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 3]  # dlopen'ed, the first call would die with SIGBUS
+    else:
+        middle = len(data) // 2
+        for i in range(8):
+            data[middle + 97 * i] ^= 1 << i
+    library.write_bytes(bytes(data))
+    run = fresh_process_status(tmp_path)
+    assert run.returncode == 0, run.stderr  # no SIGBUS, SIGSEGV or SIGILL
+    assert run.stdout.startswith("on (") and "failures: []" in run.stdout
+    assert native._file_digest(cached_library(tmp_path)) in cached_library(tmp_path).name
+
+
+WRONG_TANH = native.SOURCE.read_text().replace(
+    "static inline float tanh_f(float x) {",
+    "static inline float tanh_f(float x) {\n    x *= 1.01f;",
+)
+
+
+def test_a_library_that_computes_wrongly_fails_its_known_answer_test(tmp_path):
+    wrong = compile_into_cache(tmp_path, WRONG_TANH)
+    lib, why = native._open(wrong)
+    assert lib is None and "fails its known-answer test (tanh forward" in why
+    run = fresh_process_status(tmp_path)  # rebuilt from the real source, then used
+    assert run.returncode == 0 and run.stdout.startswith("on (") and "failures: []" in run.stdout
+    assert not wrong.exists()
+
+
+def test_a_compiler_that_keeps_making_a_wrong_library_means_the_torch_kernels(tmp_path):
+    wrong = compile_into_cache(tmp_path / "made", WRONG_TANH)
+    fake = tmp_path / "fake-cc"  # "compiles" by copying the wrong library to -o
+    fake.write_text(
+        '#!/bin/sh\nif [ "$1" = --version ]; then echo fake 1; exit 0; fi\n'
+        'while [ $# -gt 0 ]; do if [ "$1" = -o ]; then cp ' + str(wrong) + ' "$2"; fi; shift; done\n'
+    )  # fmt: skip
+    fake.chmod(0o755)
+    run = fresh_process_status(tmp_path / "cache", CC=str(fake))
+    assert run.returncode == 0, run.stderr
+    status = run.stdout.splitlines()[0]
+    assert status.startswith("off (") and "fails its known-answer test (tanh forward" in status
+
+
+def test_a_library_without_the_kernels_is_one_status_line(tmp_path):
+    empty = compile_into_cache(tmp_path, "int unrelated(void) { return 0; }\n")
+    lib, why = native._open(empty)
+    assert lib is None and "act_forward" in why and "\n" not in why
+    run = fresh_process_status(tmp_path)
+    assert run.returncode == 0 and run.stdout.startswith("on (") and "Traceback" not in run.stderr

@@ -165,7 +165,7 @@ def test_ranks_are_integers_and_an_all_diverged_arm_is_marked(tmp_path):
     run = read_run(write_run(tmp_path / "r", seeds=(0,), diverge=("tanh", 0)))
     header, rows = summary_rows(analyse(run))
     ranks = [row[header.index("rank")] for row in rows]
-    assert ranks[:2] == ["1", "2"] and ranks[2] == "– (all diverged)"
+    assert ranks[:2] == ["1", "2"] and ranks[2] == "3 (all diverged)"  # failures rank last
     assert report.rank_text(float("nan"), 3, 0) == "–" and report.rank_text(2.0, 3, 0) == "2"
 
 

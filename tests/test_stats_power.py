@@ -147,27 +147,42 @@ def _arms(values: dict[str, list[float]]):
     return pd.DataFrame(rows, columns=columns)
 
 
+def one_sided_flip_p(shifted):
+    """P(mean(s x) >= mean(x)) over all sign vectors s, by enumeration (ties count)."""
+    import itertools
+
+    observed = shifted.mean()
+    flips = [
+        (np.array(s) * shifted).mean() for s in itertools.product((1, -1), repeat=len(shifted))
+    ]
+    return sum(f >= observed - 1e-12 for f in flips) / len(flips)
+
+
 def test_pairwise_columns_follow_the_functions():
     rng = np.random.default_rng(7)
-    seed = rng.normal(0, 0.003, 6)
+    seed = rng.normal(0, 0.003, 8)
     arms = _arms({
-        "relu": 0.88 + seed + rng.normal(0, 0.002, 6),
-        "tanh": 0.879 + seed + rng.normal(0, 0.002, 6),
-        "sigmoid": 0.87 + seed + rng.normal(0, 0.002, 6),
+        "relu": 0.88 + seed + rng.normal(0, 0.002, 8),
+        "tanh": 0.879 + seed + rng.normal(0, 0.002, 8),
+        "sigmoid": 0.87 + seed + rng.normal(0, 0.002, 8),
     })  # fmt: skip
     pairs = stats.pairwise(arms, margin=0.005)
     assert list(pairs["level"]) == pytest.approx([0.05 / 3] * 3)
     values = arms.pivot(index="seed", columns="arm", values="final_test_acc")
     for row in pairs.itertuples():
-        d = values[row.a] - values[row.b]
-        assert row.std == pytest.approx(d.std(ddof=1))
-        assert row.detectable_gap == pytest.approx(row.std * stats.detectable_effect(6, 0.05 / 3))
-        assert row.seeds_needed == stats.seeds_needed(0.005, row.std, 0.05 / 3)
-        assert row.tost_p == pytest.approx(
-            ttost_paired(values[row.a], values[row.b], -0.005, 0.005)[0]
-        )
+        d = (values[row.a] - values[row.b]).to_numpy()
+        assert row.mean_diff >= 0 and row.std == pytest.approx(d.std(ddof=1))
+        assert row.detectable_gap == pytest.approx(row.std * stats.detectable_effect(8, 0.05 / 3))
+        assert row.seeds_needed == stats.seed_plan(0.005, row.std, 8, 0.05 / 3)
+        # TOST by enumeration: H0 mean <= -0.005 and H0 mean >= +0.005, one-sided flips
+        p_lower = one_sided_flip_p(d + 0.005)
+        p_upper = one_sided_flip_p(-(d - 0.005))
+        assert row.tost_p == pytest.approx(max(p_lower, p_upper))
     assert list(pairs["tost_p_holm"]) == pytest.approx(list(stats.holm(pairs["tost_p"])))
     assert list(pairs["equivalent"]) == list(pairs["tost_p_holm"] < 0.05)
     no_margin = stats.pairwise(arms)
     assert no_margin["tost_p"].isna().all() and not no_margin["equivalent"].any()
     assert no_margin["seeds_needed"].isna().all() and no_margin["detectable_gap"].notna().all()
+    # 6 seeds: no sign-flip p can be below 2/2^6 = 0.031 > 0.05/3: nothing is detectable
+    six = stats.pairwise(arms[arms["seed"] < 6], margin=0.005)
+    assert np.isinf(six["detectable_gap"]).all() and not six["significant"].any()

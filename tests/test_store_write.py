@@ -1,12 +1,13 @@
 """The writing half of actlab.study.store: lock, config.json, append-only CSVs, atomic
 checkpoints, and truncation of rows beyond the checkpoint when a run is reopened."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from actlab.config import ExperimentConfig
+from actlab.config import ExperimentConfig, members_for
 from actlab.errors import RunDirError
 from actlab.study import store
 
@@ -18,7 +19,7 @@ def open_dir(path, config=CONFIG, **kwargs):
     return store.open_run_dir(
         path,
         config,
-        members=[{"index": 0, "activation": "relu"}],
+        members=[dataclasses.asdict(m) for m in members_for(config)],
         dataset=DATASET,
         environment=store.describe_environment("cpu", 1),
         **kwargs,
@@ -54,28 +55,28 @@ def test_rows_and_checkpoint_round_trip_through_the_reader(tmp_path):
         for epoch in (1, 2):
             writer.append_rows(rows(epoch))
             writer.save_checkpoint(
-                {"depth_index": 0, "epoch": epoch, "engine": {"w": torch.ones(2)}}
+                depth_index=0, depth=None, epoch=epoch, engine={"w": torch.ones(2)}
             )
     data = store.read_run(run)
     assert list(data.metrics["epoch"]) == [1, 1, 2, 2]
     assert list(data.metrics["activation"]) == ["relu", "tanh"] * 2
     assert data.metrics["val_loss"].isna().all()
     with open_dir(run) as writer:
-        assert writer.checkpoint["epoch"] == 2
-        assert torch.equal(writer.checkpoint["engine"]["w"], torch.ones(2))
-    assert not (run / (store.CHECKPOINT_FILE + ".tmp")).exists()
+        assert writer.checkpoint.epoch == 2
+        assert torch.equal(writer.checkpoint.engine["w"], torch.ones(2))
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
 
 
 def test_rows_beyond_the_checkpoint_are_dropped_on_reopen(tmp_path):
     run = tmp_path / "run"
     with open_dir(run) as writer:
         writer.append_rows(rows(1))
-        writer.save_checkpoint({"depth_index": 0, "epoch": 1, "engine": {}})
+        writer.save_checkpoint(depth_index=0, depth=None, epoch=1, engine={})
         writer.append_rows(rows(2))  # crash here: rows written, checkpoint not
     with (run / store.METRICS_FILE).open("a") as handle:
         handle.write(",0,relu,0,0.001,3,0.1")  # and a row cut off mid-write
     with open_dir(run) as writer:
-        assert writer.checkpoint["epoch"] == 1
+        assert writer.checkpoint.epoch == 1
     assert list(store.read_run(run).metrics["epoch"]) == [1, 1]
     assert (run / store.METRICS_FILE).read_text().endswith("\n")
 
@@ -96,7 +97,7 @@ def test_depth_study_truncates_per_depth(tmp_path):
         for epoch in (1, 2, 3):
             writer.append_rows(rows(epoch, depth=2))
         writer.append_rows(rows(1, depth=4))
-        writer.save_checkpoint({"depth_index": 1, "epoch": 1, "engine": {}})
+        writer.save_checkpoint(depth_index=1, depth=None, epoch=1, engine={})
         writer.append_rows(rows(2, depth=4))
     with open_dir(run, config):
         pass
@@ -121,7 +122,7 @@ def test_a_different_study_is_refused_naming_the_keys(tmp_path):
     run = tmp_path / "run"
     with open_dir(run) as writer:
         writer.append_rows(rows(1))
-        writer.save_checkpoint({"depth_index": 0, "epoch": 1, "engine": {}})
+        writer.save_checkpoint(depth_index=0, depth=None, epoch=1, engine={})
     with pytest.raises(RunDirError, match=r"hidden .*epochs 3 there, 2 asked"):
         open_dir(run, CONFIG.replace(epochs=2, hidden=(64,)))  # more epochs would continue
     with pytest.raises(RunDirError, match="seeds"):

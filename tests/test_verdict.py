@@ -74,13 +74,16 @@ def test_wording_resolved_equivalent_unresolved(analysis):
     sigmoid = pair(analysis, "relu", "sigmoid")
     assert re.search(
         rf"It is significantly better than sigmoid \(gap \+{100 * sigmoid['mean_diff']:.2f} pp, "
-        r"95% CI \[\+\d\.\d\d, \+\d\.\d\d\], Holm p [<=] ",
+        r"Holm-level 99\.2% CI \[\+\d\.\d\d, \+\d\.\d\d\], Holm p [<=] ",
         text,
     )
     leaky = pair(analysis, "relu", "leaky_relu")
     assert (
         f"It is practically equivalent (within ±0.5 pp) to leaky_relu (gap "
-        f"+{100 * leaky['mean_diff']:.2f} pp, TOST p {p_is(leaky['tost_p_holm'])})." in text
+        f"+{100 * leaky['mean_diff']:.2f} pp, Holm-level "
+        f"[{100 * leaky['tost_low']:+.2f}, {100 * leaky['tost_high']:+.2f}] inside ±0.5 pp, "
+        f"TOST Holm p {p_is(leaky['tost_p_holm'])})."
+        in text.replace(f"{100 * leaky['tost_confidence']:.1f}% CI ", "")
     )
     assert "It is not resolved against tanh (gap +" in text
     assert "neither a difference nor equivalence within ±0.5 pp" in text
@@ -89,12 +92,17 @@ def test_wording_resolved_equivalent_unresolved(analysis):
     tanh = pair(analysis, "relu", "tanh")
     level = 0.05 / 6
     gap = stats.detectable_gap(tanh["std"], SEEDS, level)
-    needed = stats.seeds_needed(0.005, tanh["std"], level)
+    needed = stats.seed_plan(0.005, tanh["std"], SEEDS, level)
     assert gap > 0.005 and needed > SEEDS
     assert (
-        f"With {SEEDS} seeds only gaps above {100 * gap:.2f} pp could be detected; "
-        f"about {needed:.0f} seeds would detect 0.5 pp (80% power of the paired t-test at the "
-        "Holm level 0.05/6 = 0.00833" in text
+        f"With {SEEDS} seeds, gaps below about {100 * gap:.2f} pp would be missed more often than "
+        "20% of the time (t-test power at the Holm level 0.05/6 = 0.00833" in text
+    )
+    equivalence = stats.seeds_for_equivalence(0.005, stats.sd_upper_limit(tanh["std"], SEEDS),
+                                              level)  # fmt: skip
+    assert (
+        f"to detect 0.5 pp plan about {needed:.0f} seeds, and about {equivalence:.0f} seeds to "
+        "show equivalence within ±0.5 pp" in text
     )
     assert "cannot be told apart" not in text and "Caution" not in text
 
@@ -105,7 +113,10 @@ def test_significant_and_within_the_margin_says_both():
         "gelu": BEST - 0.001 + RNG.normal(0, 0.0002, SEEDS),  # 0.1 pp behind, every seed
     }
     text = " ".join(verdict(analyse(run_with(study))))
-    assert "It is significantly better than gelu (gap +0.09 pp, 95% CI [+0.08, +0.11]" in text
+    assert (
+        "It is significantly better than gelu (gap +0.09 pp, Holm-level 95% CI [+0.08, +0.11]"
+        in text
+    )
     assert "but by less than 0.5 pp: practically equivalent." in text
 
 
@@ -113,7 +124,7 @@ def test_min_gap_changes_the_words_not_the_numbers():
     narrow = analyse(with_min_gap(run_with(STUDY), 0.01))
     text = " ".join(verdict(narrow))
     assert "practically equivalent" not in text
-    assert "not resolved against leaky_relu" in text and "would detect 0.01 pp" in text
+    assert "not resolved against leaky_relu" in text and "to detect 0.01 pp plan" in text
     assert list(narrow.pairs["p_holm"]) == list(analyse(run_with(STUDY)).pairs["p_holm"])
 
 
@@ -123,7 +134,7 @@ def test_small_n_caution_and_per_seed_values():
     paragraphs = verdict(analysis)
     best = analysis.summary["arm"].iloc[0]  # with 3 seeds, not necessarily relu
     per_seed = ", ".join(f"{100 * v:.2f}" for v in few[best])
-    assert f"The best is {best} with " in paragraphs[1]
+    assert f"Highest mean: {best} with " in paragraphs[1]  # 3 seeds resolve nothing
     assert f"from 3 seeds: {per_seed})" in paragraphs[1]
     caution = [p for p in paragraphs if p.startswith("Caution: only 3 seeds.")]
     assert caution and "2 degrees of freedom" in caution[0]
@@ -141,7 +152,7 @@ def test_cli_summary_has_the_interval_and_the_caution():
     few = run_with({name: values[:3] for name, values in STUDY.items()})
     table = summary_table(few.metrics, few.config)
     lines = table.splitlines()
-    assert lines[0].split() == ["activation", "lr", "seeds", "final", "test", "acc", "95%",
+    assert lines[0].split() == ["activation", "lr", "seeds", "final", "test", "acc", "±", "SD", "95%",
                                 "CI", "per", "seed", "%", "best", "epoch", "diverged"]  # fmt: skip
     interval = stats.t_interval(STUDY["relu"][:3])
     relu = next(line for line in lines if line.startswith("relu "))
@@ -182,9 +193,12 @@ def test_bad_min_gap_is_one_line(tmp_path, capsys):
     assert "within ±0.2 pp" in (run_dir / "report.md").read_text()
 
 
-def test_small_n_significance_points_to_the_caution():
+def test_three_seeds_cannot_be_significant_and_the_caution_says_why():
+    # a 1 pp gap on each of 3 seeds: the t-test said p = 0.0000 on 2 degrees of freedom; a
+    # sign-flip test of 3 seeds cannot go below 2/2^3 = 0.25
     study = {"relu": BEST[:3], "sigmoid": BEST[:3] - 0.010 + np.array([0.0001, -0.0001, 0.0])}
     text = " ".join(verdict(analyse(run_with(study))))
-    assert "It is significantly better than sigmoid (gap +1.00 pp" in text
-    assert "on 2 degrees of freedom (see the caution below)." in text
+    assert "significantly better" not in text
+    assert "It is not resolved against sigmoid (gap +1.00 pp, 3 seeds are too few for a " in text
+    assert "cannot give p below 2/2^3 = 0.25, so no difference can be called significant" in text
     assert "Caution: only 3 seeds." in text

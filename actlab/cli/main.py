@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import re
 import sys
@@ -806,22 +807,26 @@ def selection_line(metrics) -> str:
 
 
 def summary_table(metrics, config) -> str:
-    """Per (depth,) activation and lr: the task's final test metric over seeds (mean +- std,
-    sample), its 95% t interval, the epoch of the best mean, and how many seeds diverged:
-    accuracy in % for a classifier, bits per character for a language model (lower is
-    better). Below stats.SMALL_N seeds the interval is marked with its degrees of freedom,
-    the per-seed values are shown, and a caution line follows the table."""
+    """Per (depth,) activation and lr: the task's final test metric over seeds, mean +- its
+    sample SD (labelled so: it is not an interval), its 95% t interval (accuracy clipped to
+    [0, 100]), the epoch of the best mean, and how many seeds diverged: accuracy in % for a
+    classifier, bits per character for a language model (lower is better). Below
+    stats.SMALL_N seeds the interval is marked with its degrees of freedom, the per-seed
+    values are shown, and a caution line follows the table."""
     from actlab.report import stats
     from actlab.tasks import bits_per_character
 
     task = config.task
-    shown, label, unit = {
-        "classify": (lambda v: 100 * v, "final test acc", "%"),
-        "lm": (bits_per_character, "final test bpc", ""),
-    }.get(task.name, (lambda v: v, f"final {task.metric_label}", ""))
-    digits = 2 if task.name == "classify" else 4
+    classify = task.name == "classify"
+    shown, label, unit = (
+        (lambda v: 100 * v, "final test acc", "%")
+        if classify
+        else (bits_per_character, "final test bpc", "")
+    )
+    low, high = (0.0, 100.0) if classify else (-math.inf, math.inf)
+    digits = 2 if classify else 4
     header = ("depth",) if config.depths else ()
-    header += ("activation", "lr", "seeds", label, "95% CI")
+    header += ("activation", "lr", "seeds", f"{label} ± SD", "95% CI")
     rows, small = [], False
     groups = ["depth", "activation", "lr"] if config.depths else ["activation", "lr"]
     order = {spec: i for i, spec in enumerate(config.activations)}
@@ -846,7 +851,8 @@ def summary_table(metrics, config) -> str:
             ci = (
                 "-"
                 if len(final) < 2
-                else f"[{interval.ci_low:.{digits}f}, {interval.ci_high:.{digits}f}]"
+                else f"[{max(low, interval.ci_low):.{digits}f}, "
+                f"{min(high, interval.ci_high):.{digits}f}]"
             )
             if 2 <= len(final) < stats.SMALL_N:
                 small = True
@@ -906,6 +912,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     unfinished = unfinished_text(completion(run.metrics, run.members, run.config.epochs))
     if unfinished:  # the report says so too; a user reading the terminal should know
         print(f"actlab: note: {unfinished}; compared at the last common epoch", file=sys.stderr)
+    if run.writing is not None and args.output is None:
+        print(
+            f"actlab: note: {run.path} is being written by another actlab process (pid "
+            f"{run.writing}); wrote {path.name}: report.html is the study's own, written "
+            "when it ends",
+            file=sys.stderr,
+        )
     print(path)
     print(path.with_suffix(".md"))
     return EXIT_OK
@@ -1005,7 +1018,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"actlab: error: {os_error_text(error)}", file=sys.stderr)
         return EXIT_ENVIRONMENT
     except KeyboardInterrupt as interrupt:
-        print(f"actlab: {interrupt or 'interrupted'}", file=sys.stderr)
+        print(f"actlab: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         sys.stdout.flush()

@@ -756,8 +756,43 @@ def _npz_images(x: np.ndarray, path: Path, key: str) -> np.ndarray:
     if np.issubdtype(x.dtype, np.floating):
         if not np.isfinite(x).all():
             raise DataError(f"npz:{path}: {key} contains NaN or inf")
+        _check_float32_range(x, f"npz:{path}: {key}")
         return np.ascontiguousarray(x, dtype=np.float32)
     raise DataError(f"npz:{path}: {key} has dtype {x.dtype}; expected uint8 or float")
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32_range(x: np.ndarray, where: str) -> None:
+    """Values must survive the cast to float32 (beyond 3.4e38 they become inf, and every
+    member then diverges with no word about the data)."""
+    if x.size and x.dtype.itemsize > 4 and float(np.abs(x).max()) > FLOAT32_MAX:
+        raise DataError(
+            f"{where} holds values up to {float(np.abs(x).max()):.3g}, beyond float32 "
+            "(3.4e38), the dtype the networks train in; rescale the data"
+        )
+
+
+def _check_labels(name: str, y_train: np.ndarray, others: dict[str, np.ndarray]) -> None:
+    """A classifier needs two classes to learn, and a split whose every sample is of a
+    class the training split lacks measures nothing (every member scores 0%, and a
+    verdict of "equivalent" would be made up). A split with *some* such samples is kept:
+    every member is scored on the same samples."""
+    trained = np.unique(y_train)
+    if len(trained) < 2:
+        raise DataError(
+            f"{name}: the training split holds only class {trained.tolist()}; a classifier "
+            "needs at least two classes (check the labels, --val-size and --limit-train)"
+        )
+    for split, labels in others.items():
+        if labels.size and not np.isin(labels, trained).any():
+            unseen = np.unique(labels).tolist()
+            shown = ", ".join(map(str, unseen[:10])) + (", ..." if len(unseen) > 10 else "")
+            raise DataError(
+                f"{name}: every {split} label ({shown}) is a class the training data never "
+                "holds; a model cannot learn a class it never sees: check the labels"
+            )
 
 
 def _npz_labels(y: np.ndarray, path: Path, key: str) -> np.ndarray:
@@ -888,6 +923,10 @@ def _make_dataset(
     if limit_test is not None:
         x_test, y_test = x_test[:limit_test], y_test[:limit_test]
 
+    # Classes missing from a --limit-train prefix alone are the user's choice (a smoke
+    # run); a class missing from the whole training data is a data error.
+    _check_labels(name, y_train, {})
+    _check_labels(name, splits.y_train, {"validation": y_val, "test": y_test})
     mean = std = None
     if standardize:
         mean, std = _mean_std(x_train, splits.scale)
@@ -1014,6 +1053,9 @@ def from_tensors(
         )
     scale = 255.0 if x_tr.dtype == np.uint8 else 1.0
     if scale == 1.0:
+        for label, x in (("x_train", x_tr), ("x_test", x_te)):
+            if x.dtype.kind == "f":
+                _check_float32_range(x, f"dataset {label}")
         x_tr, x_te = x_tr.astype(np.float32), x_te.astype(np.float32)
     splits = _Splits(x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64), "python", scale)
     num_classes = int(labels.max()) + 1 if labels.size else 0

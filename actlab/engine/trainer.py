@@ -35,7 +35,7 @@ from actlab.engine.memory import ACTIVATION_BUDGET
 from actlab.engine.mlp_step import MLPStep
 from actlab.engine.mlp_step import supports as hand_written_backward_supports
 from actlab.engine.step_graph import StepGraph
-from actlab.errors import ConfigError, ModelNotice
+from actlab.errors import ConfigError, ModelNotice, RunDirError
 from actlab.nn.optim import StackedOptimizer
 
 try:  # diagnostics are optional: the engine must train without them
@@ -376,6 +376,18 @@ class Trainer:
         }
 
     def load_state(self, state: dict) -> None:
+        """Continue from `state` (see `state`); a state that does not fit this model (a
+        damaged or foreign checkpoint) is one line (RunDirError), not a traceback."""
+        try:
+            self._load_state(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+            first = " ".join(str(error).split())[:160] or type(error).__name__
+            raise RunDirError(
+                f"the checkpoint's engine state does not fit this study's model ({first}); "
+                "delete checkpoint.pt to restart the run, or restore it"
+            ) from None
+
+    def _load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for generator, saved in zip(self.generators, state["generators"], strict=True):

@@ -464,6 +464,36 @@ def _hparams_event(tag: str, data):
 # === MLflow ===============================================================================
 
 
+# An MLflow server that stops answering mid-study costs at most this (MLflow's defaults,
+# 7 retries with backoff and a 120 s timeout, made an unreachable URI take minutes).
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+CONNECT_TIMEOUT_S = 5.0
+
+
+def check_server(uri: str) -> None:
+    """Refuse at once an http(s) tracking URI that nobody answers on (one line, within
+    CONNECT_TIMEOUT_S), and bound MLflow's retries for later requests (HTTP_LIMITS; a
+    value already in the environment is kept)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    for name, value in HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise ExportError(
+            f"no MLflow server reachable at {uri} ({reason}, checked for "
+            f"{CONNECT_TIMEOUT_S:g} s); start one (`mlflow server`), check the URI, or "
+            "give --mlflow without a URI for a local store"
+        ) from None
+
+
 class MlflowTarget:
     """A parent run per study and a nested child run per member, through `MlflowClient`.
 
@@ -478,6 +508,7 @@ class MlflowTarget:
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri(uri)
+        check_server(self.uri)
         self.experiment_name = experiment or os.environ.get(
             "MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT
         )

@@ -52,6 +52,28 @@ FLUSH_EVERY = 100  # steps between two flushes of near-denormal optimizer state 
 FLUSH_BELOW = {"exp_avg": 1e-30, "exp_avg_sq": 1e-36, "momentum_buffer": 1e-30}
 
 
+# A stacked CPU tensor whose members' slices are not a whole number of this many floats
+# is updated slice by slice (see `_member_aligned`); 64 covers every SIMD width.
+ALIGN_FLOATS = 64
+
+
+def _member_aligned(t: Tensor) -> list[Tensor]:
+    """Stacked tensor `t` (leading dim: its members) for torch's fused Adam kernel on the CPU, so that a member's update does
+    not depend on how many members share its stacked tensor.
+
+    The CPU kernel rounds the elements of a tensor's scalar tail (the last numel modulo
+    the SIMD width) differently from those of its vectorised body: exp_avg_sq is
+    ``v * beta2 + (1 - beta2) * g * g`` with a fused multiply-add in one and not in the
+    other, 1 ulp apart (measured; torch 2.13). Which of a member's elements fall in the
+    tail depends on the number of members stacked (a Ray shard holds fewer than the whole
+    study) and on the CPU's SIMD width (AVX2 or AVX-512). A stacked tensor whose per-member size is a multiple of ALIGN_FLOATS has no tail; any other is
+    passed as its members' slices (contiguous views), each with a tail of its own that
+    is the same in every stack. On a GPU the tensors are passed as they are."""
+    if t.device.type == "cpu" and t.dim() >= 2 and t[0].numel() % ALIGN_FLOATS:
+        return list(t.unbind(0))
+    return [t]
+
+
 class StackedOptimizer:
     """Adam, AdamW or SGD-momentum over ``model.parameter_members()`` with a per-member lr.
 
@@ -255,11 +277,15 @@ class StackedOptimizer:
         """`tensors` (one per parameter) split by distinct lr, in `_lr_groups` order: the
         whole tensors for a single lr, else member k's slice t[k] of a stacked one (a
         contiguous view) and a member's own parameter whole, in the group of its lr; a
-        group-stacked one whole when its members share an lr, else sliced per member."""
+        group-stacked one whole when its members share an lr, else sliced per member.
+        A stacked tensor passed whole is member-aligned on the CPU (`_member_aligned`)."""
         lrs = self.lrs.tolist()
         distinct = list(dict.fromkeys(lrs))
         if len(distinct) == 1:
-            return [list(tensors)]
+            whole: list[Tensor] = []
+            for t, owner in zip(tensors, self.owners, strict=True):
+                whole.extend([t] if isinstance(owner, int) else _member_aligned(t))
+            return [whole]
         groups: list[list[Tensor]] = [[] for _ in distinct]
         for t, owner in zip(tensors, self.owners, strict=True):
             if isinstance(owner, int):
@@ -268,7 +294,7 @@ class StackedOptimizer:
             members = range(self.num_members) if owner is None else owner
             member_lrs = {lrs[k] for k in members}
             if len(member_lrs) == 1:  # a group stack whose members share one lr: whole
-                groups[distinct.index(member_lrs.pop())].append(t)
+                groups[distinct.index(member_lrs.pop())].extend(_member_aligned(t))
                 continue
             for k, part in zip(members, t.unbind(0), strict=True):
                 groups[distinct.index(lrs[k])].append(part)

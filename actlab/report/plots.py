@@ -343,7 +343,8 @@ def plot_training_curves(
 
 
 def plot_differences(pairs: pd.DataFrame, metric_label: str = "final test accuracy") -> Figure:
-    """Pairwise gaps a - b in percentage points with their 95% CI (paired over seeds);
+    """Pairwise gaps a - b in percentage points with the interval that matches each pair's
+    word (`stats.pairwise`: Holm-level, sign-flip; none when the seeds are too few);
     filled markers are significant after Holm's correction, hollow ones are not."""
     pairs = pairs.reset_index(drop=True)
     fig = Figure(figsize=(7.5, 0.45 * len(pairs) + 1.6), layout="constrained")
@@ -358,7 +359,7 @@ def plot_differences(pairs: pd.DataFrame, metric_label: str = "final test accura
                 markerfacecolor=color if significant else "white")  # fmt: skip
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(y, [f"{a} − {b}" for a, b in zip(pairs["a"], pairs["b"], strict=True)])
-    ax.set_xlabel(f"difference in {metric_label} (percentage points), 95% CI")
+    ax.set_xlabel(f"difference in {metric_label} (percentage points), Holm-level CI")
     ax.set_ylabel("pair (first − second)")
     ax.set_title("Paired differences (filled: significant at 5%, Holm)")
     ax.grid(axis="x", alpha=0.3)

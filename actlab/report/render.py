@@ -5,7 +5,7 @@ network, so it opens from a file years later. The Markdown carries the same summ
 verdict and the tables, no charts) for pasting into an issue or a paper.
 
 Accuracies are stored as fractions and shown as percentages with two decimals; intervals
-are Student-t 95% intervals over seeds; groups come from paired t-tests with Holm's
+are Student-t 95% intervals over seeds; groups come from paired sign-flip tests with Holm's
 correction (see actlab/report/stats.py).
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from actlab.errors import ConfigError
+from actlab.errors import ConfigError, RunDirError
 from actlab.report import plots, stats
 from actlab.report.figure_png import png_with_text_layout
 from actlab.study import unfinished as completion
@@ -95,6 +95,10 @@ def analyse(run: RunData) -> Analysis:
             on=["depth", "arm"],
             how="left",
         ).sort_values(["depth", "rank"], na_position="last", key=_depth_sort_key)
+    size = images_in_test_set(run)
+    if len(summary) and size:  # the test set's binomial SE, see docs/statistics.md
+        p = summary["final_test_acc_mean"].astype(float)
+        summary["final_test_acc_test_se"] = (p * (1 - p) / size) ** 0.5
     sensitivity = stats.lr_sensitivity(results) if several_lrs and has_val else None
     arm_of = {
         (_depth(d), a, float(lr)): arm
@@ -175,6 +179,11 @@ def report_paths(output: Path | str | None, run_dir: Path) -> tuple[Path, Path]:
         )
     if html_path.is_dir():
         raise ConfigError(f"-o {str(html_path)!r} is a directory; give a file name ending in .html")
+    blocking = next((p for p in html_path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(
+            f"-o {str(html_path)!r}: {blocking} is a file, not a folder; give a path in a folder"
+        )
     md_path = html_path.with_suffix(".md")
     if md_path.exists() and not _written_by_actlab(md_path):
         raise ConfigError(
@@ -207,8 +216,20 @@ def verdict_of(run: RunData) -> list[str]:
 def write_run_report(run: RunData, output: Path | str | None = None) -> Path:
     """Write report.html and report.md for an already-read RunData; return the HTML path.
     Both are written atomically (a temp file renamed into place): a report killed while
-    being written leaves the previous one whole. A study scored by a loss (a language
-    model) has its own wording: actlab.report.loss_report."""
+    being written leaves the previous one whole.
+    A run directory that was being written when it was read (`run.writing`: a study
+    still training) gets report.unfinished.html/.md instead of report.html/.md: those
+    are the study's own, written when it ends, and a slower report must never replace
+    them with an older state. A study scored by a loss (a language model) has its own
+    wording: actlab.report.loss_report."""
+    if run.metrics.empty:
+        raise RunDirError(
+            f"{run.path} holds no metrics row (no epoch completed, or metrics.csv was "
+            f"deleted or emptied); rerun the same `actlab compare` with --out {run.path}: it "
+            "resumes (and restores rows from checkpoint.pt)"
+        )
+    if output is None and run.writing is not None:
+        output = run.path / UNFINISHED_REPORT
     if not run.config.task.higher_is_better:
         from actlab.report.loss_report import write_loss_report
 
@@ -218,7 +239,24 @@ def write_run_report(run: RunData, output: Path | str | None = None) -> Path:
     analysis = analyse(run)
     write_text_atomic(html_path, render_html(analysis))
     write_text_atomic(md_path, render_markdown(analysis))
+    if output is None:  # the run's own report: one written while it trained is outdated
+        for stale in (
+            run.path / UNFINISHED_REPORT,
+            (run.path / UNFINISHED_REPORT).with_suffix(".md"),
+        ):
+            if stale.is_file() and _written_by_actlab_report(stale):
+                stale.unlink()
     return html_path
+
+
+UNFINISHED_REPORT = "report.unfinished.html"
+
+
+def _written_by_actlab_report(path: Path) -> bool:
+    if path.suffix == ".md":
+        return _written_by_actlab(path)
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return "<title>actlab: " in handle.read(4096)
 
 
 # --- numbers as text ----------------------------------------------------------------------
@@ -258,7 +296,11 @@ def ci_num(low: float, high: float, digits: int = 4) -> str:
 
 
 def signed_pp(diff: float) -> str:
-    return "–" if _missing(diff) else f"{100 * diff:+.2f} pp"
+    """+0.56 pp, -0.28 pp; a gap that rounds to zero is '0.00 pp', never '-0.00 pp'."""
+    if _missing(diff):
+        return "–"
+    text = f"{100 * diff:+.2f}"
+    return ("0.00" if text in ("+0.00", "-0.00") else text) + " pp"
 
 
 def lr_text(lr: float) -> str:
@@ -273,38 +315,40 @@ def _depth_title(depth: int | None) -> str:
 
 
 def verdict(analysis: Analysis) -> list[str]:
-    """The report's opening, in plain words with numbers: a list of paragraphs (the setup,
-    one per depth, then the caveats)."""
+    """The report's opening, in plain words with numbers: a list of paragraphs (the setup
+    and its scope, one per depth, then the caveats). Every claim stands beside the interval
+    that matches it (see stats.pairwise) and says no more than the seeds support."""
     if not len(analysis.summary):
         return ["No epoch was completed, so there is nothing to compare yet."]
     paragraphs = _unfinished_verdict(analysis)
-    sentences = []
     n = analysis.n_seeds
     config = analysis.run.config
-    sentences.append(
-        f"{compared_text(analysis)} on "
-        f"{config.dataset}, {n} seed{'s' if n != 1 else ''} each, {config.epochs} epochs; "
-        "the accuracy compared is the final-epoch test accuracy."
-    )
+    sentences = [
+        f"{compared_text(analysis)} on {config.dataset}, {n} seed{'s' if n != 1 else ''} "
+        f"each, {_plural(config.epochs, 'epoch')}; the accuracy compared is the final-epoch "
+        "test accuracy."
+    ]
     if analysis.selected is not None:
-        chosen = ", ".join(
-            f"{row.activation} {lr_text(row.lr)}"
-            for row in analysis.selected.drop_duplicates("activation").itertuples()
-        )
         sentences.append(
             "Each activation's learning rate was chosen on the validation split "
-            f"(mean validation accuracy over {selection_window(analysis)}): {chosen}."
+            f"(mean validation accuracy over {selection_window(analysis)}): "
+            f"{chosen_lr_text(analysis.selected)}."
         )
+    sentences.append(scope_text(analysis))
     paragraphs.append(" ".join(sentences))
     for depth in analysis.depths:
         paragraphs.append(" ".join(_depth_verdict(analysis, depth)))
+    paragraphs.append(_test_set_caution(analysis))
     if 2 <= n < stats.SMALL_N:
+        floor = stats.smallest_p(n)
         paragraphs.append(
-            f"Caution: only {n} seeds. Every interval and test here rests on {n - 1} degree"
+            f"Caution: only {n} seeds. Every interval over seeds rests on {n - 1} degree"
             f"{'s' if n != 2 else ''} of freedom, so its width depends on the chance spread of "
-            f"{n} values (the per-seed values are shown beside the means), and a paired test "
-            "at the Holm level has little power. Stacked seeds are cheap: run with --seeds 10 "
-            "or more, or add seeds later and merge the runs with `actlab report RUN_A RUN_B`."
+            f"{n} values (the per-seed values are shown beside the means), and a sign-flip test "
+            f"of {n} seeds cannot give p below 2/2^{n} = {floor:.3g}"
+            + (", so no difference can be called significant." if floor >= stats.ALPHA else ".")
+            + " Stacked seeds are cheap: run with --seeds 10 or more, or add seeds later and "
+            "merge the runs with `actlab report RUN_A RUN_B`."
         )
     if n < 2:
         paragraphs.append(
@@ -315,12 +359,77 @@ def verdict(analysis: Analysis) -> list[str]:
     diverged = analysis.results[analysis.results["diverged"]]
     if len(diverged):
         paragraphs.append(
-            f"{len(diverged)} member{'s' if len(diverged) != 1 else ''} diverged and "
-            f"{'were' if len(diverged) != 1 else 'was'} left out of the statistics: "
+            f"{_plural(len(diverged), 'member')} diverged: "
             + ", ".join(_member_text(row) for row in diverged.itertuples())
-            + "."
+            + ". A diverged member is counted as a failure of its arm: it scores 0% accuracy "
+            "in the ranking and in the paired tests (left out, an activation that diverges "
+            "would be compared on its lucky seeds only); the summary's accuracy columns are "
+            "over the members that finished."
         )
     return [p for p in paragraphs if p]
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
+
+
+def chosen_lr_text(selected: pd.DataFrame) -> str:
+    """Each activation's selected lr, per depth when there are several depths: "relu 0.001,
+    tanh 0.003" or "depth 2: relu 0.003, tanh 0.003; depth 8: relu 0.001, tanh 0.001"."""
+    depths = list(dict.fromkeys(map(_depth, selected["depth"])))
+    parts = []
+    for depth in depths:
+        rows = _rows_at(selected, depth)
+        chosen = ", ".join(f"{row.activation} {lr_text(row.lr)}" for row in rows.itertuples())
+        parts.append(chosen if len(depths) == 1 else f"depth {depth}: {chosen}")
+    return "; ".join(parts)
+
+
+def images_in_test_set(run: RunData) -> int | None:
+    """The number of test images, from dataset.json; None when it is not recorded."""
+    size = (run.dataset or {}).get("test_size")
+    return int(size) if isinstance(size, (int, float)) and size > 0 else None
+
+
+def scope_text(analysis: Analysis) -> str:
+    """What the seeds can and cannot speak for: one split, one budget, seeds only."""
+    size = images_in_test_set(analysis.run)
+    split = "one fixed train/test split" + (f" ({size} test images)" if size else "")
+    epochs = _plural(analysis.run.config.epochs, "epoch")
+    return (
+        f"Scope: {split} and a budget of {epochs}; the seeds vary the initial weights and the "
+        "batch order only, so every interval and test below is about that variation, not "
+        "about another test set, dataset or training budget."
+    )
+
+
+# A test set below this size gets a caution: one image is more than 0.05 pp.
+SMALL_TEST_SET = 2000
+
+
+def _test_set_caution(analysis: Analysis) -> str:
+    """The test set's own resolution and binomial sampling error, which more seeds do not
+    shrink: sqrt(p (1 - p) / N) for an accuracy p on N test images."""
+    size = images_in_test_set(analysis.run)
+    if size is None:
+        return ""
+    best = analysis.summary["final_test_acc_mean"].dropna()
+    if not len(best):
+        return ""
+    accuracy = float(best.iloc[0])
+    se = math.sqrt(accuracy * (1 - accuracy) / size)
+    text = (
+        f"The test set has {size} images, so one image is {100 / size:.2g} pp, and an "
+        f"accuracy of {pct(accuracy, 1)}% measured on it has a binomial sampling SE of "
+        f"{100 * se:.1f} pp (sqrt(p(1-p)/N)) from the choice of those images, which more "
+        "seeds do not shrink."
+    )
+    if size < SMALL_TEST_SET:
+        text = (
+            f"Caution: a small test set. {text} A gap of a few images may not hold on "
+            "another test set of the same size."
+        )
+    return text
 
 
 def compared_text(analysis: Analysis) -> str:
@@ -376,95 +485,149 @@ def _unfinished_verdict(analysis: Analysis) -> list[str]:
 
 
 def _depth_verdict(analysis: Analysis, depth: int | None) -> list[str]:
-    """The best arm of a depth against each other arm, each pair in one of four words:
-    significantly better; better but by less than --min-gap (both tests pass); practically
-    equivalent (TOST); or not resolved, with the gap the seeds could have detected and the
-    seeds that would detect --min-gap. Never "equal" from a test that found no difference."""
+    """The highest-ranked arm of a depth against each other arm, each pair in one of four
+    words: significantly better; better but by less than --min-gap (both tests pass);
+    practically equivalent (TOST); or not resolved, with what the seeds could detect and
+    the seeds to plan. Each beside the interval that matches it. "The best is X" only when X
+    is significantly better than every other arm; else "Highest mean: X"."""
     rows = _rows_at(analysis.summary, depth).dropna(subset=["final_test_acc_mean"])
     if not len(rows):
         return []
-    prefix = "" if depth is None else f"At depth {depth}, "
     best = rows.iloc[0]
-    if _missing(best.final_test_acc_ci_low):
-        where = "(one seed, no interval)."
-    else:
-        interval = ci_pct(best.final_test_acc_ci_low, best.final_test_acc_ci_high)
-        where = f"(95% CI {interval}"
-        if best.n < stats.SMALL_N:
-            where += f" from {best.n} seeds: {_per_seed_text(analysis, depth, best.arm)}"
-        where += ")."
-    text = f"{prefix}the best is {best.arm} with {pct(best.final_test_acc_mean)}% {where}"
-    sentences = [text[0].upper() + text[1:]]
-    if _missing(best["group"]):
-        return sentences
     pairs = _rows_at(analysis.pairs, depth)
     gap_pp = analysis.run.config.min_gap
-
-    def pair_of(arm: str) -> pd.Series | None:
-        match = pairs[
-            ((pairs["a"] == best.arm) & (pairs["b"] == arm))
-            | ((pairs["b"] == best.arm) & (pairs["a"] == arm))
-        ]
-        return match.iloc[0] if len(match) else None
-
-    def gap(arm: str, pair: pd.Series) -> str:
-        sign = 1 if pair["a"] == best.arm else -1  # report best - arm
-        low, high = sorted((sign * pair["ci_low"], sign * pair["ci_high"]))
-        return (
-            f"{arm} (gap {signed_pp(sign * pair['mean_diff'])}, 95% CI [{100 * low:+.2f}, "
-            f"{100 * high:+.2f}], Holm p {p_is(pair['p_holm'])}"
-        )
-
-    better, small, equivalent, unresolved = [], [], [], []
+    words: dict[str, list] = {"better": [], "small": [], "equivalent": [], "unresolved": [],
+                              "behind": []}  # fmt: skip
     for arm in rows["arm"].iloc[1:]:
-        pair = pair_of(arm)
+        pair = _pair_of(pairs, best.arm, arm)
         if pair is None or _missing(pair["p_holm"]):
             continue
-        if pair["significant"] and pair["equivalent"]:
-            small.append(f"{gap(arm, pair)}, TOST p {p_is(pair['tost_p_holm'])})")
+        ahead = pair["a"] == best.arm or pair["mean_diff"] == 0
+        if pair["significant"] and not ahead:
+            words["behind"].append(_claim_text(arm, pair, best.arm))
+        elif pair["significant"] and pair["equivalent"]:
+            tost = _tost_text(pair, gap_pp, with_gap=False)
+            words["small"].append(f"{_claim_text(arm, pair, best.arm)}; {tost}")
         elif pair["significant"]:
-            better.append(gap(arm, pair) + ")")
+            words["better"].append(_claim_text(arm, pair, best.arm))
         elif pair["equivalent"]:
-            equivalent.append(
-                f"{arm} (gap {signed_pp(abs(pair['mean_diff']))}, "
-                f"TOST p {p_is(pair['tost_p_holm'])})"
-            )
+            words["equivalent"].append(f"{arm} ({_tost_text(pair, gap_pp)})")
         else:
-            unresolved.append((arm, pair))
-    if better:
-        few = int(best.n) < stats.SMALL_N
+            words["unresolved"].append((arm, pair))
+    resolved = len(rows) > 1 and len(words["better"]) + len(words["small"]) == len(rows) - 1
+    sentences = [_best_text(analysis, depth, best, resolved)]
+    if words["better"]:
         sentences.append(
-            f"It is significantly better than {_join(better)}"
-            + (
-                f", on {int(best.n) - 1} degrees of freedom (see the caution below)."
-                if few
-                else "."
-            )
+            f"It is significantly better than {_join([t + ')' for t in words['better']])}."
         )
-    if small:
+    if words["small"]:
         sentences.append(
-            f"It is significantly better than {_join(small)}, but by less than "
-            f"{gap_pp:g} pp: practically equivalent."
+            f"It is significantly better than {_join([t + ')' for t in words['small']])}, but by "
+            f"less than {gap_pp:g} pp: practically equivalent."
         )
-    if equivalent:
+    if words["equivalent"]:
         sentences.append(
-            f"It is practically equivalent (within ±{gap_pp:g} pp) to {_join(equivalent)}."
+            f"It is practically equivalent (within ±{gap_pp:g} pp) to {_join(words['equivalent'])}."
         )
-    if unresolved:
+    if words["behind"]:
         sentences.append(
-            f"It is not resolved against {_join([gap(a, p) + ')' for a, p in unresolved])}: "
-            f"the seeds show neither a difference nor equivalence within ±{gap_pp:g} pp, so "
-            "this is an open question, not a tie."
+            "On the seeds both have, it is significantly behind "
+            f"{_join([t + ')' for t in words['behind']])}."
         )
-        sentences.append(_power_sentence(unresolved, gap_pp))
+    if words["unresolved"]:
+        texts = [_claim_text(a, p, best.arm) + ")" for a, p in words["unresolved"]]
+        sentences.append(
+            f"It is not resolved against {_join(texts)}: the seeds show neither a difference "
+            f"nor equivalence within ±{gap_pp:g} pp, so this is an open question, not a tie."
+        )
+        sentences.append(_power_sentence(words["unresolved"], gap_pp))
     if len(rows) == 1:
         sentences.append("It is the only activation compared.")
     return sentences
 
 
+def _pair_of(pairs: pd.DataFrame, x: str, y: str) -> pd.Series | None:
+    match = pairs[((pairs["a"] == x) & (pairs["b"] == y)) | ((pairs["a"] == y) & (pairs["b"] == x))]
+    return match.iloc[0] if len(match) else None
+
+
+def _best_text(analysis: Analysis, depth: int | None, best: pd.Series, resolved: bool) -> str:
+    """'The best is X with 88.1% (95% CI over seeds [...])' when X is resolved against all
+    the others, else 'Highest mean: X with ...'; a diverged seed's 0% is said."""
+    prefix = "" if depth is None else f"At depth {depth}, "
+    if _missing(best.final_test_acc_ci_low):
+        where = "(one seed, no interval)."
+    else:
+        interval = ci_pct(best.final_test_acc_ci_low, best.final_test_acc_ci_high)
+        where = f"(95% CI over seeds {interval}"
+        if best.n < stats.SMALL_N:
+            where += f" from {best.n} seeds: {_per_seed_text(analysis, depth, best.arm)}"
+        where += ")."
+    mean = f"{pct(best.final_test_acc_mean)}% {where}"
+    if best.n_diverged:
+        mean = (
+            f"{pct(best.score_mean)}% counting its {_plural(int(best.n_diverged), 'diverged seed')}"
+            f" as 0%, {pct(best.final_test_acc_mean)}% over the {best.n} that finished {where}"
+        )
+    text = f"{prefix}{'the best is' if resolved else 'highest mean:'} {best.arm} with {mean}"
+    return text[0].upper() + text[1:]
+
+
+def _failures_text(pair: pd.Series) -> str:
+    """'; counting tanh's 1 diverged seed as 0%' when a member of the pair diverged."""
+    parts = [
+        f"{name}'s {_plural(int(count), 'diverged seed')}"
+        for name, count in ((pair["a"], pair["n_failed_a"]), (pair["b"], pair["n_failed_b"]))
+        if count
+    ]
+    return f"; counting {' and '.join(parts)} as 0%" if parts else ""
+
+
+def _claim_text(arm: str, pair: pd.Series, best: str) -> str:
+    """'tanh (gap +0.56 pp, Holm-level 99.2% CI [+0.31, +0.80], Holm p = 0.0039' (the
+    caller closes the parenthesis). The gap is best - arm; the interval is the one that
+    matches the word (see stats.pairwise)."""
+    sign = 1 if pair["a"] == best else -1
+    low, high = sorted((sign * pair["ci_low"], sign * pair["ci_high"]))
+    level = f"Holm-level {_confidence(pair['ci_confidence'])} CI"
+    if math.isinf(low) or math.isinf(high):
+        interval = f"{int(pair['n'])} seeds are too few for a {level.replace(' CI', ' interval')}"
+    else:
+        interval = f"{level} [{_signed(low)}, {_signed(high)}]"
+    return (
+        f"{arm} (gap {signed_pp(sign * pair['mean_diff'])}, {interval}, Holm p "
+        f"{p_is(pair['p_holm'])}{_failures_text(pair)}"
+    )
+
+
+def _tost_text(pair: pd.Series, gap_pp: float, with_gap: bool = True) -> str:
+    """'gap +0.02 pp, Holm-level 96.7% CI [-0.10, +0.14] inside ±0.5 pp, TOST Holm p = 0.0020'
+    (without the gap, and without the failures already said, after a difference claim)."""
+    interval = f"[{_signed(pair['tost_low'])}, {_signed(pair['tost_high'])}]"
+    gap = f"gap {signed_pp(pair['mean_diff'])}, " if with_gap else ""
+    return (
+        f"{gap}Holm-level {_confidence(pair['tost_confidence'])} CI {interval} inside "
+        f"±{gap_pp:g} pp, TOST Holm p {p_is(pair['tost_p_holm'])}"
+        + (_failures_text(pair) if with_gap else "")
+    )
+
+
+def _confidence(confidence: float) -> str:
+    """0.99166 -> '99.2%', 0.9 -> '90%'."""
+    text = f"{100 * confidence:.1f}"
+    return (text[:-2] if text.endswith(".0") else text) + "%"
+
+
+def _signed(fraction: float) -> str:
+    """A signed difference in pp with two decimals, never '-0.00'."""
+    text = f"{100 * fraction:+.2f}"
+    return "0.00" if text in ("+0.00", "-0.00") else text
+
+
 def _power_sentence(unresolved: list[tuple[str, pd.Series]], gap_pp: float) -> str:
-    """The issue's sentence, per unresolved pair: "With 3 seeds only gaps above 1.1 pp could
-    be detected; about 14 seeds would detect 0.3 pp" (80% power at the Holm level, observed SD)."""
+    """What the seeds could detect and what to plan, per unresolved pair: "With 3 seeds,
+    gaps below about 1.1 pp would be missed more often than 20% of the time ...; to detect 0.5 pp
+    plan about 14 seeds, and about 9 to show equivalence within ±0.5 pp"."""
     names = len(unresolved) > 1
     seeds = {int(pair["n"]) for _, pair in unresolved}
     one_count = len(seeds) == 1
@@ -474,23 +637,40 @@ def _power_sentence(unresolved: list[tuple[str, pd.Series]], gap_pp: float) -> s
         label += [f"{n} seeds"] if n is not None and not one_count else []
         return f"{text} ({', '.join(label)})" if label else text
 
-    detectable, needed = [], []
+    level = unresolved[0][1]["level"]
+    holm = f"the Holm level {stats.ALPHA:g}/{round(stats.ALPHA / level)} = {level:.3g}"
+    missed, blind, plans, equivalence = [], [], [], []
     for arm, pair in unresolved:
         n = int(pair["n"])
-        detectable.append(named(f"{_pp_short(pair['detectable_gap'])} pp", arm, n))
-        count = pair["seeds_needed"]
-        if not _missing(count) and count <= n:
-            needed.append(named(f"the {n} seeds at hand", arm))
+        detectable = pair["detectable_gap"]
+        if math.isinf(detectable):
+            blind.append(n)
+        elif detectable >= 1:
+            missed.append(named("any gap the 0-100% scale allows", arm, n))
         else:
-            needed.append(named(_seeds_text(count), arm))
-    level = unresolved[0][1]["level"]
+            missed.append(named(f"{_pp_short(detectable)} pp", arm, n))
+        plans.append(named(_seeds_text(pair["seeds_needed"]), arm))
+        equivalence.append(named(_seeds_text(pair["seeds_for_equivalence"]), arm))
     count = f"{seeds.pop()} seeds" if one_count else "the seeds at hand"
-    return (
-        f"With {count} only gaps above {_join_and(detectable)} could be detected; "
-        f"{_join_and(needed)} would detect {gap_pp:g} pp (80% power of the paired t-test at "
-        f"the Holm level {stats.ALPHA:g}/{round(stats.ALPHA / level)} = {level:.3g}, if the SD "
-        "of the paired differences stays at the one observed)."
+    parts = []
+    if missed:
+        parts.append(
+            f"With {count}, gaps below about {_join_and(missed)} would be missed more often than "
+            f"20% of the time (t-test power at {holm}, if the SD of the paired differences "
+            "stays at the one observed)"
+        )
+    for n in sorted(set(blind)):
+        parts.append(
+            f"with {n} seeds no gap can be found at {holm}: a sign-flip test of {n} seeds "
+            f"cannot give p below 2/2^{n} = {stats.smallest_p(n):.3g}"
+        )
+    parts.append(
+        f"to detect {gap_pp:g} pp plan {_join_and(plans)}, and {_join_and(equivalence)} to show "
+        f"equivalence within ±{gap_pp:g} pp (80% power at that level, from the 80% upper "
+        "confidence limit of the observed SD, Browne 1995)"
     )
+    text = "; ".join(parts) + "."
+    return text[0].upper() + text[1:]
 
 
 def _pp_short(fraction: float) -> str:
@@ -584,8 +764,9 @@ def summary_note(analysis: Analysis) -> str:
     """What the summary table's intervals and letters mean, with the small-n caution."""
     note = (
         "Mean over seeds of non-diverged members; std with ddof=1; 95% CI from the t "
-        "distribution. Activations that share a group letter were not shown to differ at 5% "
-        "(paired t-tests over seeds, Holm-corrected over all pairs); that is not evidence that "
+        "distribution, clipped to 0-100%; ranked by the mean with each diverged member counted "
+        "as 0%. Activations that share a group letter were not shown to differ at 5% "
+        "(paired sign-flip tests over seeds, Holm-corrected over all pairs); that is not evidence that "
         "they are equal (the verdict says which pairs are practically equivalent, by TOST "
         f'within ±{analysis.run.config.min_gap:g} pp). "a" is the best group. Best-epoch '
         "accuracy picks the epoch on the test split and is optimistic."
@@ -601,25 +782,25 @@ def summary_note(analysis: Analysis) -> str:
 
 def rank_text(rank: object, n: int, n_diverged: int) -> str:
     """An integer rank (1 is best); an arm with no member left to rank says why."""
-    if not _missing(rank):
-        return str(int(rank))
-    return "– (all diverged)" if n_diverged and not n else "–"
+    all_diverged = bool(n_diverged and not n)
+    if not _missing(rank):  # an arm whose members all diverged ranks last, as failures
+        return str(int(rank)) + (" (all diverged)" if all_diverged else "")
+    return "– (all diverged)" if all_diverged else "–"
 
 
 def pair_rows(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
     depth_column = any(_depth(d) is not None for d in analysis.pairs["depth"])
     header = (["depth"] if depth_column else []) + [
-        "comparison", "seeds", "difference", "95% CI (pp)", "p", "p (Holm)", "significant at 5%",
+        "comparison", "seeds", "difference", "Holm-level CI (pp)", "p", "p (Holm)",
+        "significant at 5%",
     ]  # fmt: skip
     gap_pp = analysis.run.config.min_gap
     header += ["detectable gap (pp)", f"seeds for {gap_pp:g} pp", "TOST p (Holm)", "reading"]
     rows = []
     for row in analysis.pairs.itertuples():
-        ci = (
-            "n/a"
-            if _missing(row.ci_low)
-            else f"[{100 * row.ci_low:+.2f}, {100 * row.ci_high:+.2f}]"
-        )
+        ci = "n/a" if _missing(row.ci_low) else "too few seeds"
+        if not _missing(row.ci_low) and math.isfinite(row.ci_low):
+            ci = f"[{_signed(row.ci_low)}, {_signed(row.ci_high)}] ({_confidence(row.ci_confidence)})"
         significant = "–" if _missing(row.p_holm) else ("yes" if row.significant else "no")
         cells = [f"{row.a} − {row.b}", str(row.n), signed_pp(row.mean_diff), ci,
                  pvalue(row.p), pvalue(row.p_holm), significant]  # fmt: skip
@@ -968,12 +1149,15 @@ def render_html(analysis: Analysis) -> str:
         parts.append(html_table(*pair_rows(analysis), css_id="pairs-table"))
         parts.append('<p class="note">Difference = first − second, in percentage points of final test '
                      "accuracy, paired by seed (members of one seed share initial weights and batch order). "
-                     "Intervals are per pair; significance is judged on Holm-corrected p-values, so an "
-                     "interval may exclude 0 while the pair is not significant after correction. "
-                     "Detectable gap: the true gap this many seeds would find with 80% power at the "
-                     "Holm level 0.05/m, if the SD of the paired differences is the one observed; "
-                     "seeds for the min gap: how many would find --min-gap so; TOST: the test that "
-                     "the gap is inside ±min gap (practically equivalent).</p>")  # fmt: skip
+                     "A diverged member counts as a failure (0%) on its seed. p: exact sign-flip "
+                     "permutation test (never below 2/2^n for n seeds); the interval is the one that "
+                     "matches the pair's word: at the level of the Holm step that resolved it, else "
+                     "at 1 − 0.05/m (simultaneous over all m pairs), so it excludes 0 exactly when "
+                     "the pair is significant. Detectable gap: gaps below about it would be missed more "
+                     "often than 20% of the time at the Holm level 0.05/m, if the SD of the paired "
+                     "differences is the one observed; seeds for the min gap: a plan from the SD's "
+                     "80% upper confidence limit (at least 5); TOST: the test that the gap is inside "
+                     "±min gap (practically equivalent). See docs/statistics.md.</p>")  # fmt: skip
     if analysis.sensitivity is not None:
         parts.append('<h2 id="lr">Learning-rate selection</h2>')
         rule = (
@@ -1008,7 +1192,7 @@ def render_html(analysis: Analysis) -> str:
     diverged = analysis.results[analysis.results["diverged"]]
     if len(diverged):
         parts.append('<h3 id="diverged">Divergence</h3><ul>')
-        parts += [f"<li>{esc(_member_text(r))}: loss became NaN/inf; frozen and excluded from the statistics.</li>"
+        parts += [f"<li>{esc(_member_text(r))}: loss became NaN/inf; frozen, and counted as a failure (0% accuracy) of its arm in the ranking and the paired tests.</li>"
                   for r in diverged.itertuples()]  # fmt: skip
         parts.append("</ul>")
     parts.append('<h2 id="timings">Timings</h2>')

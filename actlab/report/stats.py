@@ -9,12 +9,19 @@ Vocabulary:
 - an *arm* is what is compared: an activation (at its selected lr when lrs were swept),
   at one depth. Each arm has one member per seed.
 
-How sure the comparison is (see `pair_power`):
-- the *detectable gap* of a pair: the true gap its paired t-test would find with 80% power
-  at the Holm level alpha/m, if the SD of its paired differences is the observed one;
-- the *seeds needed* to detect the smallest gap that matters (`--min-gap`);
-- *equivalence*: TOST (two one-sided tests) against +-min-gap, so that "no difference
-  found" is never read as "equal" unless the data support it.
+How pairs are judged (`pairwise`; docs/statistics.md says what each claim means):
+- the test is the exact sign-flip permutation test of the paired differences
+  (actlab.report.signflip), valid for accuracies quantised by a small test set; Holm over
+  all pairs; each claim beside the interval that matches it;
+- a diverged member counts as a failure (0% accuracy) of its arm, and each pair is read in
+  the direction of its own mean;
+- how sure (actlab.report.power): the *detectable gap*, the *seeds to plan* for the
+  smallest gap that matters (`--min-gap`) from an upper confidence limit of the SD, and
+  *equivalence* by TOST against +-min-gap, so that "no difference found" is never read as
+  "equal" unless the data support it.
+
+`paired_test` and `tost` are the paired t-test and t-TOST, kept as references (the
+benchmark compares the old rule with the new one); the verdict does not use them.
 
 References: Student's t interval and paired t-test (any statistics textbook; `scipy.stats`);
 Holm, "A simple sequentially rejective multiple test procedure", Scand. J. Stat. 6 (1979);
@@ -27,7 +34,6 @@ assessing the equivalence of average bioavailability", J. Pharmacokinet. Biophar
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -35,18 +41,32 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
 from scipy import stats as scipy_stats
 
-ALPHA = 0.05
+# The statistics' one entry: what its callers use from the modules below is re-exported.
+from actlab.report.power import (  # noqa: F401
+    ALPHA,
+    MAX_SEEDS,
+    PLAN_CONFIDENCE,
+    POWER,
+    SMALL_N,
+    detectable_effect,
+    detectable_gap,
+    paired_t_power,
+    sd_upper_limit,
+    seed_plan,
+    seeds_for_equivalence,
+    seeds_needed,
+    tost_power,
+)
+from actlab.report.signflip import (  # noqa: F401
+    seeds_to_reach,
+    sign_flip_test,
+    sign_flip_tost,
+    smallest_p,
+)
+
 CONFIDENCE = 0.95
-# The power at which the detectable gap and the seeds needed are stated (the usual 80%).
-POWER = 0.80
-# Below this many seeds, intervals and tests rest on at most 3 degrees of freedom: the
-# report and the CLI say so next to them and show the per-seed values.
-SMALL_N = 5
-# The search for the seeds needed stops here ("more than 10000 seeds").
-MAX_SEEDS = 10_000
 # The lr selection score averages the validation accuracy over the last few epochs, so
 # that one noisy final epoch does not decide the choice.
 SELECTION_LAST_EPOCHS = 3
@@ -95,7 +115,8 @@ def t_interval(values: Sequence[float] | np.ndarray, confidence: float = CONFIDE
 
 
 def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> dict:
-    """Paired comparison of two arms measured on the same seeds: d_i = a_i - b_i.
+    """Paired t-test of two arms measured on the same seeds, d_i = a_i - b_i (a reference:
+    the verdict uses `sign_flip_test`, which stays valid when every d_i is equal).
 
     Returns n, mean_diff, std, ci_low, ci_high (t interval of d) and p (two-sided paired
     t-test, t = mean(d) / (std(d) / sqrt(n)), n - 1 degrees of freedom). With n < 2, p and
@@ -138,93 +159,9 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
-# --- how sure: power, detectable gap, seeds needed, equivalence ---------------------------
-
-
-def paired_t_power(effect: float, n: int, alpha: float = ALPHA) -> float:
-    """Power of the two-sided paired t-test of `n` pairs at level `alpha` when the true mean
-    difference is `effect` standard deviations of the differences (effect = delta / sigma).
-
-    T = mean(d) / (s / sqrt(n)) follows the noncentral t with n - 1 degrees of freedom and
-    noncentrality nc = effect * sqrt(n); with c = t_{1-alpha/2, n-1} (Cohen 1988, ch. 2):
-
-        power = P(T > c) + P(T < -c) = nct.sf(c, n - 1, nc) + nct.sf(c, n - 1, -nc)
-
-    (the second term by symmetry: scipy's nct.cdf returns NaN far in the lower tail).
-    NaN for n < 2 (no test)."""
-    if n < 2:
-        return math.nan
-    df = n - 1
-    nc = abs(effect) * math.sqrt(n)
-    critical = float(scipy_stats.t.ppf(1 - alpha / 2, df))
-    return float(scipy_stats.nct.sf(critical, df, nc) + scipy_stats.nct.sf(critical, df, -nc))
-
-
-@functools.lru_cache(maxsize=4096)
-def detectable_effect(n: int, alpha: float = ALPHA, power: float = POWER) -> float:
-    """The smallest true effect (delta / sigma) that the paired t-test of `n` pairs at level
-    `alpha` detects with probability `power`: the root in effect of
-    paired_t_power(effect, n, alpha) = power (the power rises with the effect). inf for n < 2."""
-    if n < 2:
-        return math.inf
-    if not alpha < power < 1:
-        raise ValueError(f"power must be in (alpha, 1), got {power}")
-    high = 1.0
-    while paired_t_power(high, n, alpha) < power:
-        high *= 2
-    return float(
-        optimize.brentq(
-            lambda effect: paired_t_power(effect, n, alpha) - power, 0.0, high, xtol=1e-12
-        )
-    )
-
-
-def detectable_gap(std: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
-    """The smallest true gap the paired t-test of `n` seeds detects with probability `power`
-    at level `alpha`, if the SD of the paired differences is `std`: std * detectable_effect.
-    NaN when `std` is unknown (n < 2)."""
-    if n < 2 or _missing(std):
-        return math.nan
-    return float(std) * detectable_effect(int(n), alpha, power)
-
-
-def seeds_needed(
-    gap: float,
-    std: float,
-    alpha: float = ALPHA,
-    power: float = POWER,
-    max_seeds: int = MAX_SEEDS,
-) -> float:
-    """The number of seeds whose paired t-test at level `alpha` detects a true gap `gap`
-    with probability `power`, if the SD of the paired differences is `std`:
-
-        min { n >= 2 : paired_t_power(gap / std, n, alpha) >= power }
-          = min { n >= 2 : detectable_effect(n, alpha, power) <= gap / std }
-
-    (the power rises with n at a fixed effect, so a doubling search then bisection over n
-    finds it). inf when more than `max_seeds` would be needed; NaN when `std` is unknown."""
-    if _missing(std) or _missing(gap):
-        return math.nan
-    if std == 0:
-        return 2.0 if gap != 0 else math.inf
-    effect = abs(gap) / std
-
-    def enough(n: int) -> bool:
-        return detectable_effect(n, alpha, power) <= effect
-
-    low, high = 1, 2  # enough(low) is false by definition (no test with one seed)
-    while not enough(high):
-        if high >= max_seeds:
-            return math.inf
-        low, high = high, min(2 * high, max_seeds)
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if enough(middle) else (middle, high)
-    return float(high)
-
-
 def tost(a: Sequence[float], b: Sequence[float], margin: float) -> dict:
-    """Equivalence of two arms paired by seed: TOST (Schuirmann 1987) on d_i = a_i - b_i.
+    """Equivalence of two arms paired by seed: t-TOST (Schuirmann 1987) on d_i = a_i - b_i (a
+    reference: the verdict uses `sign_flip_tost`).
 
     H0: |mu_d| >= margin against H1: |mu_d| < margin, as two one-sided t-tests with n - 1
     degrees of freedom and se = std(d) / sqrt(n):
@@ -369,7 +306,10 @@ def summary_table(
     arms: pd.DataFrame, metrics: Sequence[str] = tuple(SUMMARY_METRICS)
 ) -> pd.DataFrame:
     """Per (depth, arm), over the seeds of non-diverged members: n and, for each metric,
-    <metric>_mean, _std, _ci_low, _ci_high; plus n_diverged. Rows are in the arms' order."""
+    <metric>_mean, _std, _ci_low, _ci_high (an accuracy's interval clipped to [0, 1]: the
+    t interval of 2 or 3 seeds can reach past the scale); plus n_diverged and score_mean,
+    the mean final test accuracy with each diverged member counted as 0 (`scored`), by
+    which arms are ranked. Rows are in the arms' order."""
     rows = []
     for (depth, arm), group in arms.groupby(["depth", "arm"], dropna=False, sort=False):
         ok = group[~group["diverged"]]
@@ -377,10 +317,33 @@ def summary_table(
                "lr": group["lr"].iloc[0], "n": len(ok), "n_diverged": int(group["diverged"].sum())}  # fmt: skip
         for metric in metrics:
             interval = t_interval(ok[metric])
+            low, high = interval.ci_low, interval.ci_high
+            if metric.endswith("_acc") and interval.n >= 2:  # a fraction: inside [0, 1]
+                low, high = max(0.0, low), min(1.0, high)
             row.update({f"{metric}_mean": interval.mean, f"{metric}_std": interval.std,
-                        f"{metric}_ci_low": interval.ci_low, f"{metric}_ci_high": interval.ci_high})  # fmt: skip
+                        f"{metric}_ci_low": low, f"{metric}_ci_high": high})  # fmt: skip
+        row["score_mean"] = scored(group, "final_test_acc")[0].iloc[:, 0].mean()
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# A diverged member counts as a failure of its arm: in ranks and paired tests of an
+# accuracy it scores 0 (the worst), as in `select_lr`. Left out instead, an activation that
+# diverges on its unlucky seeds would be compared on its lucky ones only.
+FAILURE_SCORE = 0.0
+
+
+def scored(group: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(values, failed): seed x arm tables of `metric` with each diverged member scored
+    FAILURE_SCORE when `metric` is an accuracy (left out, NaN, for other metrics), and of
+    which members diverged."""
+    frame = group.copy()
+    if metric.endswith("_acc"):
+        frame[metric] = np.where(frame["diverged"], FAILURE_SCORE, frame[metric])
+    values = frame.pivot_table(index="seed", columns="arm", values=metric, aggfunc="first",
+                               dropna=False)  # fmt: skip
+    failed = frame.pivot_table(index="seed", columns="arm", values="diverged", aggfunc="any")
+    return values, failed.reindex_like(values).fillna(False).astype(bool)
 
 
 def pairwise(
@@ -390,54 +353,115 @@ def pairwise(
     power: float = POWER,
 ) -> pd.DataFrame:
     """Paired differences between every two arms of a depth, over the seeds where both
-    members finished. Within a pair, `a` is the arm with the higher mean, so mean_diff >= 0.
+    members exist, a diverged member scored as a failure (FAILURE_SCORE). Within a pair, `a`
+    is the arm with the higher mean on those seeds, so mean_diff >= 0: a pair is never
+    read backwards. Tests are sign-flip permutation tests (actlab.report.signflip).
 
-    Columns: depth, a, b, n, mean_diff (a - b), std (of the paired differences), ci_low,
-    ci_high, p, p_holm, significant (p_holm < ALPHA; Holm over all pairs of the table), and
-    how sure that is:
-    - level: ALPHA / m for the m pairs tested, Holm's strictest step. A pair whose p is below
-      it is rejected whatever the other pairs, so its power under Holm is at least the
-      power at this level: the figures below are on the safe side;
-    - detectable_gap: the gap detected with `power` at `level` if the SD of the paired
-      differences is the observed `std` (`detectable_gap`);
-    - seeds_needed: the seeds that would detect a gap of `margin` at `level` (`seeds_needed`;
-      inf beyond MAX_SEEDS; NaN without a margin);
-    - tost_p, tost_p_holm, equivalent: TOST against +-`margin` (`tost`), Holm-corrected
-      over the pairs like the difference tests; equivalent = tost_p_holm < ALPHA. Without a
-      margin these are NaN / False."""
-    rows = []
+    Columns: depth, a, b, n, n_failed_a, n_failed_b (diverged members among those seeds),
+    mean_diff (a - b), std (of the paired differences), p, p_holm, significant (p_holm <
+    ALPHA; Holm over all pairs of the table) and
+    - ci_low, ci_high, ci_confidence: the interval that matches the word. A significant
+      pair's is at the level of the Holm step that rejected it, 1 - ALPHA / (m - j), so it
+      excludes 0; any other pair's at 1 - ALPHA / m (Bonferroni: simultaneous over all m),
+      which then includes 0. Infinite when the seeds are too few for that level;
+    - level: ALPHA / m, Holm's strictest step; detectable_gap: the gap a t-test of these
+      seeds detects with `power` at `level` if the SD of the differences is the observed
+      one, inf when no sign-flip p of n seeds can be below `level`;
+    - seeds_needed: the seeds to plan to detect `margin` at `level` (`seed_plan`: from the
+      SD's 80% upper limit, at least SMALL_N); seeds_for_equivalence: to show equivalence
+      within +-`margin` at `level` when the true gap is 0, from the same SD limit;
+    - tost_p, tost_p_holm, equivalent (tost_p_holm < ALPHA), tost_low, tost_high,
+      tost_confidence: sign-flip TOST against +-`margin` and its matching 1 - 2 level
+      interval (the Holm step's level for an equivalent pair, else ALPHA / m), inside
+      +-margin exactly when the pair is equivalent. NaN / False without a margin."""
+    rows, diffs = [], []
     for depth, group in arms.groupby("depth", dropna=False, sort=False):
-        ok = group[~group["diverged"]]
-        table = ok.pivot_table(index="seed", columns="arm", values=metric, aggfunc="first")
-        order = table.mean().sort_values(ascending=False).index.tolist()
-        values = {arm: table[arm].to_numpy(dtype=float) for arm in order}
-        for a, b in itertools.combinations(order, 2):
-            both = ~np.isnan(values[a]) & ~np.isnan(values[b])  # seeds where both finished
-            x, y = values[a][both], values[b][both]
-            row = {"depth": depth, "a": a, "b": b, **paired_test(x, y)}
-            row["tost_p"] = math.nan if margin is None else tost(x, y, margin)["p"]
-            rows.append(row)
-    columns = ["depth", "a", "b", "n", "mean_diff", "std", "ci_low", "ci_high", "p", "tost_p"]
+        values, failed = scored(group, metric)
+        order = values.mean().sort_values(ascending=False).index.tolist()
+        for x, y in itertools.combinations(order, 2):
+            both = (values[x].notna() & values[y].notna()).to_numpy()
+            d = values[x].to_numpy(dtype=float)[both] - values[y].to_numpy(dtype=float)[both]
+            if len(d) and d.mean() < 0:  # orient by the mean on these seeds
+                x, y, d = y, x, -d
+            test = sign_flip_test(d)
+            rows.append({"depth": depth, "a": x, "b": y, "n": test["n"],
+                         "n_failed_a": int(failed[x].to_numpy()[both].sum()),
+                         "n_failed_b": int(failed[y].to_numpy()[both].sum()),
+                         "mean_diff": test["mean_diff"], "std": test["std"], "p": test["p"],
+                         "tost_p": math.nan if margin is None
+                         else sign_flip_tost(d, margin)["p"]})  # fmt: skip
+            diffs.append(d)
+    columns = ["depth", "a", "b", "n", "n_failed_a", "n_failed_b", "mean_diff", "std", "p",
+               "tost_p"]  # fmt: skip
     frame = pd.DataFrame(rows, columns=columns)
     frame["p_holm"] = holm(frame["p"].to_numpy()) if len(frame) else []
     frame["significant"] = frame["p_holm"] < ALPHA
     tested = int(frame["p"].notna().sum())
     level = ALPHA / tested if tested else math.nan
     frame["level"] = level
+    _claim_intervals(frame, diffs, level, margin)
     frame["detectable_gap"] = [
-        detectable_gap(std, n, level, power) if tested else math.nan
+        math.inf if tested and smallest_p(n) >= level
+        else (detectable_gap(std, n, level, power) if tested else math.nan)
+        for std, n in zip(frame["std"], frame["n"], strict=True)
+    ]  # fmt: skip
+    frame["seeds_needed"] = [
+        seed_plan(margin, std, n, level, power) if tested and margin is not None else math.nan
         for std, n in zip(frame["std"], frame["n"], strict=True)
     ]
-    frame["seeds_needed"] = [
-        seeds_needed(margin, std, level, power) if tested and margin is not None else math.nan
-        for std in frame["std"]
-    ]
+    frame["seeds_for_equivalence"] = [
+        seeds_for_equivalence(margin, sd_upper_limit(std, n), level, power)
+        if tested and margin is not None else math.nan
+        for std, n in zip(frame["std"], frame["n"], strict=True)
+    ]  # fmt: skip
     frame["tost_p_holm"] = holm(frame["tost_p"].to_numpy()) if len(frame) else []
     frame["equivalent"] = frame["tost_p_holm"] < ALPHA
+    _equivalence_intervals(frame, diffs, level, margin)
     order = ["depth", "a", "b", "n", "mean_diff", "std", "ci_low", "ci_high", "p", "p_holm",
              "significant", "level", "detectable_gap", "seeds_needed", "tost_p", "tost_p_holm",
-             "equivalent"]  # fmt: skip
+             "equivalent", "ci_confidence", "n_failed_a", "n_failed_b",
+             "seeds_for_equivalence", "tost_low", "tost_high", "tost_confidence"]  # fmt: skip
     return frame[order]
+
+
+def holm_step_levels(pvalues: Sequence[float], alpha: float = ALPHA) -> np.ndarray:
+    """The level of each p-value's own Holm step: alpha / (m - j) for the j-th smallest
+    (j = 0, 1, ...) of the m that are not NaN; NaN for NaN."""
+    p = np.asarray(pvalues, dtype=float)
+    levels = np.full(p.shape, math.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    for rank, index in enumerate(valid[np.argsort(p[valid], kind="stable")]):
+        levels[index] = alpha / (len(valid) - rank)
+    return levels
+
+
+def _claim_intervals(frame: pd.DataFrame, diffs: list, level: float, margin) -> None:
+    """ci_low, ci_high, ci_confidence of `pairwise` (see there)."""
+    steps = holm_step_levels(frame["p"].to_numpy()) if len(frame) else []
+    rows = []
+    for d, step, significant in zip(diffs, steps, frame["significant"], strict=True):
+        at = step if significant else level
+        test = sign_flip_test(d, 1 - at) if not _missing(at) else {}
+        rows.append((test.get("ci_low", math.nan), test.get("ci_high", math.nan), 1 - at))
+    frame["ci_low"], frame["ci_high"], frame["ci_confidence"] = _columns(rows, 3)
+
+
+def _equivalence_intervals(frame: pd.DataFrame, diffs: list, level: float, margin) -> None:
+    """tost_low, tost_high, tost_confidence of `pairwise` (see there)."""
+    steps = holm_step_levels(frame["tost_p"].to_numpy()) if len(frame) else []
+    rows = []
+    for d, step, equivalent in zip(diffs, steps, frame["equivalent"], strict=True):
+        at = step if equivalent else level
+        if margin is None or _missing(at):
+            rows.append((math.nan, math.nan, math.nan))
+            continue
+        test = sign_flip_tost(d, margin, at)
+        rows.append((test["low"], test["high"], 1 - 2 * at))
+    frame["tost_low"], frame["tost_high"], frame["tost_confidence"] = _columns(rows, 3)
+
+
+def _columns(rows: list[tuple], width: int) -> list[list]:
+    return [[row[i] for row in rows] for i in range(width)]
 
 
 def letter_groups(order: Sequence[str], pairs: pd.DataFrame) -> dict[str, str]:
@@ -481,16 +505,14 @@ def letter_groups(order: Sequence[str], pairs: pd.DataFrame) -> dict[str, str]:
 
 
 def ranking(arms: pd.DataFrame, metric: str = "final_test_acc") -> pd.DataFrame:
-    """Arms of each depth ordered by mean `metric` (best first; lower is better for losses)
-    with their significance groups: depth, arm, rank, mean, group, tied_with_best (not
+    """Arms of each depth ordered by mean `metric` (best first; lower is better for losses),
+    a diverged member counted as a failure (see `scored`), with their significance groups: depth, arm, rank, mean, group, tied_with_best (not
     significantly different from the best arm; None without p-values)."""
     ascending = metric.endswith("loss")
     pairs = pairwise(arms, metric)
     rows = []
     for depth, group in arms.groupby("depth", dropna=False, sort=False):
-        means = (
-            group[~group["diverged"]].groupby("arm")[metric].mean().sort_values(ascending=ascending)
-        )
+        means = scored(group, metric)[0].mean().dropna().sort_values(ascending=ascending)
         order = means.index.tolist()
         own = pairs[pairs["depth"].isna()] if pd.isna(depth) else pairs[pairs["depth"] == depth]
         letters = letter_groups(order, own)

@@ -32,8 +32,10 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +46,9 @@ from actlab.config import ExperimentConfig, members_for
 from actlab.engine.trainer import DeviceData, EpochResult, resolve_device, train
 from actlab.errors import ActlabError, ClusterError, ConfigError, RunDirError
 from actlab.study import store
-from actlab.study.driver import StudyResult, load_study_dataset, open_study_dir
+from actlab.study.callbacks import StudyCallback, callback_of
+from actlab.study.driver import StudyResult, load_study_dataset, open_study_dir, run_depths
+from actlab.study.resume import ResumePoint
 
 INSTALL_HINT = 'pip install "actlab[ray]"'
 MAX_RETRIES = 3  # Ray retries of a shard's task after its worker or node dies
@@ -258,6 +262,7 @@ def connect(address: str):
     ray = import_ray()
     if ray.is_initialized():
         return ray, False
+    quiet_token_notice()
     options = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address == "local":
         ray.init(include_dashboard=False, **options)
@@ -273,6 +278,42 @@ def connect(address: str):
             "`ray start --head`, give --ray HOST:PORT, or use --ray local"
         ) from None
     return ray, True
+
+
+TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _DropTokenNotice(logging.Filter):
+    """Drops Ray's notice that token authentication is on by default (good news, printed
+    as a WARNING between actlab's lines); the warning that it is *off* still passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+def quiet_token_notice() -> None:
+    """Silence Ray's token-authentication notice at its logger (once per process)."""
+    logger = logging.getLogger(TOKEN_LOGGER)
+    if not any(isinstance(f, _DropTokenNotice) for f in logger.filters):
+        logger.addFilter(_DropTokenNotice())
+
+
+def shutdown_uninterrupted(ray) -> None:
+    """``ray.shutdown()`` with Ctrl-C held until it is done. A KeyboardInterrupt raised
+    inside it left Ray half shut down, and Ray's own exit handler then ended the process
+    with status 1 instead of actlab's 130 (a Ctrl-C right after the last epoch lands
+    here). The held SIGINT is delivered once shutdown returns."""
+    if threading.current_thread() is not threading.main_thread():
+        ray.shutdown()
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: held.append(number))
+    try:
+        ray.shutdown()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -359,6 +400,32 @@ def check_shard_memory(ray, config, dataset, shards, plan: ClusterPlan, nodes) -
         check_memory(needed, node_memory(nodes), "the largest Ray node")
 
 
+def _worker_kernels(ray, config: ExperimentConfig, dataset, plan: ClusterPlan) -> str | None:
+    """How a worker's step runs its elementwise work (`MLPStep.describe_kernels`, as a
+    local run records it in config.json), asked of a worker with a shard's resources."""
+    probe = ray.remote(_describe_kernels).options(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus)
+    device = "cuda" if plan.num_gpus else "cpu"
+    shape, classes = tuple(dataset.input_shape), int(dataset.num_classes)
+    return ray.get(probe.remote(config, shape, classes, device), timeout=600)
+
+
+def _describe_kernels(config: ExperimentConfig, input_shape, num_classes: int, device: str):
+    """On a worker: the kernels of the first depth's step for one seed (None: not the
+    hand-written MLP step, e.g. the CNN or your own network)."""
+    from actlab.engine.mlp_step import MLPStep, supports
+    from actlab.nn.models import build_model
+
+    if config.is_user_model:
+        return None
+    config = config.replace(seeds=config.seeds[:1], device=device)
+    depth = config.depth_list[0]
+    members = members_for(config, depth)
+    model = build_model(
+        config, members, input_shape, num_classes, resolve_device(config.device), depth
+    )
+    return MLPStep(model).describe_kernels() if supports(model) else None
+
+
 def _gpu_memory() -> int:
     """Total memory of the GPU Ray gives this task (a probe, run before any training)."""
     return int(torch.cuda.get_device_properties(0).total_memory)
@@ -382,6 +449,7 @@ def run_study_on_ray(
     on_shards: Callable[[list[Shard], ClusterPlan], None] | None = None,
     on_note: Callable[[str], None] | None = None,
     on_resume: Callable[[str], None] | None = None,
+    callback: StudyCallback | None = None,
 ) -> StudyResult:
     """`actlab.study.driver.run_study` on a Ray cluster: the same run directory, the same rows.
 
@@ -390,6 +458,15 @@ def run_study_on_ray(
     training; `on_note(text)` once per repair made when the run directory was reopened;
     `on_resume(line)` once when training continues a checkpoint (``resuming after epoch
     3/10``, as a local run says)."""
+    hooks = callback_of(
+        callback,
+        on_start=on_start,
+        on_progress=on_progress,
+        on_epoch=on_epoch,
+        on_shards=on_shards,
+        on_note=on_note,
+        on_resume=on_resume,
+    )
     check_options(address, shard_size, checkpoint_every)
     config.check_activations()
     if config.is_user_model:
@@ -409,6 +486,7 @@ def run_study_on_ray(
             environment = store.describe_environment(
                 "cuda" if plan.num_gpus else "cpu", plan.num_cpus
             )
+            environment["step_kernels"] = _worker_kernels(ray, config, dataset, plan)
             environment["ray"] = {
                 "address": address,
                 "nodes": sum(1 for node in nodes if node.get("Alive", True)),
@@ -416,60 +494,45 @@ def run_study_on_ray(
                 "shard_size": shard_size,
                 "checkpoint_every": checkpoint_every,
             }
-            writer = open_study_dir(out, config, dataset, environment, resume, on_note)
+            writer = open_study_dir(out, config, dataset, environment, resume, hooks)
         try:
             checkpoint = writer.checkpoint if writer is not None else None
-            if checkpoint is not None and "shards" not in checkpoint["engine"]:
-                raise RunDirError(
-                    f"{writer.path} was written by a local run; resume it without --ray "
-                    "(or choose another --out)"
-                )
+            _check_ray_checkpoint(checkpoint, writer)
             if checkpoint is not None:  # the shards in progress keep their seeds
-                layout[checkpoint["depth_index"]] = [
-                    tuple(seeds) for seeds in checkpoint["engine"]["shards"]["seeds"]
+                layout[checkpoint.depth_index] = [
+                    tuple(seeds) for seeds in checkpoint.engine["shards"]["seeds"]
                 ]
             shards = shards_of(config, layout)
-            if on_shards is not None:
-                on_shards(shards, plan)
-            driver = _Driver(ray, config, dataset, writer, plan, checkpoint_every)
-            if (
-                checkpoint is not None
-                and on_resume is not None
-                and not _finished(config, checkpoint)
-            ):
-                depth = config.depth_list[checkpoint["depth_index"]]
-                where = "" if depth is None else f" of depth {depth}"
-                on_resume(f"resuming after epoch {checkpoint['epoch']}/{config.epochs}{where}")
-            rows = driver.run(shards, checkpoint, on_start, on_progress, on_epoch)
+            hooks.on_shards(shards, plan)
+            executor = RayExecutor(ray, config, dataset, plan, checkpoint_every, shards, hooks)
+            return run_depths(config, writer, executor, dataset.train_size, hooks)
         finally:
             if writer is not None:
                 writer.close()
     finally:
         if connected:
-            ray.shutdown()
-    finished = driver.already_complete
-    resumed_from = driver.resumed_from
-    if writer is None:
-        from actlab.study.driver import metrics_frame
-
-        return StudyResult(metrics_frame(rows), None, finished, resumed_from)
-    metrics = store.read_run(writer.path).metrics[list(store.METRICS_COLUMNS)]
-    return StudyResult(metrics, writer.path, finished, resumed_from)
+            shutdown_uninterrupted(ray)
 
 
-def _finished(config: ExperimentConfig, checkpoint: dict) -> bool:
-    """Whether a checkpoint is the study's last epoch of its last depth."""
-    last = len(config.depth_list) - 1
-    return checkpoint["depth_index"] == last and checkpoint["epoch"] == config.epochs
+def _check_ray_checkpoint(checkpoint, writer) -> None:
+    if checkpoint is not None and not checkpoint.sharded:
+        raise RunDirError(
+            f"{writer.path} was written by a local run; resume it without --ray "
+            "(or choose another --out)"
+        )
 
 
-class _Driver:
-    """The driver's loop: submit shard tasks, gather their epochs, write the run directory."""
+class RayExecutor:
+    """The Ray executor of the study driver (actlab.study.driver.run_depths): submits
+    shard tasks, gathers their epochs, writes the run directory from the driver alone."""
 
-    def __init__(self, ray, config, dataset, writer, plan: ClusterPlan, checkpoint_every: int):
+    def __init__(self, ray, config, dataset, plan: ClusterPlan, checkpoint_every: int, shards,
+                 hooks: StudyCallback):  # fmt: skip
         self.ray = ray
         self.config = config
-        self.writer = writer
+        self.writer = None
+        self.shards = shards
+        self.hooks = hooks
         self.checkpoint_every = checkpoint_every
         self.dataset_box = [ray.put(dataset)]
         self.steps_per_epoch = -(-dataset.train_size // config.batch_size)
@@ -481,39 +544,23 @@ class _Driver:
         }
         self.threads = plan.num_cpus
         self.model_file = user_model_file(config)
-        self.already_complete = False
-        self.resumed_from: tuple[int | None, int] | None = None
 
-    def run(self, shards, checkpoint, on_start, on_progress, on_epoch) -> list[dict]:
-        config = self.config
-        depths = config.depth_list
-        done_index, done_epoch = (
-            (checkpoint["depth_index"], checkpoint["epoch"]) if checkpoint else (-1, config.epochs)
-        )
-        if checkpoint:
-            self.resumed_from = (depths[done_index], done_epoch)
-        finished = done_index == len(depths) - 1 and done_epoch == config.epochs
-        self.already_complete = finished
-        rows: list[dict] = []
-        if finished:
-            return rows
-        total = self.steps_per_epoch * config.epochs * len(depths)
-        done = (
-            self.steps_per_epoch * (config.epochs * max(done_index, 0) + done_epoch)
-            if checkpoint
-            else 0
-        )
-        if on_start is not None:
-            on_start(total, done)
-        for index in range(len(depths)):
-            if index < done_index or (index == done_index and done_epoch == config.epochs):
-                continue
-            mine = [s for s in shards if s.depth_index == index]
-            resuming = checkpoint is not None and index == done_index
-            states = checkpoint["engine"]["shards"]["states"] if resuming else [None] * len(mine)
-            first_epoch = done_epoch + 1 if resuming else 1
-            rows += self._train_depth(mine, states, first_epoch, on_progress, on_epoch)
-        return rows
+    def check_checkpoint(self, checkpoint, writer) -> None:
+        self.writer = writer
+        _check_ray_checkpoint(checkpoint, writer)
+
+    def before(self, point: ResumePoint, total: int, done: int, steps_per_epoch: int) -> None:
+        line = point.resume_line()
+        if line is not None:
+            self.hooks.on_resume(line)
+
+    def train_depth(self, index: int, depth: int | None, resumed) -> list[dict]:
+        mine = [s for s in self.shards if s.depth_index == index]
+        if resumed is not None:
+            states, first_epoch = resumed.engine["shards"]["states"], resumed.epoch + 1
+        else:
+            states, first_epoch = [None] * len(mine), 1
+        return self._train_depth(mine, states, first_epoch)
 
     def _until(self, epoch: int) -> int:
         """The last epoch of the checkpoint interval that starts at `epoch`."""
@@ -535,7 +582,7 @@ class _Driver:
             self.model_file,
         )
 
-    def _train_depth(self, shards, states, first_epoch, on_progress, on_epoch) -> list[dict]:
+    def _train_depth(self, shards, states, first_epoch) -> list[dict]:
         ray, config = self.ray, self.config
         depth_index, depth = shards[0].depth_index, shards[0].depth
         members = members_for(config, depth)
@@ -567,16 +614,15 @@ class _Driver:
                     pending[next_task] = (i, epoch + 1)
                 part = _get(ray, ref)
                 arrived.setdefault(epoch, {})[i] = part
-                if on_progress is not None:
-                    steps = self.steps_per_epoch * len(shards[i].members) / total_members
-                    on_progress(steps, depth, epoch, config.epochs)
+                steps = self.steps_per_epoch * len(shards[i].members) / total_members
+                self.hooks.on_progress(steps, depth, epoch, config.epochs)
             while len(arrived.get(next_epoch, {})) == len(shards):
                 parts = arrived.pop(next_epoch)
-                rows += self._write_epoch(shards, parts, depth_index, depth, members, on_epoch)
+                rows += self._write_epoch(shards, parts, depth_index, depth, members)
                 next_epoch += 1
         return rows
 
-    def _write_epoch(self, shards, parts, depth_index, depth, members, on_epoch) -> list[dict]:
+    def _write_epoch(self, shards, parts, depth_index, depth, members) -> list[dict]:
         """Append one epoch of every shard, in member order; checkpoint at an interval's end."""
         epoch = parts[0]["epoch"]
         metrics, diagnostics = [], []
@@ -588,31 +634,28 @@ class _Driver:
             self.writer.append_rows(metrics, diagnostics)
             if parts[0]["state"] is not None:
                 self.writer.save_checkpoint(
-                    {
-                        "depth_index": depth_index,
-                        "depth": depth,
-                        "epoch": epoch,
-                        "engine": {
-                            "shards": {
-                                "seeds": [list(s.seeds) for s in shards],
-                                "states": [parts[i]["state"] for i in range(len(shards))],
-                            }
-                        },
-                    }
-                )
-        if on_epoch is not None:
-            on_epoch(
-                EpochResult(
+                    depth_index=depth_index,
                     depth=depth,
                     epoch=epoch,
-                    epochs=self.config.epochs,
-                    members=list(members),
-                    metrics=metrics,
-                    diagnostics=diagnostics,
-                    epoch_time_s=max(p["epoch_time_s"] for p in parts.values()),
-                    diverged=[row["member"] for row in metrics if row["status"] == "diverged"],
+                    engine={
+                        "shards": {
+                            "seeds": [list(s.seeds) for s in shards],
+                            "states": [parts[i]["state"] for i in range(len(shards))],
+                        }
+                    },
                 )
+        self.hooks.on_epoch(
+            EpochResult(
+                depth=depth,
+                epoch=epoch,
+                epochs=self.config.epochs,
+                members=list(members),
+                metrics=metrics,
+                diagnostics=diagnostics,
+                epoch_time_s=max(p["epoch_time_s"] for p in parts.values()),
+                diverged=[row["member"] for row in metrics if row["status"] == "diverged"],
             )
+        )
         return metrics
 
 

@@ -43,6 +43,8 @@ from actlab.engine.trainer import (
 from actlab.errors import ConfigError, RunDirError
 from actlab.nn import user_model
 from actlab.study import store
+from actlab.study.callbacks import StudyCallback, callback_of
+from actlab.study.resume import ResumePoint
 from actlab.tasks import bits_per_character
 
 
@@ -94,6 +96,7 @@ def run_study(
     out: str | Path | None = None,
     resume: bool = False,
     dataset=None,
+    callback: StudyCallback | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
@@ -106,16 +109,26 @@ def run_study(
     Rerunning into the same `out` continues from its last complete epoch; rows written
     after that checkpoint (a crash between the CSV append and the checkpoint) are dropped.
     A finished run rerun with a larger `epochs` continues from its checkpoint.
-    `on_start(steps_total, steps_done)` is called once before training (progress bars);
-    `on_plan(plan)` then, with the thread choice and the time estimate;
-    `on_threads(choice, reason)` whenever the thread count is chosen again (a new depth,
-    or a step time that degraded); `on_note(text)` once per repair made when the run
-    directory was reopened.
+    `callback` (actlab.study.callbacks.StudyCallback) is told what happens: on_note once
+    per repair made when the run directory was reopened, on_start(steps_total,
+    steps_done) once before training, on_plan(plan) with the thread choice and the time
+    estimate, on_threads(choice, reason) whenever the thread count is chosen again (a new
+    depth, or a step time that degraded), on_step and on_epoch. The on_* keywords are the
+    same hooks as plain functions (give one or the other).
 
     On the CPU without `config.threads`, the thread count is chosen by timing a few steps
     of the study's own stacked model with each candidate count (actlab.engine.threads), and
     re-checked when the step time later degrades badly.
     """
+    hooks = callback_of(
+        callback,
+        on_step=on_step,
+        on_epoch=on_epoch,
+        on_start=on_start,
+        on_plan=on_plan,
+        on_threads=on_threads,
+        on_note=on_note,
+    )
     config.check_activations()
     if dataset is None and config.dataset == "tensors":
         raise ConfigError(
@@ -138,14 +151,37 @@ def run_study(
         environment = store.describe_environment(str(device), torch.get_num_threads())
         environment["threads_chosen"] = keeper.how_chosen()
         environment["step_kernels"] = keeper.kernels()
-        writer = open_study_dir(out, config, dataset, environment, resume, on_note)
-    callbacks = (on_step, on_epoch, on_start, on_plan, on_threads)
+        writer = open_study_dir(out, config, dataset, environment, resume, hooks)
     try:
-        return _train_depths(config, data, keeper, writer, *callbacks)
+        executor = LocalExecutor(config, data, keeper, hooks)
+        return run_depths(config, writer, executor, data.x_train.shape[0], hooks)
     finally:
         keeper.close()
         if writer is not None:
             writer.close()
+
+
+def run_depths(config, writer, executor, train_size: int, hooks: StudyCallback) -> StudyResult:
+    """The study driver, for every executor (local: `LocalExecutor`; Ray:
+    actlab.study.cluster.RayExecutor): where the run directory's checkpoint leaves the
+    study, then each depth left, trained by `executor.train_depth(index, depth,
+    checkpoint)` (which writes its epochs' rows and checkpoints and returns its rows)."""
+    checkpoint = writer.checkpoint if writer is not None else None
+    executor.check_checkpoint(checkpoint, writer)
+    point = ResumePoint(config, checkpoint)
+    rows: list[dict] = []
+    if not point.finished:
+        steps_per_epoch = -(-train_size // config.batch_size)
+        total, done = point.steps(steps_per_epoch)
+        hooks.on_start(total, done)
+        executor.before(point, total, done, steps_per_epoch)
+        for index, depth, resumed in point.depths_left():
+            rows += executor.train_depth(index, depth, resumed)
+    if writer is None:
+        return StudyResult(metrics_frame(rows), None, point.finished, point.resumed_from)
+    # Read back from the directory: it also holds the rows of epochs before a resume.
+    metrics = store.read_run(writer.path, verify=False).metrics[list(store.METRICS_COLUMNS)]
+    return StudyResult(metrics, writer.path, point.finished, point.resumed_from, list(writer.notes))
 
 
 @dataclass
@@ -302,10 +338,10 @@ def open_study_dir(
     dataset,
     environment: dict,
     resume: bool,
-    on_note: Callable[[str], None] | None,
+    hooks: StudyCallback,
 ) -> store.RunWriter:
     """Open (or reopen) the run directory of a study, local or on Ray, and pass on what
-    reopening repaired (`on_note`)."""
+    reopening repaired (`hooks.on_note`)."""
     writer = store.open_run_dir(
         out,
         config,
@@ -314,76 +350,58 @@ def open_study_dir(
         environment=environment,
         resume=resume,
     )
-    for note in writer.notes if on_note is not None else ():
-        on_note(note)
+    for note in writer.notes:
+        hooks.on_note(note)
     return writer
 
 
-def _train_depths(
-    config, data, keeper, writer, on_step, on_epoch, on_start, on_plan, on_threads
-) -> StudyResult:
-    depths = config.depth_list
-    checkpoint = writer.checkpoint if writer is not None else None
-    if checkpoint is not None and "shards" in checkpoint["engine"]:
-        raise RunDirError(
-            f"{writer.path} was written by `actlab compare --ray`; resume it with --ray "
-            "(or choose another --out)"
-        )
-    done_index, done_epoch = (
-        (checkpoint["depth_index"], checkpoint["epoch"]) if checkpoint else (-1, config.epochs)
-    )
-    finished = done_index == len(depths) - 1 and done_epoch == config.epochs
-    resumed_from = (depths[done_index], done_epoch) if checkpoint else None
-    rows: list[dict] = []
-    if not finished:
-        steps_per_epoch = -(-data.x_train.shape[0] // config.batch_size)
-        total = steps_per_epoch * config.epochs * len(depths)
-        done = (
-            steps_per_epoch * (config.epochs * max(done_index, 0) + done_epoch) if checkpoint else 0
-        )
-        if on_start is not None:
-            on_start(total, done)
-        epochs_left = (total - done) // steps_per_epoch
-        estimate = keeper.estimate(total - done, epochs_left)
+class LocalExecutor:
+    """Trains each depth in this process (actlab.engine.trainer.train), one stacked model,
+    writing every epoch's rows and a checkpoint."""
+
+    def __init__(self, config, data, keeper: ThreadKeeper, hooks: StudyCallback) -> None:
+        self.config, self.data, self.keeper, self.hooks = config, data, keeper, hooks
+        self.writer = None
+
+    def check_checkpoint(self, checkpoint, writer) -> None:
+        self.writer = writer
+        if checkpoint is not None and checkpoint.sharded:
+            raise RunDirError(
+                f"{writer.path} was written by `actlab compare --ray`; resume it with --ray "
+                "(or choose another --out)"
+            )
+
+    def before(self, point: ResumePoint, total: int, done: int, steps_per_epoch: int) -> None:
+        keeper = self.keeper
+        estimate = keeper.estimate(total - done, (total - done) // steps_per_epoch)
         plan = StudyPlan(
-            total, done, keeper.choice, estimate, config.epochs, resumed_from, keeper.kernels()
-        )
-        if on_plan is not None:
-            on_plan(plan)
+            total, done, keeper.choice, estimate, self.config.epochs, point.resumed_from,
+            keeper.kernels(),
+        )  # fmt: skip
+        self.hooks.on_plan(plan)
 
-        def step_callback(info: StepInfo) -> None:
-            if keeper.step(info) and on_threads is not None:
-                on_threads(keeper.choice, "the step time degraded")
-            if on_step is not None:
-                on_step(info)
+    def _step(self, info: StepInfo) -> None:
+        if self.keeper.step(info):
+            self.hooks.on_threads(self.keeper.choice, "the step time degraded")
+        self.hooks.on_step(info)
 
-        for index, depth in enumerate(depths):
-            if index < done_index or (index == done_index and done_epoch == config.epochs):
-                continue
-            if keeper.measure and depth != keeper.depth:
-                keeper.choose(depth)
-                if on_threads is not None and not keeper.forced:
-                    on_threads(keeper.choice, f"depth {depth}")
-            state = checkpoint["engine"] if checkpoint and index == done_index else None
-            for result in train(config, data, depth=depth, state=state, on_step=step_callback):
-                if writer is not None:
-                    writer.append_rows(result.metrics, result.diagnostics)
-                    writer.save_checkpoint(
-                        {
-                            "depth_index": index,
-                            "depth": depth,
-                            "epoch": result.epoch,
-                            "engine": result.state,
-                        }
-                    )
-                rows += result.metrics
-                if on_epoch is not None:
-                    on_epoch(result)
-    if writer is None:
-        return StudyResult(metrics_frame(rows), None, finished, resumed_from)
-    # Read back from the directory: it also holds the rows of epochs before a resume.
-    metrics = store.read_run(writer.path).metrics[list(store.METRICS_COLUMNS)]
-    return StudyResult(metrics, writer.path, finished, resumed_from, list(writer.notes))
+    def train_depth(self, index: int, depth: int | None, resumed) -> list[dict]:
+        keeper, hooks, writer = self.keeper, self.hooks, self.writer
+        if keeper.measure and depth != keeper.depth:
+            keeper.choose(depth)
+            if not keeper.forced:
+                hooks.on_threads(keeper.choice, f"depth {depth}")
+        state = resumed.engine if resumed is not None else None
+        rows: list[dict] = []
+        for result in train(self.config, self.data, depth=depth, state=state, on_step=self._step):
+            if writer is not None:
+                writer.append_rows(result.metrics, result.diagnostics)
+                writer.save_checkpoint(
+                    depth_index=index, depth=depth, epoch=result.epoch, engine=result.state
+                )
+            rows += result.metrics
+            hooks.on_epoch(result)
+        return rows
 
 
 def check_model_source(config: ExperimentConfig) -> None:

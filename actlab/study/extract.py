@@ -23,6 +23,7 @@ from actlab.catalog import registry as catalog
 from actlab.config import ExperimentConfig, Member, members_for
 from actlab.errors import ConfigError, RunDirError
 from actlab.study import store
+from actlab.study.checkpoint import load_checkpoint
 
 
 @dataclass
@@ -73,7 +74,7 @@ def extract_member(
     """Member (activation, seed, lr) of the last checkpoint of `run_dir` (see the module)."""
     path = Path(run_dir)
     run = store.read_run(path)
-    checkpoint = store._load_checkpoint(path)
+    checkpoint = load_checkpoint(path / store.CHECKPOINT_FILE)
     if checkpoint is None:
         raise RunDirError(f"{path} has no checkpoint yet: no epoch finished; train it first")
     engine, depth, epoch = _engine(checkpoint)

@@ -8,14 +8,11 @@ a run directory alone is enough to rebuild everything).
 from __future__ import annotations
 
 import contextlib
-import csv
+import dataclasses
 import fcntl
-import io
 import json
 import os
-import platform
-import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,10 +20,25 @@ from typing import IO
 
 import pandas as pd
 
-from actlab.config import ExperimentConfig
-from actlab.errors import ConfigError, RunDirError
+from actlab.config import ExperimentConfig, members_for
+from actlab.errors import RunDirError
+from actlab.study.checkpoint import Checkpoint, StudyIdentity, load_checkpoint
+from actlab.study.config_file import (
+    DATA_KEYS as DATA_KEYS,  # re-exported, as describe_environment
+)
+from actlab.study.config_file import (
+    SCHEMA_VERSION,
+    check_same_study,
+    config_from_document,
+    extend_epochs,
+    read_config_document,
+)
+from actlab.study.config_file import (
+    describe_environment as describe_environment,
+)
+from actlab.study.files import append_records, replace_atomic, write_text_atomic
+from actlab.study.reconcile import check_rows, parse_csv_text, plan_rows
 
-SCHEMA_VERSION = 1
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 DIAGNOSTICS_FILE = "diagnostics.csv"
@@ -53,58 +65,27 @@ DIAGNOSTICS_COLUMNS = (
 # rows the CSVs lost, and nothing is lost or duplicated.
 
 
-def describe_environment(device: str, threads: int) -> dict:
-    """Versions and hardware recorded in config.json (no hidden state: docs/design.md, rule 5)."""
-    import numpy
-    import torch
-
-    import actlab
-
-    gpu = None
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        gpu = torch.cuda.get_device_name(torch.device(device))
-    return {
-        "actlab": actlab.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "platform": platform.platform(),
-        "device": str(device),
-        "cpu": _cpu_model_name(),
-        "gpu": gpu,
-        "threads": int(threads),
-        "hostname": socket.gethostname(),
-    }
-
-
-def _cpu_model_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 class RunWriter:
     """The writing side of one run directory, holding its lock until `close()`.
 
     Open it with `open_run_dir`. `checkpoint` is the last complete checkpoint found when
-    the directory was opened (None for a fresh run).
+    the directory was opened (None for a fresh run); every checkpoint it writes carries
+    `identity`, the study it belongs to.
     """
 
     def __init__(
         self,
         path: Path,
         lock_file: IO[str],
-        checkpoint: dict | None,
+        checkpoint: Checkpoint | None,
         records: dict[str, list[list[str]]] | None = None,
         notes: Sequence[str] = (),
+        identity: StudyIdentity | None = None,
     ) -> None:
         self.path = path
         self._lock_file = lock_file
         self.checkpoint = checkpoint
+        self.identity = identity
         # Every row written so far, as CSV records; each checkpoint carries a copy, so rows
         # that metrics.csv loses (truncated, emptied, deleted) are restored on reopen.
         self.records = records or {METRICS_FILE: [], DIAGNOSTICS_FILE: []}
@@ -118,7 +99,11 @@ class RunWriter:
         self.close()
 
     def close(self) -> None:
+        """Release the lock and remove run.lock (a killed process leaves it behind: the
+        kernel releases its flock, and the next writer takes it over)."""
         if not self._lock_file.closed:
+            with contextlib.suppress(OSError):
+                (self.path / LOCK_FILE).unlink()
             self._lock_file.close()  # closing the descriptor releases the flock
 
     def append_rows(
@@ -131,18 +116,29 @@ class RunWriter:
         ):
             if rows:
                 records = [_record(row, columns) for row in rows]
-                _append_records(self.path / name, records)
+                append_records(self.path / name, records)
                 self.records[name].extend(records)
 
-    def save_checkpoint(self, state: dict) -> None:
-        """Write checkpoint.pt atomically: temp file, fsync, rename, fsync the directory.
-
-        `state` must hold "depth_index" and "epoch" (the last complete epoch of that depth).
-        The checkpoint also holds a copy of every CSV row appended so far ("rows")."""
+    def save_checkpoint(
+        self, *, depth_index: int, depth: int | None, epoch: int, engine: dict
+    ) -> Checkpoint:
+        """Write checkpoint.pt atomically (temp file, fsync, rename, fsync the directory)
+        after the last complete `epoch` of the depth at `depth_index`: the engine state,
+        the study's identity and a copy of every CSV row appended so far. The one place a
+        checkpoint is built."""
         import torch
 
-        document = {"schema": SCHEMA_VERSION, **state, "rows": self.records}
-        _replace_atomic(self.path / CHECKPOINT_FILE, lambda handle: torch.save(document, handle))
+        checkpoint = Checkpoint(
+            depth_index=depth_index,
+            depth=depth,
+            epoch=epoch,
+            engine=engine,
+            identity=self.identity,
+            rows=self.records,
+        )
+        document = checkpoint.to_document()
+        replace_atomic(self.path / CHECKPOINT_FILE, lambda handle: torch.save(document, handle))
+        return checkpoint
 
 
 def open_run_dir(
@@ -158,28 +154,38 @@ def open_run_dir(
 
     A fresh directory (or one whose run never completed an epoch) gets config.json and the
     CSV headers. One with results must hold the same study (`study_key` and seeds) on the
-    same data (sizes and content fingerprint), else RunDirError names what differs. Its CSV
-    rows are reconciled with the copy the checkpoint holds: rows beyond the checkpoint (a
-    crash between the append and the checkpoint) are dropped, rows the CSV lost are restored,
-    and a CSV that contradicts the checkpoint is refused; `RunWriter.notes` says what was
-    done. `resume=True` insists that there is a run to continue.
+    same data (sizes and content fingerprint), and its checkpoint must carry the identity
+    of that study, else RunDirError names what differs. Its CSV rows are reconciled with
+    the copy the checkpoint holds (actlab.study.reconcile): every file is checked before
+    any is written. Reopening a study that is not finished removes its reports (they would
+    describe a state the directory no longer holds); `RunWriter.notes` says what was done.
+    `resume=True` insists that there is a run to continue.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--out {path} is a file, not a directory; choose another --out")
     path.mkdir(parents=True, exist_ok=True)
     lock_file = _lock(path)
+    identity = StudyIdentity.of(config, dataset)
     try:
         config_path = path / CONFIG_FILE
         if config_path.is_file() and (resume or _has_progress(path)):
-            existing = _check_same_study(config_path, config, dataset)
-            checkpoint = _load_checkpoint(path)
-            records, notes = _reconcile_with_checkpoint(path, config, checkpoint)
+            existing = check_same_study(config_path, config, dataset)
+            checkpoint = load_checkpoint(path / CHECKPOINT_FILE)
+            if checkpoint is not None:
+                checkpoint.check_belongs_to(config, dataset, path / CHECKPOINT_FILE)
+            plan = plan_rows(path, config, checkpoint, _csv_texts(path), _COLUMNS)
+            # Everything is checked: now the repairs.
+            for name, text in plan.rewrites.items():
+                _write_atomic(path / name, text)
             if config.epochs > existing.epochs:  # training longer: continue from the checkpoint
-                _extend_epochs(config_path, existing.epochs, config.epochs)
+                extend_epochs(config_path, existing.epochs, config.epochs)
             if config.diagnostics and not (path / DIAGNOSTICS_FILE).exists():
                 _write_atomic(path / DIAGNOSTICS_FILE, ",".join(DIAGNOSTICS_COLUMNS) + "\n")
-            writer = RunWriter(path, lock_file, checkpoint, records, notes)
+            notes = plan.notes
+            if checkpoint is None or not checkpoint.finished(config):
+                notes += _invalidate_reports(path)
+            writer = RunWriter(path, lock_file, checkpoint, plan.records, notes, identity)
         else:
             # A new run; a directory whose run never completed an epoch is simply replaced.
             if resume:
@@ -192,7 +198,7 @@ def open_run_dir(
                 raise RunDirError(
                     f"{path} holds run files but no {CONFIG_FILE}; remove them or choose another --out"
                 )
-            checkpoint = None
+            notes = _invalidate_reports(path)
             document = {
                 "schema": SCHEMA_VERSION,
                 "config": config.to_dict(),
@@ -207,11 +213,72 @@ def open_run_dir(
                 _write_atomic(path / DIAGNOSTICS_FILE, ",".join(DIAGNOSTICS_COLUMNS) + "\n")
             elif (path / DIAGNOSTICS_FILE).exists():
                 (path / DIAGNOSTICS_FILE).unlink()
-            writer = RunWriter(path, lock_file, checkpoint)
+            writer = RunWriter(path, lock_file, None, notes=notes, identity=identity)
     except BaseException:
         lock_file.close()
         raise
     return writer
+
+
+_COLUMNS = {METRICS_FILE: METRICS_COLUMNS, DIAGNOSTICS_FILE: DIAGNOSTICS_COLUMNS}
+
+
+def _csv_texts(path: Path) -> dict[str, str | None]:
+    """The text of each CSV of a run directory (None when absent)."""
+    texts: dict[str, str | None] = {}
+    for name in _COLUMNS:
+        try:
+            texts[name] = (path / name).read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            texts[name] = None
+    return texts
+
+
+# The reports a run directory may hold: its own (report.html/.md) and the one `actlab
+# report` writes while the study is being trained (see `run_owner`).
+REPORT_FILES = ("report.html", "report.md", "report.unfinished.html", "report.unfinished.md")
+REPORT_MARKS = ("<!-- written by actlab report -->", "# actlab: ", "<title>actlab: ")
+
+
+def _invalidate_reports(path: Path) -> list[str]:
+    """Remove the reports actlab wrote in `path`: the study is about to change (resumed,
+    extended or restarted), and a report must never outlive the rows it describes. A
+    report is rebuilt from the directory alone (`actlab report`)."""
+    removed = []
+    for name in REPORT_FILES:
+        file = path / name
+        try:
+            with open(file, encoding="utf-8", errors="replace") as handle:
+                head = handle.read(4096)
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        if any(mark in head for mark in REPORT_MARKS):
+            file.unlink()
+            removed.append(name)
+    if not removed:
+        return []
+    return [
+        f"removed {', '.join(removed)} (they described the study before it was reopened); "
+        f"the study writes its report when it ends, or run `actlab report {path}`"
+    ]
+
+
+def run_owner(path: Path) -> str | None:
+    """The pid (as text, "?" when unknown) of the process writing run directory `path`,
+    or None when nobody holds its lock. Never creates or changes a file."""
+    try:
+        handle = open(path / LOCK_FILE, encoding="utf-8")  # noqa: SIM115
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "?"
+        except OSError:
+            return None
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return None
 
 
 def _has_progress(path: Path) -> bool:
@@ -226,22 +293,33 @@ def _has_progress(path: Path) -> bool:
 
 
 def _lock(path: Path) -> IO[str]:
+    """Take run.lock (an fcntl lock, released by the kernel when the process dies, so a
+    lock left by a killed run is simply taken over). The writer removes the file when it
+    closes; a lock taken on a file that was removed meanwhile is taken again on the new one."""
     lock_path = path / LOCK_FILE
-    if lock_path.exists() and not lock_path.is_file():
-        raise RunDirError(
-            f"{lock_path} is not a file; remove it (actlab creates it) or choose another --out"
-        )
-    handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 -- held until close()
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        pid = handle.read().strip() or "?"
-        handle.close()
-        raise RunDirError(
-            f"run directory {path} is in use by another actlab process (pid {pid}); "
-            "wait for it to finish or choose another --out"
-        ) from None
+    for _ in range(100):
+        if lock_path.exists() and not lock_path.is_file():
+            raise RunDirError(
+                f"{lock_path} is not a file; remove it (actlab creates it) or choose another --out"
+            )
+        handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 -- held until close()
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "?"
+            handle.close()
+            raise RunDirError(
+                f"run directory {path} is in use by another actlab process (pid {pid}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()  # the previous owner removed the file between our open and lock
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
@@ -249,339 +327,13 @@ def _lock(path: Path) -> IO[str]:
     return handle
 
 
-def read_config_document(config_path: Path) -> dict:
-    """config.json as a dict, checked for its schema version and the types of its blocks,
-    so that a damaged file is refused before anything trains (RunDirError, one line)."""
-    try:
-        document = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise RunDirError(
-            f"{config_path} is unreadable or corrupt ({error}); rerun the study or restore the file"
-        ) from None
-    if not isinstance(document, dict) or "schema" not in document or "config" not in document:
-        raise RunDirError(
-            f"{config_path} is not an actlab config (no 'schema'/'config' keys); rerun the study"
-        )
-    if document["schema"] != SCHEMA_VERSION:
-        raise RunDirError(
-            f"{config_path} has schema version {document['schema']!r}, this actlab reads version "
-            f"{SCHEMA_VERSION}; use the actlab version that wrote it"
-        )
-    for key, kind in (
-        ("config", dict),
-        ("members", list),
-        ("dataset", dict),
-        ("environment", dict),
-    ):
-        if key in document and not isinstance(document[key], kind):
-            raise RunDirError(
-                f"{config_path}: {key!r} is a {type(document[key]).__name__}, expected a "
-                f"{kind.__name__}; rerun the study or restore the file"
-            )
-    return document
-
-
-def config_from_document(document: dict, config_path: Path) -> ExperimentConfig:
-    try:
-        return ExperimentConfig.from_dict(document["config"])
-    except (ConfigError, TypeError, ValueError, AttributeError) as error:
-        text = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise RunDirError(
-            f"{config_path} holds an invalid config ({text}); rerun the study or restore the file"
-        ) from None
-
-
-# The dataset fields that must agree to resume: a study continued on other data would mix
-# two experiments in one table.
-DATA_KEYS = ("train_size", "val_size", "test_size", "input_shape", "num_classes", "fingerprint")
-
-
-def _same_model_file(mine: ExperimentConfig, theirs: ExperimentConfig) -> bool:
-    """Two references to the same NAME in the same file (resolved paths agree), however the
-    path was written (``net.py:build``, ``./net.py:build``, ``../x/net.py:build``); whether
-    its content changed is the source hash's question."""
-    name, other = mine.model.rpartition(":")[2], theirs.model.rpartition(":")[2]
-    if name != other or not mine.model_source or not theirs.model_source:
-        return False
-    return Path(mine.model_source).resolve() == Path(theirs.model_source).resolve()
-
-
-def _check_same_study(
-    config_path: Path, config: ExperimentConfig, dataset: dict
-) -> ExperimentConfig:
-    """The run's config, when it is the same study as `config` on the same data; more
-    epochs than the run has are the same study trained longer (not for a depth study: only
-    the last depth's checkpoint is kept, so the earlier depths could not continue)."""
-    document = read_config_document(config_path)
-    existing = config_from_document(document, config_path)
-    mine, theirs = config.study_key(), existing.study_key()
-    mine["seeds"], theirs["seeds"] = config.seeds, existing.seeds
-    if config.epochs > existing.epochs and len(config.depth_list) > 1:
-        raise RunDirError(
-            f"{config_path.parent} holds a depth study of {existing.epochs} epochs; a depth "
-            "study cannot be continued with more --epochs (only its last depth has a "
-            "checkpoint); choose another --out"
-        )
-    if config.epochs > existing.epochs:
-        theirs["epochs"] = config.epochs
-    differing = [name for name in mine if mine[name] != theirs.get(name)]
-    if "model" in differing and _same_model_file(config, existing):
-        differing.remove("model")  # another relative path to the same file: the same study
-    if "model_sha256" in differing and mine["model"] == theirs.get("model"):
-        source = config.model_source or config.model
-        raise RunDirError(
-            f"{source} changed since the run in {config_path.parent} started (sha256 "
-            f"{str(theirs.get('model_sha256'))[:12]} there, {str(mine['model_sha256'])[:12]} now); "
-            "restore the file to resume, or choose another --out"
-        )
-    if differing:
-        details = ", ".join(
-            f"{name} {theirs.get(name)!r} there, {mine[name]!r} asked" for name in differing
-        )
-        raise RunDirError(
-            f"{config_path.parent} holds a different study ({details}); "
-            "choose another --out or repeat the original options"
-        )
-    stored = document.get("dataset") or {}
-    changed = [
-        name
-        for name in DATA_KEYS
-        if name in stored and name in dataset and stored[name] != dataset[name]
-    ]
-    if changed:
-        details = ", ".join(
-            f"{name} {_short(stored[name])} there, {_short(dataset[name])} now" for name in changed
-        )
-        raise RunDirError(
-            f"{config_path.parent} was started on other data ({details}); restore the "
-            "original data, or choose another --out to start a new study on this data"
-        )
-    return existing
-
-
-def _extend_epochs(config_path: Path, old: int, new: int) -> None:
-    """Record in config.json that the study now trains for `new` epochs (it had `old`)."""
-    document = json.loads(config_path.read_text(encoding="utf-8"))
-    document["config"]["epochs"] = new
-    document.setdefault("continued", []).append(
-        {
-            "from_epochs": old,
-            "to_epochs": new,
-            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }  # fmt: skip
-    )
-    _write_atomic(config_path, json.dumps(document, indent=2) + "\n")
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text[:19] + "…'" if isinstance(value, str) and len(text) > 20 else text
-
-
-def _load_checkpoint(path: Path) -> dict | None:
-    import torch
-
-    checkpoint_path = path / CHECKPOINT_FILE
-    if not checkpoint_path.exists():
-        return None
-    if not checkpoint_path.is_file():
-        raise RunDirError(
-            f"{checkpoint_path} is not a file; remove it to restart the run, or choose another --out"
-        )
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except Exception as error:  # a corrupt file: the atomic rename makes this unlikely
-        raise RunDirError(
-            f"{checkpoint_path} is corrupt ({type(error).__name__}); delete it to restart the run"
-        ) from None
-    missing = [
-        key
-        for key in ("depth_index", "epoch", "engine")
-        if not isinstance(checkpoint, dict) or key not in checkpoint
-    ]
-    if missing or not isinstance(checkpoint.get("epoch"), int):
-        raise RunDirError(
-            f"{checkpoint_path} lacks {', '.join(missing) or 'a valid epoch'}; it was not written "
-            "by actlab compare: delete it to restart the run"
-        )
-    return checkpoint
-
-
-def _reconcile_with_checkpoint(
-    path: Path, config: ExperimentConfig, checkpoint: dict | None
-) -> tuple[dict[str, list[list[str]]], list[str]]:
-    """Make the CSVs hold exactly the rows of the epochs the checkpoint covers.
-
-    Rows beyond the checkpoint (a crash between the append and the checkpoint) are dropped:
-    those epochs are trained again. When the checkpoint carries its copy of the rows
-    ("rows"), rows the CSV lost are restored from it, and a CSV row that contradicts it is
-    refused (RunDirError naming the file and the fix). Returns the rows kept and notes that
-    say what was repaired."""
-    depth_index = {("" if d is None else str(d)): i for i, d in enumerate(config.depth_list)}
-    done = (-1, 0) if checkpoint is None else (checkpoint["depth_index"], checkpoint["epoch"])
-    saved = checkpoint.get("rows") if checkpoint is not None else None
-    if saved is None and checkpoint is None:
-        saved = {METRICS_FILE: [], DIAGNOSTICS_FILE: []}
-    if saved is not None and not (
-        isinstance(saved, dict) and all(isinstance(v, list) for v in saved.values())
-    ):
-        raise RunDirError(
-            f"{path / CHECKPOINT_FILE} holds a damaged copy of the rows; delete it to restart the run"
-        )
-
-    def position(record: list[str]) -> tuple[int, int] | None:
-        """(depth index, epoch) of a row; None for a row that is not one (blank, garbage)."""
-        try:
-            return depth_index.get(record[0], len(depth_index)), int(record[5])
-        except (IndexError, ValueError):
-            return None
-
-    def covered(record: list[str]) -> bool:
-        where = position(record)
-        return where is not None and where <= done
-
-    records: dict[str, list[list[str]]] = {}
-    notes: list[str] = []
-    for name, columns in ((METRICS_FILE, METRICS_COLUMNS), (DIAGNOSTICS_FILE, DIAGNOSTICS_COLUMNS)):
-        file = path / name
-        expected = None if saved is None else [list(map(str, r)) for r in saved.get(name, [])]
-        if file.exists():
-            parsed = parse_csv_text(file.read_text(encoding="utf-8", errors="replace"))
-        elif name == DIAGNOSTICS_FILE and not expected:
-            records[name] = []
-            continue
-        else:
-            parsed = ParsedCsv([], True, [])
-        body = parsed.records[1:] if parsed.records else []
-        has_header = bool(parsed.records) and tuple(parsed.records[0]) == columns
-        if parsed.records and not has_header:
-            body = parsed.records  # a header lost or damaged: judge the rows alone
-        kept = [r for r in body if covered(r)]
-        if expected is None:  # a checkpoint from before rows were kept in it
-            expected = kept
-        if kept == expected:
-            if len(kept) != len(body) or not parsed.complete or not has_header:
-                unreadable = sum(position(r) is None for r in body)
-                beyond = len(body) - len(kept) - unreadable + (0 if parsed.complete else 1)
-                if beyond:
-                    notes.append(
-                        f"{name}: dropped {beyond} row(s) beyond the checkpoint "
-                        f"(epoch {done[1]}); those epochs are trained again"
-                    )
-                if unreadable:
-                    notes.append(f"{name}: dropped {unreadable} blank or unreadable line(s)")
-                _write_atomic(file, _csv_text(columns, kept))
-        elif kept == expected[: len(kept)]:
-            notes.append(
-                f"{name}: {len(expected) - len(kept)} row(s) of complete epochs were missing "
-                f"from {file}; restored them from the copy in {CHECKPOINT_FILE}"
-            )
-            _write_atomic(file, _csv_text(columns, expected))
-        else:
-            line = next(
-                (i for i, (a, b) in enumerate(zip(kept, expected, strict=False)) if a != b),
-                min(len(kept), len(expected)),
-            )
-            raise RunDirError(
-                f"{file}: row {line + 1} differs from the copy of that row in {CHECKPOINT_FILE}; "
-                f"restore the file, or delete it to have it rewritten from {CHECKPOINT_FILE}"
-            )
-        records[name] = expected
-    return records, notes
+_write_atomic = write_text_atomic
+_replace_atomic = replace_atomic  # the names tests and older callers use
 
 
 def _record(row: dict, columns: tuple[str, ...]) -> list[str]:
     """A row as the strings csv.writer writes (str of a float is its shortest repr)."""
     return ["" if row.get(name) is None else str(row[name]) for name in columns]
-
-
-def _csv_text(columns: Sequence[str], records: Sequence[Sequence[str]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(records)
-    return buffer.getvalue()
-
-
-def _append_records(file: Path, records: Sequence[Sequence[str]]) -> None:
-    try:
-        with open(file, "a", encoding="utf-8", newline="") as handle:
-            csv.writer(handle, lineterminator="\n").writerows(records)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as error:  # a full disk: a row cut off here is dropped on reopening
-        if error.filename is None:
-            error.filename = str(file)
-        raise
-
-
-def _replace_atomic(file: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write `file` whole or not at all: a temp file beside it, fsync, rename, fsync the
-    directory. The temp file is removed when writing fails (a full disk, an interrupt)."""
-    temp = file.with_name(file.name + ".tmp")
-    try:
-        with open(temp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, file)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        if isinstance(error, OSError) and error.filename is None:
-            error.filename = str(file)  # name the file in the one-line message
-        raise
-    _fsync_dir(file.parent)
-
-
-def write_text_atomic(file: str | Path, text: str) -> Path:
-    """Replace a text file atomically (see `_replace_atomic`); used for reports too."""
-    file = Path(file)
-    _replace_atomic(file, lambda handle: handle.write(text.encode("utf-8")))
-    return file
-
-
-_write_atomic = write_text_atomic
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@dataclass
-class ParsedCsv:
-    """Records of an append-only CSV (header first). `complete` is False when the last
-    record was cut off (no final newline); `lines` gives each record's first line number."""
-
-    records: list[list[str]]
-    complete: bool
-    lines: list[int]
-    cut_line: int | None = None  # the line where the cut-off record began
-
-
-def parse_csv_text(text: str) -> ParsedCsv:
-    """Parse with a real CSV reader: quoted fields may hold commas, newlines and any other
-    character, so no line splitter may be used on these files. A final record without its
-    newline was cut off by a crash and is left out (complete=False)."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=False)
-    records, lines, start = [], [], 1
-    try:
-        for record in reader:
-            records.append(record)
-            lines.append(start)
-            start = reader.line_num + 1
-    except csv.Error:  # e.g. a NUL byte: keep what was read before it
-        return ParsedCsv(records, False, lines, start)
-    complete = text.endswith("\n") or not text
-    if not complete and records:
-        return ParsedCsv(records[:-1], False, lines[:-1], lines[-1])
-    return ParsedCsv(records, complete, lines)
 
 
 # === reading ==============================================================================
@@ -601,16 +353,21 @@ class RunData:
     diagnostics: pd.DataFrame | None  # DIAGNOSTICS_COLUMNS (+ "run"), None when absent
     problems: list[str] = field(default_factory=list)
     environments: list[dict] = field(default_factory=list)  # one per path
+    # The pid of the process that was writing the (first) directory when it was read
+    # (a study still training), else None: see `run_owner`.
+    writing: str | None = None
 
     @property
     def path(self) -> Path:
         return self.paths[0]
 
 
-def read_run(path: str | Path) -> RunData:
+def read_run(path: str | Path, *, verify: bool = True) -> RunData:
     """Read one run directory; never changes it. Damage that leaves usable data (a CSV cut
     off mid-row) is repaired in memory and described in `problems`; anything else raises
-    RunDirError with one line."""
+    RunDirError with one line. `verify` also applies compare's checks (the checkpoint is
+    this study's, and the CSVs hold its copy of the rows unchanged; actlab.study.reconcile):
+    a run that fails them is refused, never reported as if it were whole."""
     path = Path(path)
     config_path = path / CONFIG_FILE
     if not path.is_dir():
@@ -621,15 +378,34 @@ def read_run(path: str | Path) -> RunData:
         raise RunDirError(
             f"{path} is not an actlab run directory (no {CONFIG_FILE}); run `actlab compare --out {path}` first"
         )
+    writing = run_owner(path)  # before anything is read: the rows may be a moving target
     document = read_config_document(config_path)
     config = config_from_document(document, config_path)
+    dataset = dict(document.get("dataset") or {})
 
     problems: list[str] = []
+    # The checks `actlab compare` makes on reopening, read-only: the checkpoint (read
+    # before the CSVs, which a study still training only ever extends) must be this
+    # study's, and the CSVs must hold every row of its copy, unchanged.
+    checkpoint = None
+    if verify:
+        checkpoint = load_checkpoint(path / CHECKPOINT_FILE, mmap=True)
+        if checkpoint is not None:
+            checkpoint.check_belongs_to(config, dataset, path / CHECKPOINT_FILE)
     metrics = _read_csv(path / METRICS_FILE, METRICS_COLUMNS, problems)
     if metrics is None:
         problems.append(f"{METRICS_FILE}: missing; no epoch was completed")
         metrics = _typed(pd.DataFrame(columns=list(METRICS_COLUMNS)), METRICS_COLUMNS)
     diagnostics = _read_csv(path / DIAGNOSTICS_FILE, DIAGNOSTICS_COLUMNS, problems)
+    if verify and checkpoint is not None:
+        check_rows(path, config, checkpoint, _csv_texts(path), _COLUMNS)
+    _check_unique(path / METRICS_FILE, metrics)
+    members = document.get("members")
+    if not members:
+        members = [dataclasses.asdict(m) for d in config.depth_list for m in members_for(config, d)]
+        problems.append(
+            f"{CONFIG_FILE}: no members block; the members were derived from its config"
+        )
     metrics["run"] = 0
     if diagnostics is not None:
         diagnostics["run"] = 0
@@ -637,15 +413,29 @@ def read_run(path: str | Path) -> RunData:
     return RunData(
         paths=[path],
         config=config,
-        members=list(document.get("members") or []),
-        dataset=dict(document.get("dataset") or {}),
+        members=list(members),
+        dataset=dataset,
         environment=environment,
         created=str(document.get("created", "")),
         metrics=metrics,
         diagnostics=diagnostics,
         problems=problems,
         environments=[environment],
+        writing=writing,
     )
+
+
+def _check_unique(path: Path, metrics: pd.DataFrame) -> None:
+    """Refuse a metrics.csv holding a member's epoch twice (compare refuses it too)."""
+    key = ["depth", "member", "epoch"]
+    repeated = metrics[metrics.duplicated(key, keep="first")]
+    if len(repeated):
+        depth, member, epoch = repeated[key].iloc[0]
+        where = "" if pd.isna(depth) else f" of depth {depth}"
+        raise RunDirError(
+            f"{path} holds epoch {epoch} of member {member}{where} twice; restore the file, "
+            f"or delete it to have it rewritten from {CHECKPOINT_FILE} by rerunning the study"
+        )
 
 
 def _read_csv(path: Path, columns: tuple[str, ...], problems: list[str]) -> pd.DataFrame | None:
@@ -787,6 +577,7 @@ def merge_runs(paths: Sequence[str | Path]) -> RunData:
         diagnostics=pd.concat(diagnostics_parts, ignore_index=True) if diagnostics_parts else None,
         problems=problems,
         environments=[run.environment for run in runs],
+        writing=next((run.writing for run in runs if run.writing is not None), None),
     )
 
 
