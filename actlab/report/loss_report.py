@@ -1,7 +1,7 @@
 """The report of a study scored by a loss (a language model: lower is better).
 
-The statistics are the classifier report's (actlab.report.stats: paired t-tests over seeds,
-Holm, TOST, power), on the task's metric instead of accuracy: the final-epoch test loss,
+The statistics are the classifier report's (actlab.report.stats: paired sign-flip tests
+over seeds, Holm, TOST, power), on the task's metric instead of accuracy: the final-epoch test loss,
 written in bits per character for a byte-level language model (bpc = nats/token / ln 2).
 The tests run on the score ``-bpc`` so that, as in every pair of the stats module, ``a`` is
 the better arm and the difference is how much better, in bpc. The smallest gap that
@@ -75,28 +75,40 @@ def _pair(pairs: pd.DataFrame, x: str, y: str) -> pd.Series | None:
     return None if hit.empty else hit.iloc[0]
 
 
+def _interval_text(pair: pd.Series) -> str:
+    """The pair's interval at the level that matches its word (stats.pairwise), or why
+    there is none."""
+    confidence = f"{100 * pair['ci_confidence']:.3g}%"
+    if not (math.isfinite(pair["ci_low"]) and math.isfinite(pair["ci_high"])):
+        return f"{int(pair['n'])} seeds are too few for a {confidence} interval"
+    return f"{confidence} CI [{pair['ci_low']:.4f}, {pair['ci_high']:.4f}]"
+
+
 def _gap_sentence(pair: pd.Series, min_gap_bpc: float) -> str:
-    """What the paired test says of one pair: a better than b by d bpc [CI]."""
-    if pair["n"] < 2 or pd.isna(pair["p_holm"]):
-        return (
-            f"{pair['a']}'s test loss is below {pair['b']}'s by {pair['mean_diff']:.4f} bpc on "
-            f"{int(pair['n'])} seed(s): no test is possible with fewer than 2 seeds"
-        )
-    gap = (
-        f"{pair['a']}'s test loss is below {pair['b']}'s by {pair['mean_diff']:.4f} bpc "
-        f"(95% CI [{pair['ci_low']:.4f}, {pair['ci_high']:.4f}], paired over {int(pair['n'])} "
-        f"seeds, Holm p = {pair['p_holm']:.3g})"
+    """What the paired test says of one pair: a below b by d bpc, and how sure that is."""
+    n = int(pair["n"])
+    gap = f"{pair['a']}'s test loss is below {pair['b']}'s by {pair['mean_diff']:.4f} bpc"
+    if n < 2 or pd.isna(pair["p_holm"]):
+        return f"{gap} on {n} seed(s): no test is possible with fewer than 2 seeds"
+    gap += (
+        f" ({_interval_text(pair)}; paired over {n} seeds, sign-flip test, Holm p = "
+        f"{pair['p_holm']:.3g})"
     )
     if pair["significant"]:
         return gap + ": a real difference at the 5% level"
-    words = gap + ": not shown to differ at the 5% level, which is not evidence that they are equal"
     if pair["equivalent"]:
         return gap + f": practically equivalent (TOST within ±{min_gap_bpc:g} bpc)"
-    detectable = pair["detectable_gap"]
-    if math.isfinite(detectable):
+    words = gap + ": not shown to differ, which is not evidence that they are equal"
+    level = pair["level"]
+    if math.isinf(pair["detectable_gap"]):
         words += (
-            f"; with these seeds only a gap of about {detectable:.4f} bpc would be found reliably"
+            f"; with {n} seeds no gap can be found at the Holm level {level:.3g} (a sign-flip "
+            f"test of {n} seeds cannot give p below {stats.smallest_p(n):.3g})"
         )
+    elif math.isfinite(pair["detectable_gap"]):
+        words += f"; gaps below about {pair['detectable_gap']:.4f} bpc would be missed"
+    if math.isfinite(pair["seeds_needed"]):
+        words += f"; to detect {min_gap_bpc:g} bpc plan about {int(pair['seeds_needed'])} seeds"
     return words
 
 
@@ -114,14 +126,15 @@ def verdict(analysis: dict) -> list[str]:
     if ranked.empty:
         return [*lines, "No member finished: nothing to compare."]
     best = ranked.iloc[0]
-    lines.append(
-        f"The best is {best['arm']} at {_bpc_text(best[f'{SCORE}_mean'])} bpc"
-        + (
-            f" (95% CI [{-best[f'{SCORE}_ci_high']:.4f}, {-best[f'{SCORE}_ci_low']:.4f}])."
-            if math.isfinite(best[f"{SCORE}_ci_low"])
-            else "."
-        )
+    others = [_pair(pairs, best["arm"], arm) for arm in ranked["arm"].iloc[1:]]
+    resolved = len(others) > 0 and all(p is not None and p["significant"] for p in others)
+    interval = (
+        f" (95% CI over seeds [{-best[f'{SCORE}_ci_high']:.4f}, {-best[f'{SCORE}_ci_low']:.4f}])"
+        if math.isfinite(best[f"{SCORE}_ci_low"])
+        else ""
     )
+    lead = "The best is" if resolved else "Lowest mean (not shown to be the best):"
+    lines.append(f"{lead} {best['arm']} at {_bpc_text(best[f'{SCORE}_mean'])} bpc{interval}.")
     for _, row in ranked.iloc[1:].iterrows():
         pair = _pair(pairs, best["arm"], row["arm"])
         if pair is not None:
@@ -172,16 +185,19 @@ def summary_rows(analysis: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def pair_rows(analysis: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["lower", "higher", "seeds", "gap (bpc)", "95% CI", "p (Holm)", "significant",
-              "detectable gap", "TOST p (Holm)", "equivalent"]  # fmt: skip
+    header = ["lower", "higher", "seeds", "gap (bpc)", "interval", "p (Holm)", "significant",
+              "detectable gap", "seeds to plan", "TOST p (Holm)", "equivalent"]  # fmt: skip
     rows = []
     for _, p in analysis["pairs"].iterrows():
+        finite = math.isfinite(p["ci_low"]) and math.isfinite(p["ci_high"])
         rows.append([
             str(p["a"]), str(p["b"]), str(int(p["n"])), f"{p['mean_diff']:.4f}",
-            "–" if pd.isna(p["ci_low"]) else f"[{p['ci_low']:.4f}, {p['ci_high']:.4f}]",
+            f"[{p['ci_low']:.4f}, {p['ci_high']:.4f}] ({100 * p['ci_confidence']:.3g}%)"
+            if finite else "too few seeds",
             "–" if pd.isna(p["p_holm"]) else f"{p['p_holm']:.3g}",
             "yes" if p["significant"] else "no",
-            "–" if not math.isfinite(p["detectable_gap"]) else f"{p['detectable_gap']:.4f}",
+            f"{p['detectable_gap']:.4f}" if math.isfinite(p["detectable_gap"]) else "none",
+            f"{int(p['seeds_needed'])}" if math.isfinite(p["seeds_needed"]) else "–",
             "–" if pd.isna(p["tost_p_holm"]) else f"{p['tost_p_holm']:.3g}",
             "yes" if p["equivalent"] else "no",
         ])  # fmt: skip
@@ -209,11 +225,12 @@ def summary_note(run: RunData) -> str:
     return (
         "Mean over seeds of non-diverged members; std with ddof=1; 95% CI from the t "
         "distribution. Activations that share a group letter were not shown to differ at 5% "
-        "(paired t-tests over seeds, Holm-corrected over all pairs), which is not evidence that "
+        "(paired sign-flip tests over seeds, Holm-corrected over all pairs), which is not evidence that "
         "they are equal; practically equivalent means a TOST shows the gap inside "
         f"±{run.config.min_gap / 100:g} bpc (--min-gap {run.config.min_gap:g}, in hundredths "
         "of a bit per character). Detectable gap: the gap these seeds would find with 80% "
-        "power at the Holm level, if the SD of the paired differences is the one observed."
+        "power at the Holm level, if the SD of the paired differences is the one observed "
+        "(none: no sign-flip test of so few seeds can reach that level)."
     )
 
 
