@@ -16,7 +16,8 @@ from actlab.errors import ConfigError, control_characters
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 INITS = ("pytorch", "glorot", "kaiming", "lecun")
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "gpt")
+SCHEDULES = ("constant", "cosine")
 SELECTIONS = ("auto", "final", "val")
 STACKINGS = ("auto", "vmap", "loop")
 # More members than this is a mistake (a count typed as a list, an extra zero), not a study:
@@ -71,7 +72,10 @@ class ExperimentConfig:
     # Data. The test split is never used for selection; `val_size` holds out a validation
     # split from train with a fixed seed.
     dataset: str = option(
-        "mnist", "mnist, fashion-mnist, kmnist, digits, cifar10, npz:PATH, idx:DIR", group="data"
+        "mnist",
+        "mnist, fashion-mnist, kmnist, digits, cifar10, npz:PATH, idx:DIR, or a text corpus "
+        "for --net gpt: text:PATH (a UTF-8 file) or text:stdlib (Python's own source)",
+        group="data",
     )
     data_dir: str | None = option(
         None,
@@ -105,10 +109,12 @@ class ExperimentConfig:
     # file, so that a run is never resumed with a changed model.
     model: str = option(
         "mlp",
-        "mlp, cnn, or your own network: FILE.py:NAME or module.path:NAME, where NAME is "
+        "mlp, cnn, gpt (a decoder-only transformer; needs --dataset text:PATH), or your own "
+        "network: FILE.py:NAME or module.path:NAME, where NAME is "
         "a builder taking the activation factory (def build(act)) or an nn.Module class / "
         "zero-argument factory whose activations are swapped (see --swap)",
         group="model",
+        aliases=("--net",),
     )
     swap: tuple[str, ...] = option(
         (),
@@ -140,6 +146,15 @@ class ExperimentConfig:
         "weight initialisation (glorot is Keras' default)",
         group="model",
         choices=INITS,
+    )
+    # The decoder-only transformer (model "gpt", actlab.nn.gpt): model width, blocks, attention
+    # heads, and the context in tokens (also the window length of a text dataset). Its FFN
+    # has 4 * width hidden units, 2/3 of that for a gated activation (equal parameters).
+    width: int = option(64, "--net gpt: model width", group="model")
+    layers: int = option(2, "--net gpt: blocks", group="model")
+    heads: int = option(4, "--net gpt: attention heads", group="model")
+    context: int = option(
+        64, "--net gpt: context in tokens (bytes), the length of a training window", group="model"
     )
     # scale init by torch.nn.init.calculate_gain(activation)
     init_gain: bool = option(
@@ -177,6 +192,22 @@ class ExperimentConfig:
     optimizer: str = option("adam", "the optimizer", group="training", choices=OPTIMIZERS)
     weight_decay: float = option(0.0, "(adamw, sgd)", group="training")
     momentum: float = option(0.9, "(sgd)", group="training")  # SGD only
+    # Learning-rate schedule per member (actlab.nn.schedule): "constant" or "cosine" (to 0 at
+    # the last step), after `warmup` steps of linear warm-up; `clip`: each member's gradient
+    # is clipped to this global norm (torch.nn.utils.clip_grad_norm_), None for no clipping.
+    schedule: str = option(
+        "constant",
+        "learning-rate schedule per member: constant, or cosine decay to 0 at the end",
+        group="training",
+        choices=SCHEDULES,
+    )
+    warmup: int = option(0, "steps of linear lr warm-up", group="training")
+    clip: float | None = option(
+        None,
+        "clip each member's gradient to this global norm (default: no clipping)",
+        group="training",
+        metavar="NORM",
+    )
     # "val": each activation's lr is chosen on the validation split, test results reported
     # at that lr; "final": every (activation, lr) is reported as it is; "auto": "val" when
     # several lrs are given (a fair comparison tunes the lr per activation), else "final".
@@ -196,9 +227,10 @@ class ExperimentConfig:
     # so a smaller gap between activations is smaller than what reseeding changes.
     min_gap: float = option(
         0.5,
-        "the smallest accuracy gap that matters, in percentage points: the report says "
-        "how many seeds would detect it, and calls two activations practically equivalent "
-        "only when a TOST shows their gap is inside it",
+        "the smallest accuracy gap that matters, in percentage points (a language model: "
+        "in hundredths of a bit per character): the report says how many seeds would detect "
+        "it, and calls two activations practically equivalent only when a TOST shows their "
+        "gap is inside it",
         group="analysis",
         metavar="PP",
     )
@@ -253,6 +285,13 @@ class ExperimentConfig:
             if name in values and values[name] is not None:
                 values[name] = tuple(values[name])
         return cls(**values)
+
+    @property
+    def task(self):
+        """The study's task (actlab.tasks.Task): it follows from the dataset."""
+        from actlab.tasks import task_for_dataset
+
+        return task_for_dataset(self.dataset)
 
     @property
     def is_user_model(self) -> bool:
@@ -378,6 +417,46 @@ def check_output_activation(spec: str | None) -> None:
     )
 
 
+def check_lm_fields(config: ExperimentConfig) -> None:
+    """The transformer, text and schedule fields (see ExperimentConfig)."""
+
+    def need(condition: bool, message: str) -> None:
+        if not condition:
+            raise ConfigError(message)
+
+    for name in ("width", "layers", "heads", "context"):
+        value = getattr(config, name)
+        need(
+            isinstance(value, int) and value >= 1,
+            f"--{name} must be a positive integer, got {value}",
+        )
+    need(
+        config.width % config.heads == 0,
+        f"--width {config.width} must be a multiple of --heads {config.heads} (width per head)",
+    )
+    need(
+        config.schedule in SCHEDULES,
+        f"unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}",
+    )
+    need(config.warmup >= 0, f"--warmup must be a step count >= 0, got {config.warmup}")
+    need(
+        config.clip is None or (math.isfinite(config.clip) and config.clip > 0),
+        f"--clip must be a positive gradient norm, got {config.clip}",
+    )
+    text = config.dataset.startswith("text:")
+    if config.model == "gpt":
+        need(text, "--net gpt is a language model: give --dataset text:PATH (or text:stdlib)")
+    else:
+        need(
+            not text,
+            f"--dataset {config.dataset} is a language-modelling corpus: add --net gpt",
+        )
+        need(
+            config.schedule == "constant" and config.warmup == 0 and config.clip is None,
+            "--schedule, --warmup and --clip apply to --net gpt only for now; drop them",
+        )
+
+
 def validate(config: ExperimentConfig) -> None:
     """Refuse configurations that cannot run, with one line that says how to fix them."""
     _validate_choices(config)
@@ -416,6 +495,7 @@ def _validate_choices(config: ExperimentConfig) -> None:
         )
     else:
         need(not config.swap, "--swap applies to your own model (--model FILE.py:NAME) only")
+    check_lm_fields(config)
     need(
         config.stacking in STACKINGS,
         f"unknown stacking {config.stacking!r}; choose one of {', '.join(STACKINGS)}",

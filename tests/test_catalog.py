@@ -97,7 +97,7 @@ def test_keyword_params_override_the_spec_string():
 def test_unknown_name_suggests_nearest_names():
     with pytest.raises(UnknownActivationError) as error:
         resolve("rleu")
-    assert str(error.value) == "unknown activation 'rleu'; did you mean relu, relu6, rrelu?"
+    assert str(error.value) == "unknown activation 'rleu'; did you mean relu, reglu, relu2?"
     with pytest.raises(UnknownActivationError, match="did you mean sigmoid"):
         get("sigmod")
 

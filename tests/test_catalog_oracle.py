@@ -34,6 +34,16 @@ def _glu(x, dim):
     return a * special.expit(b)
 
 
+def _gated(gate):
+    """a * gate(b), [a, b] the halves of x along dim (Shazeer 2020)."""
+
+    def oracle(x, dim):
+        a, b = np.split(x, 2, axis=dim)
+        return a * gate(b)
+
+    return oracle
+
+
 # name -> oracle(x, **params) on float64 NumPy arrays; written from the formulas, not torch.
 ORACLES = {
     "relu": lambda x: np.maximum(x, 0),
@@ -73,6 +83,11 @@ ORACLES = {
     "sparse_sigmoid": lambda x: np.clip((x + 1) / 2, 0, 1),
     "squareplus": lambda x, b: (x + np.sqrt(x * x + b)) / 2,
     "glu": lambda x, dim: _glu(x, dim),
+    "bilinear": _gated(lambda b: b),
+    "reglu": _gated(lambda b: np.maximum(b, 0)),
+    "geglu": _gated(lambda b: b * 0.5 * (1 + special.erf(b / np.sqrt(2)))),
+    "swiglu": _gated(lambda b: b * special.expit(b)),
+    "relu2": lambda x: np.maximum(x, 0) ** 2,
     "softmax": lambda x, dim: special.softmax(x, axis=dim),
     "softmin": lambda x, dim: special.softmax(-x, axis=dim),
     "log_softmax": lambda x, dim: special.log_softmax(x, axis=dim),

@@ -88,7 +88,7 @@ def test_show_accepts_spec_strings_expressions_and_dim_entries(capsys):
     [
         (
             ["show", "rleu"],
-            "actlab: error: unknown activation 'rleu'; did you mean relu, relu6, rrelu?\n",
+            "actlab: error: unknown activation 'rleu'; did you mean relu, reglu, relu2?\n",
         ),
         (["show", "leaky_relu(negative_slope=abc)"], "bad value 'abc' for 'negative_slope'"),
         (["show", "expr:__import__('os').system('id')"], "is not an allowed function"),

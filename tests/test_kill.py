@@ -9,18 +9,15 @@ the whole sweep stays within a few seconds; the kill points are the N-th call to
 os.replace, the two calls every durable write of actlab.study.store goes through.
 """
 
-import contextlib
-import io
 import os
 import signal
-import stat
 
 import numpy as np
 import pandas as pd
 import pytest
 from fixtures.data import write_npz
+from fixtures.kill import durable_calls, quiet_main, rows
 
-from actlab.cli.main import main
 from actlab.report import render as report
 from actlab.study import store
 
@@ -41,57 +38,6 @@ def no_charts(monkeypatch):
     its atomic write are."""
     monkeypatch.setattr(report, "charts", lambda analysis: [])
     monkeypatch.setattr(report, "_activation_figure", lambda analysis: None)
-
-
-def quiet_main(argv: list[str]) -> int:
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return main(argv)
-
-
-def durable_calls(argv: list[str], kill_at: int | None = None, truncate: bool = False) -> int:
-    """Run `argv` counting os.fsync/os.replace calls; with `kill_at`, in a forked child that
-    SIGKILLs itself at that call (after cutting the file being fsynced to half when
-    `truncate`). Returns the number of calls (a full run) or the child's signal number."""
-    calls = 0
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def point(fd: int | None = None) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == kill_at:
-            if truncate and fd is not None and stat.S_ISREG(os.fstat(fd).st_mode):
-                os.ftruncate(fd, os.fstat(fd).st_size // 2)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def fsync(fd: int) -> None:
-        point(fd)
-        real_fsync(fd)
-
-    def replace(src, dst) -> None:
-        point()
-        real_replace(src, dst)
-
-    if kill_at is None:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(os, "fsync", fsync)
-            patch.setattr(os, "replace", replace)
-            assert quiet_main(argv) == 0
-        return calls
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 99
-        try:
-            os.fsync, os.replace = fsync, replace
-            code = 100 + quiet_main(argv)
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.WTERMSIG(status) if os.WIFSIGNALED(status) else -os.WEXITSTATUS(status)
-
-
-def rows(path, name: str) -> pd.DataFrame:
-    frame = pd.read_csv(path / name, dtype={"activation": str, "status": str})
-    return frame.drop(columns=["epoch_time_s"], errors="ignore")
 
 
 def test_sigkill_anywhere_then_rerun_gives_the_rows_of_an_uninterrupted_run(tmp_path):

@@ -1,6 +1,6 @@
 """The package's layers: every import goes down (or stays in its own room), never up.
 
-errors < catalog < config, data < nn < engine < study < report < export < cli. A module may
+errors < catalog, tasks < config, data < nn < engine < study < report < export < cli. A module may
 import from its own subpackage and from any lower layer; `actlab/__init__.py` (the lazy
 public API) and `actlab/__main__.py` are the roof and may import anything.
 """
@@ -10,6 +10,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "actlab"
 LAYERS = {
+    "tasks": 1,
     "errors": 0,
     "catalog": 1,
     "config": 2,

@@ -1,6 +1,7 @@
 """The name index of the catalog: canonical names, aliases, PyTorch class names and Keras
 names -> entries. Case, ``_``, ``-`` and spaces do not matter (``LeakyReLU`` ==
-``leaky_relu``). Filled with :data:`actlab.catalog.entries.ENTRIES` at import; users add
+``leaky_relu``). Filled with :data:`actlab.catalog.entries.ENTRIES` and the gated units of
+:data:`actlab.catalog.gated.GATED_ENTRIES` at import; users add
 to it with :func:`actlab.catalog.registry.register`."""
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ import difflib
 import re
 
 from actlab.catalog.activation import ActivationSpec
-from actlab.catalog.entries import ENTRIES
+from actlab.catalog.entries import ENTRIES as _CORE_ENTRIES
+from actlab.catalog.gated import GATED_ENTRIES
 from actlab.errors import SpecError, UnknownActivationError
 
+ENTRIES = (*_CORE_ENTRIES, *GATED_ENTRIES)
 _REGISTRY: dict[str, ActivationSpec] = {}  # canonical name -> spec
 _LOOKUP: dict[str, tuple[str, dict]] = {}  # normalised name/alias -> (canonical, preset params)
 BUILTIN: dict[str, ActivationSpec] = {spec.name: spec for spec in ENTRIES}

@@ -118,7 +118,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         user = load(args.model)
     config = config_from_args(args, user)
     config.check_activations()
-    check_ray_options(run)
+    if config.model == "gpt":
+        from actlab.nn.gpt import parameter_line
+
+        print(parameter_line(config))
+    check_ray_options(run, config)
     out = run.out or default_out(config.dataset, user.name if user else None)
     if user is not None:
         from actlab.nn.user_model import describe
@@ -144,11 +148,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def check_ray_options(run: RunOptions) -> None:
+def check_ray_options(run: RunOptions, config: ExperimentConfig) -> None:
     """Ray's options, before the dataset is loaded: bad options, no Ray, or no cluster at
     the address."""
     if run.ray is None and (run.shard_size is not None or run.checkpoint_every != 1):
         raise ConfigError("--shard-size and --checkpoint-every apply with --ray only; add --ray")
+    if run.ray is not None and config.model == "gpt":
+        raise ConfigError("--ray does not run --net gpt studies yet; drop --ray")
     if run.ray is not None:
         from actlab.study.cluster import check_options, check_reachable, import_ray
 
@@ -210,28 +216,27 @@ def train_study(config: ExperimentConfig, run: RunOptions, out: str, dataset, lo
 
 
 def print_outcome(config: ExperimentConfig, run: RunOptions, out: str) -> None:
-    """The report's summary table and verdict (from report.render.analyse, as report.html
-    shows them); the report's path unless --no-report."""
-    from actlab.cli.report import print_verdict, selection_line, summary_text
-    from actlab.report.render import analyse, with_min_gap, write_run_report
+    """The report's summary table and verdict (from the report's own analysis, as
+    report.html shows them); the report's path unless --no-report."""
+    from actlab.cli.report import print_summary, print_verdict
+    from actlab.report.render import with_min_gap, write_run_report
     from actlab.study.store import read_run
 
     data = with_min_gap(read_run(out), config.min_gap)
-    analysis = analyse(data)
-    print(summary_text(analysis))
-    if analysis.selected is not None:
-        print(selection_line(analysis))
+    print_summary(data)
     if run.report:
         print(f"report: {write_run_report(data)}")
-    print_verdict(analysis)
+    print_verdict(data)
 
 
 def default_out(dataset: str, model: str | None = None) -> str:
-    """runs/compare-<dataset>; for npz:PATH and idx:DIR, the file or folder name; a user
-    model's NAME is appended (runs/compare-fashion-mnist-resnet8)."""
+    """runs/compare-<dataset>; for npz:PATH, idx:DIR and text:PATH, the file or folder name;
+    a user model's NAME is appended (runs/compare-fashion-mnist-resnet8)."""
     name = dataset
     if dataset.startswith(("npz:", "idx:")):
         name = dataset[:3] + "-" + Path(dataset[4:]).stem
+    elif dataset.startswith("text:"):  # text:corpus/shakespeare.txt -> text-shakespeare
+        name = "text-" + Path(dataset[5:]).stem
     if model:
         name += "-" + model
     return "runs/compare-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")

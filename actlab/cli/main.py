@@ -1,6 +1,6 @@
 """The `actlab` command: parse, call one library function, print. Nothing else lives here.
 
-One module per verb (catalog: list/show/plot; datasets; compare; report; export; bench),
+One module per verb (catalog: list/show/plot; datasets; compare; report; export; extract; bench),
 each with its parser and its one handler; `actlab compare`'s options are generated from
 ExperimentConfig (actlab.cli.options). Exit codes are in actlab.cli.base. A closed stdout
 (``actlab list | head -1``) never stops the work: output is dropped, the run directory and
@@ -15,7 +15,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from actlab.cli import bench, catalog, compare, datasets, export, report
+from actlab.cli import bench, catalog, compare, datasets, export, extract, report
 from actlab.cli.base import (
     EXIT_DIVERGED,
     EXIT_ENVIRONMENT,
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"actlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for verb in (catalog, datasets, compare, report, export, bench):
+    for verb in (catalog, datasets, compare, report, export, extract, bench):
         verb.add_parsers(sub)
     return parser
 

@@ -45,7 +45,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from actlab.report.render import analyse, with_min_gap, write_run_report
+    from actlab.report.render import with_min_gap, write_run_report
     from actlab.study.store import merge_runs
     from actlab.study.unfinished import completion, unfinished_text
 
@@ -65,12 +65,39 @@ def cmd_report(args: argparse.Namespace) -> int:
             "when it ends",
             file=sys.stderr,
         )
-    analysis = analyse(run)
-    print(summary_text(analysis))
-    print_verdict(analysis)
+    print_summary(run)
+    print_verdict(run)
     print(path)
     print(path.with_suffix(".md"))
     return EXIT_OK
+
+
+def print_summary(run: RunData) -> None:
+    """The report's summary table (and the lr chosen on the validation split), in the words
+    of the study's task: accuracy for a classifier, bits per character for a language model
+    (actlab.report.loss_report)."""
+    from actlab.report.render import analyse
+
+    if not run.config.task.higher_is_better:
+        print(loss_summary_text(run))
+        return
+    analysis = analyse(run)
+    print(summary_text(analysis))
+    if analysis.selected is not None:
+        print(selection_line(analysis))
+
+
+def loss_summary_text(run: RunData) -> str:
+    """A loss-scored study's summary table (actlab.report.loss_report), for a terminal."""
+    from actlab.report import page, tables
+    from actlab.report.loss_report import loss_analysis, summary_rows
+
+    header, rows = summary_rows(loss_analysis(run))
+    text_columns = {"activation", "per seed", "group"}
+    table = tables.Table([tables.Column(h, h, h not in text_columns) for h in header])
+    for row in rows:
+        table.add(*row)
+    return page.to_terminal(table)
 
 
 def summary_text(analysis: Analysis) -> str:
@@ -95,14 +122,14 @@ def selection_line(analysis: Analysis) -> str:
     return "lr chosen on the validation split: " + ", ".join(parts)
 
 
-def print_verdict(analysis: Analysis) -> None:
-    """The report's verdict, wrapped for a terminal."""
+def print_verdict(run: RunData) -> None:
+    """The report's verdict (in the words of the study's task), wrapped for a terminal."""
     import textwrap
 
-    from actlab.report.verdict import verdict
+    from actlab.report.render import verdict_of
 
     print("verdict:")
-    for paragraph in verdict(analysis):
+    for paragraph in verdict_of(run):
         print(
             textwrap.fill(
                 paragraph,

@@ -178,6 +178,25 @@ def epoch_permutation(generator: torch.Generator, size: int) -> Tensor:
     return torch.randperm(size, generator=generator)
 
 
+def device_data(dataset, device: torch.device | str):
+    """The dataset on the device: a DeviceData, or the token splits of a text corpus."""
+    if getattr(dataset, "task", "classify") == "lm":
+        from actlab.engine.lm_trainer import TextDeviceData
+
+        return dataset if isinstance(dataset, TextDeviceData) else TextDeviceData(dataset, device)
+    return DeviceData.from_dataset(dataset, device)
+
+
+def make_trainer(config: ExperimentConfig, data, **options):
+    """The trainer of a study's task (actlab.tasks): a language model's (--net gpt on a text
+    corpus) or the classifier's Trainer."""
+    if config.task.name == "lm":
+        from actlab.engine.lm_trainer import LMTrainer
+
+        return LMTrainer(config, data, **options)
+    return Trainer(config, data, **options)
+
+
 def train(
     config: ExperimentConfig,
     dataset,
@@ -197,7 +216,9 @@ def train(
     trains exactly as the same members do inside the whole study (for the built-in models
     the subset must be the whole grid of some seeds: their stacking is seed-major, and every
     GEMM of a seed's members keeps its shape). `budget_members`: see Trainer."""
-    trainer = Trainer(config, dataset, depth=depth, members=members, budget_members=budget_members)
+    trainer = make_trainer(
+        config, dataset, depth=depth, members=members, budget_members=budget_members
+    )
     if state is not None:
         trainer.load_state(state)
     while trainer.epoch < config.epochs:

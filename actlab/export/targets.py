@@ -180,12 +180,16 @@ def member_epochs(
 def final_metrics(history: Sequence[MemberEpoch], with_val: bool) -> dict[str, float]:
     """The numbers an HParams session is linked to: the last ok epoch's test accuracy and
     loss, train loss and val accuracy (with a validation split), the best test accuracy over
-    epochs, and whether the member diverged (NaN where no epoch was ok)."""
+    epochs, and whether the member diverged (NaN where no epoch was ok). A study without
+    accuracy (a language model) also gets its final test loss in bits per character."""
     ok = [e for e in history if e.status == "ok"]
     last = max(ok, key=lambda e: e.epoch).scalars if ok else {}
     names = ["test_acc", "test_loss", "train_loss"] + (["val_acc"] if with_val else [])
     result = {f"final_{name}": last.get(name, math.nan) for name in names}
-    result["best_test_acc"] = max((e.scalars["test_acc"] for e in ok), default=math.nan)
+    accuracies = [e.scalars["test_acc"] for e in ok if "test_acc" in e.scalars]
+    result["best_test_acc"] = max(accuracies, default=math.nan)
+    if ok and not accuracies:  # a language model: no accuracy; its loss in bits per character
+        result["final_test_bpc"] = result["final_test_loss"] / math.log(2)
     result["diverged"] = 1.0 if any(e.status == "diverged" for e in history) else 0.0
     return result
 

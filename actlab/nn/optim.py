@@ -134,6 +134,8 @@ class StackedOptimizer:
         elif self.momentum != 0.0:
             self.momentum_buffer = [torch.zeros_like(p) for p in self.params]
         self._any_frozen = False
+        # A schedule's factor on every lr (actlab.nn.schedule), set before each step.
+        self.lr_scale = 1.0
         # torch's fused Adam kernel (one pass over p, g, m, v) is about twice as fast as the
         # foreach ops on CPU. It takes one scalar lr: it runs once per distinct lr, on the
         # parameters whole when every member has the same lr, else on the members' slices
@@ -206,7 +208,7 @@ class StackedOptimizer:
             alive = alive & self.active
         elif self._any_frozen:
             alive = self.active
-        lrs = self.lrs
+        lrs = self.lrs if self.lr_scale == 1.0 else self.lrs * self.lr_scale
         masks = None
         if alive is not None:
             # A frozen member's gradient may be NaN, and NaN * 0 is NaN: select, not multiply.
@@ -255,7 +257,7 @@ class StackedOptimizer:
             for (lr, targets, exp_avg, exp_avg_sq), group_grads in zip(
                 self._lr_groups_of_state(), self._grad_groups_of(grads), strict=True
             ):
-                self._fused_adam_step(targets, group_grads, exp_avg, exp_avg_sq, lr)
+                self._fused_adam_step(targets, group_grads, exp_avg, exp_avg_sq, lr * self.lr_scale)
             return
         torch._foreach_lerp_(self.exp_avg, grads, 1.0 - beta1)
         torch._foreach_mul_(self.exp_avg_sq, beta2)
@@ -361,6 +363,26 @@ class StackedOptimizer:
                 torch._foreach_add_(self.momentum_buffer, grads)
             grads = self.momentum_buffer
         torch._foreach_addcmul_(params, grads, self._member_views(lrs), value=-1.0)
+
+    @torch.no_grad()
+    def clip_grad_norms_(self, max_norm: float) -> Tensor:
+        """Clip each member's gradient to global norm `max_norm`, as
+        ``torch.nn.utils.clip_grad_norm_(member.parameters(), max_norm)`` does for one model:
+        g *= min(1, max_norm / (||g|| + 1e-6)), ||g|| the 2-norm over all the member's
+        parameters. Returns the (K,) norms before clipping."""
+        squares = torch.zeros(self.num_members, dtype=torch.float32, device=self.lrs.device)
+        for p, owner, index in zip(self.params, self.owners, self._owner_index, strict=True):
+            g = p.grad.float()
+            if owner is None:
+                squares += g.square().reshape(self.num_members, -1).sum(dim=1)
+            elif index is not None:
+                squares.index_add_(0, index, g.square().reshape(len(index), -1).sum(dim=1))
+            else:
+                squares[owner] += g.square().sum()
+        norms = squares.sqrt()
+        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0).to(self.params[0].dtype)
+        torch._foreach_mul_([p.grad for p in self.params], self._member_views(scale))
+        return norms
 
     # --- checkpoints ------------------------------------------------------------------
 

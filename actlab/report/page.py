@@ -125,6 +125,21 @@ def environment_line(run) -> str:
 # --- renderers --------------------------------------------------------------------------------
 
 
+def css() -> str:
+    """The report's stylesheet (templates/report.css)."""
+    return environment().loader.get_source(environment(), "report.css")[0]
+
+
+def table_html(table: tables.Table) -> str:
+    """One table as report.html writes it (templates/table.html.j2)."""
+    return str(environment().get_template("table.html.j2").module.table(table))
+
+
+def table_markdown(table: tables.Table) -> str:
+    """One table as report.md writes it (templates/table.md.j2)."""
+    return str(environment().get_template("table.md.j2").module.table(table))
+
+
 def to_html(page: dict) -> str:
     return environment().get_template("report.html.j2").render(r=page)
 

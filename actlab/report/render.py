@@ -227,6 +227,17 @@ def _written_by_actlab(path: Path) -> bool:
     return first.startswith((MARKDOWN_MARK, "# actlab: "))
 
 
+def verdict_of(run: RunData) -> list[str]:
+    """The verdict's paragraphs for a run, in its task's words (a loss-scored study, such as
+    a language model: actlab.report.loss_report)."""
+    if not run.config.task.higher_is_better:
+        from actlab.report.loss_report import loss_analysis
+        from actlab.report.loss_report import verdict as loss_verdict
+
+        return loss_verdict(loss_analysis(run))
+    return verdict(analyse(run))
+
+
 def write_run_report(run: RunData, output: Path | str | None = None) -> Path:
     """Write report.html and report.md for an already-read RunData; return the HTML path.
     Both are written atomically (a temp file renamed into place): a report killed while
@@ -234,7 +245,8 @@ def write_run_report(run: RunData, output: Path | str | None = None) -> Path:
     A run directory that was being written when it was read (`run.writing`: a study
     still training) gets report.unfinished.html/.md instead of report.html/.md: those
     are the study's own, written when it ends, and a slower report must never replace
-    them with an older state."""
+    them with an older state. A study scored by a loss (a language model) has its own
+    wording: actlab.report.loss_report."""
     if run.metrics.empty:
         raise RunDirError(
             f"{run.path} holds no metrics row (no epoch completed, or metrics.csv was "
@@ -243,6 +255,10 @@ def write_run_report(run: RunData, output: Path | str | None = None) -> Path:
         )
     if output is None and run.writing is not None:
         output = run.path / UNFINISHED_REPORT
+    if not run.config.task.higher_is_better:
+        from actlab.report.loss_report import write_loss_report
+
+        return write_loss_report(run, output)
     html_path, md_path = report_paths(output, run.path)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     from actlab.report import page

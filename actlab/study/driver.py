@@ -34,6 +34,8 @@ from actlab.engine.trainer import (
     EpochResult,
     StepInfo,
     Trainer,
+    device_data,
+    make_trainer,
     members_of,
     resolve_device,
     train,
@@ -43,6 +45,7 @@ from actlab.nn import user_model
 from actlab.study import store
 from actlab.study.callbacks import StudyCallback, callback_of
 from actlab.study.resume import ResumePoint
+from actlab.tasks import bits_per_character
 
 
 @dataclass
@@ -61,8 +64,19 @@ class StudyResult:
 
 
 def load_study_dataset(config: ExperimentConfig, *, progress: bool = False):
-    """The dataset a config asks for (see actlab.data.datasets.load_dataset)."""
+    """The dataset a config asks for (see actlab.data.datasets.load_dataset; a ``text:``
+    corpus: actlab.data.text.load_text)."""
     from actlab.data.datasets import load_dataset
+    from actlab.data.text import is_text, load_text
+
+    if is_text(config.dataset):
+        return load_text(
+            config.dataset,
+            context=config.context,
+            val_size=config.val_size,
+            limit_train=config.limit_train,
+            limit_test=config.limit_test,
+        )
 
     return load_dataset(
         config.dataset,
@@ -129,7 +143,7 @@ def run_study(
     check_study_memory(config, dataset, device)  # before a byte is allocated for training
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    data = DeviceData.from_dataset(dataset, device)
+    data = device_data(dataset, device)
     keeper = ThreadKeeper(config, data, device)
     keeper.choose(config.depth_list[0])
     writer = None
@@ -259,7 +273,7 @@ class ThreadKeeper:
         if not self.measure:
             return self.choice
         if depth != self.depth or self._trainer is None:
-            self._trainer = Trainer(self.config, self.data, depth=depth)
+            self._trainer = make_trainer(self.config, self.data, depth=depth)
             self.depth = depth
             self.eval_s = None
         trainer = self._trainer
@@ -512,6 +526,12 @@ def epoch_lines(result) -> list[str]:
         parts.append(f"epoch {row['epoch']}/{result.epochs}")
         if row["status"] == "diverged":
             parts.append("diverged (loss NaN/inf or exploding): frozen")
+        elif row["test_acc"] is None:  # a language model: its loss, and bits per character
+            parts.append(f"train loss {row['train_loss']:.4f}")
+            if row["val_loss"] is not None:
+                parts.append(f"val loss {row['val_loss']:.4f}")
+            parts.append(f"test loss {row['test_loss']:.4f}")
+            parts.append(f"test bpc {bits_per_character(row['test_loss']):.4f}")
         else:
             parts.append(f"train loss {row['train_loss']:.4f}")
             if row["val_loss"] is not None:
