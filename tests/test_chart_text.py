@@ -119,3 +119,11 @@ def test_a_chart_without_text_layout_cannot_pass():
     )
     (problem,) = check_report.figure_problems(html)
     assert "carries no text layout" in problem and "chart 1 (x)" in problem
+
+
+def test_epoch_axes_tick_whole_epochs_only():
+    """A 1-epoch run's charts ticked 0.96, 0.98, 1.00, 1.02, 1.04: epochs are integers."""
+    rows = _gradient_rows(0.1, 1.0)
+    layout = _layout(plots.plot_gradient_norms(rows[rows["epoch"] == rows["epoch"].min()]))
+    labels = _ticks(layout, "x")
+    assert labels and all(label.lstrip("−-").isdigit() for label in labels), labels
