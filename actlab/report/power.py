@@ -99,15 +99,7 @@ def seeds_needed(
     def enough(n: int) -> bool:
         return detectable_effect(n, alpha, power) <= effect
 
-    low, high = 1, 2  # enough(low) is false by definition (no test with one seed)
-    while not enough(high):
-        if high >= max_seeds:
-            return math.inf
-        low, high = high, min(2 * high, max_seeds)
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if enough(middle) else (middle, high)
-    return float(high)
+    return _smallest_n(enough, 2, max_seeds)  # no test with one seed
 
 
 # --- seed plans: from an upper confidence limit of the SD ---------------------------------
