@@ -120,8 +120,8 @@ def choose_threads(
     """Time `step` (one real training step) under each candidate thread count and keep the
     fastest: the median over rounds of the mean step time of a round, the candidates
     interleaved and their order rotated each round, so that a load that comes and goes is
-    shared by all. One warm-up step per candidate first (OpenMP starts its pool; buffers
-    are allocated), unless `warm` (a re-check). After the first round, rounds stop once `budget_s` is spent.
+    shared by all. First one untimed step at the largest count (one-time costs), then one
+    timed warm-up step per candidate, unless `warm` (a re-check). After the first round, rounds stop once `budget_s` is spent.
     Candidates within TIE_TOLERANCE of the fastest tie; the fewest threads win a tie.
 
     A clear loser costs little on a busy machine (where a step with too many threads can
@@ -136,14 +136,19 @@ def choose_threads(
     samples: dict[int, list[float]] = {count: [] for count in candidates}
     racing = list(candidates)
     if not warm:  # `warm`: measured before, so the pools and buffers exist already
+        # The study's first step pays one-time costs (lazy initialisation, first
+        # allocations, the OpenMP pool): untimed, at the largest count, so that no
+        # candidate's warm-up carries them and is dropped or reported for them.
+        set_threads(max(candidates))
+        step()
         warmup = {}
         for count in candidates:
             set_threads(count)
             begin = clock()
             step()
             warmup[count] = clock() - begin
-        # A warm-up step far slower than the fastest warm-up (which also paid for the
-        # first allocations) already shows a loser: its warm-up is its only sample.
+        # A warm-up step far slower than the fastest warm-up already shows a loser: its
+        # warm-up is its only sample.
         racing = [c for c in candidates if warmup[c] <= LOSER_FACTOR * min(warmup.values())]
         for count in candidates:
             if count not in racing:
