@@ -100,7 +100,12 @@ def config_from_args(args: argparse.Namespace, user=None) -> ExperimentConfig:
     """The study's configuration from parsed arguments (and the user's loaded model)."""
     values = values_from(args, ExperimentConfig)
     if user is not None:
+        from actlab.nn.user_model import own_objective
+
         values.update(model_source=user.source, model_sha256=user.sha256)
+        for name, value in own_objective(user).items():  # --loss/--metric given win
+            if values.get(name) is None:
+                values[name] = value
     return ExperimentConfig(**values)
 
 

@@ -27,13 +27,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from actlab.config import ExperimentConfig, Member, members_for
 from actlab.engine.memory import ACTIVATION_BUDGET
 from actlab.engine.mlp_step import MLPStep
 from actlab.engine.mlp_step import supports as hand_written_backward_supports
+from actlab.engine.objective import objective_of
 from actlab.engine.step_graph import StepGraph
 from actlab.errors import ConfigError, ModelNotice, RunDirError
 from actlab.nn.optim import StackedOptimizer
@@ -102,13 +102,16 @@ class DeviceData:
         def put(x: Tensor) -> Tensor:
             return dataset.float_inputs(x).to(device)
 
+        def targets(y: Tensor) -> Tensor:  # class indices int64, a regression's float32
+            return y.to(device, torch.float32 if y.is_floating_point() else torch.long)
+
         return cls(
             put(dataset.x_train),
-            dataset.y_train.to(device=device, dtype=torch.long),
+            targets(dataset.y_train),
             put(dataset.x_val),
-            dataset.y_val.to(device=device, dtype=torch.long),
+            targets(dataset.y_val),
             put(dataset.x_test),
-            dataset.y_test.to(device=device, dtype=torch.long),
+            targets(dataset.y_test),
             int(dataset.num_classes),
             tuple(dataset.input_shape),
         )
@@ -258,6 +261,7 @@ class Trainer:
         self.member_seed = torch.tensor(
             [self.seeds.index(m.seed) for m in self.members], device=self.device
         )
+        self.objective = objective_of(config)
         if model is None and config.is_user_model:
             from actlab.engine.vmap_stack import StackedUserModel
             from actlab.nn.user_model import load_for
@@ -271,6 +275,8 @@ class Trainer:
                 self.device,
                 stacking=config.stacking,
                 batch_size=config.batch_size,
+                objective=self.objective,
+                targets=self.data.y_train[:2],
             )
         elif model is None:
             from actlab.nn.models import build_model
@@ -291,7 +297,8 @@ class Trainer:
         # The MLP trains with a hand-written backward pass (the same gradients, without
         # autograd's per-step overhead); other models, and learnable activations, with
         # autograd. Set it to None to train with autograd (the tests compare both).
-        self.mlp_step = MLPStep(model) if hand_written_backward_supports(model) else None
+        fused = self.objective.name == "cross_entropy" and hand_written_backward_supports(model)
+        self.mlp_step = MLPStep(model) if fused else None
         self.optimizer = StackedOptimizer(
             model.parameter_members(),
             [m.lr for m in self.members],
@@ -300,7 +307,9 @@ class Trainer:
             momentum=config.momentum,
         )
         self.generators = [shuffle_generator(seed) for seed in self.seeds]
-        self._loss_limit = DIVERGED_LOSS_FACTOR * math.log(max(self.data.num_classes, 2))
+        self._loss_limit = DIVERGED_LOSS_FACTOR * self.objective.divergence_scale(
+            self.data.y_train, self.data.num_classes
+        )
         self.epoch = 0
         self.diverged_epoch: list[int | None] = [None] * len(self.members)
         self.with_diagnostics = bool(config.diagnostics) and diagnostics_lib is not None
@@ -410,9 +419,9 @@ class Trainer:
         alive_before = self.alive
         loss_sum, correct, grad_norm_sum, steps = self._train_steps(on_step)
         newly = [k for k, was in enumerate(alive_before) if was and not self.alive[k]]
-        train_count = self.data.x_train.shape[0]
+        positions = max(self.data.y_train.numel(), 1)  # predictions counted per epoch
         train_loss = (loss_sum / steps).tolist()
-        train_acc = (correct.double() / train_count).tolist()
+        train_acc = (correct.double() / positions).tolist()
         val = self.evaluate(self.data.x_val, self.data.y_val) if len(self.data.y_val) else None
         test = self.evaluate(self.data.x_test, self.data.y_test)
         diag = self._probe(grad_norm_sum / steps) if self.with_diagnostics else None
@@ -430,7 +439,9 @@ class Trainer:
             if k in newly:
                 metrics.append({**row, "status": "diverged"})
                 continue
-            row.update(train_loss=train_loss[k], train_acc=train_acc[k])
+            row.update(train_loss=train_loss[k])
+            if self.objective.accuracy:  # else the accuracy columns stay empty
+                row.update(train_acc=train_acc[k])
             if val is not None:
                 row.update(val_loss=val[0][k], val_acc=val[1][k])
             row.update(test_loss=test[0][k], test_acc=test[1][k], status="ok")
@@ -493,19 +504,15 @@ class Trainer:
         # CPU (advanced indexing goes through a generic gather).
         flat_index = index.reshape(S * b)
         inputs = data.x_train.index_select(0, flat_index).view(S, b, *data.x_train.shape[1:])
-        targets = data.y_train.index_select(0, flat_index).view(S, b)
+        targets = data.y_train.index_select(0, flat_index).view(S, b, *data.y_train.shape[1:])
         return inputs, targets.index_select(0, self.member_seed)  # member k: its seed's
 
     def _forward(self, inputs: Tensor, targets: Tensor):
         """Logits (K, b, classes), the members' mean losses (K,) and what backward needs."""
         if self.mlp_step is not None:
             return self.mlp_step.forward(inputs, targets)
-        K, b = targets.shape
         logits = self.model(inputs)
-        per_sample = F.cross_entropy(
-            logits.reshape(K * b, -1), targets.reshape(K * b), reduction="none"
-        )
-        return logits, per_sample.view(K, b).mean(dim=1), None
+        return logits, self.objective.member_losses(logits, targets), None
 
     def _backward(self, losses: Tensor, cache, alive: Tensor | None) -> None:
         """Every parameter's .grad of the sum of the member losses (`alive` ones: None, all)."""
@@ -530,8 +537,8 @@ class Trainer:
             sums.loss += losses if alive is None else torch.where(alive, losses, 0.0)
             if self.mlp_step is not None:
                 self.mlp_step.count_correct(cache, sums.correct)
-            else:
-                sums.correct += (logits.detach().argmax(dim=-1) == targets).sum(dim=1)
+            elif self.objective.accuracy:
+                sums.correct += self.objective.correct(logits, targets)
 
     def _host_checked_step(self, index: Tensor) -> Tensor:
         """The CPU step: one host read of the K losses, so a diverging member is frozen
@@ -579,28 +586,14 @@ class Trainer:
         alive[newly] = False
         self.optimizer.freeze(newly)
 
-    @torch.no_grad()
-    def evaluate(self, x: Tensor, y: Tensor) -> tuple[list[float], list[float]]:
-        """Mean loss and accuracy of every member on (x, y), in eval mode, in chunks."""
-        model = self.model
-        model.eval()
-        K = len(self.members)
-        loss_sum = torch.zeros(K, dtype=torch.float64, device=self.device)
-        correct = torch.zeros(K, dtype=torch.long, device=self.device)
-        chunk = self.eval_chunk
-        for start in range(0, x.shape[0], chunk):
-            inputs, targets = x[start : start + chunk], y[start : start + chunk]
-            logits = model(inputs.unsqueeze(0))  # (K, c, classes), the chunk shared by all
-            c = inputs.shape[0]
-            expanded = targets.expand(K, c)
-            losses = F.cross_entropy(
-                logits.reshape(K * c, -1), expanded.reshape(K * c), reduction="none"
-            )
-            loss_sum += losses.view(K, c).sum(dim=1, dtype=torch.float64)
-            correct += (logits.argmax(dim=-1) == expanded).sum(dim=1)
-        model.train()
-        count = max(x.shape[0], 1)
-        return (loss_sum / count).tolist(), (correct.double() / count).tolist()
+    def evaluate(self, x: Tensor, y: Tensor) -> tuple[list[float], list]:
+        """Mean loss and accuracy of every member on (x, y), in eval mode, in chunks (the
+        objective's, actlab.engine.objective; accuracies None when it counts none)."""
+        self.model.eval()
+        try:
+            return self.objective.evaluate(self.model, x, y, self.eval_chunk, len(self.members))
+        finally:
+            self.model.train()
 
     def _probe(self, grad_norms: Tensor) -> dict | None:
         """Diagnostics on the fixed probe batch (eval mode); the optimizer is not touched.
@@ -610,7 +603,7 @@ class Trainer:
             if own is None:
                 return self._stacked_probe(grad_norms)
             x = self.data.x_train[self.probe_index]
-            measured = own(x, self.data.y_train[self.probe_index])
+            measured = own(x, self.data.y_train[self.probe_index], loss=self.objective.single)
             return {
                 "grad_norm": grad_norms.tolist(),
                 **{k: v.tolist() for k, v in measured.items()},
@@ -637,14 +630,11 @@ class Trainer:
         K = len(self.members)
         preacts: list[Tensor] = []
         logits = model(x, preactivations=preacts)
-        c = x.shape[1]
-        losses = F.cross_entropy(
-            logits.reshape(K * c, -1), y.expand(K, c).reshape(K * c), reduction="none"
-        )
+        losses = self.objective.member_losses(logits, y.expand(K, *y.shape))
         params = self.optimizer.params
         for p in params:
             p.grad = None
-        losses.view(K, c).mean(dim=1).sum().backward()
+        losses.sum().backward()
         with torch.no_grad():
             probe_norms = self._layer_grad_norms()
             detached = [p.detach() for p in preacts]

@@ -67,8 +67,16 @@ def load_study_dataset(config: ExperimentConfig, *, progress: bool = False):
     """The dataset a config asks for (see actlab.data.datasets.load_dataset; a ``text:``
     corpus: actlab.data.text.load_text)."""
     from actlab.data.datasets import load_dataset
+    from actlab.data.regression import is_regression, load_regression
     from actlab.data.text import is_text, load_text
 
+    if is_regression(config.dataset):  # real-valued targets (the regress task)
+        return load_regression(
+            config.dataset,
+            val_size=config.val_size,
+            limit_train=config.limit_train,
+            limit_test=config.limit_test,
+        )
     if is_text(config.dataset):
         return load_text(
             config.dataset,
@@ -461,6 +469,9 @@ def compare(
     ):
         user = user_model.from_object(options["model"])
         options.update(model=user.reference, model_source=user.source, model_sha256=user.sha256)
+        for name, value in user_model.own_objective(user).items():  # loss=/metric= win
+            if options.get(name) is None:
+                options[name] = value
     if config is None:
         config = config_from_options(**options)
     elif options:
