@@ -171,7 +171,7 @@ def check_ray_options(run: RunOptions, config: ExperimentConfig) -> None:
 def train_study(config: ExperimentConfig, run: RunOptions, out: str, dataset, log_specs):
     """Run the study, locally or on Ray, with the progress lines and live logs asked for.
     Returns (StudyResult, the live log or None)."""
-    progress = None if run.quiet else CompareProgress(verbose=run.verbose)
+    progress = None if run.quiet else CompareProgress(verbose=run.verbose, task=config.task)
     live_log = None
     if log_specs:
         from actlab.export.targets import LiveLog

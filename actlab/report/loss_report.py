@@ -1,12 +1,15 @@
-"""The report of a study scored by a loss (a language model: lower is better).
+"""The report of a study scored by a loss (lower is better): a language model, a
+regression, or any study compared on its test loss (``--metric loss``).
 
 The statistics are the classifier report's (actlab.report.stats: paired sign-flip tests
-over seeds, Holm, TOST, power), on the task's metric instead of accuracy: the final-epoch test loss,
-written in bits per character for a byte-level language model (bpc = nats/token / ln 2).
-The tests run on the score ``-bpc`` so that, as in every pair of the stats module, ``a`` is
-the better arm and the difference is how much better, in bpc. The smallest gap that
-matters, ``--min-gap``, is read in hundredths of the metric's unit (0.5: 0.005 bpc), as it
-is in hundredths of accuracy (percentage points) for a classifier.
+over seeds, Holm, TOST, power), on the task's metric instead of accuracy: the final-epoch
+test loss, written in the task's unit (actlab.tasks.Task: ``scale``, ``short``): bits per
+character for a byte-level language model (bpc = nats/token / ln 2), the MSE itself for a
+regression. The tests run on the score ``-(loss * scale)`` so that, as in every pair of the
+stats module, ``a`` is the better arm and the difference is how much better, in that unit.
+The smallest gap that matters, ``--min-gap``, is read in hundredths of the metric's unit
+(0.5: 0.005 bpc, 0.005 MSE), as it is in hundredths of accuracy (percentage points) for a
+classifier.
 
 Gated FFN activations (swiglu, geglu, ...) are compared with plain ones at equal
 parameters (actlab.nn.gpt); the verdict names the best of each family and what the paired
@@ -48,7 +51,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return table_markdown(_table(header, rows))
 
 
-SCORE = "final_score"  # -bpc: higher is better, as the stats module's pairs expect
+SCORE = "final_score"  # -(loss * scale): higher is better, as the stats module's pairs expect
 
 
 def _gated(activation: str) -> bool:
@@ -64,10 +67,19 @@ def bpc(nats: float) -> float:
     return nats / LN2
 
 
+def _lm(run: RunData) -> bool:
+    return run.config.task.name == "lm"
+
+
+def _unit(run: RunData) -> str:
+    """The unit the report writes the metric in: "bpc", "MSE", ..."""
+    return run.config.task.short or "loss"
+
+
 def loss_analysis(run: RunData) -> dict:
-    """Per-member results, arms, their summary, ranking and pairs, on -bpc."""
+    """Per-member results, arms, their summary, ranking and pairs, on -(loss * scale)."""
     results = stats.member_results(run.metrics)
-    results[SCORE] = -results["final_test_loss"] / LN2
+    results[SCORE] = -results["final_test_loss"] * run.config.task.scale
     arms = stats.arm_results(results)
     summary = stats.summary_table(arms, metrics=(SCORE,))
     ranking = stats.ranking(arms, metric=SCORE)
@@ -97,10 +109,10 @@ def _interval_text(pair: pd.Series) -> str:
     return f"{confidence} CI [{pair['ci_low']:.4f}, {pair['ci_high']:.4f}]"
 
 
-def _gap_sentence(pair: pd.Series, min_gap_bpc: float) -> str:
-    """What the paired test says of one pair: a below b by d bpc, and how sure that is."""
+def _gap_sentence(pair: pd.Series, min_gap_bpc: float, unit: str = "bpc") -> str:
+    """What the paired test says of one pair: a below b by d (in `unit`), and how sure."""
     n = int(pair["n"])
-    gap = f"{pair['a']}'s test loss is below {pair['b']}'s by {pair['mean_diff']:.4f} bpc"
+    gap = f"{pair['a']}'s test loss is below {pair['b']}'s by {pair['mean_diff']:.4f} {unit}"
     if n < 2 or pd.isna(pair["p_holm"]):
         return f"{gap} on {n} seed(s): no test is possible with fewer than 2 seeds"
     gap += (
@@ -110,7 +122,7 @@ def _gap_sentence(pair: pd.Series, min_gap_bpc: float) -> str:
     if pair["significant"]:
         return gap + ": a real difference at the 5% level"
     if pair["equivalent"]:
-        return gap + f": practically equivalent (TOST within ±{min_gap_bpc:g} bpc)"
+        return gap + f": practically equivalent (TOST within ±{min_gap_bpc:g} {unit})"
     words = gap + ": not shown to differ, which is not evidence that they are equal"
     level = pair["level"]
     if math.isinf(pair["detectable_gap"]):
@@ -119,9 +131,9 @@ def _gap_sentence(pair: pd.Series, min_gap_bpc: float) -> str:
             f"test of {n} seeds cannot give p below {stats.smallest_p(n):.3g})"
         )
     elif math.isfinite(pair["detectable_gap"]):
-        words += f"; gaps below about {pair['detectable_gap']:.4f} bpc would be missed"
+        words += f"; gaps below about {pair['detectable_gap']:.4f} {unit} would be missed"
     if math.isfinite(pair["seeds_needed"]):
-        words += f"; to detect {min_gap_bpc:g} bpc plan about {int(pair['seeds_needed'])} seeds"
+        words += f"; to detect {min_gap_bpc:g} {unit} plan about {int(pair['seeds_needed'])} seeds"
     return words
 
 
@@ -129,11 +141,13 @@ def verdict(analysis: dict) -> list[str]:
     run = analysis["run"]
     summary, pairs = analysis["summary"], analysis["pairs"]
     min_gap_bpc = run.config.min_gap / 100
+    task, unit = run.config.task, _unit(run)
     seeds = int(analysis["results"]["seed"].nunique())
+    where = "in the FFN of a GPT" if _lm(run) else f"in {_model_words(run)}"
     lines = [
-        f"{len(summary)} activations in the FFN of a GPT on {run.config.dataset}, {seeds} "
+        f"{len(summary)} activations {where} on {run.config.dataset}, {seeds} "
         f"seeds each, {run.config.epochs} epochs; the metric compared is the final-epoch test "
-        "loss in bits per character (nats/token / ln 2; lower is better), paired by seed."
+        f"loss {_metric_words(task)}, paired by seed."
     ]
     ranked = summary.dropna(subset=[f"{SCORE}_mean"])
     if ranked.empty:
@@ -147,11 +161,11 @@ def verdict(analysis: dict) -> list[str]:
         else ""
     )
     lead = "The best is" if resolved else "Lowest mean (not shown to be the best):"
-    lines.append(f"{lead} {best['arm']} at {_bpc_text(best[f'{SCORE}_mean'])} bpc{interval}.")
+    lines.append(f"{lead} {best['arm']} at {_bpc_text(best[f'{SCORE}_mean'])} {unit}{interval}.")
     for _, row in ranked.iloc[1:].iterrows():
         pair = _pair(pairs, best["arm"], row["arm"])
         if pair is not None:
-            lines.append(_gap_sentence(pair, min_gap_bpc) + ".")
+            lines.append(_gap_sentence(pair, min_gap_bpc, unit) + ".")
     gated = [a for a in ranked["arm"] if _gated(a)]
     plain = [a for a in ranked["arm"] if not _gated(a)]
     if gated and plain:
@@ -165,7 +179,7 @@ def verdict(analysis: dict) -> list[str]:
         elif pair is not None:
             lines.append(
                 f"Gated against plain at equal parameters: the best gated FFN ({g}) against "
-                f"the best plain one ({p}): " + _gap_sentence(pair, min_gap_bpc) + "."
+                f"the best plain one ({p}): " + _gap_sentence(pair, min_gap_bpc, unit) + "."
             )
     if seeds < stats.SMALL_N:
         lines.append(
@@ -177,28 +191,37 @@ def verdict(analysis: dict) -> list[str]:
 
 
 def summary_rows(analysis: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["rank", "activation", "lr", "seeds", "final test bpc", "± std", "95% CI",
+    run = analysis["run"]
+    lm, scale = _lm(run), run.config.task.scale
+    header = ["rank", "activation", "lr", "seeds", f"final test {_unit(run)}", "± std", "95% CI",
               "per seed", "final test loss (nats/token)", "group", "diverged"]  # fmt: skip
+    if not lm:  # the loss is the metric itself: no second column of it
+        header.remove("final test loss (nats/token)")
     results = analysis["results"]
     rows = []
     for _, row in analysis["summary"].iterrows():
         members = results[(results["activation"] == row["activation"]) & ~results["diverged"]]
         mean = row[f"{SCORE}_mean"]
         low, high = row[f"{SCORE}_ci_low"], row[f"{SCORE}_ci_high"]
-        rows.append([
+        per_seed = members.sort_values("seed")["final_test_loss"] * scale
+        cells = [
             "–" if pd.isna(row["rank"]) else str(int(row["rank"])), str(row["arm"]),
             f"{row['lr']:g}", str(int(row["n"])), _bpc_text(mean),
             "–" if not math.isfinite(row[f"{SCORE}_std"]) else f"{row[f'{SCORE}_std']:.4f}",
             "–" if not math.isfinite(low) else f"[{-high:.4f}, {-low:.4f}]",
-            ", ".join(f"{v:.4f}" for v in bpc(members.sort_values("seed")["final_test_loss"])),
+            ", ".join(f"{v:.4f}" for v in per_seed),
             "–" if not math.isfinite(mean) else f"{-mean * LN2:.4f}",
             str(row["group"] or "–"), str(int(row["n_diverged"])),
-        ])  # fmt: skip
+        ]  # fmt: skip
+        if not lm:
+            del cells[8]
+        rows.append(cells)
     return header, rows
 
 
 def pair_rows(analysis: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["lower", "higher", "seeds", "gap (bpc)", "interval", "p (Holm)", "significant",
+    unit = _unit(analysis["run"])
+    header = ["lower", "higher", "seeds", f"gap ({unit})", "interval", "p (Holm)", "significant",
               "detectable gap", "seeds to plan", "TOST p (Holm)", "equivalent"]  # fmt: skip
     rows = []
     for _, p in analysis["pairs"].iterrows():
@@ -218,17 +241,18 @@ def pair_rows(analysis: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def curve_figure(run: RunData) -> Figure:
-    """Mean test bpc per epoch over seeds, one line per activation (gated dashed)."""
+    """Mean test metric (bpc, MSE, ...) per epoch over seeds, one line per activation
+    (gated dashed)."""
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     ok = run.metrics[run.metrics["status"] == "ok"]
     for activation, group in ok.groupby("activation", sort=False):
-        means = group.groupby("epoch")["test_loss"].mean() / LN2
+        means = group.groupby("epoch")["test_loss"].mean() * run.config.task.scale
         style = "--" if _gated(activation) else "-"
         ax.plot(means.index, means.values, style, marker="o", label=str(activation))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test bits per character (lower is better)")
+    ax.set_ylabel(f"test {_long_name(run)} (lower is better)")
     ax.legend()
     fig.tight_layout()
     return fig
@@ -240,15 +264,46 @@ def summary_note(run: RunData) -> str:
         "distribution. Activations that share a group letter were not shown to differ at 5% "
         "(paired sign-flip tests over seeds, Holm-corrected over all pairs), which is not evidence that "
         "they are equal; practically equivalent means a TOST shows the gap inside "
-        f"±{run.config.min_gap / 100:g} bpc (--min-gap {run.config.min_gap:g}, in hundredths "
-        "of a bit per character). Detectable gap: the gap these seeds would find with 80% "
+        f"±{run.config.min_gap / 100:g} {_unit(run)} (--min-gap {run.config.min_gap:g}, in "
+        f"hundredths of {'a bit per character' if _lm(run) else 'one ' + _unit(run)}). Detectable gap: the gap these seeds would find with 80% "
         "power at the Holm level, if the SD of the paired differences is the one observed "
         "(none: no sign-flip test of so few seeds can reach that level)."
     )
 
 
+def _metric_words(task) -> str:
+    """ "in bits per character (nats/token / ln 2; lower is better)", "as mean squared
+    error (MSE; lower is better)"."""
+    name, _, note = task.long.partition(" (")
+    if task.name == "lm":
+        return f"in {name} ({note.rstrip(')')}; lower is better)"
+    return f"as {name} ({task.short}; lower is better)"
+
+
+def _long_name(run: RunData) -> str:
+    """The metric's name for a title: "bits per character", "mean squared error"."""
+    return run.config.task.long.split(" (")[0]
+
+
+def _model_words(run: RunData) -> str:
+    c = run.config
+    if c.is_user_model:
+        return f"your model {c.model}"
+    return f"an MLP {'-'.join(map(str, c.hidden))}" if c.model == "mlp" else f"a {c.model.upper()}"
+
+
+def _kind(run: RunData) -> str:
+    return {"lm": "language model", "regress": "regression"}.get(run.config.task.name, "loss")
+
+
 def _subtitle(run: RunData) -> str:
     c = run.config
+    if not _lm(run):
+        return (
+            f"{_model_words(run)}, trained on {c.task.long}; {c.optimizer} lr "
+            f"{', '.join(f'{lr:g}' for lr in c.lrs)}, batch {c.batch_size}, {c.epochs} epochs, "
+            f"seeds {', '.join(map(str, c.seeds))}"
+        )
     clip = f", clip {c.clip:g}" if c.clip is not None else ""
     warm = f", warm-up {c.warmup}" if c.warmup else ""
     return (
@@ -263,7 +318,7 @@ def render_markdown(analysis: dict) -> str:
     run = analysis["run"]
     parts = [
         MARKDOWN_MARK,
-        f"# actlab: activations on {md(run.config.dataset)} (language model)\n",
+        f"# actlab: activations on {md(run.config.dataset)} ({_kind(run)})\n",
         f"{md(_subtitle(run))}.\n",
         "\n\n".join(md(p) for p in verdict(analysis)) + "\n",
         "## Summary\n",
@@ -271,14 +326,17 @@ def render_markdown(analysis: dict) -> str:
         summary_note(run) + "\n",
     ]
     if len(analysis["pairs"]):
-        parts += ["## Paired differences (final test bpc)\n", markdown_table(*pair_rows(analysis))]
+        parts += [
+            f"## Paired differences (final test {_unit(run)})\n",
+            markdown_table(*pair_rows(analysis)),
+        ]
     return "\n".join(parts)
 
 
 def render_html(analysis: dict) -> str:
     run = analysis["run"]
     esc = html.escape
-    title = f"actlab: activations on {run.config.dataset} (language model)"
+    title = f"actlab: activations on {run.config.dataset} ({_kind(run)})"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -290,8 +348,8 @@ def render_html(analysis: dict) -> str:
         '<h2 id="summary">Summary</h2>',
         html_table(*summary_rows(analysis), css_id="summary-table"),
         f'<p class="note">{esc(summary_note(run))}</p>',
-        '<h2 id="charts">Test bits per character</h2>',
-        f'<figure><img alt="test bpc per epoch" src="data:image/png;base64,'
+        f'<h2 id="charts">Test {esc(_long_name(run))}</h2>',
+        f'<figure><img alt="test {esc(_unit(run))} per epoch" src="data:image/png;base64,'
         f'{figure_png(curve_figure(run))}"></figure>',
     ]
     if len(analysis["pairs"]):
