@@ -263,21 +263,7 @@ class Trainer:
         )
         self.objective = objective_of(config)
         if model is None and config.is_user_model:
-            from actlab.engine.vmap_stack import StackedUserModel
-            from actlab.nn.user_model import load_for
-
-            model = StackedUserModel(
-                load_for(config),
-                self.members,
-                config.swap,
-                self.data.x_train[:2],
-                self.data.num_classes,
-                self.device,
-                stacking=config.stacking,
-                batch_size=config.batch_size,
-                objective=self.objective,
-                targets=self.data.y_train[:2],
-            )
+            model = self._user_model()
         elif model is None:
             from actlab.nn.models import build_model
 
@@ -325,6 +311,25 @@ class Trainer:
         sized_for = budget_members or len(self.members)
         self.eval_chunk = samples_within_budget(units, sized_for, EVAL_CHUNK)
         self.probe_index = self._probe_index(units, sized_for)
+
+    def _user_model(self) -> nn.Module:
+        """The user's network, stacked (actlab.engine.vmap_stack), checked against the loss."""
+        from actlab.engine.vmap_stack import StackedUserModel
+        from actlab.nn.user_model import load_for
+
+        config = self.config
+        return StackedUserModel(
+            load_for(config),
+            self.members,
+            config.swap,
+            self.data.x_train[:2],
+            self.data.num_classes,
+            self.device,
+            stacking=config.stacking,
+            batch_size=config.batch_size,
+            objective=self.objective,
+            targets=self.data.y_train[:2],
+        )
 
     def _probe_index(self, units: int, sized_for: int) -> Tensor:
         """The fixed probe samples: a prefix of one permutation fixed by PROBE_SEED (a

@@ -177,14 +177,11 @@ def member_epochs(
     return result
 
 
-def final_metrics(
-    history: Sequence[MemberEpoch], with_val: bool, bpc: bool = True
-) -> dict[str, float]:
+def final_metrics(history: Sequence[MemberEpoch], with_val: bool, bpc=True) -> dict[str, float]:
     """The numbers an HParams session is linked to: the last ok epoch's test accuracy and
     loss, train loss and val accuracy (with a validation split), the best test accuracy over
     epochs, and whether the member diverged (NaN where no epoch was ok). A study without
-    accuracy (a language model; `bpc` False for any other, such as a regression) also gets
-    its final test loss in bits per character."""
+    accuracy (a language model; `bpc` False for any other) also gets its test loss in bpc."""
     ok = [e for e in history if e.status == "ok"]
     last = max(ok, key=lambda e: e.epoch).scalars if ok else {}
     names = ["test_acc", "test_loss", "train_loss"] + (["val_acc"] if with_val else [])
@@ -237,8 +234,7 @@ class StudyRows:
     def __init__(self, study: Study) -> None:
         self.study = study
         self.history: dict[MemberKey, dict[int, MemberEpoch]] = {}
-        self.with_val = bool(study.config.val_size)
-        self.lm = study.config.task.name == "lm"  # its final test loss also in bpc
+        self.with_val, self.lm = bool(study.config.val_size), study.config.task.name == "lm"
 
     def batch(self, metrics_rows: Iterable[dict], diagnostics_rows: Iterable[dict]) -> Batch:
         epochs = member_epochs(metrics_rows, diagnostics_rows)

@@ -289,7 +289,9 @@ def _model_words(run: RunData) -> str:
     c = run.config
     if c.is_user_model:
         return f"your model {c.model}"
-    return f"an MLP {'-'.join(map(str, c.hidden))}" if c.model == "mlp" else f"a {c.model.upper()}"
+    if c.model == "mlp":
+        return f"an MLP (hidden {', '.join(map(str, c.hidden))})"
+    return f"a {c.model.upper()}"
 
 
 def _kind(run: RunData) -> str:
@@ -303,6 +305,12 @@ def _subtitle(run: RunData) -> str:
             f"{_model_words(run)}, trained on {c.task.long}; {c.optimizer} lr "
             f"{', '.join(f'{lr:g}' for lr in c.lrs)}, batch {c.batch_size}, {c.epochs} epochs, "
             f"seeds {', '.join(map(str, c.seeds))}"
+            + (
+                "; targets standardised with the train split's mean and std (predicting that "
+                "mean scores about 1.0 MSE)"
+                if c.task.name == "regress" and c.task.loss == "mse"
+                else ""
+            )
         )
     clip = f", clip {c.clip:g}" if c.clip is not None else ""
     warm = f", warm-up {c.warmup}" if c.warmup else ""
