@@ -346,6 +346,9 @@ class ExperimentConfig:
         )  # fmt: skip
         for name in unkeyed:
             data.pop(name)
+        # The loss and metric as resolved (actlab.tasks): --loss mse on a regression is the
+        # same study as no --loss; another loss or metric is a different one.
+        data["loss"], data["metric"] = self.task.loss, self.task.metric
         return data
 
     @property

@@ -81,9 +81,9 @@ class Objective:
             output = output.squeeze(-1)
         if output.shape != targets.shape:
             raise ConfigError(
-                f"{self.reference}: output {tuple(output.shape[1:])} per member does not match "
-                f"the targets {tuple(targets.shape[1:])} for --loss {self.name}; give outputs of "
-                "the targets' shape (or with one trailing dim of size 1)"
+                f"{self.reference}: its output {tuple(output.shape[1:])} does not match the "
+                f"targets {tuple(targets.shape[1:])} (batch first) for --loss {self.name}; give "
+                "outputs of the targets' shape (or with one trailing dim of size 1)"
             )
         return output
 
