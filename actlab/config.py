@@ -518,6 +518,16 @@ def check_objective(config: ExperimentConfig) -> None:
             "does not apply; use --loss mse, l1 or huber"
         )
     need(
+        task.name != "classify" or config.is_user_model or loss == "cross_entropy",
+        f"--loss {loss} on a classification dataset: the built-in --net {config.model} gives "
+        "class logits for cross_entropy; give your own --model for another loss",
+    )
+    need(
+        task.name != "regress" or config.model == "mlp" or config.is_user_model,
+        f"--dataset {config.dataset} is a regression of tabular features: use --net mlp or your "
+        "own --model",
+    )
+    need(
         config.model != "gpt" or config.loss in (None, "token_cross_entropy"),
         "--net gpt trains on the token cross-entropy; drop --loss",
     )
