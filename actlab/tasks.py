@@ -115,12 +115,13 @@ def task_for_dataset(dataset: str) -> Task:
 def with_objective(task: Task, loss: str | None, metric: str | None) -> Task:
     """The task of a study that trains on `loss` (None: the task's own) and is scored on
     `metric` ("accuracy", "loss", or a name of the loss itself such as "mse"; None: accuracy
-    for a cross-entropy classifier, else the loss). Names are checked by the config."""
+    for a classifier trained on cross-entropy or the model's own loss, else the loss). Names
+    are checked by the config."""
     if loss is None and metric is None:
         return task
     loss = loss or task.loss
-    if metric is None:
-        metric = "accuracy" if loss == "cross_entropy" and task.has_accuracy else "loss"
+    if metric is None:  # a classifier's own loss is still scored on accuracy
+        metric = "accuracy" if loss in ("cross_entropy", "model") and task.has_accuracy else "loss"
     metric = "loss" if metric in METRIC_IS_LOSS else metric
     if metric == "accuracy":
         return Task(task.name, loss, "test_acc", "test accuracy", True, "%")

@@ -344,3 +344,17 @@ def test_regress_task_writes_its_metric_plainly():
     assert REGRESS.format(0.41234) == "0.4123 MSE" and REGRESS.direction == "lower is better"
     assert not REGRESS.has_accuracy
     assert np.isclose(REGRESS.scale, 1.0)
+
+
+def test_the_metric_follows_the_loss_and_the_dataset():
+    from actlab.tasks import CLASSIFY, with_objective
+
+    assert with_objective(REGRESS, "mse", None) is REGRESS  # --loss mse: the same study
+    assert with_objective(CLASSIFY, "cross_entropy", None) == CLASSIFY
+    own = with_objective(CLASSIFY, "model", None)  # a classifier's own loss: accuracy
+    assert own.metric == "test_acc" and own.higher_is_better
+    l1 = with_objective(REGRESS, "l1", "mae")
+    assert (l1.metric, l1.short, l1.higher_is_better) == ("test_loss", "MAE", False)
+    assert l1.format(0.25) == "0.2500 MAE"
+    on_loss = with_objective(CLASSIFY, None, "loss")
+    assert on_loss.metric == "test_loss" and on_loss.direction == "lower is better"

@@ -157,8 +157,15 @@ class Objective:
 
     def check(self, output: Tensor, targets: Tensor) -> None:
         """One member's output on a small batch against its targets: the loss computes to
-        a finite-or-not scalar (one ConfigError line for a shape it cannot take)."""
+        a scalar, and accuracy has class scores to take the argmax of (one ConfigError
+        line for a shape it cannot take)."""
         self.single(output, targets)
+        if self.accuracy and (output.dim() != targets.dim() + 1 or targets.is_floating_point()):
+            raise ConfigError(
+                f"{self.reference}: accuracy needs class scores (batch, ..., classes) for "
+                f"integer targets (batch, ...); its output is {tuple(output.shape)} for targets "
+                f"{tuple(targets.shape)}: use --metric loss"
+            )
 
 
 def objective_for(config, reference: str = "the model", own_loss: Callable | None = None):
@@ -170,7 +177,10 @@ def objective_for(config, reference: str = "the model", own_loss: Callable | Non
             f"--loss model: {reference} defines no `loss(output, target)`; define one, or "
             "choose a named --loss"
         )
-    return Objective(name, task.has_accuracy, own_loss, reference)
+    # Accuracy is counted when it is the metric, and beside a cross-entropy compared on
+    # its loss (a column for the reader; the report compares the loss).
+    accuracy = task.has_accuracy or (name == "cross_entropy" and task.name != "lm")
+    return Objective(name, accuracy, own_loss, reference)
 
 
 def objective_of(config) -> Objective:
