@@ -358,3 +358,18 @@ def test_the_metric_follows_the_loss_and_the_dataset():
     assert l1.format(0.25) == "0.2500 MAE"
     on_loss = with_objective(CLASSIFY, None, "loss")
     assert on_loss.metric == "test_loss" and on_loss.direction == "lower is better"
+
+
+def test_a_regression_member_that_blows_up_is_frozen_and_the_others_go_on():
+    """The divergence limit of a regression loss is 100 x the loss of predicting the train
+    mean (1.0 for the standardised diabetes target): lr 30 crosses it in its first epoch."""
+    config = ExperimentConfig(
+        dataset="diabetes", activations=("relu",), seeds=(0,), lrs=(3e-3, 30.0), hidden=(16,),
+        epochs=2, batch_size=BATCH, diagnostics=False, select="final", device="cpu",
+    )  # fmt: skip
+    trainer = Trainer(config, diabetes_data())
+    assert trainer._loss_limit == pytest.approx(100.0, rel=1e-6)
+    first, second = trainer.train_epoch(), trainer.train_epoch()
+    assert [row["status"] for row in first.metrics] == ["ok", "diverged"]
+    assert [row["lr"] for row in second.metrics] == [3e-3]
+    assert second.metrics[0]["test_loss"] < first.metrics[0]["test_loss"]
