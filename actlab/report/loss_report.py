@@ -109,10 +109,12 @@ def _interval_text(pair: pd.Series) -> str:
     return f"{confidence} CI [{pair['ci_low']:.4f}, {pair['ci_high']:.4f}]"
 
 
-def _gap_sentence(pair: pd.Series, min_gap_bpc: float, unit: str = "bpc") -> str:
+def _gap_sentence(
+    pair: pd.Series, min_gap_bpc: float, unit: str = "bpc", label: str = "test loss"
+) -> str:
     """What the paired test says of one pair: a below b by d (in `unit`), and how sure."""
     n = int(pair["n"])
-    gap = f"{pair['a']}'s test loss is below {pair['b']}'s by {pair['mean_diff']:.4f} {unit}"
+    gap = f"{pair['a']}'s {label} is below {pair['b']}'s by {pair['mean_diff']:.4f} {unit}"
     if n < 2 or pd.isna(pair["p_holm"]):
         return f"{gap} on {n} seed(s): no test is possible with fewer than 2 seeds"
     gap += (
@@ -165,7 +167,7 @@ def verdict(analysis: dict) -> list[str]:
     for _, row in ranked.iloc[1:].iterrows():
         pair = _pair(pairs, best["arm"], row["arm"])
         if pair is not None:
-            lines.append(_gap_sentence(pair, min_gap_bpc, unit) + ".")
+            lines.append(_gap_sentence(pair, min_gap_bpc, unit, task.metric_label) + ".")
     gated = [a for a in ranked["arm"] if _gated(a)]
     plain = [a for a in ranked["arm"] if not _gated(a)]
     if gated and plain:
@@ -179,7 +181,9 @@ def verdict(analysis: dict) -> list[str]:
         elif pair is not None:
             lines.append(
                 f"Gated against plain at equal parameters: the best gated FFN ({g}) against "
-                f"the best plain one ({p}): " + _gap_sentence(pair, min_gap_bpc, unit) + "."
+                f"the best plain one ({p}): "
+                + _gap_sentence(pair, min_gap_bpc, unit, task.metric_label)
+                + "."
             )
     if seeds < stats.SMALL_N:
         lines.append(
