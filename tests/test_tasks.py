@@ -373,3 +373,46 @@ def test_a_regression_member_that_blows_up_is_frozen_and_the_others_go_on():
     assert [row["status"] for row in first.metrics] == ["ok", "diverged"]
     assert [row["lr"] for row in second.metrics] == [3e-3]
     assert second.metrics[0]["test_loss"] < first.metrics[0]["test_loss"]
+
+
+def test_a_module_class_states_its_loss_as_a_staticmethod(tmp_path):
+    from actlab.nn.user_model import load, own_loss, own_objective
+
+    path = tmp_path / "classes.py"
+    path.write_text(
+        textwrap.dedent(
+            """
+            import torch.nn.functional as F
+            from torch import nn
+
+            class Good(nn.Module):
+                metric = "loss"
+
+                def __init__(self):
+                    super().__init__()
+                    self.net = nn.Sequential(nn.Flatten(), nn.Linear(10, 4), nn.ReLU(),
+                                             nn.Linear(4, 1))
+
+                def forward(self, x):
+                    return self.net(x)
+
+                @staticmethod
+                def loss(output, target):
+                    return F.l1_loss(output.squeeze(-1), target)
+
+            class Method(Good):
+                def loss(self, output, target):
+                    return F.l1_loss(output.squeeze(-1), target)
+
+            class BadMetric(Good):
+                metric = "r2"
+            """
+        )
+    )
+    good = load(f"{path}:Good")
+    assert own_objective(good) == {"loss": "model", "metric": "loss"}
+    assert own_loss(good)(torch.ones(3, 1), torch.zeros(3)).item() == 1.0
+    with pytest.raises(ConfigError, match="make it a @staticmethod"):
+        own_loss(load(f"{path}:Method"))
+    with pytest.raises(ConfigError, match="its `metric` attribute must name .* got 'r2'"):
+        own_objective(load(f"{path}:BadMetric"))
