@@ -430,7 +430,7 @@ def test_a_short_study_with_diagnostics_keeps_every_epoch(models, tmp_path, refe
 
 
 def _dataset():
-    from actlab.data.datasets import from_tensors
+    from actlab.data.splits import from_tensors
 
     data = device_data()
     return from_tensors(data.x_train, data.y_train, data.x_test, data.y_test)

@@ -209,7 +209,7 @@ def train(
 ) -> Iterator[EpochResult]:
     """Train the stacked model of `depth` for `config.epochs` epochs, one result per epoch.
 
-    `dataset` is an actlab.data.datasets.Dataset (or a DeviceData); `state` an `EpochResult.state`
+    `dataset` is an actlab.data.dataset.Dataset (or a DeviceData); `state` an `EpochResult.state`
     to resume from (training continues after its epoch). `members`: a subset of
     ``members_for(config, depth)`` to train (default all of them). A member's initial
     weights, batch order and dropout masks depend on its seed alone, so a subset (a shard)

@@ -446,7 +446,7 @@ def compare(
     (see actlab.nn.user_model; ``swap=`` names the activations replaced in a module);
     ``dataset=`` a name or the tensors ``(x_train, y_train, x_test, y_test)``. `out` also writes (and
     resumes) a run directory; `quiet=False` prints one line per member per epoch; `data`
-    is an already loaded actlab.data.datasets.Dataset (else ``dataset=`` names the one to load).
+    is an already loaded actlab.data.dataset.Dataset (else ``dataset=`` names the one to load).
     """
     tensors = None
     if isinstance(options.get("dataset"), tuple | list):
@@ -466,7 +466,7 @@ def compare(
     elif options:
         config = config.replace(**_normalise(options))
     if tensors is not None:
-        from actlab.data.datasets import from_tensors
+        from actlab.data.splits import from_tensors
 
         data = from_tensors(
             *tensors,
