@@ -37,7 +37,7 @@ import torch
 from actlab.config import ExperimentConfig
 from actlab.data.datasets import load_dataset
 from actlab.engine.trainer import DeviceData, members_of, train
-from actlab.export.targets import LiveLog
+from actlab.export.live import LiveLog
 from actlab.study import store
 
 
