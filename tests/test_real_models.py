@@ -24,7 +24,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from actlab.config import ExperimentConfig
-from actlab.engine.trainer import DeviceData, Trainer, epoch_permutation, shuffle_generator
+from actlab.engine.batches import DeviceData, epoch_permutation, shuffle_generator
+from actlab.engine.trainer import Trainer
 from actlab.errors import ModelNotice
 from actlab.nn.swap import InPlace
 from actlab.nn.user_model import build_member, load, swap

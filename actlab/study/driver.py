@@ -20,7 +20,9 @@ import pandas as pd
 import torch
 
 from actlab.config import MODELS, ExperimentConfig
+from actlab.engine.batches import DeviceData, device_data
 from actlab.engine.memory import check_study_memory
+from actlab.engine.results import EpochResult, StepInfo
 from actlab.engine.threads import (
     MAX_WINDOW_STEPS,
     StepWatch,
@@ -29,17 +31,7 @@ from actlab.engine.threads import (
     candidate_counts,
     choose_threads,
 )
-from actlab.engine.trainer import (
-    DeviceData,
-    EpochResult,
-    StepInfo,
-    Trainer,
-    device_data,
-    make_trainer,
-    members_of,
-    resolve_device,
-    train,
-)
+from actlab.engine.trainer import Trainer, make_trainer, members_of, resolve_device, train
 from actlab.errors import ConfigError, RunDirError
 from actlab.nn import user_model
 from actlab.study import store
