@@ -32,7 +32,7 @@ from actlab.config import ExperimentConfig, Member, members_for
 from actlab.engine.batches import shuffle_generator
 from actlab.engine.divergence import healthy, loss_limit, record_diverged
 from actlab.engine.memory import samples_within_budget
-from actlab.engine.results import METRIC_NAMES, EpochResult, StepInfo, member_fields
+from actlab.engine.results import EpochResult, StepInfo, metrics_row
 from actlab.engine.trainer import resolve_device
 from actlab.nn.gpt import StackedGPT
 from actlab.nn.optim import StackedOptimizer
@@ -230,19 +230,11 @@ class LMTrainer:
         for k, member in enumerate(self.members):
             if not alive_before[k]:
                 continue
-            row = {
-                **member_fields(member, self.depth, self.epoch),
-                **dict.fromkeys(METRIC_NAMES),
-                "epoch_time_s": elapsed,
-            }
-            if k in newly:
-                rows.append({**row, "status": "diverged"})
-                continue
-            row["train_loss"] = train_loss[k]
+            measured = {"train_loss": train_loss[k], "test_loss": test[0][k]}
             if val is not None:
-                row["val_loss"] = val[0][k]
-            row.update(test_loss=test[0][k], status="ok")
-            rows.append(row)
+                measured["val_loss"] = val[0][k]
+            diverged = k in newly
+            rows.append(metrics_row(member, self.depth, self.epoch, elapsed, diverged, **measured))
         return rows
 
     @torch.no_grad()

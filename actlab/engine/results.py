@@ -53,3 +53,22 @@ def member_fields(member: Member, depth: int | None, epoch: int) -> dict:
         "lr": member.lr,
         "epoch": epoch,
     }
+
+
+def metrics_row(
+    member: Member, depth: int | None, epoch: int, elapsed: float, diverged: bool, **measured
+) -> dict:
+    """A member's metrics.csv row of one epoch: its naming columns, every METRIC_NAMES
+    column (None where not measured: a language model has no accuracy, a study without a
+    validation split no val_*), the epoch time and the status. A member that diverged in
+    this epoch has no metrics: its row says only that."""
+    row = {
+        **member_fields(member, depth, epoch),
+        **dict.fromkeys(METRIC_NAMES),
+        "epoch_time_s": elapsed,
+    }
+    if diverged:
+        return {**row, "status": "diverged"}
+    row.update(measured)
+    row["status"] = "ok"
+    return row

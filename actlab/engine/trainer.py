@@ -46,7 +46,7 @@ from actlab.engine.memory import samples_within_budget
 from actlab.engine.mlp_step import MLPStep
 from actlab.engine.mlp_step import supports as hand_written_backward_supports
 from actlab.engine.probe import diagnostics_rows, layer_grad_norms, probe_index, stacked_probe
-from actlab.engine.results import METRIC_NAMES, EpochResult, StepInfo, member_fields
+from actlab.engine.results import EpochResult, StepInfo, member_fields, metrics_row
 from actlab.engine.step_graph import StepGraph
 from actlab.errors import ConfigError, ModelNotice, RunDirError
 from actlab.nn.optim import StackedOptimizer
@@ -292,20 +292,15 @@ class Trainer:
         for k, member in enumerate(self.members):
             if not alive_before[k]:
                 continue
-            row = {
-                **member_fields(member, self.depth, self.epoch),
-                **dict.fromkeys(METRIC_NAMES),
-                "epoch_time_s": elapsed,
-            }
-            if k in newly:
-                metrics.append({**row, "status": "diverged"})
-                continue
-            row.update(train_loss=train_loss[k], train_acc=train_acc[k])
+            measured = {"train_loss": train_loss[k], "train_acc": train_acc[k]}
             if val is not None:
-                row.update(val_loss=val[0][k], val_acc=val[1][k])
-            row.update(test_loss=test[0][k], test_acc=test[1][k], status="ok")
-            metrics.append(row)
-            if diag is not None:
+                measured.update(val_loss=val[0][k], val_acc=val[1][k])
+            measured.update(test_loss=test[0][k], test_acc=test[1][k])
+            diverged = k in newly
+            metrics.append(
+                metrics_row(member, self.depth, self.epoch, elapsed, diverged, **measured)
+            )
+            if diag is not None and not diverged:
                 fields = member_fields(member, self.depth, self.epoch)
                 diagnostics += diagnostics_rows(fields, diag, k)
         return EpochResult(
