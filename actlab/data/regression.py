@@ -9,7 +9,7 @@ scikit-learn, so it is read offline.
 
 - Split: a fixed permutation (``numpy.random.default_rng(DIABETES_SPLIT_SEED)``) puts 20%
   (88 samples) in test and the rest (354) in train; ``--val-size`` then holds out
-  validation samples from train with actlab.data.datasets.VAL_SPLIT_SEED, as for every
+  validation samples from train with actlab.data.splits.VAL_SPLIT_SEED, as for every
   dataset, and ``--limit-train`` / ``--limit-test`` keep prefixes.
 - Features: the raw values (``load_diabetes(scaled=False)``) standardised per feature with
   the mean and std of the train split only (after the validation hold-out), so no test or
@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from actlab.data.datasets import VAL_SPLIT_SEED, Dataset
+from actlab.data.dataset import Dataset
+from actlab.data.splits import VAL_SPLIT_SEED
 from actlab.errors import DataError
 from actlab.tasks import REGRESSION_DATASETS as REGRESSION_NAMES
 
