@@ -334,8 +334,9 @@ def _subtitle(run: RunData) -> str:
     c = run.config
     if not _lm(run):
         standardised = c.task.name == "regress" and c.task.loss == "mse"
+        model = _model_words(run)
         return (
-            f"{_model_words(run)}, trained on {c.task.long}; {c.optimizer} lr "
+            f"{model[:1].upper()}{model[1:]}, trained on {c.task.long}; {c.optimizer} lr "
             f"{', '.join(f'{lr:g}' for lr in c.lrs)}, batch {c.batch_size}, {c.epochs} epochs, "
             f"seeds {', '.join(map(str, c.seeds))}"
             + (
