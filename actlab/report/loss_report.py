@@ -349,11 +349,15 @@ def _subtitle(run: RunData) -> str:
     clip = f", clip {c.clip:g}" if c.clip is not None else ""
     warm = f", warm-up {c.warmup}" if c.warmup else ""
     return (
-        f"GPT width {c.width}, {c.layers} layers, {c.heads} heads, context {c.context}; "
-        f"{c.optimizer} lr {', '.join(f'{lr:g}' for lr in c.lrs)}, {c.schedule} schedule"
-        f"{warm}{clip}, batch {c.batch_size}, {c.epochs} epochs, seeds "
+        f"GPT width {c.width}, {_plural(c.layers, 'layer')}, {_plural(c.heads, 'head')}, "
+        f"context {c.context}; {c.optimizer} lr {', '.join(f'{lr:g}' for lr in c.lrs)}, "
+        f"{c.schedule} schedule{warm}{clip}, batch {c.batch_size}, {_plural(c.epochs, 'epoch')}, seeds "
         f"{', '.join(map(str, c.seeds))}; gated FFNs have 2/3 of the hidden units (equal parameters)"
     )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
 
 
 def build(analysis: dict, figures: bool = True) -> dict:
