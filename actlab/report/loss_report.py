@@ -337,7 +337,8 @@ def _subtitle(run: RunData) -> str:
         model = _model_words(run)
         return (
             f"{model[:1].upper()}{model[1:]}, trained on {c.task.long}; {c.optimizer} lr "
-            f"{', '.join(f'{lr:g}' for lr in c.lrs)}, batch {c.batch_size}, {c.epochs} epochs, "
+            f"{', '.join(f'{lr:g}' for lr in c.lrs)}, batch {c.batch_size}, "
+            f"{_plural(c.epochs, 'epoch')}, "
             f"seeds {', '.join(map(str, c.seeds))}"
             + (
                 "; targets standardised with the train split's mean and std (predicting that "
