@@ -416,3 +416,10 @@ def test_a_module_class_states_its_loss_as_a_staticmethod(tmp_path):
         own_loss(load(f"{path}:Method"))
     with pytest.raises(ConfigError, match="its `metric` attribute must name .* got 'r2'"):
         own_objective(load(f"{path}:BadMetric"))
+
+
+def test_a_misspelt_regression_dataset_gets_its_name_back(tmp_path, capsys):
+    assert main(["compare", "--dataset", "diabetis", "--out", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "did you mean 'diabetes'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
