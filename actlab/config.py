@@ -138,12 +138,17 @@ class ExperimentConfig:
     )
     metric: str | None = option(
         None,
-        "what compares the members: accuracy (higher is better) or loss (the test loss, lower "
-        "is better; mse/mae name it for --loss mse/l1). Default: accuracy for cross-entropy "
-        "classification, else the loss",
+        "what compares the members: accuracy (higher is better), loss (the test loss, lower "
+        "is better; mse/mae name it for --loss mse/l1) or model (your --model's own "
+        "`metric(output, target)` function). Default: accuracy for cross-entropy "
+        "classification, else the loss; a --model's own metric when it defines one",
         group="training",
         metavar="NAME",
     )
+    # A user model's own metric function (--metric model; actlab.engine.own_metric): its
+    # name and direction, recorded so that the report reads them without the model file.
+    metric_name: str | None = None
+    metric_higher_is_better: bool | None = None
     hidden: tuple[int, ...] = option(
         (128, 128), "hidden widths, e.g. 256,128,64", group="model", kind="ints"
     )
@@ -284,6 +289,9 @@ class ExperimentConfig:
             object.__setattr__(self, "val_size", 0.1 if self.select == "val" else 0)
         elif self.val_size >= 1 and float(self.val_size).is_integer():
             object.__setattr__(self, "val_size", int(self.val_size))  # a count
+        if self.metric != "model":  # a model's own metric function, overridden by --metric
+            object.__setattr__(self, "metric_name", None)
+            object.__setattr__(self, "metric_higher_is_better", None)
         validate(self)
 
     def replace(self, **changes: object) -> ExperimentConfig:
@@ -310,7 +318,13 @@ class ExperimentConfig:
         and metric asked for (`loss`, `metric`)."""
         from actlab.tasks import task_for_dataset, with_objective
 
-        return with_objective(task_for_dataset(self.dataset), self.loss, self.metric)
+        return with_objective(
+            task_for_dataset(self.dataset),
+            self.loss,
+            self.metric,
+            self.metric_name,
+            self.metric_higher_is_better,
+        )
 
     @property
     def is_user_model(self) -> bool:
@@ -507,6 +521,21 @@ def check_objective(config: ExperimentConfig) -> None:
         config.metric != "accuracy" or loss in ("cross_entropy", "model"),
         f"--metric accuracy needs a classification loss (cross_entropy, or your model's own), "
         f"not --loss {loss}; use --metric loss",
+    )
+    need(
+        config.metric != "model" or config.is_user_model,
+        "--metric model is your own model's `metric(output, target)` function: it needs "
+        "--model FILE.py:NAME",
+    )
+    need(
+        config.metric != "model" or config.metric_name is not None,
+        f"--metric model: --model {config.model} defines no `metric(output, target)` "
+        "function; define one (with `metric_higher_is_better`), or use --metric loss",
+    )
+    need(
+        config.metric != "model" or task.name != "lm",
+        "--metric model is not supported for language modelling (it would hold every "
+        "window's logits); the study is compared on its test loss in bits per character",
     )
     need(
         config.loss != "model" or config.is_user_model,

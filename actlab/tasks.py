@@ -17,7 +17,10 @@ nothing else branches on the kind of study.
 The task follows from the dataset (``text:PATH`` is a language-modelling corpus,
 ``diabetes`` a regression). A study may train on another loss (``--loss``, or a user
 model's own ``loss``) and be scored on its accuracy or on that loss (``--metric``):
-`with_objective` gives the task that results.
+`with_objective` gives the task that results. A user model may also define its own metric
+function (``--metric model``, actlab.engine.own_metric): the study is then compared on
+metrics.csv's ``test_metric`` column, under the function's name, in the direction the model
+states (`own_metric_task`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ class Task:
     def has_accuracy(self) -> bool:
         return self.metric == "test_acc"
 
+    @property
+    def has_own_metric(self) -> bool:
+        """Compared on a user model's own metric function (metrics.csv's test_metric)."""
+        return self.metric == OWN_METRIC_COLUMN
+
     def better(self, a: float, b: float) -> bool:
         """Whether metric value `a` is strictly better than `b`."""
         return a > b if self.higher_is_better else a < b
@@ -60,7 +68,7 @@ class Task:
         """The metric as written: ``97.12%``, ``1.2345 nats/token (1.7810 bpc)``."""
         if value is None or not math.isfinite(value):
             return "–"
-        if self.higher_is_better:
+        if self.has_accuracy:
             return f"{100 * value:.2f}%"
         if self.name == "lm":
             return f"{value:.4f} nats/token ({bits_per_character(value):.4f} bpc)"
@@ -96,7 +104,8 @@ LOSS_WORDS = {
     "model": ("loss", "the model's own loss"),
 }
 LOSSES = tuple(name for name in LOSS_WORDS if name != "model")
-METRICS = ("accuracy", "loss")
+METRICS = ("accuracy", "loss", "model")  # "model": the user model's own metric function
+OWN_METRIC_COLUMN = "test_metric"
 # Metric names that are the loss itself: --metric mse with --loss mse is the test loss.
 METRIC_IS_LOSS = {"mse": "mse", "mae": "l1", "l1": "l1", "huber": "huber"}
 
@@ -112,11 +121,20 @@ def task_for_dataset(dataset: str) -> Task:
     return CLASSIFY
 
 
-def with_objective(task: Task, loss: str | None, metric: str | None) -> Task:
+def with_objective(
+    task: Task,
+    loss: str | None,
+    metric: str | None,
+    metric_name: str | None = None,
+    metric_higher_is_better: bool | None = None,
+) -> Task:
     """The task of a study that trains on `loss` (None: the task's own) and is scored on
     `metric` ("accuracy", "loss", or a name of the loss itself such as "mse"; None: accuracy
     for a classifier trained on cross-entropy or the model's own loss, else the loss). Names
-    are checked by the config."""
+    are checked by the config; "model": the user's own metric function, named `metric_name`
+    and better when higher iff `metric_higher_is_better`)."""
+    if metric == "model":
+        return own_metric_task(task, loss or task.loss, metric_name, metric_higher_is_better)
     if loss is None and metric is None:
         return task
     loss = loss or task.loss
@@ -130,6 +148,14 @@ def with_objective(task: Task, loss: str | None, metric: str | None) -> Task:
     short, long = LOSS_WORDS.get(loss, ("loss", loss))
     label = f"test {short}" if short != "loss" else "test loss"
     return Task(task.name, loss, "test_loss", label, False, short, 1.0, short, long)
+
+
+def own_metric_task(task: Task, loss: str, name: str | None, higher: bool | None) -> Task:
+    """The task of a study compared on the user's own metric function `name` (e.g. ``mae``,
+    ``r2``): metrics.csv's test_metric, written as its value and its name (``0.4123 mae``)."""
+    name = name or "metric"
+    return Task(task.name, loss, OWN_METRIC_COLUMN, f"test {name}", bool(higher), name, 1.0,
+                name, f"{name} (your model's own metric)")  # fmt: skip
 
 
 def get_task(name: str) -> Task:

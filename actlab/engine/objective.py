@@ -15,6 +15,9 @@ backward pass give each member the gradient of its own loss alone:
 - ``model``: the user model's own ``loss(output, target) -> scalar``, called once per
   member on its own output and targets.
 
+A user model's own metric function (``--metric model``) is measured on whole splits by
+actlab.engine.own_metric: `evaluate` hands it every chunk's output.
+
 Evaluation sums the per-element losses in float64 and divides by their count: the mean over
 the split, whatever the chunking. The user's own loss is evaluated per chunk and weighted
 by the chunk's sample count: that is its mean over the split when it is a mean over
@@ -55,6 +58,9 @@ class Objective:
     accuracy: bool
     own_loss: Callable | None = None  # the user's loss(output, target), for "model"
     reference: str = "the model"
+    # The user's own metric(output, target) on a whole split (actlab.engine.own_metric).
+    own_metric: Callable | None = None
+    metric_name: str = "metric"
 
     # --- training ---------------------------------------------------------------------
 
@@ -119,15 +125,21 @@ class Objective:
         return elements.sum(dim=1, dtype=torch.float64), elements.shape[1]
 
     @torch.no_grad()
-    def evaluate(self, model, x: Tensor, y: Tensor, chunk: int, K: int) -> tuple[list, list]:
+    def evaluate(
+        self, model, x: Tensor, y: Tensor, chunk: int, K: int, outputs: list | None = None
+    ) -> tuple[list, list]:
         """Mean loss of each of the K members of a stacked `model` on (x, y), in chunks
-        that all members share, and their accuracy (None each when none is counted)."""
+        that all members share, and their accuracy (None each when none is counted).
+        `outputs`: a list that receives each chunk's stacked output (K, c, ...) on the CPU
+        (for the own metric, actlab.engine.own_metric)."""
         loss_sum = torch.zeros(K, dtype=torch.float64, device=x.device)
         correct = torch.zeros(K, dtype=torch.long, device=x.device)
         count = 0
         for start in range(0, x.shape[0], chunk):
             inputs, targets = x[start : start + chunk], y[start : start + chunk]
             output = model(inputs.unsqueeze(0))  # (K, c, ...)
+            if outputs is not None:
+                outputs.append(output.detach().to("cpu"))
             expanded = targets.expand(K, *targets.shape)
             sums, n = self.loss_sums(output, expanded)
             loss_sum += sums
@@ -160,6 +172,11 @@ class Objective:
         a scalar, and accuracy has class scores to take the argmax of (one ConfigError
         line for a shape it cannot take)."""
         self.single(output, targets)
+        if self.own_metric is not None:  # one number (finite or not, on two samples)
+            from actlab.engine.own_metric import as_metric_value, whole_split
+
+            value = self.own_metric(*whole_split(output, targets))
+            as_metric_value(value, self.metric_name, self.reference)
         if self.accuracy and (output.dim() != targets.dim() + 1 or targets.is_floating_point()):
             raise ConfigError(
                 f"{self.reference}: accuracy needs class scores (batch, ..., classes) for "
@@ -168,8 +185,14 @@ class Objective:
             )
 
 
-def objective_for(config, reference: str = "the model", own_loss: Callable | None = None):
-    """The Objective of a study's config (its task's loss; accuracy when the metric is)."""
+def objective_for(
+    config,
+    reference: str = "the model",
+    own_loss: Callable | None = None,
+    own_metric: Callable | None = None,
+):
+    """The Objective of a study's config (its task's loss; accuracy when the metric is;
+    the user's own metric function when the study is compared on it)."""
     task = config.task
     name = "cross_entropy" if task.loss == "token_cross_entropy" else task.loss
     if name == "model" and own_loss is None:
@@ -180,14 +203,23 @@ def objective_for(config, reference: str = "the model", own_loss: Callable | Non
     # Accuracy is counted when it is the metric, and beside a cross-entropy compared on
     # its loss (a column for the reader; the report compares the loss).
     accuracy = task.has_accuracy or (name == "cross_entropy" and task.name != "lm")
-    return Objective(name, accuracy, own_loss, reference)
+    if task.has_own_metric and own_metric is None:
+        raise ConfigError(
+            f"--metric model: {reference} defines no `metric(output, target)`; define one, "
+            "or use --metric loss"
+        )
+    metric = own_metric if task.has_own_metric else None
+    return Objective(name, accuracy, own_loss, reference, metric, task.short)
 
 
 def objective_of(config) -> Objective:
-    """The study's Objective, with a user model's own loss (``--loss model``)."""
-    own = None
-    if config.is_user_model and config.loss == "model":
-        from actlab.nn.user_model import load_for, own_loss
+    """The study's Objective, with a user model's own loss (``--loss model``) and metric
+    function (``--metric model``)."""
+    own, metric = None, None
+    if config.is_user_model and "model" in (config.loss, config.metric):
+        from actlab.nn.user_model import load_for, own_loss, own_metric
 
-        own = own_loss(load_for(config))
-    return objective_for(config, f"--model {config.model}", own)
+        user = load_for(config)
+        own = own_loss(user) if config.loss == "model" else None
+        metric = own_metric(user) if config.metric == "model" else None
+    return objective_for(config, f"--model {config.model}", own, metric)

@@ -46,7 +46,7 @@ from actlab.engine.divergence import (
     healthy,
     record_diverged,
 )
-from actlab.engine.evaluation import EVAL_CHUNK, evaluate_members
+from actlab.engine.evaluation import EVAL_CHUNK, evaluate_members, evaluate_split
 from actlab.engine.memory import samples_within_budget
 from actlab.engine.mlp_step import MLPStep
 from actlab.engine.mlp_step import supports as hand_written_backward_supports
@@ -295,8 +295,10 @@ class Trainer:
         positions = max(self.data.y_train.numel(), 1)  # predictions counted per epoch
         train_loss = (loss_sum / steps).tolist()
         train_acc = (correct.double() / positions).tolist()
-        val = self.evaluate(self.data.x_val, self.data.y_val) if len(self.data.y_val) else None
-        test = self.evaluate(self.data.x_test, self.data.y_test)
+        val = (
+            self._evaluate_split(self.data.x_val, self.data.y_val) if len(self.data.y_val) else None
+        )
+        test = self._evaluate_split(self.data.x_test, self.data.y_test)
         diag = self._probe(grad_norm_sum / steps) if self.with_diagnostics else None
         elapsed = time.perf_counter() - start
 
@@ -308,8 +310,12 @@ class Trainer:
             if self.objective.accuracy:  # else the accuracy columns stay empty
                 measured["train_acc"] = train_acc[k]
             if val is not None:
-                measured.update(val_loss=val[0][k], val_acc=val[1][k])
-            measured.update(test_loss=test[0][k], test_acc=test[1][k])
+                measured.update(val_loss=val.losses[k], val_acc=val.accuracies[k])
+                if val.metrics is not None:
+                    measured["val_metric"] = val.metrics[k]
+            measured.update(test_loss=test.losses[k], test_acc=test.accuracies[k])
+            if test.metrics is not None:  # a study compared on the model's own metric
+                measured["test_metric"] = test.metrics[k]
             diverged = k in newly
             metrics.append(
                 metrics_row(member, self.depth, self.epoch, elapsed, diverged, **measured)
@@ -459,6 +465,10 @@ class Trainer:
         return evaluate_members(
             self.model, x, y, len(self.members), self.eval_chunk, self.objective
         )
+
+    def _evaluate_split(self, x: Tensor, y: Tensor):
+        """`evaluate`, and the model's own metric on the whole split (an Evaluation)."""
+        return evaluate_split(self.model, x, y, len(self.members), self.eval_chunk, self.objective)
 
     def _probe(self, grad_norms: Tensor) -> dict | None:
         """Diagnostics on the fixed probe batch (eval mode); the optimizer is not touched.

@@ -21,7 +21,9 @@ from actlab.study import store
 ROW_NAMES = ("depth", "member", "activation", "seed", "lr", "epoch", "layer", "status")
 
 
-METRIC_SCALARS = tuple(c for c in store.METRICS_COLUMNS if c not in ROW_NAMES)
+METRIC_SCALARS = tuple(
+    c for c in (*store.METRICS_COLUMNS, *store.OWN_METRIC_COLUMNS) if c not in ROW_NAMES
+)  # the own metric's columns are there only for a study compared on it
 
 
 DIAGNOSTIC_SCALARS = tuple(c for c in store.DIAGNOSTICS_COLUMNS if c not in ROW_NAMES)
@@ -139,7 +141,8 @@ def final_metrics(
     loss, train loss and val accuracy (with a validation split), the best test accuracy over
     epochs, and whether the member diverged (NaN where no epoch was ok). A study without
     accuracy (a language model) also gets its final test loss in bits per character; `bpc`
-    False: any other study without accuracy (a regression, whose loss is no bpc)."""
+    False: any other study without accuracy (a regression, whose loss is no bpc). A study
+    compared on the model's own metric also gets final_test_metric."""
     ok = [e for e in history if e.status == "ok"]
     last = max(ok, key=lambda e: e.epoch).scalars if ok else {}
     names = ["test_acc", "test_loss", "train_loss"] + (["val_acc"] if with_val else [])
@@ -148,6 +151,8 @@ def final_metrics(
     result["best_test_acc"] = max(accuracies, default=math.nan)
     if ok and not accuracies and bpc:  # a language model: its loss in bits per character
         result["final_test_bpc"] = result["final_test_loss"] / math.log(2)
+    if any("test_metric" in e.scalars for e in ok):  # the model's own metric function
+        result["final_test_metric"] = last.get("test_metric", math.nan)
     result["diverged"] = 1.0 if any(e.status == "diverged" for e in history) else 0.0
     return result
 
@@ -222,7 +227,7 @@ class StudyRows:
 
 def run_rows(run: store.RunData) -> tuple[list[dict], list[dict]]:
     """metrics.csv and diagnostics.csv rows of a read run as plain dicts."""
-    metrics = run.metrics[list(store.METRICS_COLUMNS)].to_dict("records")
+    metrics = run.metrics[list(store.metrics_columns(run.config))].to_dict("records")
     diagnostics = (
         run.diagnostics[list(store.DIAGNOSTICS_COLUMNS)].to_dict("records")
         if run.diagnostics is not None

@@ -372,24 +372,68 @@ def own_loss(user: UserModel) -> Callable | None:
     return loss
 
 
-def own_objective(user: UserModel) -> dict[str, str]:
+def own_objective(user: UserModel) -> dict:
     """The config fields the model's own attributes ask for: ``loss="model"`` when it
-    defines a loss, ``metric`` when it states one: "accuracy" or "loss" (the two columns of
-    metrics.csv a study is compared on; a metric function of its own is not recorded)."""
-    fields: dict[str, str] = {}
+    defines a loss; ``metric`` when it states one: "accuracy" or "loss" (metrics.csv's
+    columns), or "model" with ``metric_name`` and ``metric_higher_is_better`` when it is a
+    function of its own (`own_metric`)."""
+    fields: dict = {}
     if own_loss(user) is not None:
         fields["loss"] = "model"
     metric = getattr(user.factory, "metric", None)
     if metric is None:
         return fields
+    if callable(metric):
+        own_metric(user)  # checked: a function with a name and a stated direction
+        fields.update(
+            metric="model",
+            metric_name=metric_name(metric),
+            metric_higher_is_better=user.factory.metric_higher_is_better,
+        )
+        return fields
     if not (isinstance(metric, str) and metric in OWN_METRICS):
         raise ConfigError(
             f"--model {user.reference}: its `metric` attribute must name what compares the "
-            f"members, {' or '.join(OWN_METRICS)} (the test loss), got {metric!r}; a metric "
-            "function of its own is not supported"
+            f"members, {' or '.join(OWN_METRICS)} (the test loss), or be a function "
+            f"metric(output, target) -> scalar; got {metric!r}"
         )
     fields["metric"] = metric
     return fields
+
+
+def own_metric(user: UserModel) -> Callable | None:
+    """The model's own ``metric(output, target) -> scalar`` (``build.metric = mae``, or a
+    ``@staticmethod`` of the module class), called once per member on its outputs and
+    targets of a whole split (actlab.engine.own_metric); its direction is the attribute
+    ``metric_higher_is_better`` (True or False) beside it. None when it has none."""
+    metric = getattr(user.factory, "metric", None)
+    if metric is None or isinstance(metric, str):
+        return None
+    where = f"--model {user.reference}"
+    if not callable(metric):
+        raise ConfigError(
+            f"{where}: its `metric` attribute is a {type(metric).__name__}, not a function "
+            "metric(output, target) -> scalar nor 'accuracy' or 'loss'"
+        )
+    if inspect.isclass(user.factory) and "self" in _parameter_names(metric)[:1]:
+        raise ConfigError(
+            f"{where}: its `metric` is a method taking self; make it a @staticmethod "
+            "metric(output, target) -> scalar"
+        )
+    higher = getattr(user.factory, "metric_higher_is_better", None)
+    if not isinstance(higher, bool):
+        raise ConfigError(
+            f"{where}: its metric {metric_name(metric)}() needs a direction: set "
+            f"`metric_higher_is_better = True` (e.g. R², F1) or False (e.g. MAE) beside "
+            f"`metric`, got {higher!r}"
+        )
+    return metric
+
+
+def metric_name(metric: Callable) -> str:
+    """The name a metric function is reported under: its own (``def mae`` -> "mae")."""
+    name = getattr(metric, "__name__", "") or type(metric).__name__
+    return "metric" if name == "<lambda>" else name
 
 
 def _parameter_names(fn: Callable) -> list[str]:

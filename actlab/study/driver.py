@@ -178,9 +178,11 @@ def run_depths(config, writer, executor, train_size: int, hooks: StudyCallback) 
         for index, depth, resumed in point.depths_left():
             rows += executor.train_depth(index, depth, resumed)
     if writer is None:
-        return StudyResult(metrics_frame(rows), None, point.finished, point.resumed_from)
+        columns = store.metrics_columns(config)
+        return StudyResult(metrics_frame(rows, columns), None, point.finished, point.resumed_from)
     # Read back from the directory: it also holds the rows of epochs before a resume.
-    metrics = store.read_run(writer.path, verify=False).metrics[list(store.METRICS_COLUMNS)]
+    columns = list(store.metrics_columns(config))
+    metrics = store.read_run(writer.path, verify=False).metrics[columns]
     return StudyResult(metrics, writer.path, point.finished, point.resumed_from, list(writer.notes))
 
 
@@ -414,11 +416,11 @@ def check_model_source(config: ExperimentConfig) -> None:
         )
 
 
-def metrics_frame(rows: list[dict]) -> pd.DataFrame:
-    """Metrics rows as a DataFrame typed as `store.read_run` gives them."""
-    frame = pd.DataFrame(rows, columns=list(store.METRICS_COLUMNS))
+def metrics_frame(rows: list[dict], columns: tuple = store.METRICS_COLUMNS) -> pd.DataFrame:
+    """Metrics rows as a DataFrame of `columns` typed as `store.read_run` gives them."""
+    frame = pd.DataFrame(rows, columns=list(columns))
     types = {"depth": "Int64", "member": "int64", "seed": "int64", "epoch": "int64"}
-    for name in store.METRICS_COLUMNS:
+    for name in columns:
         if name in types:
             frame[name] = frame[name].astype(types[name])
         elif name in ("activation", "status"):

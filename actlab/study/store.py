@@ -50,6 +50,9 @@ METRICS_COLUMNS = (
     "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
     "epoch_time_s", "status",
 )  # fmt: skip
+# A study compared on a user model's own metric function (--metric model) has two more
+# columns: that metric on the whole validation and test splits (actlab.engine.own_metric).
+OWN_METRIC_COLUMNS = ("val_metric", "test_metric")
 DIAGNOSTICS_COLUMNS = (
     "depth", "member", "activation", "seed", "lr", "epoch", "layer",
     "grad_norm", "probe_grad_norm", "dead_frac", "saturated_frac", "preact_mean", "preact_std",
@@ -89,6 +92,7 @@ class RunWriter:
         # Every row written so far, as CSV records; each checkpoint carries a copy, so rows
         # that metrics.csv loses (truncated, emptied, deleted) are restored on reopen.
         self.records = records or {METRICS_FILE: [], DIAGNOSTICS_FILE: []}
+        self.columns = dict(_COLUMNS)  # the CSVs' columns (open_run_dir: the study's own)
         # What reopening the directory repaired (restored or dropped rows), for the caller.
         self.notes = list(notes)
 
@@ -111,8 +115,8 @@ class RunWriter:
     ) -> None:
         """Append one epoch's rows (dicts keyed by the column names; None = empty), fsynced."""
         for name, columns, rows in (
-            (METRICS_FILE, METRICS_COLUMNS, metrics_rows),
-            (DIAGNOSTICS_FILE, DIAGNOSTICS_COLUMNS, diagnostics_rows),
+            (METRICS_FILE, self.columns[METRICS_FILE], metrics_rows),
+            (DIAGNOSTICS_FILE, self.columns[DIAGNOSTICS_FILE], diagnostics_rows),
         ):
             if rows:
                 records = [_record(row, columns) for row in rows]
@@ -174,7 +178,7 @@ def open_run_dir(
             checkpoint = load_checkpoint(path / CHECKPOINT_FILE)
             if checkpoint is not None:
                 checkpoint.check_belongs_to(config, dataset, path / CHECKPOINT_FILE)
-            plan = plan_rows(path, config, checkpoint, _csv_texts(path), _COLUMNS)
+            plan = plan_rows(path, config, checkpoint, _csv_texts(path), columns_of(config))
             # Everything is checked: now the repairs.
             for name, text in plan.rewrites.items():
                 _write_atomic(path / name, text)
@@ -186,6 +190,7 @@ def open_run_dir(
             if checkpoint is None or not checkpoint.finished(config):
                 notes += _invalidate_reports(path)
             writer = RunWriter(path, lock_file, checkpoint, plan.records, notes, identity)
+            writer.columns = columns_of(config)
         else:
             # A new run; a directory whose run never completed an epoch is simply replaced.
             if resume:
@@ -208,12 +213,13 @@ def open_run_dir(
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             _write_atomic(config_path, json.dumps(document, indent=2) + "\n")
-            _write_atomic(path / METRICS_FILE, ",".join(METRICS_COLUMNS) + "\n")
+            _write_atomic(path / METRICS_FILE, ",".join(metrics_columns(config)) + "\n")
             if config.diagnostics:
                 _write_atomic(path / DIAGNOSTICS_FILE, ",".join(DIAGNOSTICS_COLUMNS) + "\n")
             elif (path / DIAGNOSTICS_FILE).exists():
                 (path / DIAGNOSTICS_FILE).unlink()
             writer = RunWriter(path, lock_file, None, notes=notes, identity=identity)
+            writer.columns = columns_of(config)
     except BaseException:
         lock_file.close()
         raise
@@ -221,6 +227,20 @@ def open_run_dir(
 
 
 _COLUMNS = {METRICS_FILE: METRICS_COLUMNS, DIAGNOSTICS_FILE: DIAGNOSTICS_COLUMNS}
+
+
+def metrics_columns(config: ExperimentConfig) -> tuple[str, ...]:
+    """metrics.csv's columns for a study: METRICS_COLUMNS, and OWN_METRIC_COLUMNS after
+    test_acc when it is compared on the model's own metric function."""
+    if not config.task.has_own_metric:
+        return METRICS_COLUMNS
+    at = METRICS_COLUMNS.index("test_acc") + 1
+    return (*METRICS_COLUMNS[:at], *OWN_METRIC_COLUMNS, *METRICS_COLUMNS[at:])
+
+
+def columns_of(config: ExperimentConfig) -> dict[str, tuple[str, ...]]:
+    """Each CSV's columns for a study."""
+    return {METRICS_FILE: metrics_columns(config), DIAGNOSTICS_FILE: DIAGNOSTICS_COLUMNS}
 
 
 def _csv_texts(path: Path) -> dict[str, str | None]:
@@ -349,7 +369,7 @@ class RunData:
     dataset: dict
     environment: dict
     created: str
-    metrics: pd.DataFrame  # METRICS_COLUMNS (+ "run": index into `paths`)
+    metrics: pd.DataFrame  # metrics_columns(config) (+ "run": index into `paths`)
     diagnostics: pd.DataFrame | None  # DIAGNOSTICS_COLUMNS (+ "run"), None when absent
     problems: list[str] = field(default_factory=list)
     environments: list[dict] = field(default_factory=list)  # one per path
@@ -392,13 +412,14 @@ def read_run(path: str | Path, *, verify: bool = True) -> RunData:
         checkpoint = load_checkpoint(path / CHECKPOINT_FILE, mmap=True)
         if checkpoint is not None:
             checkpoint.check_belongs_to(config, dataset, path / CHECKPOINT_FILE)
-    metrics = _read_csv(path / METRICS_FILE, METRICS_COLUMNS, problems)
+    columns = metrics_columns(config)
+    metrics = _read_csv(path / METRICS_FILE, columns, problems)
     if metrics is None:
         problems.append(f"{METRICS_FILE}: missing; no epoch was completed")
-        metrics = _typed(pd.DataFrame(columns=list(METRICS_COLUMNS)), METRICS_COLUMNS)
+        metrics = _typed(pd.DataFrame(columns=list(columns)), columns)
     diagnostics = _read_csv(path / DIAGNOSTICS_FILE, DIAGNOSTICS_COLUMNS, problems)
     if verify and checkpoint is not None:
-        check_rows(path, config, checkpoint, _csv_texts(path), _COLUMNS)
+        check_rows(path, config, checkpoint, _csv_texts(path), columns_of(config))
     _check_unique(path / METRICS_FILE, metrics)
     members = document.get("members")
     if not members:
