@@ -78,7 +78,7 @@ def print_summary(run: RunData) -> None:
     (actlab.report.loss_report)."""
     from actlab.report.render import analyse
 
-    if not run.config.task.higher_is_better:
+    if not run.config.task.has_accuracy:
         print(loss_summary_text(run))
         return
     analysis = analyse(run)

@@ -34,9 +34,25 @@ from actlab.report.page import environment, environment_line
 from actlab.report.render import MARKDOWN_MARK, figure_png, report_paths
 from actlab.report.tables import Cell, Column, Table
 from actlab.study.store import RunData, write_text_atomic
-from actlab.tasks import LN2
+from actlab.tasks import LN2, LOSS_WORDS
 
 SCORE = "final_score"  # -(loss * scale): higher is better, as the stats module's pairs expect
+
+
+def _sign(run: RunData) -> int:
+    """+1 when the compared metric is better higher (a model's own R², F1), else -1: the
+    score is sign * value * scale."""
+    return 1 if run.config.task.higher_is_better else -1
+
+
+def _column(run: RunData) -> str:
+    """The metrics.csv column compared: test_loss, or test_metric (a model's own metric)."""
+    return run.config.task.metric
+
+
+def _shown_interval(low: float, high: float, sign: int) -> tuple[float, float]:
+    """A score interval [low, high] in the metric's own values, low first."""
+    return (low, high) if sign > 0 else (-high, -low)
 
 
 def _gated(activation: str) -> bool:
@@ -62,12 +78,15 @@ def _unit(run: RunData) -> str:
 
 
 def _metric_words(task) -> str:
-    """ "in bits per character (nats/token / ln 2; lower is better)", "as mean squared
-    error (MSE; lower is better)"."""
+    """ "loss in bits per character (nats/token / ln 2; lower is better)", "loss as mean
+    squared error (MSE; lower is better)", "mae (your model's own metric on the whole test
+    split; lower is better)"."""
+    if task.has_own_metric:
+        return f"{task.short} (your model's own metric on the whole test split; {task.direction})"
     name, _, note = task.long.partition(" (")
     if task.name == "lm":
-        return f"in {name} ({note.rstrip(')')}; lower is better)"
-    return f"as {name} ({task.short}; lower is better)"
+        return f"loss in {name} ({note.rstrip(')')}; lower is better)"
+    return f"loss as {name} ({task.short}; lower is better)"
 
 
 def _long_name(run: RunData) -> str:
@@ -85,9 +104,10 @@ def _model_words(run: RunData) -> str:
 
 
 def loss_analysis(run: RunData) -> dict:
-    """Per-member results, arms, their summary, ranking and pairs, on -(loss * scale)."""
+    """Per-member results, arms, their summary, ranking and pairs, on -(loss * scale) (on
+    +metric for a model's own metric that is better higher)."""
     results = stats.member_results(run.metrics)
-    results[SCORE] = -results["final_test_loss"] * run.config.task.scale
+    results[SCORE] = _sign(run) * results[f"final_{_column(run)}"] * run.config.task.scale
     arms = stats.arm_results(results)
     summary = stats.summary_table(arms, metrics=(SCORE,))
     ranking = stats.ranking(arms, metric=SCORE)
@@ -99,8 +119,9 @@ def loss_analysis(run: RunData) -> dict:
     return {"run": run, "results": results, "arms": arms, "summary": summary, "pairs": pairs}
 
 
-def _bpc_text(score: float, digits: int = 4) -> str:
-    return "–" if score is None or not math.isfinite(score) else f"{-score:.{digits}f}"
+def _bpc_text(score: float, digits: int = 4, sign: int = -1) -> str:
+    """A score in the metric's own value (sign * score)."""
+    return "–" if score is None or not math.isfinite(score) else f"{sign * score:.{digits}f}"
 
 
 def _pair(pairs: pd.DataFrame, x: str, y: str) -> pd.Series | None:
@@ -118,11 +139,16 @@ def _interval_text(pair: pd.Series) -> str:
 
 
 def _gap_sentence(
-    pair: pd.Series, min_gap_bpc: float, unit: str = "bpc", label: str = "test loss"
+    pair: pd.Series,
+    min_gap_bpc: float,
+    unit: str = "bpc",
+    label: str = "test loss",
+    relation: str = "below",
 ) -> str:
-    """What the paired test says of one pair: a below b by d (in `unit`), and how sure."""
+    """What the paired test says of one pair: a below (or above, for a metric better
+    higher) b by d (in `unit`), and how sure."""
     n = int(pair["n"])
-    gap = f"{pair['a']}'s {label} is below {pair['b']}'s by {pair['mean_diff']:.4f} {unit}"
+    gap = f"{pair['a']}'s {label} is {relation} {pair['b']}'s by {pair['mean_diff']:.4f} {unit}"
     if n < 2 or pd.isna(pair["p_holm"]):
         return f"{gap} on {n} seed(s): no test is possible with fewer than 2 seeds"
     gap += (
@@ -151,13 +177,14 @@ def verdict(analysis: dict) -> list[str]:
     run = analysis["run"]
     summary, pairs = analysis["summary"], analysis["pairs"]
     min_gap_bpc = run.config.min_gap / 100
-    task, unit = run.config.task, _unit(run)
+    task, unit, sign = run.config.task, _unit(run), _sign(run)
+    relation = "above" if sign > 0 else "below"
     seeds = int(analysis["results"]["seed"].nunique())
     where = "in the FFN of a GPT" if _lm(run) else f"in {_model_words(run)}"
     lines = [
         f"{len(summary)} activations {where} on {run.config.dataset}, {seeds} "
         f"seeds each, {run.config.epochs} epochs; the metric compared is the final-epoch test "
-        f"loss {_metric_words(task)}, paired by seed."
+        f"{_metric_words(task)}, paired by seed."
     ]
     ranked = summary.dropna(subset=[f"{SCORE}_mean"])
     if ranked.empty:
@@ -165,17 +192,20 @@ def verdict(analysis: dict) -> list[str]:
     best = ranked.iloc[0]
     others = [_pair(pairs, best["arm"], arm) for arm in ranked["arm"].iloc[1:]]
     resolved = len(others) > 0 and all(p is not None and p["significant"] for p in others)
+    low, high = _shown_interval(best[f"{SCORE}_ci_low"], best[f"{SCORE}_ci_high"], sign)
     interval = (
-        f" (95% CI over seeds [{-best[f'{SCORE}_ci_high']:.4f}, {-best[f'{SCORE}_ci_low']:.4f}])"
+        f" (95% CI over seeds [{low:.4f}, {high:.4f}])"
         if math.isfinite(best[f"{SCORE}_ci_low"])
         else ""
     )
-    lead = "The best is" if resolved else "Lowest mean (not shown to be the best):"
-    lines.append(f"{lead} {best['arm']} at {_bpc_text(best[f'{SCORE}_mean'])} {unit}{interval}.")
+    extreme = "Highest" if sign > 0 else "Lowest"
+    lead = "The best is" if resolved else f"{extreme} mean (not shown to be the best):"
+    shown = _bpc_text(best[f"{SCORE}_mean"], sign=sign)
+    lines.append(f"{lead} {best['arm']} at {shown} {unit}{interval}.")
     for _, row in ranked.iloc[1:].iterrows():
         pair = _pair(pairs, best["arm"], row["arm"])
         if pair is not None:
-            lines.append(_gap_sentence(pair, min_gap_bpc, unit, task.metric_label) + ".")
+            lines.append(_gap_sentence(pair, min_gap_bpc, unit, task.metric_label, relation) + ".")
     gated = [a for a in ranked["arm"] if _gated(a)]
     plain = [a for a in ranked["arm"] if not _gated(a)]
     if gated and plain:
@@ -190,7 +220,7 @@ def verdict(analysis: dict) -> list[str]:
             lines.append(
                 f"Gated against plain at equal parameters: the best gated FFN ({g}) against "
                 f"the best plain one ({p}): "
-                + _gap_sentence(pair, min_gap_bpc, unit, task.metric_label)
+                + _gap_sentence(pair, min_gap_bpc, unit, task.metric_label, relation)
                 + "."
             )
     if seeds < stats.SMALL_N:
@@ -202,11 +232,11 @@ def verdict(analysis: dict) -> list[str]:
     return lines
 
 
-def _bpc_cell(score: float, digits: int = 4) -> Cell:
-    """A -(loss * scale) score shown in the metric's unit (its value: that number, None
-    when missing)."""
+def _bpc_cell(score: float, digits: int = 4, sign: int = -1) -> Cell:
+    """A sign * value * scale score shown in the metric's unit (its value: that number,
+    None when missing)."""
     missing = score is None or not math.isfinite(score)
-    return Cell(_bpc_text(score, digits), None if missing else -score)
+    return Cell(_bpc_text(score, digits, sign), None if missing else sign * score)
 
 
 def _number_cell(value: float, text: str) -> Cell:
@@ -218,7 +248,7 @@ def summary_table(analysis: dict) -> Table:
     report's summary in report.html, report.md and the terminal. A language model also
     shows its loss in nats/token; for any other study the loss is the metric itself."""
     run = analysis["run"]
-    lm, scale = _lm(run), run.config.task.scale
+    lm, scale, sign = _lm(run), run.config.task.scale, _sign(run)
     spec = [("rank", "rank", True), ("activation", "activation", False), ("lr", "lr", True),
             ("seeds", "seeds", True), ("bpc", f"final test {_unit(run)}", True),
             ("std", "± SD", True), ("ci", "95% CI", True), ("per_seed", "per seed", False),
@@ -230,17 +260,17 @@ def summary_table(analysis: dict) -> Table:
     results = analysis["results"]
     for _, row in analysis["summary"].iterrows():
         members = results[(results["activation"] == row["activation"]) & ~results["diverged"]]
-        per_seed = members.sort_values("seed")["final_test_loss"] * scale
+        per_seed = members.sort_values("seed")[f"final_{_column(run)}"] * scale
         mean, std = row[f"{SCORE}_mean"], row[f"{SCORE}_std"]
-        low, high = row[f"{SCORE}_ci_low"], row[f"{SCORE}_ci_high"]
+        low, high = _shown_interval(row[f"{SCORE}_ci_low"], row[f"{SCORE}_ci_high"], sign)
         cells = [
             Cell("–", None) if pd.isna(row["rank"]) else Cell(str(int(row["rank"])), int(row["rank"])),
             Cell(str(row["arm"]), row["arm"]),
             Cell(f"{row['lr']:g}", row["lr"]),
             Cell(str(int(row["n"])), int(row["n"])),
-            _bpc_cell(mean),
+            _bpc_cell(mean, sign=sign),
             _number_cell(std, "–" if not math.isfinite(std) else f"{std:.4f}"),
-            Cell("–", None) if not math.isfinite(low) else Cell(f"[{-high:.4f}, {-low:.4f}]", (-high, -low)),
+            Cell("–", None) if not math.isfinite(low) else Cell(f"[{low:.4f}, {high:.4f}]", (low, high)),
             Cell(", ".join(f"{v:.4f}" for v in per_seed), tuple(per_seed)),
             _number_cell(-mean * LN2, "–" if not math.isfinite(mean) else f"{-mean * LN2:.4f}"),
             Cell(str(row["group"] or "–"), row["group"] or None),
@@ -255,7 +285,8 @@ def summary_table(analysis: dict) -> Table:
 def pairs_table(analysis: dict) -> Table:
     """One row per pair of activations: the paired test of their final test metric."""
     unit = _unit(analysis["run"])
-    spec = [("lower", "lower", False), ("higher", "higher", False), ("seeds", "seeds", True),
+    better, worse = ("higher", "lower") if _sign(analysis["run"]) > 0 else ("lower", "higher")
+    spec = [("better", better, False), ("worse", worse, False), ("seeds", "seeds", True),
             ("gap", f"gap ({unit})", True), ("interval", "interval", True), ("p", "p (Holm)", True),
             ("significant", "significant", False), ("detectable", "detectable gap", True),
             ("seeds_needed", "seeds to plan", True), ("tost_p", "TOST p (Holm)", True),
@@ -301,12 +332,12 @@ def curve_figure(run: RunData) -> Figure:
     ax = fig.subplots()
     ok = run.metrics[run.metrics["status"] == "ok"]
     for activation, group in ok.groupby("activation", sort=False):
-        means = group.groupby("epoch")["test_loss"].mean() * run.config.task.scale
+        means = group.groupby("epoch")[_column(run)].mean() * run.config.task.scale
         style = "--" if _gated(activation) else "-"
         ax.plot(means.index, means.values, style, marker="o", label=str(activation))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"test {_long_name(run)} (lower is better)")
+    ax.set_ylabel(f"test {_long_name(run)} ({run.config.task.direction})")
     ax.legend()
     fig.tight_layout()
     return fig
@@ -327,7 +358,10 @@ def summary_note(run: RunData) -> str:
 
 
 def _kind(run: RunData) -> str:
-    return {"lm": "language model", "regress": "regression"}.get(run.config.task.name, "loss")
+    kinds = {"lm": "language model", "regress": "regression"}
+    if run.config.task.has_own_metric:
+        kinds["classify"] = "classification"
+    return kinds.get(run.config.task.name, "loss")
 
 
 def _subtitle(run: RunData) -> str:
@@ -336,7 +370,7 @@ def _subtitle(run: RunData) -> str:
         standardised = c.task.name == "regress" and c.task.loss == "mse"
         model = _model_words(run)
         return (
-            f"{model[:1].upper()}{model[1:]}, trained on {c.task.long}; {c.optimizer} lr "
+            f"{model[:1].upper()}{model[1:]}, trained on {_trained_on(c.task)}; {c.optimizer} lr "
             f"{', '.join(f'{lr:g}' for lr in c.lrs)}, batch {c.batch_size}, "
             f"{_plural(c.epochs, 'epoch')}, "
             f"seeds {', '.join(map(str, c.seeds))}"
@@ -355,6 +389,14 @@ def _subtitle(run: RunData) -> str:
         f"{c.schedule} schedule{warm}{clip}, batch {c.batch_size}, {_plural(c.epochs, 'epoch')}, seeds "
         f"{', '.join(map(str, c.seeds))}; gated FFNs have 2/3 of the hidden units (equal parameters)"
     )
+
+
+def _trained_on(task) -> str:
+    """The loss's words ("mean squared error"), and the metric when it is the model's own."""
+    if not task.has_own_metric:
+        return task.long
+    loss = LOSS_WORDS.get(task.loss, ("loss", task.loss))[1]
+    return f"{loss}, compared on its own metric {task.short} ({task.direction})"
 
 
 def _plural(count: int, noun: str) -> str:

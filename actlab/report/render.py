@@ -230,7 +230,7 @@ def _written_by_actlab(path: Path) -> bool:
 def verdict_of(run: RunData) -> list[str]:
     """The verdict's paragraphs for a run, in its task's words (a loss-scored study, such as
     a language model: actlab.report.loss_report)."""
-    if not run.config.task.higher_is_better:
+    if not run.config.task.has_accuracy:
         from actlab.report.loss_report import loss_analysis
         from actlab.report.loss_report import verdict as loss_verdict
 
@@ -255,7 +255,7 @@ def write_run_report(run: RunData, output: Path | str | None = None) -> Path:
         )
     if output is None and run.writing is not None:
         output = run.path / UNFINISHED_REPORT
-    if not run.config.task.higher_is_better:
+    if not run.config.task.has_accuracy:
         from actlab.report.loss_report import write_loss_report
 
         return write_loss_report(run, output)

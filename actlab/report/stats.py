@@ -202,7 +202,8 @@ def member_results(metrics: pd.DataFrame, last_epochs: int = SELECTION_LAST_EPOC
     """One row per member: its final and best-epoch numbers, and whether it diverged.
 
     Columns: depth, activation, lr, seed, epochs, final_test_acc, best_test_acc, best_epoch,
-    final_test_loss, final_train_loss, final_val_acc, val_score (mean val_acc over the last
+    final_test_loss (and final_test_metric when metrics.csv has the model's own metric),
+    final_train_loss, final_val_acc, val_score (mean val_acc over the last
     `last_epochs` epochs), total_time_s, diverged, diverged_epoch. `best_test_acc` is chosen
     on the test split, so it is optimistic; it is shown because tutorials quote it."""
     rows = []
@@ -219,6 +220,8 @@ def member_results(metrics: pd.DataFrame, last_epochs: int = SELECTION_LAST_EPOC
         best = good.loc[good["test_acc"].idxmax()] if good["test_acc"].notna().any() else None
         row["final_test_acc"] = math.nan if last is None else float(last["test_acc"])
         row["final_test_loss"] = math.nan if last is None else float(last["test_loss"])
+        if "test_metric" in group:  # a study compared on the model's own metric function
+            row["final_test_metric"] = math.nan if last is None else float(last["test_metric"])
         row["final_train_loss"] = math.nan if last is None else float(last["train_loss"])
         row["final_val_acc"] = math.nan if last is None else float(last["val_acc"])
         row["best_test_acc"] = math.nan if best is None else float(best["test_acc"])
@@ -230,6 +233,8 @@ def member_results(metrics: pd.DataFrame, last_epochs: int = SELECTION_LAST_EPOC
     columns = [*MEMBER_KEY, "epochs", "final_test_acc", "best_test_acc", "best_epoch",
                "final_test_loss", "final_train_loss", "final_val_acc", "val_score",
                "total_time_s", "diverged", "diverged_epoch"]  # fmt: skip
+    if "test_metric" in metrics:
+        columns.insert(columns.index("final_test_loss") + 1, "final_test_metric")
     return pd.DataFrame(rows, columns=columns)
 
 
