@@ -533,11 +533,6 @@ def check_objective(config: ExperimentConfig) -> None:
         "function; define one (with `metric_higher_is_better`), or use --metric loss",
     )
     need(
-        config.metric != "model" or task.name != "lm",
-        "--metric model is not supported for language modelling (it would hold every "
-        "window's logits); the study is compared on its test loss in bits per character",
-    )
-    need(
         config.loss != "model" or config.is_user_model,
         "--loss model is your own model's `loss` attribute: it needs --model FILE.py:NAME",
     )

@@ -13,8 +13,8 @@ so a metric that is not a mean over samples (R², F1, a median) is the split's, 
 chunking. Outputs (and floating-point targets) are handed over in float64, so that a mean
 over the split is not rounded in float32. Memory: K members x N samples x the output's size
 x 8 bytes on the CPU for the largest split evaluated (diabetes: 8 x 88 x 1 x 8 B = 5.6 kB;
-10,000 samples of 10 class scores for 8 members: 6.4 MB). A language model's per-token
-logits would not fit, so ``--metric model`` is refused for the lm task (actlab.config).
+10,000 samples of 10 class scores for 8 members: 6.4 MB). Language modelling runs only the
+built-in ``--net gpt``, so a metric function never meets a split's per-token logits.
 
 The value must be one real number (a 0-dim tensor or a Python number). A member whose loss
 is finite (a healthy member) and whose metric is NaN or infinite is a bug in the metric,
