@@ -42,7 +42,7 @@ def without_time(path: Path, name: str = store.METRICS_FILE) -> list[dict]:
 # same arithmetic in any stack (see test_a_shard_trains_its_members_as_the_whole_study).
 EVAL_RTOL = 1e-6
 EVALUATED = ("val_loss", "test_loss", "probe_grad_norm", "dead_frac", "saturated_frac",
-             "preact_mean", "preact_std")  # fmt: skip
+             "preact_mean", "preact_std", "val_metric", "test_metric")  # fmt: skip
 
 
 def assert_same_rows(ray_rows: list[dict], local_rows: list[dict], test_size: int) -> None:
@@ -456,6 +456,38 @@ def test_own_model_on_ray_has_the_local_numbers(ray_address, data, tmp_path, mon
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert_same_rows(without_time(tmp_path / "ray"), without_time(tmp_path / "local"), 200)
+
+
+OWN_METRIC = """
+
+def brier(output, target):  # the mean squared distance of the softmax from the one-hot target
+    probabilities = output.softmax(-1)
+    one_hot = nn.functional.one_hot(target, probabilities.shape[-1]).to(probabilities.dtype)
+    return ((probabilities - one_hot) ** 2).sum(-1).mean()
+
+
+build.metric = brier
+build.metric_higher_is_better = False
+"""
+
+
+@pytest.mark.slow
+def test_own_metric_on_ray_has_the_local_numbers(ray_address, data, tmp_path, monkeypatch):
+    """A model's own metric function (issue 26) on Ray: the workers load it from the file
+    that travels with the tasks and record the local val_metric/test_metric."""
+    (tmp_path / "net.py").write_text(USER_MODEL + OWN_METRIC)
+    monkeypatch.chdir(tmp_path)
+    study = ["--model", "net.py:build", "--activations", "relu,tanh", "--seeds", "2",
+             "--epochs", "2", "--standardize", "--val-size", "100"]  # fmt: skip
+    assert main(["compare", "--threads", "1", "--no-report", "--quiet", "--dataset", data, *study, "--out", "local"]) == 0  # fmt: skip
+    run = subprocess.run(
+        actlab_cli("--dataset", data, *study, "--out", "ray", "--ray", ray_address, "--quiet"),
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = without_time(tmp_path / "ray")
+    assert all(row["test_metric"] and row["val_metric"] for row in rows)
+    assert_same_rows(rows, without_time(tmp_path / "local"), 200)
 
 
 def test_a_model_file_travels_to_nodes_without_it(tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from actlab.cli.main import main
@@ -104,6 +105,33 @@ NETS = textwrap.dedent(
 
 
     no_direction.metric = mae
+
+
+    def raising(act):
+        return net(act)
+
+
+    raising.metric = lambda output, target: output @ target
+    raising.metric_higher_is_better = False
+
+
+    def macro_f1(output, target):
+        # the mean over classes of 2 TP / (2 TP + FP + FN): not a mean over samples
+        predicted = output.argmax(-1)
+        scores = []
+        for c in range(output.shape[-1]):
+            tp = ((predicted == c) & (target == c)).sum()
+            wrong = ((predicted == c) != (target == c)).sum()
+            scores.append(2 * tp / max(int(2 * tp + wrong), 1))
+        return torch.stack(scores).double().mean()
+
+
+    def classifier(act):
+        return nn.Sequential(nn.Linear(6, 16), act(), nn.Linear(16, 4))
+
+
+    classifier.metric = macro_f1
+    classifier.metric_higher_is_better = True
     """
 )
 
@@ -176,6 +204,43 @@ def test_own_metric_matches_plain_models_on_whole_splits(nets, stacking, referen
             mse = namespace["mse"](plain(data.x_test), data.y_test).item()
         assert row["test_loss"] == pytest.approx(mse, rel=1e-4)  # the loss stays the loss
         assert "train_metric" not in row  # no honest train-split value: not recorded
+
+
+@pytest.mark.parametrize("stacking", ["vmap", "loop"])
+def test_a_classifier_keeps_its_accuracy_beside_its_own_metric(nets, stacking):
+    """Cross-entropy over 4 classes, compared on macro F1 (higher is better): test_acc is
+    still counted, test_metric is the plain models' macro F1 on the whole test split.
+    Tolerance: a prediction may flip on rounding (the same training summed in another
+    order); one flip among 400 samples (about 100 a class) moves macro F1 by under 0.01."""
+    path, namespace = nets
+    config = ExperimentConfig(
+        model=f"{path}:classifier", activations=("relu", "gelu"), seeds=(0, 1), lrs=(1e-2,),
+        epochs=3, batch_size=BATCH, diagnostics=False, stacking=stacking, metric="model",
+        metric_name="macro_f1", metric_higher_is_better=True,
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(5)
+    projection = torch.randn(6, 4, generator=gen)
+    x, xt = torch.randn(320, 6, generator=gen), torch.randn(400, 6, generator=gen)
+    y, yt = (x @ projection).argmax(-1), (xt @ projection).argmax(-1)
+    data = DeviceData(x, y, x[:0], y[:0], xt, yt, 4, (6,))
+    trainer = Trainer(config, data)
+    trainer.eval_chunk = 64
+    results = [trainer.train_epoch() for _ in range(3)]
+    acts = {"relu": nn.ReLU, "gelu": nn.GELU}
+    for k, member in enumerate(trainer.members):
+        plain = plain_run(
+            lambda m=member: namespace["classifier"](acts[m.activation]),
+            member, data, F.cross_entropy, 3,
+        )  # fmt: skip
+        with torch.no_grad():
+            output = plain(xt)
+        row = results[-1].metrics[k]
+        assert row["test_metric"] == pytest.approx(
+            namespace["macro_f1"](output, yt).item(), abs=0.01
+        )
+        accuracy = (output.argmax(-1) == yt).double().mean().item()
+        assert row["test_acc"] == pytest.approx(accuracy, abs=1 / 400 + 1e-9)
+    assert results[-1].metrics[0]["test_metric"] > 0.5  # learned: chance is about 0.25
 
 
 def test_metrics_csv_has_the_metric_columns_only_with_a_metric_function(nets, tmp_path, capsys):
@@ -295,6 +360,7 @@ def test_a_metric_study_end_to_end_names_the_metric_and_is_resumed_only_with_it(
     [
         ("per_sample", "its metric metric(output, target) returned a tensor of shape (2,)"),
         ("no_direction", "needs a direction: set `metric_higher_is_better = True`"),
+        ("raising", "its metric metric(output, target) raised RuntimeError"),
     ],
 )
 def test_a_bad_metric_is_one_line_before_training(nets, tmp_path, capsys, reference, words):

@@ -172,17 +172,22 @@ class Objective:
         a scalar, and accuracy has class scores to take the argmax of (one ConfigError
         line for a shape it cannot take)."""
         self.single(output, targets)
-        if self.own_metric is not None:  # one number (finite or not, on two samples)
-            from actlab.engine.own_metric import as_metric_value, whole_split
-
-            value = self.own_metric(*whole_split(output, targets))
-            as_metric_value(value, self.metric_name, self.reference)
+        self.check_metric(output, targets)
         if self.accuracy and (output.dim() != targets.dim() + 1 or targets.is_floating_point()):
             raise ConfigError(
                 f"{self.reference}: accuracy needs class scores (batch, ..., classes) for "
                 f"integer targets (batch, ...); its output is {tuple(output.shape)} for targets "
                 f"{tuple(targets.shape)}: use --metric loss"
             )
+
+    def check_metric(self, output: Tensor, targets: Tensor) -> None:
+        """The own metric function returns one number on one member's output (finite or
+        not: on two samples an R² may divide by zero); one ConfigError line if not."""
+        if self.own_metric is None:
+            return
+        from actlab.engine.own_metric import measure
+
+        measure(self.own_metric, self.metric_name, self.reference, output, targets)
 
 
 def objective_for(

@@ -62,6 +62,21 @@ def whole_split(output: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     return output, targets
 
 
+def measure(metric: Callable, name: str, reference: str, output: Tensor, targets: Tensor) -> float:
+    """metric(output, targets) of one member (see `whole_split`) as a float; what the
+    function raises or returns that is not one number is one ConfigError line."""
+    try:
+        value = metric(*whole_split(output, targets))
+    except Exception as error:  # the user's code: its first line, not a traceback
+        text = str(error).strip().splitlines()
+        raise ConfigError(
+            f"{reference}: its metric {name}(output, target) raised {type(error).__name__}: "
+            f"{text[0][:200] if text else ''} (output {tuple(output.shape)}, target "
+            f"{tuple(targets.shape)})"
+        ) from None
+    return as_metric_value(value, name, reference)
+
+
 @torch.no_grad()
 def member_metrics(
     metric: Callable,
@@ -83,12 +98,11 @@ def member_metrics(
         if not math.isfinite(loss):
             values.append(None)
             continue
-        output, target = whole_split(outputs[k], targets)
-        value = as_metric_value(metric(output, target), name, reference)
+        value = measure(metric, name, reference, outputs[k], targets)
         if not math.isfinite(value):
             raise ConfigError(
                 f"{reference}: its metric {name}(output, target) returned {value} on "
-                f"{len(target)} samples for a member whose loss there is finite ({loss:.4g}); "
+                f"{len(targets)} samples for a member whose loss there is finite ({loss:.4g}); "
                 "a metric must give a finite number for a healthy model (guard its divisions)"
             )
         values.append(value)

@@ -221,6 +221,7 @@ def check_output(model: StackedUserModel, group: GroupStack, sample: Tensor) -> 
                 f"{sample.shape[0]}; actlab needs logits of shape (batch, classes) = "
                 f"{expected} for cross-entropy (or a tuple whose first element they are)"
             )
+        _check_own_metric(model, out)
 
 
 def _checked_by_objective(model: StackedUserModel, out, mode: str) -> bool:
@@ -241,6 +242,16 @@ def _checked_by_objective(model: StackedUserModel, out, mode: str) -> bool:
     with torch.no_grad():
         objective.check(out.detach(), targets[: out.shape[0]])
     return True
+
+
+def _check_own_metric(model: StackedUserModel, out: Tensor) -> None:
+    """A classifier's own metric function (actlab.engine.own_metric) returns one number on
+    two samples' logits (the regression's is checked with its loss: Objective.check)."""
+    objective, targets = getattr(model, "objective", None), getattr(model, "target_sample", None)
+    if getattr(objective, "own_metric", None) is None or targets is None:
+        return
+    with torch.no_grad():
+        objective.check_metric(out.detach(), targets[: out.shape[0]])
 
 
 def try_stacking(model: StackedUserModel, group: GroupStack, sample: Tensor) -> None:
