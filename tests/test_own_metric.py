@@ -341,6 +341,14 @@ def test_a_metric_study_end_to_end_names_the_metric_and_is_resumed_only_with_it(
         assert "mae" in report and "accuracy" not in report.lower()
     report = (out / "report.md").read_text(encoding="utf-8")
     assert f"mean (not shown to be the best): {best} at {final[best]:.4f} mae" in report
+    # exports: a test_metric scalar per epoch, and final_test_metric per member
+    from actlab.export.rows import final_metrics, member_epochs, run_rows
+
+    epochs = member_epochs(*run_rows(store.read_run(out)))
+    assert all(e.scalars["test_metric"] > 0 for e in epochs)
+    history = sorted((e for e in epochs if e.member == epochs[0].member), key=lambda e: e.epoch)
+    final = final_metrics(history, False, False, own_metric=True)
+    assert final["final_test_metric"] == history[-1].scalars["test_metric"]
     document = json.loads((out / "config.json").read_text())["config"]
     assert (document["metric"], document["metric_name"]) == ("model", "mae")
     assert document["metric_higher_is_better"] is False

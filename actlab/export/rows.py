@@ -21,9 +21,9 @@ from actlab.study import store
 ROW_NAMES = ("depth", "member", "activation", "seed", "lr", "epoch", "layer", "status")
 
 
-METRIC_SCALARS = tuple(
-    c for c in (*store.METRICS_COLUMNS, *store.OWN_METRIC_COLUMNS) if c not in ROW_NAMES
-)  # the own metric's columns are there only for a study compared on it
+METRIC_SCALARS = tuple(c for c in store.METRICS_COLUMNS if c not in ROW_NAMES)
+# A study compared on the model's own metric function also has these (val_metric, ...).
+OWN_METRIC_SCALARS = store.OWN_METRIC_COLUMNS
 
 
 DIAGNOSTIC_SCALARS = tuple(c for c in store.DIAGNOSTICS_COLUMNS if c not in ROW_NAMES)
@@ -123,7 +123,11 @@ def member_epochs(
     for row in metrics_rows:
         key, epoch = member_key(row), int(row["epoch"])
         status = str(row["status"])
-        scalars = {name: float(row[name]) for name in METRIC_SCALARS if not _empty(row.get(name))}
+        scalars = {
+            name: float(row[name])
+            for name in (*METRIC_SCALARS, *OWN_METRIC_SCALARS)
+            if not _empty(row.get(name))
+        }
         scalars["diverged"] = 1.0 if status == "diverged" else 0.0
         for layer_row in layers.get((key, epoch), []):
             layer = int(layer_row["layer"])
@@ -135,14 +139,14 @@ def member_epochs(
 
 
 def final_metrics(
-    history: Sequence[MemberEpoch], with_val: bool, bpc: bool = True
+    history: Sequence[MemberEpoch], with_val: bool, bpc: bool = True, own_metric: bool = False
 ) -> dict[str, float]:
     """The numbers an HParams session is linked to: the last ok epoch's test accuracy and
     loss, train loss and val accuracy (with a validation split), the best test accuracy over
     epochs, and whether the member diverged (NaN where no epoch was ok). A study without
     accuracy (a language model) also gets its final test loss in bits per character; `bpc`
     False: any other study without accuracy (a regression, whose loss is no bpc). A study
-    compared on the model's own metric also gets final_test_metric."""
+    compared on the model's own metric (`own_metric`) also gets final_test_metric."""
     ok = [e for e in history if e.status == "ok"]
     last = max(ok, key=lambda e: e.epoch).scalars if ok else {}
     names = ["test_acc", "test_loss", "train_loss"] + (["val_acc"] if with_val else [])
@@ -151,7 +155,7 @@ def final_metrics(
     result["best_test_acc"] = max(accuracies, default=math.nan)
     if ok and not accuracies and bpc:  # a language model: its loss in bits per character
         result["final_test_bpc"] = result["final_test_loss"] / math.log(2)
-    if any("test_metric" in e.scalars for e in ok):  # the model's own metric function
+    if own_metric:  # the model's own metric function (metrics.csv's test_metric)
         result["final_test_metric"] = last.get("test_metric", math.nan)
     result["diverged"] = 1.0 if any(e.status == "diverged" for e in history) else 0.0
     return result
@@ -199,6 +203,7 @@ class StudyRows:
         self.history: dict[MemberKey, dict[int, MemberEpoch]] = {}
         self.with_val = bool(study.config.val_size)
         self.lm = study.config.task.name == "lm"  # its final test loss also in bpc
+        self.own_metric = study.config.task.has_own_metric  # final_test_metric too
 
     def batch(self, metrics_rows: Iterable[dict], diagnostics_rows: Iterable[dict]) -> Batch:
         epochs = member_epochs(metrics_rows, diagnostics_rows)
@@ -208,7 +213,7 @@ class StudyRows:
         for item in epochs:
             if item.status == "diverged" or item.epoch >= self.study.epochs:
                 history = sorted(self.history[item.member].values(), key=lambda e: e.epoch)
-                final = final_metrics(history, self.with_val, self.lm)
+                final = final_metrics(history, self.with_val, self.lm, self.own_metric)
                 batch.finals[item.member] = (history[-1].epoch, final)
         return batch
 

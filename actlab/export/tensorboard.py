@@ -194,7 +194,9 @@ def _hparams_start_events(study: Study, key: MemberKey) -> list:
         api_pb2.MetricInfo(
             name=api_pb2.MetricName(tag=HPARAMS_PREFIX + name), display_name=name.replace("_", " ")
         )
-        for name in final_metrics([], bool(study.config.val_size))
+        for name in final_metrics(
+            [], bool(study.config.val_size), own_metric=study.config.task.has_own_metric
+        )
     ]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
     return [
