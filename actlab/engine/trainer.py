@@ -358,9 +358,11 @@ class Trainer:
         """The widest hidden layer's units per sample and member (a CNN: C * H * W)."""
         preacts: list[Tensor] = []
         self.model.eval()  # no dropout: no generator is advanced
-        self.model(self.data.x_train[:1].unsqueeze(0), preactivations=preacts)
+        x = self.data.x_train[:1].unsqueeze(0)
+        own = getattr(self.model, "units_per_sample", None)  # a user's net: widths may differ
+        units = own(x) if own else self.model(x, preactivations=preacts)
         self.model.train()
-        return max(p[0, 0].numel() for p in preacts)
+        return units if own else max(p[0, 0].numel() for p in preacts)
 
     # --- state ------------------------------------------------------------------------
 
