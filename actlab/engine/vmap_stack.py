@@ -342,9 +342,9 @@ class StackedUserModel(nn.Module):
             except ConfigError:
                 raise
             except Exception as error:  # the user's forward: one line, the run dir intact
-                mode = "training" if self.training else "evaluation"
+                mode = "a training" if self.training else "an evaluation"
                 raise ConfigError(
-                    f"--model {self.user.reference}: a {mode} forward pass on a batch of shape "
+                    f"--model {self.user.reference}: {mode} forward pass on a batch of shape "
                     f"{tuple(inputs.shape[0 if one_input else 1 :])} raised {first_line(error)}"
                 ) from None
             outs.append(logits)
