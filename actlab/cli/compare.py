@@ -125,9 +125,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_ray_options(run, config)
     out = run.out or default_out(config.dataset, user.name if user else None)
     if user is not None:
-        from actlab.nn.user_model import describe
+        from actlab.nn.user_model import describe, parameter_line
 
         print(describe(user, config.activations[0], config.swap))
+        print(parameter_line(user, config.activations, config.swap))
     log_specs = None
     if run.log:
         from actlab.export.targets import parse_log_specs

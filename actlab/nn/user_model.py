@@ -389,3 +389,32 @@ def describe(user: UserModel, activation: str, swap_targets: Sequence[str] = ())
         places = ", ".join(path for path, _ in report.modules)
         return f"model {user.reference} (builder): act() at {len(report.modules)} places ({places})"
     return f"model {user.reference} (nn.Module, seed 0, {activation}): {report.summary()}"
+
+
+# Parameter counts further apart than this (relative) are said: not an equal-size comparison.
+UNEQUAL_PARAMETERS = 0.02
+
+
+def parameter_line(user: UserModel, activations: Sequence[str], swap_targets=()) -> str:
+    """``parameters per member: relu 10,756, swiglu 10,772 (gated)``: each activation's
+    network built for seed 0 (on the meta device where it builds there: nothing
+    allocated). Counts further apart than UNEQUAL_PARAMETERS are said, with the way to
+    equal ones (act.hidden)."""
+    counts = {}
+    for activation in activations:
+        try:
+            model, _ = build_member(user, activation, 0, swap_targets, device="meta")
+        except ConfigError:
+            raise
+        except Exception:  # a builder that cannot build on meta
+            model, _ = build_member(user, activation, 0, swap_targets)
+        counts[activation] = sum(p.numel() for p in model.parameters())
+    parts = [f"{a} {n:,}" + (" (gated)" if gated.is_gated(a) else "") for a, n in counts.items()]
+    line = "parameters per member: " + ", ".join(parts)
+    low, high = min(counts.values()), max(counts.values())
+    if low and high / low - 1 > UNEQUAL_PARAMETERS:
+        line += (
+            f"; they differ by {high / low - 1:.0%}: not a comparison at equal parameters "
+            "(a builder sizes a gated FFN with h = act.hidden(n) and act.inputs(h))"
+        )
+    return line
