@@ -9,6 +9,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures.cli import run_cli
 
 from actlab.catalog import registry as catalog
 from actlab.config import ExperimentConfig, members_for
@@ -167,3 +168,32 @@ def test_a_failing_probe_costs_the_diagnostics_not_the_epoch(corpus, monkeypatch
     with pytest.warns(UserWarning, match="diagnostics of epoch 1 skipped: the probe raised"):
         result = t.train_epoch()
     assert result.diagnostics == [] and len(result.metrics) == len(t.members)
+
+
+def test_the_lm_report_shows_the_diagnostics_by_layer_name(corpus, tmp_path):
+    """A study's diagnostics.csv, and its report: the FFN table and the gradient table
+    quote the csv's means over seeds, by layer name; nothing says accuracy."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        "compare", "--threads", "1", "--quiet", "--net", "gpt", "--dataset", f"text:{corpus}",
+        "--activations", "relu,swiglu", "--seeds", "2", "--epochs", "2", "--width", "16",
+        "--layers", "2", "--heads", "2", "--context", "12", "--batch-size", "16",
+        "--lr", "3e-3", "--out", out,
+    )  # fmt: skip
+    assert code == 0, err
+    frame = store.read_run(out).diagnostics
+    assert len(frame) == 2 * 2 * 2 * 11 and frame["probe_grad_norm"].notna().all()
+    report = (out / "report.md").read_text(encoding="utf-8")
+    section = report[report.index("## Diagnostics") :]
+    last = frame[frame["epoch"] == 2]
+    ffn = last[last["layer"] == lm_diagnostics.ffn_rows(2)[1]].groupby("activation")
+    dead, saturated = ffn["dead_frac"].mean(), ffn["saturated_frac"].mean()
+    expected = (
+        f"| block 2 | {100 * dead['relu']:.1f}% / {100 * saturated['relu']:.1f}% | "
+        f"{100 * dead['swiglu']:.1f}% / {100 * saturated['swiglu']:.1f}% |"
+    )
+    assert expected in section
+    grads = frame[frame["layer"] == 11].groupby(["activation", "epoch"])["grad_norm"].mean()
+    assert f"| head | {grads['relu', 1]:.3g} → {grads['relu', 2]:.3g} |" in section
+    assert "accuracy" not in report.lower()
+    assert '<h2 id="diagnostics">' in (out / "report.html").read_text(encoding="utf-8")

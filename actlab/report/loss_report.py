@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from actlab.report import stats
+from actlab.report import loss_diagnostics, stats
 from actlab.report.page import css, md, table_html, table_markdown
 from actlab.report.render import MARKDOWN_MARK, figure_png, report_paths
 from actlab.report.tables import Column, Table
@@ -272,6 +272,9 @@ def render_markdown(analysis: dict) -> str:
     ]
     if len(analysis["pairs"]):
         parts += ["## Paired differences (final test bpc)\n", markdown_table(*pair_rows(analysis))]
+    diagnostics = loss_diagnostics.markdown_section(run)
+    if diagnostics:
+        parts.append(diagnostics)
     return "\n".join(parts)
 
 
@@ -299,6 +302,7 @@ def render_html(analysis: dict) -> str:
             '<h2 id="differences">Paired differences</h2>',
             html_table(*pair_rows(analysis), css_id="pairs-table"),
         ]
+    parts.append(loss_diagnostics.html_section(run))
     parts.append("</body></html>")
     return "\n".join(parts)
 
