@@ -154,8 +154,6 @@ def check_ray_options(run: RunOptions, config: ExperimentConfig) -> None:
     the address."""
     if run.ray is None and (run.shard_size is not None or run.checkpoint_every != 1):
         raise ConfigError("--shard-size and --checkpoint-every apply with --ray only; add --ray")
-    if run.ray is not None and config.model == "gpt":
-        raise ConfigError("--ray does not run --net gpt studies yet; drop --ray")
     if run.ray is not None:
         from actlab.study.cluster import check_options, check_reachable, import_ray
 
