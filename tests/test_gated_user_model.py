@@ -312,3 +312,16 @@ def test_the_cli_prints_parameter_counts_and_refuses_a_wrong_width_in_one_line(p
     )  # fmt: skip
     assert code != 0 and "Traceback" not in err
     assert "swiglu is a gated unit" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_study_is_sized_by_its_largest_member_over_activations(path, monkeypatch):
+    """full_width: swiglu's member has 4,490 parameters, relu's (the first) 2,410. Before:
+    the study was sized from the first activation's member alone and admitted."""
+    from actlab.engine import memory
+
+    per_member = 4 * 4 * 4490  # weights, gradients, Adam's two moments (float32)
+    free = (2 * per_member * 0.95) / 0.8  # room for two relu members, not for two swiglu
+    monkeypatch.setattr(memory, "available_bytes", lambda device: free)
+    with pytest.raises(ConfigError, match="the 2 members of .* need about"):
+        Trainer(config(path, "full_width", activations=("relu", "swiglu"), seeds=(0,)),
+                _digits_like())  # fmt: skip
