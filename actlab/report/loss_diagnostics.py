@@ -18,14 +18,11 @@ seeds behind each column is given in its header.
 
 from __future__ import annotations
 
-import html
-
 import pandas as pd
 
 from actlab.engine import diagnostics as diagnostics_lib
 from actlab.engine import lm_diagnostics
 from actlab.report import plots
-from actlab.report.page import md, table_html, table_markdown
 from actlab.report.render import figure_png
 from actlab.report.tables import Column, Table
 from actlab.study.store import RunData
@@ -137,39 +134,23 @@ def _unit_figure(frame: pd.DataFrame, labels: dict[int, str]):
     return plots.plot_unit_health(frame.assign(activation=frame["arm"]), layer_labels=named)
 
 
-def html_section(run: RunData) -> str:
-    """The report.html section (empty when the study has no diagnostics)."""
+def section(run: RunData, figures: bool = True) -> dict | None:
+    """The Diagnostics section of the page model (templates/loss_report.*.j2), None when
+    the study has no diagnostics; `figures`: draw the chart (report.html only)."""
     frame = _prepared(run)
     if frame is None:
-        return ""
+        return None
     labels = lm_diagnostics.layer_labels(run.config.layers)
-    esc = html.escape
-    parts = [f'<h2 id="diagnostics">{TITLE}</h2>']
-    parts += [f"<p>{esc(s)}</p>" for s in sentences(frame, labels)]
-    parts += [
-        "<h3>FFN units at the last epoch</h3>",
-        table_html(unit_table(frame, labels)),
-        f'<figure><img alt="dead and saturated FFN units per epoch" src="data:image/png;base64,'
-        f'{figure_png(_unit_figure(frame, labels))}"></figure>',
-        "<h3>Weight-gradient norm per layer</h3>",
-        table_html(gradient_table(frame, labels)),
-        f'<p class="note">{esc(definitions())}</p>',
-    ]
-    return "\n".join(parts)
-
-
-def markdown_section(run: RunData) -> str:
-    frame = _prepared(run)
-    if frame is None:
-        return ""
-    labels = lm_diagnostics.layer_labels(run.config.layers)
-    parts = [f"## {TITLE}\n"]
-    parts += [md(s) + "\n" for s in sentences(frame, labels)]
-    parts += [
-        "### FFN units at the last epoch\n",
-        table_markdown(unit_table(frame, labels)),
-        "### Weight-gradient norm per layer\n",
-        table_markdown(gradient_table(frame, labels)),
-        md(definitions()) + "\n",
-    ]
-    return "\n".join(parts)
+    figure = None
+    if figures:
+        png = figure_png(_unit_figure(frame, labels))
+        figure = {"caption": "Dead and saturated FFN units per block and epoch, mean over "
+                  "seeds", "png": png}  # fmt: skip
+    return {
+        "title": TITLE,
+        "sentences": sentences(frame, labels),
+        "units": unit_table(frame, labels),
+        "figure": figure,
+        "gradients": gradient_table(frame, labels),
+        "definitions": definitions(),
+    }
