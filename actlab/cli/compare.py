@@ -100,7 +100,12 @@ def config_from_args(args: argparse.Namespace, user=None) -> ExperimentConfig:
     """The study's configuration from parsed arguments (and the user's loaded model)."""
     values = values_from(args, ExperimentConfig)
     if user is not None:
+        from actlab.nn.user_model import own_objective
+
         values.update(model_source=user.source, model_sha256=user.sha256)
+        for name, value in own_objective(user).items():  # --loss/--metric given win
+            if values.get(name) is None:
+                values[name] = value
     return ExperimentConfig(**values)
 
 
@@ -165,7 +170,7 @@ def check_ray_options(run: RunOptions, config: ExperimentConfig) -> None:
 def train_study(config: ExperimentConfig, run: RunOptions, out: str, dataset, log_specs):
     """Run the study, locally or on Ray, with the progress lines and live logs asked for.
     Returns (StudyResult, the live log or None)."""
-    progress = None if run.quiet else CompareProgress(verbose=run.verbose)
+    progress = None if run.quiet else CompareProgress(verbose=run.verbose, task=config.task)
     live_log = None
     if log_specs:
         from actlab.export.live import LiveLog

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, vmap
 
@@ -218,6 +217,8 @@ def check_output(model: StackedUserModel, group: GroupStack, sample: Tensor) -> 
             ) from None
         finally:
             group.base.train()
+        if _checked_by_objective(model, out, mode):
+            continue
         expected = (sample.shape[0], model.num_classes)
         if not isinstance(out, Tensor) or tuple(out.shape) != expected:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -251,6 +252,26 @@ def gated_hint(model: StackedUserModel, activation: str) -> str:
     )
 
 
+def _checked_by_objective(model: StackedUserModel, out, mode: str) -> bool:
+    """An output checked against the study's own loss (actlab.engine.objective): any shape
+    that loss takes on two samples' targets (a regression's (batch,) or (batch, 1), a
+    sequence's (batch, time, classes)); False when the classic check applies (a
+    cross-entropy classifier, or no objective given)."""
+    objective, targets = getattr(model, "objective", None), getattr(model, "target_sample", None)
+    if objective is None or targets is None:
+        return False
+    if objective.name == "cross_entropy" and targets.dim() == 1:
+        return False  # logits (batch, classes): the classic check and its message
+    if not isinstance(out, Tensor):
+        raise ConfigError(
+            f"--model {model.user.reference}: {mode} output is a {type(out).__name__}; "
+            "actlab needs a tensor (or a tuple whose first element is one)"
+        )
+    with torch.no_grad():
+        objective.check(out.detach(), targets[: out.shape[0]])
+    return True
+
+
 def try_stacking(model: StackedUserModel, group: GroupStack, sample: Tensor) -> None:
     """A vmapped training step on two samples, on copies of the buffers, and the
     vmapped eval logits against member 0's own forward; any failure: one by one."""
@@ -268,9 +289,7 @@ def try_stacking(model: StackedUserModel, group: GroupStack, sample: Tensor) -> 
         device_type = x.device.type
         with attention_paths(True, device_type):
             logits = vmap(member_forward, randomness="error")(params, buffers, x)
-        loss = F.cross_entropy(logits.flatten(0, 1), torch.zeros(G * 2, dtype=torch.long,
-                               device=x.device))  # fmt: skip
-        loss.backward()
+        logits.float().square().mean().backward()  # a backward through vmap, any output
         base.eval()
         with torch.no_grad(), attention_paths(True, device_type):
             stacked = vmap(member_forward, in_dims=(0, 0, 0), randomness="error")(

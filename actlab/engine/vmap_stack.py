@@ -94,9 +94,16 @@ class StackedUserModel(nn.Module):
         *,
         stacking: str = "auto",
         batch_size: int = 64,
+        objective=None,
+        targets: Tensor | None = None,
     ) -> None:
+        """`objective` (actlab.engine.objective) and two samples' `targets`: the output is
+        checked against the study's loss; without them, logits (batch, num_classes) for
+        cross-entropy are asked for."""
         super().__init__()
         self.user = user
+        self.objective = objective
+        self.target_sample = None if targets is None else targets[:2].to(device)
         self.members = list(members)
         self.num_members = len(self.members)
         self.num_classes = num_classes
@@ -226,12 +233,13 @@ class StackedUserModel(nn.Module):
         how many members the study has."""
         return memory.probe_samples(self.saved_per_sample or 0.0, most)
 
-    def probe(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    def probe(self, x: Tensor, y: Tensor, loss=None) -> dict[str, Tensor]:
         """Diagnostics on the probe batch (x (B, *input), y (B,)), in eval mode, member by
         member (exact: a member's weight gradients are those of its own loss; the memory
         of one member, whatever their number): the weight-gradient norm of each
-        Linear/Conv layer of the mean cross-entropy, and the dead/saturated fractions and
-        moments of the input of each activation site. Each a (K, L) tensor."""
+        Linear/Conv layer of the member's loss (`loss(output, target)`, default the mean
+        cross-entropy), and the dead/saturated fractions and moments of the input of each
+        activation site. Each a (K, L) tensor."""
         was_training = self.training
         self.eval()
         activations = self.member_activations()
@@ -243,13 +251,13 @@ class StackedUserModel(nn.Module):
                 member_buffers = per_member(buffers, len(group.members))
                 for i, k in enumerate(group.members):
                     rows[k] = self._probe_member(
-                        group, member_params[i], member_buffers[i], x, y, activations[k]
+                        group, member_params[i], member_buffers[i], x, y, activations[k], loss
                     )
         finally:
             self.train(was_training)
         return {name: torch.cat([row[name] for row in rows]) for name in rows[0]}
 
-    def _probe_member(self, group, params, buffers, x, y, activation) -> dict[str, Tensor]:
+    def _probe_member(self, group, params, buffers, x, y, activation, loss_of=None):
         weights = set(self.weight_names)
         leaves = {n: p.detach().requires_grad_(n in weights) for n, p in params.items()}
         captured: dict[str, list[Tensor]] = {}
@@ -257,7 +265,7 @@ class StackedUserModel(nn.Module):
             logits = logits_of(functional_call(group.base, (leaves, buffers), (x,)))
         norms = torch.zeros(1, len(self.weight_names), device=x.device)
         if self.weight_names:
-            loss = F.cross_entropy(logits, y)
+            loss = (loss_of or F.cross_entropy)(logits, y)
             grads = torch.autograd.grad(
                 loss, [leaves[n] for n in self.weight_names], allow_unused=True
             )

@@ -418,3 +418,55 @@ def parameter_line(user: UserModel, activations: Sequence[str], swap_targets=())
             "(a builder sizes a gated FFN with h = act.hidden(n) and act.inputs(h))"
         )
     return line
+
+
+# === the model's own loss and metric ======================================================
+
+OWN_METRICS = ("accuracy", "loss")
+
+
+def own_loss(user: UserModel) -> Callable | None:
+    """The model's own ``loss(output, target) -> scalar``: an attribute ``loss`` of the
+    builder (``build.loss = F.mse_loss``) or of the module class (a ``@staticmethod``), or
+    None. Called per member on that member's output and targets (actlab.engine.objective)."""
+    loss = getattr(user.factory, "loss", None)
+    if loss is None:
+        return None
+    if not callable(loss):
+        raise ConfigError(
+            f"--model {user.reference}: its `loss` attribute is a {type(loss).__name__}, not a "
+            "function loss(output, target) -> scalar"
+        )
+    if inspect.isclass(user.factory) and "self" in _parameter_names(loss)[:1]:
+        raise ConfigError(
+            f"--model {user.reference}: its `loss` is a method taking self; make it a "
+            "@staticmethod loss(output, target) -> scalar"
+        )
+    return loss
+
+
+def own_objective(user: UserModel) -> dict[str, str]:
+    """The config fields the model's own attributes ask for: ``loss="model"`` when it
+    defines a loss, ``metric`` when it states one: "accuracy" or "loss" (the two columns of
+    metrics.csv a study is compared on; a metric function of its own is not recorded)."""
+    fields: dict[str, str] = {}
+    if own_loss(user) is not None:
+        fields["loss"] = "model"
+    metric = getattr(user.factory, "metric", None)
+    if metric is None:
+        return fields
+    if not (isinstance(metric, str) and metric in OWN_METRICS):
+        raise ConfigError(
+            f"--model {user.reference}: its `metric` attribute must name what compares the "
+            f"members, {' or '.join(OWN_METRICS)} (the test loss), got {metric!r}; a metric "
+            "function of its own is not supported"
+        )
+    fields["metric"] = metric
+    return fields
+
+
+def _parameter_names(fn: Callable) -> list[str]:
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
