@@ -130,9 +130,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_ray_options(run, config)
     out = run.out or default_out(config.dataset, user.name if user else None)
     if user is not None:
-        from actlab.nn.user_model import describe
+        from actlab.nn.user_model import describe, parameter_line
 
         print(describe(user, config.activations[0], config.swap))
+        print(parameter_line(user, config.activations, config.swap))
     log_specs = None
     if run.log:
         from actlab.export.targets import parse_log_specs
@@ -158,8 +159,6 @@ def check_ray_options(run: RunOptions, config: ExperimentConfig) -> None:
     the address."""
     if run.ray is None and (run.shard_size is not None or run.checkpoint_every != 1):
         raise ConfigError("--shard-size and --checkpoint-every apply with --ray only; add --ray")
-    if run.ray is not None and config.model == "gpt":
-        raise ConfigError("--ray does not run --net gpt studies yet; drop --ray")
     if run.ray is not None:
         from actlab.study.cluster import check_options, check_reachable, import_ray
 

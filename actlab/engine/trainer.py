@@ -238,11 +238,10 @@ class Trainer:
     @torch.no_grad()
     def _units_per_sample(self) -> int:
         """The widest hidden layer's units per sample and member (a CNN: C * H * W)."""
-        preacts: list[Tensor] = []
         self.model.eval()  # no dropout: no generator is advanced
-        self.model(self.data.x_train[:1].unsqueeze(0), preactivations=preacts)
+        units = self.model.units_per_sample(self.data.x_train[:1].unsqueeze(0))
         self.model.train()
-        return max(p[0, 0].numel() for p in preacts)
+        return units
 
     # --- state ------------------------------------------------------------------------
 

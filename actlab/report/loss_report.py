@@ -29,7 +29,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from actlab.report import stats
+from actlab.report import loss_diagnostics, stats
 from actlab.report.page import environment, environment_line
 from actlab.report.render import MARKDOWN_MARK, figure_png, report_paths
 from actlab.report.tables import Cell, Column, Table
@@ -423,6 +423,7 @@ def build(analysis: dict, figures: bool = True) -> dict:
         "summary_note": summary_note(run),
         "figures": [chart] if figures else [],
         "pairs": pairs_table(analysis) if len(analysis["pairs"]) else None,
+        "diagnostics": loss_diagnostics.section(run, figures),
         "environment_line": environment_line(run),
     }
 
