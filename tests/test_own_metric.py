@@ -405,6 +405,17 @@ def test_metric_model_needs_a_model_with_a_metric_function(nets):
         ExperimentConfig(model=f"{path}:net", dataset="diabetes", metric="model")
 
 
+def test_a_config_recording_another_direction_is_refused(nets):
+    path, _ = nets
+    config = ExperimentConfig(
+        model=f"{path}:mae_regressor", dataset="diabetes", activations=("relu",), seeds=(0,),
+        metric="model", metric_name="mae", metric_higher_is_better=True, diagnostics=False,
+    )  # fmt: skip
+    data = DeviceData.from_dataset(load_regression("diabetes"), "cpu")
+    with pytest.raises(ConfigError, match=r"its metric is mae \(higher is better: False\)"):
+        Trainer(config, data)
+
+
 def test_a_module_class_states_its_metric_as_a_staticmethod(nets):
     from actlab.nn.user_model import load, own_objective
 

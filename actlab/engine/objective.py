@@ -222,9 +222,22 @@ def objective_of(config) -> Objective:
     function (``--metric model``)."""
     own, metric = None, None
     if config.is_user_model and "model" in (config.loss, config.metric):
-        from actlab.nn.user_model import load_for, own_loss, own_metric
+        from actlab.nn.user_model import load_for, metric_name, own_loss, own_metric
 
         user = load_for(config)
         own = own_loss(user) if config.loss == "model" else None
         metric = own_metric(user) if config.metric == "model" else None
+        if metric is not None:
+            _check_recorded(config, metric_name(metric), user.factory.metric_higher_is_better)
     return objective_for(config, f"--model {config.model}", own, metric)
+
+
+def _check_recorded(config, name: str, higher: bool) -> None:
+    """The metric function's name and direction are those the config records (and the
+    report will use); one line if a config was made for another metric."""
+    if (config.metric_name, config.metric_higher_is_better) != (name, higher):
+        raise ConfigError(
+            f"--model {config.model}: its metric is {name} (higher is better: {higher}), but "
+            f"the config records {config.metric_name} (higher is better: "
+            f"{config.metric_higher_is_better}); rebuild the config from the model"
+        )
