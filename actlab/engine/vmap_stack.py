@@ -53,7 +53,7 @@ from actlab.catalog import gated
 from actlab.catalog import registry as catalog
 from actlab.config import Member
 from actlab.engine import diagnostics as diagnostics_lib
-from actlab.engine import memory
+from actlab.engine import memory, unit_axes
 from actlab.engine import user_checks as checks
 from actlab.engine.member_dropout import (  # noqa: F401  (MemberDropout: part of this API)
     MaskSource,
@@ -261,7 +261,12 @@ class StackedUserModel(nn.Module):
         weights = set(self.weight_names)
         leaves = {n: p.detach().requires_grad_(n in weights) for n, p in params.items()}
         captured: dict[str, list[Tensor]] = {}
-        with attention_paths(False, x.device.type), capturing(group.base, group.sites, captured):
+        producers: dict[str, list[nn.Module | None]] = {}  # what made each site's units
+        with (
+            attention_paths(False, x.device.type),
+            capturing(group.base, group.sites, captured),
+            unit_axes.recording_producers(group.base, group.sites, producers),
+        ):
             logits = logits_of(functional_call(group.base, (leaves, buffers), (x,)))
         norms = torch.zeros(1, len(self.weight_names), device=x.device)
         if self.weight_names:
@@ -273,12 +278,17 @@ class StackedUserModel(nn.Module):
                 if grad is not None:
                     norms[0, layer] = torch.linalg.vector_norm(grad, dtype=torch.float32)
         preacts = [t.detach().unsqueeze(0) for t in per_site(captured, group.sites)]
-        if gated.is_gated(group.activation):  # its units are its gate's: gate(b) of [a, b]
+        is_gated = gated.is_gated(group.activation)
+        if is_gated:  # its units are its gate's: gate(b) of [a, b]
             preacts = [diagnostics_lib.gate_input(t) for t in preacts]
             activation = catalog.get(gated.gate_spec(group.activation))
         out = {"probe_grad_norm": norms}
         if preacts:
-            dead, saturated = diagnostics_lib.unit_fractions(preacts, [activation])
+            detached = {site: [c.detach() for c in calls] for site, calls in captured.items()}
+            dead, saturated = unit_axes.probe_fractions(
+                detached, producers, group.sites, activation,
+                gated=is_gated, reference=f"--model {self.user.reference}",
+            )  # fmt: skip
             mean, std = diagnostics_lib.preact_moments(preacts)
             out.update(dead_frac=dead, saturated_frac=saturated, preact_mean=mean, preact_std=std)
         return out
