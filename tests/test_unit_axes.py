@@ -49,6 +49,23 @@ NETS = textwrap.dedent(
         return Encoder(batch_first=False)
 
 
+    class GatedFFN(nn.Module):
+        '''A builder's FFN on (B, T, 8): Linear(8, 2 x 8) -> act() (gated: a * gate(b)).'''
+
+        def __init__(self, act):
+            super().__init__()
+            self.embed = nn.Linear(4, 8)
+            self.ffn = nn.Sequential(nn.Linear(8, act.inputs(8)), act(), nn.Linear(8, 8))
+            self.out = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.out(self.ffn(self.embed(x.flatten(1, 2))).mean(1))
+
+
+    def gated_ffn(act):
+        return GatedFFN(act)
+
+
     class ChannelsLast(nn.Module):
         '''ConvNeXt-style: conv, then LayerNorm and an FFN on (B, H, W, C).'''
 
@@ -128,10 +145,15 @@ def probe_with_dead(nets, name: str, bias: str, dead: slice, activation: str = "
     return out, group, x
 
 
-def hand_dead(group, x, producer: str, unit_dim: int, f=torch.relu) -> float:
-    """Fraction of the producer's output features z where f(z) = 0, or |f'(z)| < 1e-6 (by
-    autograd), at every sample and position; z taken by a hook on member 0's module (its
-    weights are the stacked member 0's: functional_call swaps them in)."""
+def hand_dead(group, x, producer: str, unit_dim: int, f=torch.relu, gate=False) -> float:
+    return hand_measures(group, x, producer, unit_dim, f, gate)[0]
+
+
+def hand_measures(group, x, producer: str, unit_dim: int, f=torch.relu, gate=False):
+    """Fractions of the producer's output features z (dead, saturated): dead where f(z) = 0,
+    or |f'(z)| < 1e-6 (by autograd), at every sample and position; saturated where
+    |f'(z)| < 0.05 (5% of relu's steepest slope, 1) at more than 90% of them. z is taken by a
+    hook on member 0's module (functional_call swaps the stacked member 0's weights in)."""
     from torch.func import functional_call
 
     outputs = []
@@ -145,17 +167,22 @@ def hand_dead(group, x, producer: str, unit_dim: int, f=torch.relu) -> float:
         )  # fmt: skip
     handle.remove()
     (h,) = outputs
+    if gate:  # [a, b]: the gate's input b
+        h = h.chunk(2, dim=-1)[1]
     z = h.movedim(unit_dim, 0).flatten(1).requires_grad_(True)
     (slope,) = torch.autograd.grad(f(z).sum(), z)
     dead = (f(z) == 0).all(dim=1) | (slope.abs() < 1e-6).all(dim=1)
-    return dead.float().mean().item()
+    saturated = (slope.abs() < 0.05).float().mean(dim=1) > 0.9
+    return dead.float().mean().item(), saturated.float().mean().item()
 
 
 def test_a_transformer_ffn_unit_is_a_hidden_feature_batch_first(nets):
     """Before: the 4 tokens were the units, none dead (reported 0)."""
     out, group, x = probe_with_dead(nets, "Encoder", "layer.linear1.bias", slice(0, 5))
     assert out["dead_frac"][0, 0].item() == pytest.approx(5 / 16)
-    assert hand_dead(group, x, "layer.linear1", -1) == pytest.approx(5 / 16)
+    dead, saturated = hand_measures(group, x, "layer.linear1", -1)
+    assert dead == pytest.approx(5 / 16)
+    assert out["saturated_frac"][0, 0].item() == pytest.approx(saturated)
 
 
 def test_a_transformer_ffn_unit_is_a_hidden_feature_time_first(nets):
@@ -163,6 +190,14 @@ def test_a_transformer_ffn_unit_is_a_hidden_feature_time_first(nets):
     out, group, x = probe_with_dead(nets, "time_first", "layer.linear1.bias", slice(3, 10))
     assert out["dead_frac"][0, 0].item() == pytest.approx(7 / 16)
     assert hand_dead(group, x, "layer.linear1", -1) == pytest.approx(7 / 16)
+
+
+def test_a_gated_ffn_unit_on_tokens_is_a_hidden_feature(nets):
+    """swiglu = a * silu(b) on (B, T, 2 x 8): a unit is dead where its gate b is (silu's
+    slope at -50 is ~1e-20). Before, the 4 tokens were the units."""
+    out, group, x = probe_with_dead(nets, "gated_ffn", "ffn.0.bias", slice(8 + 2, 8 + 5), "swiglu")
+    assert out["dead_frac"][0, 0].item() == pytest.approx(3 / 8)
+    assert hand_dead(group, x, "ffn.0", -1, torch.nn.functional.silu, gate=True) == 3 / 8
 
 
 def test_a_channels_last_ffn_unit_is_a_channel(nets):
