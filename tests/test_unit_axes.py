@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from actlab.config import ExperimentConfig
-from actlab.engine import unit_axes
+from actlab.engine import probe, unit_axes
 from actlab.engine.batches import DeviceData
 from actlab.engine.trainer import Trainer
 from actlab.errors import ModelNotice
@@ -231,6 +231,11 @@ def test_undetermined_units_get_no_number_and_one_notice(nets):
         out, _, _ = probe_with_dead(nets, "Reshaped", "fc.bias", slice(0, 1))
     assert torch.isnan(out["dead_frac"][0, 0]) and torch.isnan(out["saturated_frac"][0, 0])
     assert torch.isfinite(out["preact_mean"][0, 0])
+    diag = {name: value.tolist() for name, value in out.items()}
+    diag["grad_norm"] = diag["probe_grad_norm"]
+    (row, *_) = probe.diagnostics_rows({"member": 0}, diag, 0)
+    assert "dead_frac" not in row and "saturated_frac" not in row  # empty in diagnostics.csv
+    assert row["preact_mean"] == pytest.approx(diag["preact_mean"][0][0])
     said = [w for w in caught if issubclass(w.category, ModelNotice) and "units" in str(w.message)]
     assert len(said) == 1 and "'act'" in str(said[0].message)
 

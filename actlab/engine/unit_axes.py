@@ -129,7 +129,11 @@ def unit_axis(shape: Sequence[int], producer: nn.Module | None, gated: bool = Fa
 
 
 def describe(producer: nn.Module | None) -> str:
-    return "no layer with parameters" if producer is None else type(producer).__name__
+    """'Linear of width 32', or what it is when it does not say its width."""
+    if producer is None:
+        return "no layer with parameters"
+    size = width(producer)
+    return type(producer).__name__ + ("" if size is None else f" of width {size}")
 
 
 def channel_first(call: Tensor, axis: int) -> Tensor:
@@ -194,8 +198,8 @@ def probe_fractions(
             call, producer = calls[missing[0]], producers[site][missing[0]]
             notice(
                 ("undetermined units", reference, site),
-                f"{reference}: the units of activation site {site!r} (input of shape "
-                f"{tuple(call.shape)}, after {describe(producer)}) cannot be told from "
+                f"{reference}: the units of activation site {site!r} (per-sample input "
+                f"{tuple(call.shape[1:])}, after {describe(producer)}) cannot be told from "
                 "positions: no dead/saturated fraction for it (docs/diagnostics.md, units)",
             )
             continue
