@@ -261,5 +261,13 @@ def test_unit_axis_rules(shape, producer, axis):
     assert unit_axes.unit_axis(shape, producer) == axis
 
 
+def test_a_resized_input_keeps_only_the_producers_own_dim():
+    """relu(max_pool(conv(x))): the channels stay on dim 1; a LayerNorm(8) before a
+    projection done without a module to 32 features on (T=8, 32): not the 8 tokens."""
+    assert unit_axes.unit_axis((8, 2, 2), nn.Conv2d(1, 8, 3), resized=True) == 0
+    assert unit_axes.unit_axis((8, 32), nn.LayerNorm(8), resized=True) is None
+    assert unit_axes.unit_axis((8, 32), nn.LayerNorm(8)) == 0  # same size: a transpose
+
+
 def test_a_gated_unit_is_on_the_last_dim():
     assert unit_axes.unit_axis((5, 12), nn.Conv1d(1, 5, 1), gated=True) == 1

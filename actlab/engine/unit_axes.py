@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -56,19 +57,26 @@ def is_producer(module: nn.Module) -> bool:
     return next(module.parameters(recurse=False), None) is not None
 
 
+class Made(NamedTuple):
+    """The producer of an activation call's input and the element count of its output
+    (a tuple's first tensor; None when it returned no tensor)."""
+
+    module: nn.Module | None
+    numel: int | None = None
+
+
 @contextlib.contextmanager
-def recording_producers(
-    base: nn.Module, sites: Sequence[str], producers: dict[str, list[nn.Module | None]]
-):
+def recording_producers(base: nn.Module, sites: Sequence[str], producers: dict[str, list[Made]]):
     """For each call of each activation site (a module path in `base`), append to
     ``producers[site]`` the producer (`is_producer`) whose forward completed last before
-    the call, or None when none did."""
+    the call (`Made(None)` when none did)."""
     modules = dict(base.named_modules())
     site_ids = {id(modules[site]) for site in sites}
-    last: list[nn.Module | None] = [None]
+    last: list[Made] = [Made(None)]
 
-    def after(module: nn.Module, _args, _out) -> None:
-        last[0] = module
+    def after(module: nn.Module, _args, out) -> None:
+        out = out[0] if isinstance(out, tuple | list) and out else out
+        last[0] = Made(module, out.numel() if isinstance(out, Tensor) else None)
 
     def before(site: str):
         return lambda _m, _args: producers.setdefault(site, []).append(last[0])
@@ -100,9 +108,18 @@ def width(module: nn.Module | None) -> int | None:
     return None
 
 
-def unit_axis(shape: Sequence[int], producer: nn.Module | None, gated: bool = False) -> int | None:
+def unit_axis(
+    shape: Sequence[int],
+    producer: nn.Module | None,
+    gated: bool = False,
+    *,
+    resized: bool = False,
+) -> int | None:
     """The dim of a per-sample input of `shape` (batch dim removed) that holds its units,
-    per the rules of the module docstring; None when undetermined.
+    per the rules of the module docstring; None when undetermined. `resized`: the input has
+    another element count than the producer's output (a pooling, a projection without a
+    module in between): then only the producer's own dim, with the producer's width, is
+    taken, never a dim found by size alone.
 
     >>> unit_axis((10, 64), nn.Linear(16, 64))      # (B, T, F): features last
     1
@@ -122,7 +139,7 @@ def unit_axis(shape: Sequence[int], producer: nn.Module | None, gated: bool = Fa
         expected = 0
     if expected is not None and (size is None or shape[expected] == size):
         return expected
-    if size is None:
+    if size is None or resized:
         return None
     matches = [axis for axis in (0, rank - 1) if shape[axis] == size]
     return matches[0] if len(matches) == 1 else None
@@ -173,7 +190,7 @@ def site_fractions(groups: Sequence[Tensor], activation: nn.Module) -> tuple[flo
 
 def probe_fractions(
     captured: dict[str, list[Tensor]],
-    producers: dict[str, list[nn.Module | None]],
+    producers: dict[str, list[Made]],
     sites: Sequence[str],
     activation: nn.Module,
     *,
@@ -189,13 +206,17 @@ def probe_fractions(
     saturated = torch.full((1, len(sites)), float("nan"), device=device)
     for index, site in enumerate(sites):
         calls = [gate_input(c) if gated else c for c in captured[site]]
+        made = producers[site]
         axes = [
-            unit_axis(tuple(call.shape[1:]), producer, gated)
-            for call, producer in zip(calls, producers[site], strict=True)
-        ]
+            unit_axis(
+                tuple(call.shape[1:]), m.module, gated,
+                resized=m.numel is not None and m.numel != raw.numel(),
+            )
+            for call, raw, m in zip(calls, captured[site], made, strict=True)
+        ]  # fmt: skip
         missing = [i for i, axis in enumerate(axes) if axis is None]
         if missing:
-            call, producer = calls[missing[0]], producers[site][missing[0]]
+            call, producer = calls[missing[0]], made[missing[0]].module
             notice(
                 ("undetermined units", reference, site),
                 f"{reference}: the units of activation site {site!r} (per-sample input "

@@ -261,7 +261,7 @@ class StackedUserModel(nn.Module):
         weights = set(self.weight_names)
         leaves = {n: p.detach().requires_grad_(n in weights) for n, p in params.items()}
         captured: dict[str, list[Tensor]] = {}
-        producers: dict[str, list[nn.Module | None]] = {}  # what made each site's units
+        producers: dict[str, list[unit_axes.Made]] = {}  # what made each site's units
         with (
             attention_paths(False, x.device.type),
             capturing(group.base, group.sites, captured),
