@@ -14,7 +14,10 @@ token, pixel). Where that feature sits depends on the producing layer, not on th
   (``out_features``, ``out_channels``, ``embed_dim``, ``num_features``, ``num_channels``,
   ``hidden_size``, ``embedding_dim``), when exactly one of the first and last per-sample
   dims has it; the same size check overrides a known layer's rule when its dim does not
-  have the layer's width (``relu(conv(x).permute(0, 2, 3, 1))``: channels last).
+  have the layer's width (``relu(conv(x).permute(0, 2, 3, 1))``: channels last). A dim is
+  found by size alone only when the activation's input has as many elements as the layer's
+  output (a permutation, a residual sum): after a pooling or a projection done without a
+  module, only the layer's own dim counts (``relu(max_pool(conv(x)))``: its channels).
 
 When none of these decides (no layer with parameters before the activation, a width that
 matches no dim or both, a reshape in between), the site's units are **undetermined**: it
