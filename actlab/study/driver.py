@@ -38,7 +38,6 @@ from actlab.engine.trainer import (
     make_trainer,
     members_of,
     resolve_device,
-    train,
 )
 from actlab.errors import ConfigError, RunDirError
 from actlab.nn import user_model
@@ -46,6 +45,8 @@ from actlab.study import store
 from actlab.study.callbacks import StudyCallback, callback_of
 from actlab.study.resume import ResumePoint
 from actlab.tasks import bits_per_character
+
+EVAL_TIMING_SAMPLES = 128  # test samples evaluated to estimate an epoch's evaluation time
 
 
 @dataclass
@@ -246,6 +247,8 @@ class ThreadKeeper:
         self.watch = StepWatch()
         self._trainer: Trainer | None = None
         self._measured: Trainer | None = None  # the trainer of the last measurement
+        self._untouched = False  # `_trainer` is as built: its timing steps were undone
+        self._kernels: str | None = None
         self.depth: int | None = None  # the depth of the last measurement
         self._last_step: float | None = None
         if self.measure and self.forced:
@@ -255,13 +258,7 @@ class ThreadKeeper:
         """How the measured model's step runs: the hand-written MLP step's elementwise work
         on a CPU (compiled kernels or torch ops, and why), a user's network's stacking (vmap
         or member by member, and why), else None."""
-        if self._trainer is None:
-            return None
-        stacking = getattr(self._trainer.model, "describe_stacking", None)  # a user's network
-        if stacking is not None:
-            return stacking()
-        step = self._trainer.mlp_step
-        return step.describe_kernels() if step is not None else None
+        return self._kernels
 
     def how_chosen(self) -> str:
         if self.choice is None:
@@ -269,14 +266,21 @@ class ThreadKeeper:
         return "forced (--threads)" if self.choice.forced else "measured (fastest of 1..CPUs)"
 
     def choose(self, depth: int | None) -> ThreadChoice | None:
-        """Measure (again) for the stacked model of `depth`; returns the choice."""
+        """Measure (again) for the stacked model of `depth`; returns the choice.
+
+        A new depth's trainer is the one that will train (`take`): its timing steps are
+        undone (its state before them restored), so that start-up builds and checks the
+        model once. A re-check during training times a throwaway trainer instead."""
         if not self.measure:
             return self.choice
-        if depth != self.depth or self._trainer is None:
+        fresh = depth != self.depth or self._trainer is None
+        if fresh:
             self._trainer = make_trainer(self.config, self.data, depth=depth)
             self.depth = depth
             self.eval_s = None
+            self._kernels = _describe_kernels(self._trainer)
         trainer = self._trainer
+        before = _state_copy(trainer) if fresh else None
         candidates = [self.config.threads] if self.forced else candidate_counts(self.cpus)
         warm = trainer is self._measured  # a re-check: its pools and buffers exist
         self.choice = choose_threads(trainer.timing_step, candidates, warm=warm)
@@ -284,15 +288,29 @@ class ThreadKeeper:
         self.choice.cpus, self.choice.forced = self.cpus, self.forced
         if self.eval_s is None:
             self.eval_s = self._time_evaluation(trainer)
+        if before is not None:
+            trainer.load_state(before)
+            for p in trainer.optimizer.params:
+                p.grad = None
+        self._untouched = before is not None
         self.watch.reset()
         self._last_step = None
         return self.choice
 
+    def take(self, depth: int | None) -> Trainer | None:
+        """The trainer measured for `depth`, as built (its timing steps undone), handed over
+        to train once; None when there is none (a GPU, another depth, already taken)."""
+        if not (self._untouched and depth == self.depth and self._trainer is not None):
+            return None
+        trainer, self._trainer, self._measured, self._untouched = self._trainer, None, None, False
+        return trainer
+
     def _time_evaluation(self, trainer: Trainer) -> float:
-        """Seconds of one epoch's evaluations (val and test), from one chunk, scaled."""
+        """Seconds of one epoch's evaluations (val and test), from one chunk of at most
+        EVAL_TIMING_SAMPLES samples, scaled (a small test set is not evaluated twice)."""
         data = self.data
         count = data.x_val.shape[0] + data.x_test.shape[0]
-        chunk = min(trainer.eval_chunk, data.x_test.shape[0])
+        chunk = min(trainer.eval_chunk, data.x_test.shape[0], EVAL_TIMING_SAMPLES)
         if chunk == 0:
             return 0.0
         begin = time.perf_counter()
@@ -329,7 +347,24 @@ class ThreadKeeper:
         return True
 
     def close(self) -> None:
-        self._trainer = None
+        self._trainer = self._measured = None
+
+
+def _describe_kernels(trainer) -> str | None:
+    """See `ThreadKeeper.kernels`."""
+    stacking = getattr(trainer.model, "describe_stacking", None)  # a user's network
+    if stacking is not None:
+        return stacking()
+    step = trainer.mlp_step
+    return step.describe_kernels() if step is not None else None
+
+
+def _state_copy(trainer) -> dict:
+    """`trainer.state()` as a copy: the live model tensors it refers to cloned (the
+    optimizer's state and the generators' are copies already)."""
+    state = dict(trainer.state())
+    state["model"] = {name: t.clone() for name, t in state["model"].items()}
+    return state
 
 
 def open_study_dir(
@@ -393,7 +428,12 @@ class LocalExecutor:
                 hooks.on_threads(keeper.choice, f"depth {depth}")
         state = resumed.engine if resumed is not None else None
         rows: list[dict] = []
-        for result in train(self.config, self.data, depth=depth, state=state, on_step=self._step):
+        # The trainer the thread choice measured (built and checked once), else a new one.
+        trainer = keeper.take(depth) or make_trainer(self.config, self.data, depth=depth)
+        if state is not None:
+            trainer.load_state(state)
+        while trainer.epoch < self.config.epochs:
+            result = trainer.train_epoch(self._step)
             if writer is not None:
                 writer.append_rows(result.metrics, result.diagnostics)
                 writer.save_checkpoint(
