@@ -276,7 +276,7 @@ def test_the_measured_trainer_trains_exactly_as_a_fresh_one(small, tmp_path, mod
             assert mine[name].item() == row[name], (name, row["member"], row["epoch"])
 
 
-def test_start_up_builds_the_model_once_and_times_two_steps_with_threads_given(
+def test_start_up_builds_the_model_once_and_times_no_step_with_threads_given(
     small, tmp_path, monkeypatch
 ):
     """Before: a throwaway trainer (a second build of every member, its checks and its
@@ -296,7 +296,15 @@ def test_start_up_builds_the_model_once_and_times_two_steps_with_threads_given(
     monkeypatch.setattr(driver, "make_trainer", counting_make)
     config = ExperimentConfig(seeds=(0,), dataset=small, hidden=(8,), epochs=2, device="cpu",
                               activations=("relu",), threads=1, diagnostics=False)  # fmt: skip
-    plans = []
-    run_study(config, out=tmp_path / "run", on_plan=plans.append)
-    assert len(built) == 1 and len(timed) == 2  # an untimed first step, one timed step
-    assert plans[0].estimate_s is not None and plans[0].threads.forced
+    events = []
+    run_study(config, out=tmp_path / "run", on_plan=events.append,
+              on_step=lambda info: events.append(info.step))  # fmt: skip
+    assert len(built) == 1 and not timed  # the estimate: from the study's own second step
+    assert events[:3] == [1, events[1], 2] and events[1].estimate_s > 0
+    assert events[1].threads.forced and events[1].threads.best_step_s > 0
+    # One step an epoch: the plan comes with the first step, before the first epoch ends.
+    events.clear()
+    run_study(config.replace(batch_size=256), on_plan=events.append,
+              on_epoch=lambda result: events.append("epoch"),
+              on_step=lambda info: events.append(info.step))  # fmt: skip
+    assert events[0].estimate_s > 0 and events[1:] == [1, "epoch", 1, "epoch"]

@@ -280,6 +280,11 @@ class ThreadKeeper:
             self.eval_s = None
             self._kernels = _describe_kernels(self._trainer)
         trainer = self._trainer
+        if self.forced:  # nothing to choose: no step before training (see `timed_step`)
+            self.choice = ThreadChoice(self.config.threads, True, self.cpus)
+            self.eval_s = self._time_evaluation(trainer)  # evaluation changes no state
+            self._untouched = True
+            return self.choice
         before = _state_copy(trainer) if fresh else None
         candidates = [self.config.threads] if self.forced else candidate_counts(self.cpus)
         warm = trainer is self._measured  # a re-check: its pools and buffers exist
@@ -296,6 +301,12 @@ class ThreadKeeper:
         self.watch.reset()
         self._last_step = None
         return self.choice
+
+    def timed_step(self, seconds: float) -> None:
+        """With ``--threads N``: the step time of one of the study's own first steps (the
+        estimate's; nothing was timed before training)."""
+        if self.choice is not None:
+            self.choice.step_seconds = {self.choice.threads: seconds}
 
     def take(self, depth: int | None) -> Trainer | None:
         """The trainer measured for `depth`, as built (its timing steps undone), handed over
@@ -397,6 +408,8 @@ class LocalExecutor:
     def __init__(self, config, data, keeper: ThreadKeeper, hooks: StudyCallback) -> None:
         self.config, self.data, self.keeper, self.hooks = config, data, keeper, hooks
         self.writer = None
+        self._pending: tuple[StudyPlan, int] | None = None  # a plan waiting for its estimate
+        self._steps_seen, self._last = 0, 0.0
 
     def check_checkpoint(self, checkpoint, writer) -> None:
         self.writer = writer
@@ -408,14 +421,40 @@ class LocalExecutor:
 
     def before(self, point: ResumePoint, total: int, done: int, steps_per_epoch: int) -> None:
         keeper = self.keeper
-        estimate = keeper.estimate(total - done, (total - done) // steps_per_epoch)
+        epochs_left = (total - done) // steps_per_epoch
+        estimate = keeper.estimate(total - done, epochs_left)
         plan = StudyPlan(
             total, done, keeper.choice, estimate, self.config.epochs, point.resumed_from,
             keeper.kernels(),
         )  # fmt: skip
+        if estimate is None and keeper.measure and keeper.forced and total > done:
+            # --threads N: no step was timed before training; the estimate is made from
+            # the study's own second step (its first pays one-time costs).
+            self._pending, self._steps_seen, self._last = (
+                (plan, epochs_left),
+                0,
+                time.perf_counter(),
+            )
+            return
+        self.hooks.on_plan(plan)
+
+    def _plan_from_first_steps(self, info: StepInfo) -> None:
+        """The pending plan, with the estimate from the second step's time (the first
+        step's when an epoch has one step), given before that step's on_step."""
+        now = time.perf_counter()
+        seconds, self._last = now - self._last, now
+        self._steps_seen += 1
+        if self._steps_seen < 2 and info.step < info.steps:
+            return
+        plan, epochs_left = self._pending
+        self._pending = None
+        self.keeper.timed_step(seconds)
+        plan.estimate_s = self.keeper.estimate(plan.steps_total - plan.steps_done, epochs_left)
         self.hooks.on_plan(plan)
 
     def _step(self, info: StepInfo) -> None:
+        if self._pending is not None:
+            self._plan_from_first_steps(info)
         if self.keeper.step(info):
             self.hooks.on_threads(self.keeper.choice, "the step time degraded")
         self.hooks.on_step(info)
