@@ -537,6 +537,8 @@ class Trainer:
         """The CPU step: one host read of the K losses, so a diverging member is frozen
         before its own update (nearly free on a CPU)."""
         inputs, targets = self._batch(index)
+        if self.mlp_step is None and getattr(self.model, "member_by_member", False):
+            return self._member_by_member_step(inputs, targets)
         logits, losses, cache = self._forward(inputs, targets)
         limit = self._loss_limit
         ok = [math.isfinite(v) and v <= limit for v in losses.detach().tolist()]
@@ -546,6 +548,25 @@ class Trainer:
         alive = None if all(self.alive) else self._sums.alive
         self._backward(losses, cache, alive)
         self._finish_step(logits, targets, losses, alive, cache)
+        return losses
+
+    def _member_by_member_step(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """`_host_checked_step` of a user's network whose members all run on their own:
+        each member's backward right after its forward (the model's `train_members`), once
+        its loss passed the same check; the same gradients and updates."""
+        limit, alive = self._loss_limit, self.alive
+        for p in self.optimizer.params:
+            p.grad = None
+        logits, losses = self.model.train_members(
+            inputs, targets, member_loss, lambda k, v: alive[k] and math.isfinite(v) and v <= limit
+        )
+        ok = [math.isfinite(v) and v <= limit for v in losses.tolist()]
+        if not all(ok):
+            self._freeze_nonfinite(ok, self._sums.alive)
+        for p in self.optimizer.params:  # no member of it back-propagated: as a masked sum
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self._finish_step(logits, targets, losses, None if all(self.alive) else self._sums.alive)
         return losses
 
     def _device_step(self, index: Tensor) -> Tensor:
@@ -697,6 +718,12 @@ class Trainer:
                     row[name] = diag[name][k][layer]
             rows.append(row)
         return rows
+
+
+def member_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """One member's mean cross-entropy, (B, classes) and (B,) -> (), reduced as `_forward`
+    reduces each member's row of the stacked losses."""
+    return F.cross_entropy(logits, targets, reduction="none").view(1, -1).mean(dim=1)[0]
 
 
 def members_of(config: ExperimentConfig) -> list[Member]:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -294,32 +294,12 @@ class StackedUserModel(nn.Module):
         """x: (S, B, *input), one batch per seed (`seeds` order), or (1, B, *input) shared.
         Returns logits (K, B, classes); `preactivations` gets the input of every swapped
         activation site, (K, B, ...) each."""
-        shared = x.shape[0] == 1  # evaluation (or a single seed): one batch for all
         outs, captures = [], []
         for group in self.groups:
-            index = self.seed_index[group.members]
-            inputs = x[0] if shared else x.index_select(0, index)
-            one_input = shared
-            if shared and group.stacked:
-                # Batched like a training input (a free expand, no copy): vmap then runs
-                # each member's layers exactly as in training, whatever the group size
-                # (an unbatched input would merge the members' convolutions into one,
-                # whose rounding depends on how many members there are).
-                inputs, one_input = inputs.expand(len(group.members), *inputs.shape), False
-            if group.in_place:  # an in-place activation must not write into the dataset
-                inputs = inputs.clone()
+            inputs, one_input = self._group_inputs(group, x)
             run = self._stacked if group.stacked else self._one_by_one
-            try:
-                with attention_paths(group.stacked, inputs.device.type):
-                    logits, captured = run(group, inputs, one_input, preactivations is not None)
-            except ConfigError:
-                raise
-            except Exception as error:  # the user's forward: one line, the run dir intact
-                mode = "training" if self.training else "evaluation"
-                raise ConfigError(
-                    f"--model {self.user.reference}: a {mode} forward pass on a batch of shape "
-                    f"{tuple(inputs.shape[0 if one_input else 1 :])} raised {first_line(error)}"
-                ) from None
+            with self._user_forward(group, inputs, one_input):
+                logits, captured = run(group, inputs, one_input, preactivations is not None)
             outs.append(logits)
             captures.append(captured)
         logits = torch.cat(outs).index_select(0, self.inverse_order)
@@ -328,6 +308,78 @@ class StackedUserModel(nn.Module):
                 joined = torch.cat([c[site] for c in captures])
                 preactivations.append(joined.index_select(0, self.inverse_order))
         return logits
+
+    @property
+    def member_by_member(self) -> bool:
+        """Whether every member runs on its own (no group vmapped): `train_members` then
+        trains them as K plain loops do."""
+        return not any(group.stacked for group in self.groups)
+
+    def train_members(
+        self,
+        x: Tensor,
+        targets: Tensor,
+        member_loss: Callable[[Tensor, Tensor], Tensor],
+        keep: Callable[[int, float], bool],
+    ) -> tuple[Tensor, Tensor]:
+        """A training step's forward and backward when every member runs on its own
+        (`member_by_member`): member k's backward right after its own forward, as K plain
+        loops do, so that one member's saved activations are held at a time (one backward
+        of the summed losses after every forward was measured 5-8% slower on a CPU,
+        benchmarks/own_model.py). The gradients are the same: member k's loss reaches its
+        own slices of the stacked parameters only.
+
+        x: (S, B, *input) as `forward`; targets (K, B); ``member_loss(logits (B, classes),
+        targets (B,))`` a member's loss; ``keep(k, loss)`` whether member k's loss is
+        back-propagated (the trainer's divergence check, before the backward). Gradients
+        accumulate into the stacked parameters' ``.grad``. Returns the logits
+        (K, B, classes) and the losses (K,), detached."""
+        outs, losses = [], []
+        for group in self.groups:
+            inputs, one_input = self._group_inputs(group, x)
+            with self._user_forward(group, inputs, one_input):
+                for i, out, _ in self._member_forwards(group, inputs, one_input, False):
+                    k = group.members[i]
+                    loss = member_loss(out, targets[k])
+                    if keep(k, loss.item()):
+                        loss.backward()
+                    outs.append(out.detach())
+                    losses.append(loss.detach())
+        order = self.inverse_order
+        return torch.stack(outs).index_select(0, order), torch.stack(losses).index_select(0, order)
+
+    def _group_inputs(self, group: GroupStack, x: Tensor) -> tuple[Tensor, bool]:
+        """The group's inputs: (G, B, ...) its members' seeds' batches, or the shared batch
+        (and True) in evaluation."""
+        shared = x.shape[0] == 1  # evaluation (or a single seed): one batch for all
+        index = self.seed_index[group.members]
+        inputs = x[0] if shared else x.index_select(0, index)
+        one_input = shared
+        if shared and group.stacked:
+            # Batched like a training input (a free expand, no copy): vmap then runs
+            # each member's layers exactly as in training, whatever the group size
+            # (an unbatched input would merge the members' convolutions into one,
+            # whose rounding depends on how many members there are).
+            inputs, one_input = inputs.expand(len(group.members), *inputs.shape), False
+        if group.in_place:  # an in-place activation must not write into the dataset
+            inputs = inputs.clone()
+        return inputs, one_input
+
+    @contextlib.contextmanager
+    def _user_forward(self, group: GroupStack, inputs: Tensor, one_input: bool):
+        """The attention kernels of the group's forward; an exception of the user's
+        forward as one line (ConfigError), the run directory intact."""
+        try:
+            with attention_paths(group.stacked, inputs.device.type):
+                yield
+        except ConfigError:
+            raise
+        except Exception as error:
+            mode = "training" if self.training else "evaluation"
+            raise ConfigError(
+                f"--model {self.user.reference}: a {mode} forward pass on a batch of shape "
+                f"{tuple(inputs.shape[0 if one_input else 1 :])} raised {first_line(error)}"
+            ) from None
 
     def _stacked(self, group: GroupStack, inputs: Tensor, shared: bool, capture: bool):
         params, buffers = group.state()
@@ -374,13 +426,23 @@ class StackedUserModel(nn.Module):
         return list(source.shapes)
 
     def _one_by_one(self, group: GroupStack, inputs: Tensor, shared: bool, capture: bool):
+        outs, captures = [], []
+        for _, out, captured in self._member_forwards(group, inputs, shared, capture):
+            outs.append(out)
+            captures.append(captured)
+        stacked_captures = tuple(torch.stack(c) for c in zip(*captures, strict=True))
+        return torch.stack(outs), stacked_captures
+
+    def _member_forwards(self, group: GroupStack, inputs: Tensor, shared: bool, capture: bool):
+        """Member by member, from the same stacked tensors: (i, logits, captured sites) of
+        the group's member i, a ``functional_call`` on its slices of the parameters; its
+        random ops draw from its own generator."""
         params, buffers = group.state()
         # One unbind per tensor (its backward stacks the G gradients once), not G selects
         # (each of whose backwards would fill a whole (G, ...) gradient).
         member_params = per_member(params, len(group.members))
         member_buffers = per_member(buffers, len(group.members))
         source = group.source
-        outs, captures = [], []
         for i, k in enumerate(group.members):
             x = inputs if shared else inputs[i]
             source.mode, source.generator = "member", self._dropout_generators[k]
@@ -399,10 +461,7 @@ class StackedUserModel(nn.Module):
                     functional_call(group.base, (member_params[i], member_buffers[i]), (x,))
                 )
                 generator.set_state(torch.get_rng_state())
-            outs.append(out)
-            captures.append(per_site(captured, group.sites) if capture else ())
-        stacked_captures = tuple(torch.stack(c) for c in zip(*captures, strict=True))
-        return torch.stack(outs), stacked_captures
+            yield i, out, (per_site(captured, group.sites) if capture else ())
 
     # -- checks at build time ----------------------------------------------------------
 
