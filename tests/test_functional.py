@@ -86,6 +86,18 @@ NETS = textwrap.dedent(
 
     def branchy(act):
         return Branchy(act)
+
+
+    class Tied(nn.Module):  # one weight at two places
+        def __init__(self):
+            super().__init__()
+            self.inp, self.act = nn.Linear(36, 36), nn.ReLU()
+            self.mid = nn.Linear(36, 36)
+            self.mid.weight = self.inp.weight
+            self.head = nn.Linear(36, 3)
+
+        def forward(self, x):
+            return self.head(self.act(self.mid(self.act(self.inp(x.flatten(1))))))
     """
 )
 
@@ -343,7 +355,7 @@ def test_a_diverging_member_is_frozen_and_the_others_train_on():
     assert all(r["train_loss"] < 2 for x in results for r in x.metrics if r["lr"] == 1e-3)
 
 
-@pytest.mark.parametrize("reference", ["Net", "build", "branchy"])
+@pytest.mark.parametrize("reference", ["Net", "build", "branchy", "Tied"])
 def test_each_members_backward_after_its_forward_equals_one_backward_of_the_sum(
     nets, monkeypatch, reference
 ):
@@ -351,7 +363,8 @@ def test_each_members_backward_after_its_forward_equals_one_backward_of_the_sum(
     one by one, right after their own forward (as K plain loops do: one member's saved
     activations at a time). Their gradients are those of one backward of the summed losses:
     the same parameters, BatchNorm statistics and metrics, bit for bit, with dropout, random
-    ops in the one-by-one path, and a member that diverges (SGD at lr 1e4) frozen on the way."""
+    ops in the one-by-one path, a tied weight, and a member that diverges (SGD at lr 1e4)
+    frozen on the way."""
     path, _ = nets
     config = ExperimentConfig(
         model=f"{path}:{reference}", activations=("relu", "tanh"), lrs=(1e-2, 1e4),

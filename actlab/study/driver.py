@@ -39,7 +39,7 @@ from actlab.study.callbacks import StudyCallback, callback_of
 from actlab.study.resume import ResumePoint
 from actlab.tasks import bits_per_character
 
-EVAL_TIMING_SAMPLES = 128  # test samples evaluated to estimate an epoch's evaluation time
+EVAL_TIMING_SAMPLES = 32  # test samples evaluated to estimate an epoch's evaluation time
 
 
 @dataclass
@@ -241,6 +241,7 @@ class ThreadKeeper:
         self._trainer: Trainer | None = None
         self._measured: Trainer | None = None  # the trainer of the last measurement
         self._untouched = False  # `_trainer` is as built: its timing steps were undone
+        self._taken: list = []  # the depths whose trainer was handed over (`take`)
         self._kernels: str | None = None
         self.depth: int | None = None  # the depth of the last measurement
         self._last_step: float | None = None
@@ -278,12 +279,12 @@ class ThreadKeeper:
             self.eval_s = self._time_evaluation(trainer)  # evaluation changes no state
             self._untouched = True
             return self.choice
-        before = _state_copy(trainer) if fresh else None
-        candidates = [self.config.threads] if self.forced else candidate_counts(self.cpus)
+        # Undone only for a trainer that will train (not a re-check's throwaway one).
+        before = _state_copy(trainer) if fresh and depth not in self._taken else None
         warm = trainer is self._measured  # a re-check: its pools and buffers exist
-        self.choice = choose_threads(trainer.timing_step, candidates, warm=warm)
+        self.choice = choose_threads(trainer.timing_step, candidate_counts(self.cpus), warm=warm)
         self._measured = trainer
-        self.choice.cpus, self.choice.forced = self.cpus, self.forced
+        self.choice.cpus = self.cpus
         if self.eval_s is None:
             self.eval_s = self._time_evaluation(trainer)
         if before is not None:
@@ -307,6 +308,7 @@ class ThreadKeeper:
         if not (self._untouched and depth == self.depth and self._trainer is not None):
             return None
         trainer, self._trainer, self._measured, self._untouched = self._trainer, None, None, False
+        self._taken.append(depth)
         return trainer
 
     def _time_evaluation(self, trainer: Trainer) -> float:
