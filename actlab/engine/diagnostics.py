@@ -24,10 +24,14 @@ SATURATION = 0.05  # |f'(z)| below 5% of the activation's maximum slope is "satu
 MOST = 0.9  # a unit is saturated when more than 90% of its probe values are saturated
 DEFINITIONS = (
     "Measured on a fixed probe batch of training samples at the end of each epoch (gradient "
-    "norms also as the mean over the epoch's steps). Dead: a unit whose output is 0, or whose "
-    f"|f'(z)| < {DEAD_EPS:g}, for every probe sample. Saturated: |f'(z)| below "
-    f"{SATURATION:.0%} of the activation's steepest slope for more than {MOST:.0%} of the "
-    "samples; by this definition the flat negative side of relu (f' = 0) and of leaky_relu "
+    "norms also as the mean over the epoch's steps). A unit is one neuron: one output "
+    "feature of the layer that produced the activation's input (a Linear's or LayerNorm's "
+    "last dim, also on (batch, time, features) and channels-last inputs; a convolution's or "
+    "BatchNorm's channel); its values are every probe sample at every position; a site whose "
+    "units cannot be told from positions has no fraction. Dead: a unit whose output is 0, or "
+    f"whose |f'(z)| < {DEAD_EPS:g}, for every value. Saturated: |f'(z)| below "
+    f"{SATURATION:.0%} of the activation's steepest slope for more than {MOST:.0%} of its "
+    "values; by this definition the flat negative side of relu (f' = 0) and of leaky_relu "
     "(f' = 0.01) counts as saturated, so a relu-like unit that is off for most samples is "
     "saturated without being dead."
 )
@@ -94,7 +98,8 @@ def unit_fractions(
 
     preacts[l] is the pre-activation z of hidden layer l, shape (K, B, units) for an MLP or
     (K, B, C, H, W) for a CNN, where a channel counts as one unit and its values are all
-    its positions for all samples. activations[k] is member k's activation module f.
+    its positions for all samples (a user model's inputs are brought to this layout, units
+    at dim 2, by actlab.engine.unit_axes). activations[k] is member k's activation module f.
     f'(z) is taken by autograd on the detached pre-activations, as grad of sum(f(z)), which
     is the elementwise derivative for elementwise activations. Members that share an
     activation (same module, or same type and parameters) go through f in one call.

@@ -17,6 +17,7 @@ from actlab.engine.memory import samples_within_budget
 PROBE_SIZE = 512  # training samples of the fixed diagnostics probe batch
 PROBE_SEED = 20_240_601  # fixes the probe samples, independent of the study's seeds
 DIAGNOSTIC_NAMES = ("dead_frac", "saturated_frac", "preact_mean", "preact_std")
+UNIT_NAMES = ("dead_frac", "saturated_frac")
 
 
 def probe_index(model: nn.Module, n: int, units: int, sized_for: int, device) -> Tensor:
@@ -104,6 +105,9 @@ def diagnostics_rows(fields: dict, diag: dict, k: int) -> list[dict]:
             row["probe_grad_norm"] = diag["probe_grad_norm"][k][layer]
         if layer < hidden:
             for name in DIAGNOSTIC_NAMES:
-                row[name] = diag[name][k][layer]
+                value = diag[name][k][layer]
+                if name in UNIT_NAMES and value != value:
+                    continue  # NaN: a site whose units are undetermined (unit_axes), left empty
+                row[name] = value
         rows.append(row)
     return rows
