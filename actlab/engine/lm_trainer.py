@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from actlab.config import ExperimentConfig, Member, members_for
+from actlab.engine.allocator import retain_freed_memory
 from actlab.engine.memory import ACTIVATION_BUDGET
 from actlab.engine.trainer import (
     DIVERGED_LOSS_FACTOR,
@@ -78,15 +79,6 @@ def random_windows(
     return windows[..., :-1], windows[..., 1:]
 
 
-def token_losses(logits: Tensor, targets: Tensor) -> Tensor:
-    """(K,) mean token cross-entropy of logits (K, B, T, V) against targets (K, B, T)."""
-    K = logits.shape[0]
-    flat = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
-    )
-    return flat.view(K, -1).mean(dim=1)
-
-
 class LMTrainer:
     """The stacked GPT of a study, its optimizer and its window generators."""
 
@@ -104,6 +96,8 @@ class LMTrainer:
         self.config = config
         self.depth = depth
         self.device = resolve_device(config.device)
+        if self.device.type == "cpu":
+            retain_freed_memory()  # no page faults for each step's activations
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         self.data = data if isinstance(data, TextDeviceData) else TextDeviceData(data, self.device)
@@ -157,9 +151,7 @@ class LMTrainer:
     def step(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """One optimizer step on per-seed windows (S, B, T); returns the (K,) losses."""
         model, optimizer, config = self.model, self.optimizer, self.config
-        logits = model(inputs)
-        member_targets = targets.index_select(0, model.member_seed)
-        losses = token_losses(logits, member_targets)
+        losses = model.losses(inputs, targets)
         values = losses.detach().tolist()
         ok = [math.isfinite(v) and v <= self._loss_limit for v in values]
         newly = [k for k, good in enumerate(ok) if not good and self.diverged_epoch[k] is None]
