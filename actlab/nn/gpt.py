@@ -342,8 +342,14 @@ class StackedGPT(nn.Module):
             self._w(p + "attn__qkv__weight"),
             self._w(p + "attn__qkv__bias"),
         )
-        qkv = _linear(F.layer_norm(h, (C,), eps=LN_EPS), weight, bias)
-        q, k, v = qkv.view(K * B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
+        a = F.layer_norm(h, (C,), eps=LN_EPS)
+        # q, k and v as three products, each (K, N, C) and viewed (K B, H, T, C / H): the
+        # attention's gradients come back in that layout, so none is copied into a (K, N,
+        # 3C) one (one qkv product would need a strided gather of the three per layer).
+        q, k, v = (
+            _linear(a, w, b).view(K * B, T, H, C // H).transpose(1, 2)
+            for w, b in zip(weight.split(C, dim=1), bias.split(C, dim=1), strict=True)
+        )
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         y = y.transpose(1, 2).reshape(K, N, C)
         h = h + _linear(y, self._w(p + "attn__proj__weight"), self._w(p + "attn__proj__bias"))
