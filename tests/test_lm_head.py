@@ -10,7 +10,9 @@ from actlab.nn.lm_head import head_cross_entropy
 
 def reference(x, weight, bias, targets):
     logits = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-    flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    flat = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    )
     return flat.view(x.shape[0], -1).mean(dim=1)
 
 

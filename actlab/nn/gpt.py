@@ -352,33 +352,42 @@ class StackedGPT(nn.Module):
         )
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         y = y.transpose(1, 2).reshape(K, N, C)
-        h = h + _linear(y, self._w(p + "attn__proj__weight"), self._w(p + "attn__proj__bias"))
+        h = _residual(h, y, self._w(p + "attn__proj__weight"), self._w(p + "attn__proj__bias"))
         a = F.layer_norm(h, (C,), eps=LN_EPS)
-        return h + self._ffn(layer, a, self._w(p + "ln2__weight"), self._w(p + "ln2__bias"))
+        return self._ffn(layer, h, a, self._w(p + "ln2__weight"), self._w(p + "ln2__bias"))
 
-    def _ffn(self, layer: int, x: Tensor, norm_weight: Tensor, norm_bias: Tensor) -> Tensor:
-        """Each activation's members (a contiguous slice in the forward's order) through
-        their FFN, with ln2's affine map (norm_weight, norm_bias) folded into fc1."""
+    def _ffn(
+        self, layer: int, h: Tensor, x: Tensor, norm_weight: Tensor, norm_bias: Tensor
+    ) -> Tensor:
+        """h + FFN(x): each activation's members (a contiguous slice in the forward's order)
+        through their FFN, with ln2's affine map (norm_weight, norm_bias) folded into fc1."""
         prefix = f"blocks__{layer}__ffn__"
         sizes = [len(owners) for owners in self.ffn_owner]
-        parts = zip(x.split(sizes), norm_weight.split(sizes), norm_bias.split(sizes), strict=True)
+        pieces = (h, x, norm_weight, norm_bias)
+        parts = zip(*(t.split(sizes) for t in pieces), strict=True)
         outs = [self._ffn_group(a, prefix, *part) for a, part in enumerate(parts)]
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _ffn_group(
-        self, a: int, prefix: str, x: Tensor, norm_weight: Tensor, norm_bias: Tensor
+        self, a: int, prefix: str, h: Tensor, x: Tensor, norm_weight: Tensor, norm_bias: Tensor
     ) -> Tensor:
         w = self.ffn[a]
         weight, bias = _fold_norm(
             norm_weight, norm_bias, w[prefix + "fc1__weight"], w[prefix + "fc1__bias"]
         )
         z = _linear(x, weight, bias)
-        return _linear(self.acts[a](z), w[prefix + "fc2__weight"], w[prefix + "fc2__bias"])
+        return _residual(h, self.acts[a](z), w[prefix + "fc2__weight"], w[prefix + "fc2__bias"])
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """Per member ``x[k] @ weight[k].T + bias[k]``: x (K, N, in), weight (K, out, in)."""
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def _residual(h: Tensor, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``h + _linear(x, weight, bias)`` with the residual added by the matmul itself (it
+    accumulates into h + bias): one pass over the residual stream fewer."""
+    return torch.baddbmm(h + bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
 def _fold_norm(
