@@ -12,18 +12,28 @@ seeds, gated FFNs at 2/3 of the hidden units) are trained for --steps steps each
   stacked AdamW).
 
 The ways take turns step by step (a shared machine's load slows them alike); the first
---warmup steps are not timed. Prints ms per step of all K members, the ratios,
-the final losses (the three agree: the same model and optimizer), the peak RSS and the CPU.
+--warmup steps are not timed. For each size (--sizes, context x batch) it prints the
+median ms per step of all K members, the ratios of the medians with the range of the
+per-step ratios, and the last step's mean loss (the three agree: the same model and
+optimizer). Then, unless --no-readme, it runs the README's example study (K = 15: relu,
+gelu, relu2, swiglu, geglu x 3 seeds, context 64, batch 32, clipping, cosine schedule)
+through the CLI in a child process and prints that child's peak resident memory (the
+issue's bound: under 2 GB) and its time.
 
     python benchmarks/lm.py                      # K = 8: relu, gelu, relu2, swiglu x 2 seeds
-    python benchmarks/lm.py --width 64 --layers 2 --context 64 --batch 32 --threads 2
+    python benchmarks/lm.py --sizes 64x32 --threads 2 --no-readme
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -48,19 +58,18 @@ def cpu_name() -> str:
 
 
 def timed(ways: dict, windows, warmup: int) -> tuple[dict, dict]:
-    """Seconds per step of each way after `warmup` steps, and each way's last losses. The
-    ways take turns step by step, so that a machine whose load changes (a shared one)
-    slows them alike."""
-    seconds = dict.fromkeys(ways, 0.0)
+    """Seconds of each timed step of each way (after `warmup` steps), and each way's last
+    losses. The ways take turns step by step, so that a machine whose load changes (a
+    shared one) slows them alike."""
+    seconds: dict = {name: [] for name in ways}
     losses: dict = {}
     for index, (x, y) in enumerate(windows):
         for name, step in ways.items():
             start = time.perf_counter()
             losses[name] = step(x, y)
             if index >= warmup:
-                seconds[name] += time.perf_counter() - start
-    timed_steps = max(1, len(windows) - warmup)
-    return {name: s / timed_steps for name, s in seconds.items()}, losses
+                seconds[name].append(time.perf_counter() - start)
+    return seconds, losses
 
 
 def plain_step(config: ExperimentConfig):
@@ -125,39 +134,31 @@ def actlab_step(config: ExperimentConfig, dataset):
     return lambda x, y: trainer.step(x, y).tolist()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--activations", default="relu,gelu,relu2,swiglu")
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--context", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--only", default="plain,vmap,actlab")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+README_EXAMPLE = (
+    "compare --net gpt --dataset text:stdlib --activations relu,gelu,relu2,swiglu,geglu "
+    "--seeds 3 --width 32 --layers 2 --heads 4 --context 64 --batch-size 32 "
+    "--limit-train 150000 --limit-test 40000 --epochs 3 "
+    "--optimizer adamw --weight-decay 0.01 --lr 3e-3 --schedule cosine --warmup 20 --clip 1"
+)
+
+
+def compare_size(args, context: int, batch: int) -> None:
+    """Time the ways at one size and print a block of results."""
     config = ExperimentConfig(
         dataset="text:stdlib", model="gpt", activations=tuple(args.activations.split(",")),
         seeds=tuple(range(args.seeds)), width=args.width, layers=args.layers, heads=args.heads,
-        context=args.context, batch_size=args.batch, optimizer="adamw", weight_decay=0.01,
+        context=context, batch_size=batch, optimizer="adamw", weight_decay=0.01,
         device="cpu", diagnostics=False,
     )  # fmt: skip
-    config = config.replace(weight_decay=0.01)
-    dataset = load_text("text:stdlib", context=args.context)
+    dataset = load_text("text:stdlib", context=context)
     tokens = dataset.train_bytes.long()
     generators = [torch.Generator().manual_seed(s) for s in config.seeds]
-    windows = [
-        random_windows(tokens, generators, args.batch, args.context) for _ in range(args.steps)
-    ]
+    windows = [random_windows(tokens, generators, batch, context) for _ in range(args.steps)]
     K = len(members_for(config))
     print(
-        f"K = {K} members ({args.activations} x {args.seeds} seeds), GPT width {args.width}, "
-        f"{args.layers} layers, {args.heads} heads, context {args.context}, batch {args.batch}; "
-        f"{args.steps - args.warmup} timed steps; {args.threads} thread(s); {cpu_name()}"
+        f"\nK = {K} members ({args.activations} x {args.seeds} seeds), GPT width {args.width}, "
+        f"{args.layers} layers, {args.heads} heads, context {context}, batch {batch}; "
+        f"{args.steps - args.warmup} timed steps"
     )
     makers = {
         "plain": lambda: plain_step(config),
@@ -166,17 +167,64 @@ def main() -> None:
     }
     ways = {name: makers[name]() for name in args.only.split(",")}
     seconds, losses = timed(ways, windows, args.warmup)
-    for name, per_step in seconds.items():
+    for name, times in seconds.items():
         mean_loss = sum(losses[name]) / len(losses[name])
         print(
-            f"{name:7s} {1e3 * per_step:9.1f} ms/step   mean loss at the last step {mean_loss:.4f}"
+            f"  {name:7s} {1e3 * statistics.median(times):8.1f} ms/step (median)   "
+            f"mean loss at the last step {mean_loss:.4f}"
         )
     if "actlab" in seconds:
+        mine = seconds["actlab"]
         for name in ("plain", "vmap"):
             if name in seconds:
-                print(f"actlab is {seconds[name] / seconds['actlab']:.2f}x as fast as {name}")
+                ratios = [a / b for a, b in zip(seconds[name], mine, strict=True)]
+                ratio = statistics.median(seconds[name]) / statistics.median(mine)
+                print(
+                    f"  actlab is {ratio:.2f}x as fast as {name} "
+                    f"(per-step ratios {min(ratios):.2f} to {max(ratios):.2f})"
+                )
+
+
+def readme_example(threads: int) -> None:
+    """Run the README's example study in a child process; print its peak RSS and time."""
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "actlab.cli.main", *README_EXAMPLE.split()]
+        command += ["--out", os.path.join(out, "run"), "--threads", str(threads), "--quiet"]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(
+        f"\nREADME example (K = 15, context 64, batch 32, {threads} thread(s)): peak RSS "
+        f"{usage.ru_maxrss / 1024:.0f} MiB (bound: 2048), {wall:.0f} s wall, "
+        f"{usage.ru_utime + usage.ru_stime:.0f} s CPU"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--activations", default="relu,gelu,relu2,swiglu")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--sizes", default="32x16,64x32", help="context x batch, comma-separated")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", default="plain,vmap,actlab")
+    parser.add_argument("--no-readme", action="store_true", help="skip the README example")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{cpu_name()}; {args.threads} thread(s); torch {torch.__version__}; "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")  # fmt: skip
+    for size in args.sizes.split(","):
+        context, batch = (int(v) for v in size.split("x"))
+        compare_size(args, context, batch)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS of this process (all three ways): {peak:.0f} MiB")
+    print(f"\npeak RSS of this process (all ways, all sizes): {peak:.0f} MiB")
+    if not args.no_readme:
+        readme_example(args.threads)
 
 
 if __name__ == "__main__":
