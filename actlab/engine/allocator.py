@@ -6,9 +6,10 @@ the kernel once more than M_TRIM_THRESHOLD bytes are free there (by default twic
 largest chunk freed so far, at most 64 MiB), so the next step takes every page back with a
 minor page fault, the kernel zeroing each 4 KiB: measured on the GPT benchmark at the
 README's size, 8,500 faults and 11 ms of system time per step of 120 ms (K = 8, one
-thread). `retain_freed_memory` sets, with ``mallopt``, the threshold below which a block
-comes from the heap (M_MMAP_THRESHOLD) to its maximum, 32 MiB, and the trim threshold to
-1 GiB: freed memory stays mapped for the next step. The peak resident memory does not
+thread). `retain_freed_memory` sets, with ``mallopt``, the size below which a block comes
+from the heap (M_MMAP_THRESHOLD) to 256 MiB (32 MiB where glibc refuses that: before 2.35
+it takes at most half its heap size, 32 MiB on 64-bit) and the trim threshold to 1 GiB:
+freed memory stays mapped for the next step. The peak resident memory does not
 change (the pages were in use at the peak); what the process holds between two peaks does.
 
 Process-wide and idempotent; a no-op where the C library has no ``mallopt`` (macOS,
@@ -23,7 +24,7 @@ import sys
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 32 << 20  # glibc's largest accepted value on 64-bit (HEAP_MAX_SIZE / 2)
+MMAP_THRESHOLDS = (256 << 20, 32 << 20)  # the first that glibc takes (module docstring)
 TRIM_THRESHOLD = 1 << 30
 
 _done = False
@@ -42,7 +43,6 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    _done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    )
+    mmap_set = any(mallopt(M_MMAP_THRESHOLD, value) for value in MMAP_THRESHOLDS)
+    _done = mmap_set and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _done
