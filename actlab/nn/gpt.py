@@ -19,8 +19,17 @@ the member's seed, so members of one seed whose FFNs have the same shape start e
 StackedGPT holds K members as one model: every parameter of the plain model becomes one
 tensor with a leading member dim (K, ...), except the FFN's, which are stacked per
 activation (its members only: gated and plain FFNs differ in shape). Each linear layer is
-one ``torch.baddbmm`` over the members, LayerNorm is per member, attention runs on all
-members' heads at once. ``member_state_dict(k)`` is member k as a GPT state dict.
+one ``torch.baddbmm`` over the members, attention runs on all members' heads at once.
+The same arithmetic as K plain GPTs up to float rounding, arranged for a CPU where the
+step is bound by passes over memory (benchmarks/lm.py; docs/benchmarks.md):
+
+- each LayerNorm's affine map is folded into the linear layer after it (`_fold_norm`);
+- q, k and v are three products, in the layout whose gradients SDPA returns;
+- the residual is added by the matmul of attn.proj and fc2 (`_residual`);
+- members run activation-major, so each activation's FFN reads a slice, not a gather;
+- `losses` fuses the head with the cross-entropy (actlab.nn.lm_head).
+
+``member_state_dict(k)`` is member k as a GPT state dict.
 """
 
 from __future__ import annotations
