@@ -40,7 +40,9 @@ import torch
 from torch import Tensor
 
 from actlab.config import ExperimentConfig, members_for
-from actlab.engine.trainer import EVAL_CHUNK, DeviceData, Trainer
+from actlab.engine.batches import DeviceData
+from actlab.engine.evaluation import EVAL_CHUNK
+from actlab.engine.trainer import Trainer
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu")
 

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from actlab.data import datasets as data
+from actlab.data import registry
 from actlab.data.datasets import load_dataset
 
 
@@ -32,7 +32,7 @@ def timed(fn, repeats: int) -> list[float]:
 
 
 def plain_baseline(folder: str) -> None:
-    for stem in data.IDX_FILES.values():
+    for stem in registry.IDX_FILES.values():
         with gzip.open(f"{folder}/{stem}.gz") as f:
             np.frombuffer(f.read(), dtype=np.uint8)
 

@@ -36,8 +36,9 @@ import torch
 
 from actlab.config import ExperimentConfig
 from actlab.data.datasets import load_dataset
-from actlab.engine.trainer import DeviceData, members_of, train
-from actlab.export.targets import LiveLog
+from actlab.engine.batches import DeviceData
+from actlab.engine.trainer import members_of, train
+from actlab.export.live import LiveLog
 from actlab.study import store
 
 

@@ -32,7 +32,8 @@ from seed_protocol import cpu_model
 from actlab.config import ExperimentConfig
 from actlab.data.datasets import load_dataset
 from actlab.engine import native
-from actlab.engine.trainer import DeviceData, Trainer
+from actlab.engine.batches import DeviceData
+from actlab.engine.trainer import Trainer
 
 TIME_LIBRARY = (
     "import time; from actlab import native; t = time.perf_counter(); lib = native.library(); "

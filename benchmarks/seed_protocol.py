@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from actlab.config import ExperimentConfig
 from actlab.data.datasets import load_dataset
-from actlab.engine.trainer import DeviceData, Trainer
+from actlab.engine.batches import DeviceData
+from actlab.engine.trainer import Trainer
 from actlab.study.driver import run_study
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu")

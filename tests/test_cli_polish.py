@@ -13,6 +13,7 @@ import actlab
 from actlab.cli.main import main, merge_line, parse_seeds
 from actlab.data import datasets as data
 from actlab.data import download as dl
+from actlab.data import locate
 from actlab.errors import ConfigError, DataError, SpecError
 from actlab.study.store import merge_runs
 
@@ -193,7 +194,7 @@ def offline(tmp_path, monkeypatch):
 
     system = tmp_path / "system"
     make_idx_folder(system / "fashion-mnist", gz=True)
-    monkeypatch.setattr(data, "SYSTEM_DIRS", [str(system)])
+    monkeypatch.setattr(locate, "SYSTEM_DIRS", [str(system)])
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     for var in ("ACTLAB_DATA", "ACTLAB_VERIFY"):
         monkeypatch.delenv(var, raising=False)

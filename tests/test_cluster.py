@@ -78,7 +78,7 @@ def test_a_shard_trains_its_members_as_the_whole_study(model, tmp_path, one_thre
     stack (the same GEMM shapes per seed, the compiled kernels row by row, Adam on
     member-aligned tensors), so its weights are compared exactly."""
     from actlab.data.datasets import load_dataset
-    from actlab.engine.trainer import DeviceData
+    from actlab.engine.batches import DeviceData
     from actlab.nn import user_model
 
     options: dict = {"hidden": (32,)}

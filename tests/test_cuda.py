@@ -16,7 +16,8 @@ from fixtures.run_dir import metric_rows
 
 from actlab.cli.main import main
 from actlab.config import ExperimentConfig
-from actlab.engine.trainer import DeviceData, Trainer, train
+from actlab.engine.batches import DeviceData
+from actlab.engine.trainer import Trainer, train
 from actlab.study import store
 from actlab.study.driver import run_study
 

@@ -14,7 +14,9 @@ from fixtures.data import make_idx_folder
 from actlab.cli.main import main
 from actlab.data import datasets as data
 from actlab.data import download as dl
-from actlab.data.datasets import Dataset, dataset_info, list_datasets, load_dataset
+from actlab.data import locate, registry
+from actlab.data.dataset import Dataset
+from actlab.data.datasets import dataset_info, list_datasets, load_dataset
 from actlab.data.idx import write_cifar_batch, write_idx
 from actlab.errors import DataError
 
@@ -24,7 +26,7 @@ N_TRAIN, N_TEST = 50, 20
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """No system folders, a private cache, no env overrides, no network mirrors."""
-    monkeypatch.setattr(data, "SYSTEM_DIRS", [])
+    monkeypatch.setattr(locate, "SYSTEM_DIRS", [])
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     for var in ("ACTLAB_DATA", "ACTLAB_MIRRORS", "ACTLAB_VERIFY"):
         monkeypatch.delenv(var, raising=False)
@@ -108,7 +110,7 @@ def test_lookup_order_data_dir_then_env_then_cache_then_system(isolated, monkeyp
         return path
 
     system = folder_with_seed(isolated / "sys" / "kmnist", 1)
-    monkeypatch.setattr(data, "SYSTEM_DIRS", [str(isolated / "sys")])
+    monkeypatch.setattr(locate, "SYSTEM_DIRS", [str(isolated / "sys")])
     assert load_dataset("kmnist").source == str(system)
 
     cache = folder_with_seed(isolated / "cache" / "actlab" / "kmnist", 2)
@@ -201,8 +203,8 @@ def test_unknown_name_suggests_the_nearest():
 
 
 def test_aliases_resolve():
-    assert data.resolve_name("Fashion_MNIST") == "fashion-mnist"
-    assert data.resolve_name("CIFAR-10") == "cifar10"
+    assert registry.resolve_name("Fashion_MNIST") == "fashion-mnist"
+    assert registry.resolve_name("CIFAR-10") == "cifar10"
 
 
 def test_cli_turns_data_errors_into_exit_code_2(isolated, capsys, monkeypatch):
@@ -323,11 +325,11 @@ def make_cifar_batches(folder: Path, per_batch: int = 4):
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(5)
     written = {}
-    for name in (*data.CIFAR_TRAIN_BATCHES, data.CIFAR_TEST_BATCH):
+    for name in (*registry.CIFAR_TRAIN_BATCHES, registry.CIFAR_TEST_BATCH):
         images = rng.integers(0, 256, (per_batch, 3, 32, 32), dtype=np.uint8)
         labels = rng.integers(0, 10, per_batch)
-        if name == data.CIFAR_TEST_BATCH:  # classes the train batches hold (actlab checks)
-            seen = np.concatenate([written[b][1] for b in data.CIFAR_TRAIN_BATCHES])
+        if name == registry.CIFAR_TEST_BATCH:  # classes the train batches hold (actlab checks)
+            seen = np.concatenate([written[b][1] for b in registry.CIFAR_TRAIN_BATCHES])
             labels = rng.choice(np.unique(seen), per_batch)
         write_cifar_batch(folder / name, images, labels)
         written[name] = (images, labels)
@@ -474,7 +476,7 @@ def test_list_datasets_reports_found_missing_and_checksums(isolated, monkeypatch
     folder = isolated / "given"
     make_idx_folder(folder, gz=True, n_train=30, n_test=12)
     rows = {row["name"]: row for row in list_datasets(str(folder))}
-    assert set(rows) == set(data.REGISTRY)
+    assert set(rows) == set(registry.REGISTRY)
     # The generated gz files sit where mnist, fashion-mnist and kmnist are looked for.
     assert rows["mnist"]["found"] and rows["mnist"]["where"] == str(folder)
     assert (rows["mnist"]["train_size"], rows["mnist"]["test_size"]) == (30, 12)
@@ -490,7 +492,7 @@ def test_actlab_datasets_command(isolated, capsys):
     assert main(["datasets", "--data-dir", str(isolated / "given")]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines()[1:]}
-    assert set(lines) == set(data.REGISTRY)
+    assert set(lines) == set(registry.REGISTRY)
     assert "found" in lines["kmnist"] and str(isolated / "given" / "kmnist") in lines["kmnist"]
     assert "unknown" in lines["kmnist"] and "1x28x28" in lines["kmnist"]
     assert "missing" in lines["mnist"] and "--data-dir" in lines["mnist"]

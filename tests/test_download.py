@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from actlab.data import datasets as data
 from actlab.data import download as dl
+from actlab.data import locate, registry
 from actlab.data.datasets import load_dataset
 from actlab.data.idx import write_idx
 from actlab.errors import DataError
@@ -141,7 +141,7 @@ def test_mirrors_env_override(monkeypatch):
 
 
 def test_load_dataset_downloads_into_the_cache_then_works_offline(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "SYSTEM_DIRS", [])
+    monkeypatch.setattr(locate, "SYSTEM_DIRS", [])
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("ACTLAB_DATA", raising=False)
     rng = np.random.default_rng(3)
@@ -169,10 +169,10 @@ def test_load_dataset_downloads_into_the_cache_then_works_offline(server, tmp_pa
 
 
 def test_load_dataset_refuses_a_bad_download_and_caches_nothing(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "SYSTEM_DIRS", [])
+    monkeypatch.setattr(locate, "SYSTEM_DIRS", [])
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("ACTLAB_DATA", raising=False)
-    for name in data.REGISTRY["kmnist"].files:
+    for name in registry.REGISTRY["kmnist"].files:
         Handler.files[name] = payload(1000)
     monkeypatch.setenv("ACTLAB_MIRRORS", f"{server}/good/")  # right size, wrong MD5
     with pytest.raises(DataError, match=r"kmnist not found in .* the download failed .*MD5"):

@@ -19,7 +19,11 @@ from fixtures.data import write_npz
 from actlab.cli.main import main
 from actlab.config import ExperimentConfig
 from actlab.errors import ExportError
-from actlab.export import targets as export
+from actlab.export import live as live_export
+from actlab.export import mlflow as mlflow_export
+from actlab.export import rows as export_rows
+from actlab.export import targets
+from actlab.export import tensorboard as tensorboard_export
 from actlab.study import store
 from actlab.study.driver import run_study
 
@@ -65,20 +69,20 @@ def rows(path: Path) -> list[dict]:
 
 def expected_scalars(run: Path) -> dict[str, dict[tuple[str, int], float]]:
     """Run-directory values by TensorBoard run name: {(tag, epoch): value}."""
-    study = export.study_of(store.read_run(run))
+    study = export_rows.study_of(store.read_run(run))
     result: dict[str, dict] = {}
     for row in rows(run / store.METRICS_FILE):
-        name = export.tensorboard_run_name(study, export.member_key(row))
+        name = tensorboard_export.tensorboard_run_name(study, export_rows.member_key(row))
         values = result.setdefault(name, {})
         epoch = int(row["epoch"])
-        for column in export.METRIC_SCALARS:
+        for column in export_rows.METRIC_SCALARS:
             if row[column] != "":
                 values[(column, epoch)] = float(row[column])
         values[("diverged", epoch)] = float(row["status"] == "diverged")
     diagnostics = run / store.DIAGNOSTICS_FILE
     for row in rows(diagnostics) if diagnostics.exists() else []:
-        name = export.tensorboard_run_name(study, export.member_key(row))
-        for column in export.DIAGNOSTIC_SCALARS:
+        name = tensorboard_export.tensorboard_run_name(study, export_rows.member_key(row))
+        for column in export_rows.DIAGNOSTIC_SCALARS:
             if row[column] != "":
                 tag = f"{column}/layer{row['layer']}"
                 result[name][(tag, int(row["epoch"]))] = float(row[column])
@@ -115,7 +119,7 @@ def check_mlflow(uri: str, run: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    study = export.study_of(store.read_run(run))
+    study = export_rows.study_of(store.read_run(run))
     experiment = client.get_experiment_by_name("actlab")
     parents = client.search_runs(
         [experiment.experiment_id], f"tags.`actlab.study_id` = '{study.study_id}' "
@@ -131,7 +135,7 @@ def check_mlflow(uri: str, run: Path) -> None:
     for child in children:
         key = (None, child.data.params["activation"], float(child.data.params["lr"]),
                int(child.data.params["seed"]))  # fmt: skip
-        values = expected[export.tensorboard_run_name(study, key)]
+        values = expected[tensorboard_export.tensorboard_run_name(study, key)]
         for tag in {tag for tag, _ in values}:
             history = client.get_metric_history(child.info.run_id, tag)
             steps = [m.step for m in history]
@@ -148,7 +152,7 @@ def test_tensorboard_export_reads_back_with_hparams_and_twice_adds_nothing(run_d
     from tensorboard.plugins.hparams import metadata
 
     logdir = tmp_path / "tb"
-    lines = export.export_run(run_dir, {"tensorboard": str(logdir)})
+    lines = targets.export_run(run_dir, {"tensorboard": str(logdir)})
     count = sum(len(values) for values in expected_scalars(run_dir).values())
     # 5 members x 2 epochs x (8 metrics + 2 x 6 + 2 diagnostics); 3 diverged epochs
     # (diverged, epoch_time_s)
@@ -157,12 +161,12 @@ def test_tensorboard_export_reads_back_with_hparams_and_twice_adds_nothing(run_d
     check_tensorboard(logdir, run_dir)
 
     metrics = rows(run_dir / store.METRICS_FILE)
-    study = export.study_of(store.read_run(run_dir))
-    last_rows = {export.member_key(r): r for r in metrics}  # rows are in epoch order
+    study = export_rows.study_of(store.read_run(run_dir))
+    last_rows = {export_rows.member_key(r): r for r in metrics}  # rows are in epoch order
     for row in last_rows.values():
-        key = export.member_key(row)
+        key = export_rows.member_key(row)
         diverged = row["status"] == "diverged"
-        name = export.tensorboard_run_name(study, key)
+        name = tensorboard_export.tensorboard_run_name(study, key)
         assert name == f"study/{row['activation']}/lr={float(row['lr']):g}/seed={row['seed']}"
         accumulator = EventAccumulator(str(logdir / name), size_guidance={"scalars": 0})
         accumulator.Reload()
@@ -189,12 +193,12 @@ def test_tensorboard_export_reads_back_with_hparams_and_twice_adds_nothing(run_d
             assert row["epoch"] == "1" and np.isnan(final[0].value)
             continue
         assert final[0].value == np.float32(float(row["test_acc"]))
-        best = max(float(r["test_acc"]) for r in metrics if export.member_key(r) == key)
+        best = max(float(r["test_acc"]) for r in metrics if export_rows.member_key(r) == key)
         assert accumulator.Scalars("hparams/best_test_acc")[0].value == np.float32(best)
 
     files = sorted(glob.glob(str(logdir / "**" / "*tfevents*"), recursive=True))
     sizes = [os.path.getsize(f) for f in files]
-    lines = export.export_run(run_dir, {"tensorboard": str(logdir)})
+    lines = targets.export_run(run_dir, {"tensorboard": str(logdir)})
     assert lines[0].endswith("0 values written")
     after = sorted(glob.glob(str(logdir / "**" / "*tfevents*"), recursive=True))
     assert after == files and [os.path.getsize(f) for f in after] == sizes
@@ -202,13 +206,13 @@ def test_tensorboard_export_reads_back_with_hparams_and_twice_adds_nothing(run_d
 
 def test_a_folder_of_another_study_is_refused(small, run_dir, tmp_path, capsys):
     logdir = tmp_path / "tb"
-    export.export_run(run_dir, {"tensorboard": str(logdir)})
+    targets.export_run(run_dir, {"tensorboard": str(logdir)})
     other = tmp_path / "study"  # the same name: the same TensorBoard run names
     config = ExperimentConfig(seeds=(0,), dataset=small, epochs=1, hidden=(8, 8), activations=("relu",),
                               threads=1, diagnostics=False)  # fmt: skip
     run_study(config, out=other)
     with pytest.raises(ExportError, match="another study's events"):
-        export.export_run(other, {"tensorboard": str(logdir)})
+        targets.export_run(other, {"tensorboard": str(logdir)})
     assert main(["export", str(other), "--tensorboard", str(logdir)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "choose another TensorBoard directory" in err
@@ -265,7 +269,7 @@ def test_log_failures_warn_once_and_the_study_completes(small, tmp_path, monkeyp
     config = ExperimentConfig(seeds=(0,), dataset=small, epochs=3, hidden=(8,), activations=("relu",),
                               threads=1)  # fmt: skip
     specs = {"tensorboard": str(tmp_path / "file" / "tb"), "mlflow": "http://127.0.0.1:9"}
-    live = export.LiveLog(specs, tmp_path / "run", warn=warnings.append)
+    live = live_export.LiveLog(specs, tmp_path / "run", warn=warnings.append)
     run_study(config, out=tmp_path / "run", on_epoch=live.on_epoch)
     assert live.close() == []
     assert len(warnings) == 2, warnings
@@ -294,14 +298,14 @@ def test_log_and_export_user_errors_are_one_line(small, tmp_path, capsys, monkey
 
 
 def test_run_names_encode_slashes_and_name_depths():
-    study = export.Study("s", "id", Path("s"), ExperimentConfig(), {})
-    assert export.tensorboard_run_name(study, (None, "expr:x/2", 0.001, 3)) == (
+    study = export_rows.Study("s", "id", Path("s"), ExperimentConfig(), {})
+    assert tensorboard_export.tensorboard_run_name(study, (None, "expr:x/2", 0.001, 3)) == (
         "s/expr:x%2F2/lr=0.001/seed=3"
     )
-    assert export.tensorboard_run_name(study, (8, "relu", 0.01, 0)) == (
+    assert tensorboard_export.tensorboard_run_name(study, (8, "relu", 0.01, 0)) == (
         "s/relu/depth=8/lr=0.01/seed=0"
     )
-    assert export.parse_log_specs(["tensorboard=runs/x,mlflow", "mlflow=sqlite:///a.db"]) == {
+    assert targets.parse_log_specs(["tensorboard=runs/x,mlflow", "mlflow=sqlite:///a.db"]) == {
         "tensorboard": "runs/x",
         "mlflow": "sqlite:///a.db",
     }
@@ -364,12 +368,12 @@ def test_sigkill_during_a_logged_run_then_resume_logs_each_epoch_once(tmp_path, 
 def test_mlflow_uri_is_the_environment_s_else_mlflow_s_sqlite_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert export.tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
+    assert mlflow_export.tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/elsewhere.db")
-    assert export.tracking_uri() == f"sqlite:///{tmp_path}/elsewhere.db"
-    assert export.tracking_uri("sqlite:///given.db") == "sqlite:///given.db"
+    assert mlflow_export.tracking_uri() == f"sqlite:///{tmp_path}/elsewhere.db"
+    assert mlflow_export.tracking_uri("sqlite:///given.db") == "sqlite:///given.db"
     assert (
-        export._sqlite_artifact_location("sqlite:///given.db")
+        mlflow_export._sqlite_artifact_location("sqlite:///given.db")
         == (tmp_path / "mlartifacts").as_uri()
     )
     assert list(tmp_path.iterdir()) == []  # no ./mlruns, no database: nothing was written
@@ -379,7 +383,7 @@ def test_a_depth_study_exports_one_run_per_depth(small, tmp_path):
     config = ExperimentConfig(seeds=(0,), dataset=small, epochs=1, hidden=(8,), depths=(1, 3),
                               activations=("relu", "sigmoid"), threads=1)  # fmt: skip
     run_study(config, out=tmp_path / "depths")
-    export.export_run(tmp_path / "depths", {"tensorboard": str(tmp_path / "tb")})
+    targets.export_run(tmp_path / "depths", {"tensorboard": str(tmp_path / "tb")})
     check_tensorboard(tmp_path / "tb", tmp_path / "depths")
     runs = sorted(str(p.relative_to(tmp_path / "tb")) for p in (tmp_path / "tb").glob("*/*/*/*/*"))
     assert runs == [f"depths/{a}/depth={d}/lr=0.001/seed=0" for a in ("relu", "sigmoid")
@@ -394,18 +398,18 @@ def test_a_stalled_target_is_given_up_at_close_without_holding_up_the_other(
     """A tracking server that never answers (here: a write that blocks) costs the other
     target nothing, and `close` stops waiting for it after `stall_timeout`."""
     release = __import__("threading").Event()
-    real_open = export.open_target
+    real_open = targets.open_target
 
     def open_target(kind, where=""):
         if kind == "tensorboard":
             return real_open(kind, where)
-        target = export.TensorBoardTarget(tmp_path / "stalled")  # in the mlflow slot
+        target = tensorboard_export.TensorBoardTarget(tmp_path / "stalled")  # in the mlflow slot
         target.write = lambda study, batch: release.wait()
         return target
 
-    monkeypatch.setattr(export, "open_target", open_target)
+    monkeypatch.setattr(live_export, "open_target", open_target)
     warnings = []
-    live = export.LiveLog({"tensorboard": str(tmp_path / "tb"), "mlflow": "http://x"},
+    live = live_export.LiveLog({"tensorboard": str(tmp_path / "tb"), "mlflow": "http://x"},
                           tmp_path / "run", warn=warnings.append)  # fmt: skip
     config = ExperimentConfig(seeds=(0,), dataset=small, epochs=2, hidden=(8,), activations=("relu",),
                               threads=1, diagnostics=False)  # fmt: skip

@@ -14,7 +14,8 @@ from torch import nn
 
 import actlab.nn.user_model
 from actlab.config import ExperimentConfig, members_for
-from actlab.engine.trainer import DeviceData, Trainer, epoch_permutation, shuffle_generator, train
+from actlab.engine.batches import DeviceData, epoch_permutation, shuffle_generator
+from actlab.engine.trainer import Trainer, train
 from actlab.engine.vmap_stack import FallbackNotice, StackedUserModel
 from actlab.nn.models import DROPOUT_SEED_OFFSET
 

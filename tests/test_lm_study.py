@@ -11,6 +11,7 @@ from fixtures.kill import durable_calls, quiet_main, rows
 
 from actlab.cli.main import main
 from actlab.data import text
+from actlab.report import loss_report, page
 from actlab.study import store
 from actlab.study.extract import extract_member
 
@@ -56,6 +57,36 @@ def test_lm_study_writes_rows_and_a_report_in_bits_per_character(corpus, tmp_pat
     assert '"schedule": "cosine"' in config and '"clip": 1.0' in config
     # exports take a study without accuracy (they read the test loss, and bpc)
     assert main(["export", str(out), "--tensorboard", str(tmp_path / "tb")]) == 0
+
+
+def test_the_lm_report_is_one_escaped_page_model_that_shows_the_runs_problems(
+    corpus, tmp_path, capsys
+):
+    """report.html, report.md and the terminal show one summary table (typed cells); names
+    are escaped; a repair made while reading the run is reported, as in a classifier's."""
+    out = tmp_path / "run"
+    odd = tmp_path / "c<o&r>pus_1.txt"  # a corpus named with HTML and Markdown punctuation
+    odd.write_bytes(corpus.read_bytes())
+    cmd = command(odd, out, epochs=1)
+    cmd[cmd.index("relu,swiglu")] = "relu,expr:x*sigmoid(x)"
+    assert main(cmd) == 0
+    with open(out / store.METRICS_FILE, "a", encoding="utf-8") as handle:
+        handle.write("0,0,relu")  # a row cut off mid-row, as a killed writer leaves it
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    html = (out / "report.html").read_text(encoding="utf-8")
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    table = loss_report.summary_table(loss_report.loss_analysis(store.read_run(out)))
+    assert len(table.rows) == 2
+    assert page.table_html(table) in html
+    assert page.table_markdown(table) in markdown
+    assert page.to_terminal(table) in printed
+    assert "c&lt;o&amp;r&gt;pus_1" in html and "c<o" not in html
+    assert "c&lt;o&amp;r&gt;pus\\_1" in markdown and "c<o" not in markdown
+    assert "expr:x\\*sigmoid(x)" in markdown
+    problem = "metrics.csv: last row cut off mid-row"
+    assert problem in html and problem in markdown
 
 
 def test_sigkill_then_rerun_gives_the_rows_of_an_uninterrupted_run(corpus, tmp_path):

@@ -24,7 +24,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from actlab.config import ExperimentConfig
-from actlab.engine.trainer import DeviceData, Trainer, epoch_permutation, shuffle_generator
+from actlab.engine.batches import DeviceData, epoch_permutation, shuffle_generator
+from actlab.engine.trainer import Trainer
 from actlab.errors import ModelNotice
 from actlab.nn.swap import InPlace
 from actlab.nn.user_model import build_member, load, swap
@@ -430,7 +431,7 @@ def test_a_short_study_with_diagnostics_keeps_every_epoch(models, tmp_path, refe
 
 
 def _dataset():
-    from actlab.data.datasets import from_tensors
+    from actlab.data.splits import from_tensors
 
     data = device_data()
     return from_tensors(data.x_train, data.y_train, data.x_test, data.y_test)

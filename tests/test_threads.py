@@ -10,6 +10,7 @@ import torch
 
 from actlab.cli.main import main
 from actlab.config import ExperimentConfig
+from actlab.engine.batches import DeviceData
 from actlab.engine.threads import (
     StepWatch,
     ThreadChoice,
@@ -18,7 +19,7 @@ from actlab.engine.threads import (
     cgroup_cpu_limit,
     choose_threads,
 )
-from actlab.engine.trainer import DeviceData, Trainer
+from actlab.engine.trainer import Trainer
 from actlab.study.driver import ThreadKeeper, format_duration, run_study
 
 pytestmark = pytest.mark.usefixtures("restore_threads")

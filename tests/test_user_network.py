@@ -17,7 +17,8 @@ import torch.nn.functional as F
 import actlab.engine.memory
 from actlab.cli.main import main
 from actlab.config import ExperimentConfig
-from actlab.engine.trainer import DeviceData, Trainer, batch_bounds
+from actlab.engine.batches import DeviceData, batch_bounds
+from actlab.engine.trainer import Trainer
 from actlab.errors import ConfigError, ModelNotice
 from actlab.nn.user_model import build_member, load, swap
 

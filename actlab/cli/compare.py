@@ -169,7 +169,7 @@ def train_study(config: ExperimentConfig, run: RunOptions, out: str, dataset, lo
     progress = None if run.quiet else CompareProgress(verbose=run.verbose)
     live_log = None
     if log_specs:
-        from actlab.export.targets import LiveLog
+        from actlab.export.live import LiveLog
 
         live_log = LiveLog(log_specs, out, warn=warn)
     on_epoch = [f for f in (progress and progress.epoch, live_log and live_log.on_epoch) if f]

@@ -89,15 +89,10 @@ def print_summary(run: RunData) -> None:
 
 def loss_summary_text(run: RunData) -> str:
     """A loss-scored study's summary table (actlab.report.loss_report), for a terminal."""
-    from actlab.report import page, tables
-    from actlab.report.loss_report import loss_analysis, summary_rows
+    from actlab.report import page
+    from actlab.report.loss_report import loss_analysis, summary_table
 
-    header, rows = summary_rows(loss_analysis(run))
-    text_columns = {"activation", "per seed", "group"}
-    table = tables.Table([tables.Column(h, h, h not in text_columns) for h in header])
-    for row in rows:
-        table.add(*row)
-    return page.to_terminal(table)
+    return page.to_terminal(summary_table(loss_analysis(run)))
 
 
 def summary_text(analysis: Analysis) -> str:

@@ -1,5 +1,7 @@
-"""Datasets: the registry of names, the readers (IDX, npz, CIFAR binary) and the
-checksum-verified download. Returns uint8/float tensors; knows nothing of models.
+"""Datasets: the registry of names (registry), where files are found (locate), the readers
+(readers: IDX, CIFAR binary, digits; npz; text), the checksum-verified download (download),
+the splits (splits) and the `Dataset` they make (dataset); `datasets` is the public face
+(`load_dataset`). Returns uint8/float tensors; knows nothing of models.
 
 May import: `actlab.errors`.
 """

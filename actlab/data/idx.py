@@ -42,14 +42,17 @@ CIFAR_IMAGE_SHAPE = (3, 32, 32)
 CIFAR_RECORD_BYTES = 1 + 3 * 32 * 32
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """The file's content, gunzipped when it starts with the gzip magic."""
-    path = Path(path)
+def read_raw_bytes(path: str | os.PathLike) -> bytes:
+    """The file's content as stored; a file that cannot be read is a DataError naming it."""
     try:
-        data = path.read_bytes()
+        return Path(path).read_bytes()
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
-    return gunzip_if_needed(data, path)
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The file's content, gunzipped when it starts with the gzip magic."""
+    return gunzip_if_needed(read_raw_bytes(path), path)
 
 
 def gunzip_if_needed(data: bytes, path: str | os.PathLike) -> bytes:

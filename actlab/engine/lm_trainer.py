@@ -30,15 +30,11 @@ from torch import Tensor
 
 from actlab.config import ExperimentConfig, Member, members_for
 from actlab.engine.allocator import retain_freed_memory
-from actlab.engine.memory import ACTIVATION_BUDGET
-from actlab.engine.trainer import (
-    DIVERGED_LOSS_FACTOR,
-    METRIC_NAMES,
-    EpochResult,
-    StepInfo,
-    resolve_device,
-    shuffle_generator,
-)
+from actlab.engine.batches import shuffle_generator
+from actlab.engine.divergence import healthy, loss_limit, record_diverged
+from actlab.engine.memory import samples_within_budget
+from actlab.engine.results import EpochResult, StepInfo, metrics_row
+from actlab.engine.trainer import resolve_device
 from actlab.nn.gpt import StackedGPT
 from actlab.nn.optim import StackedOptimizer
 from actlab.nn.schedule import lr_factor
@@ -112,15 +108,14 @@ class LMTrainer:
             momentum=config.momentum,
         )
         self.generators = [shuffle_generator(seed) for seed in self.seeds]
-        self._loss_limit = DIVERGED_LOSS_FACTOR * math.log(self.data.num_classes)
+        self._loss_limit = loss_limit(self.data.num_classes)
         self.epoch = 0
         self.diverged_epoch: list[int | None] = [None] * len(self.members)
         self.steps_per_epoch = math.ceil(self.data.x_train.shape[0] / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
-        per_window = (
-            len(self.members) * config.context * max(self.data.num_classes, 4 * config.width)
-        )
-        self.eval_chunk = max(1, min(EVAL_WINDOWS, ACTIVATION_BUDGET // per_window))
+        # A window's widest activation per member: the logits or the FFN's hidden layer.
+        units = config.context * max(self.data.num_classes, 4 * config.width)
+        self.eval_chunk = samples_within_budget(units, len(self.members), EVAL_WINDOWS)
 
     @property
     def alive(self) -> list[bool]:
@@ -152,11 +147,8 @@ class LMTrainer:
         """One optimizer step on per-seed windows (S, B, T); returns the (K,) losses."""
         model, optimizer, config = self.model, self.optimizer, self.config
         losses = model.losses(inputs, targets)
-        values = losses.detach().tolist()
-        ok = [math.isfinite(v) and v <= self._loss_limit for v in values]
-        newly = [k for k, good in enumerate(ok) if not good and self.diverged_epoch[k] is None]
-        for k in newly:
-            self.diverged_epoch[k] = self.epoch
+        ok = healthy(losses.detach().tolist(), self._loss_limit)
+        newly = record_diverged(self.diverged_epoch, ok, self.epoch)
         if newly:
             optimizer.freeze(newly)
         alive = torch.tensor(self.alive, device=self.device)
@@ -230,24 +222,11 @@ class LMTrainer:
         for k, member in enumerate(self.members):
             if not alive_before[k]:
                 continue
-            row = {
-                "depth": self.depth,
-                "member": member.index,
-                "activation": member.activation,
-                "seed": member.seed,
-                "lr": member.lr,
-                "epoch": self.epoch,
-                **dict.fromkeys(METRIC_NAMES),
-                "epoch_time_s": elapsed,
-            }
-            if k in newly:
-                rows.append({**row, "status": "diverged"})
-                continue
-            row["train_loss"] = train_loss[k]
+            measured = {"train_loss": train_loss[k], "test_loss": test[0][k]}
             if val is not None:
-                row["val_loss"] = val[0][k]
-            row.update(test_loss=test[0][k], status="ok")
-            rows.append(row)
+                measured["val_loss"] = val[0][k]
+            diverged = k in newly
+            rows.append(metrics_row(member, self.depth, self.epoch, elapsed, diverged, **measured))
         return rows
 
     @torch.no_grad()

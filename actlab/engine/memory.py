@@ -190,3 +190,8 @@ def probe_samples(saved_bytes_per_sample: float, most: int) -> int:
     if saved_bytes_per_sample <= 0:
         return most
     return int(max(8, min(most, PROBE_BUDGET_BYTES // saved_bytes_per_sample)))
+
+
+def samples_within_budget(units_per_sample: int, members: int, most: int) -> int:
+    """How many samples fit ACTIVATION_BUDGET for one layer of all members (1 to `most`)."""
+    return max(1, min(most, ACTIVATION_BUDGET // max(1, units_per_sample * members)))

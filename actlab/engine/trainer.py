@@ -16,102 +16,40 @@ The engine trains the K members of one stacked model (see actlab.nn.models) toge
 
 It prints nothing: `train` yields one `EpochResult` per epoch (the metrics.csv and
 diagnostics.csv rows, and the state to checkpoint); `on_step` reports progress.
+
+This module holds the Trainer and its step; the parts it uses live in: actlab.engine.batches
+(data on the device, batch order), actlab.engine.divergence, actlab.engine.evaluation,
+actlab.engine.probe (diagnostics) and actlab.engine.results (StepInfo, EpochResult).
 """
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from actlab.config import ExperimentConfig, Member, members_for
-from actlab.engine.memory import ACTIVATION_BUDGET
+from actlab.engine.batches import (
+    DeviceData,
+    batch_bounds,
+    epoch_permutation,
+    shuffle_generator,
+)
+from actlab.engine.divergence import CUDA_SYNC_EVERY, healthy, loss_limit, record_diverged
+from actlab.engine.evaluation import EVAL_CHUNK, evaluate_members
+from actlab.engine.memory import samples_within_budget
 from actlab.engine.mlp_step import MLPStep
 from actlab.engine.mlp_step import supports as hand_written_backward_supports
+from actlab.engine.probe import diagnostics_rows, layer_grad_norms, probe_index, stacked_probe
+from actlab.engine.results import EpochResult, StepInfo, member_fields, metrics_row
 from actlab.engine.step_graph import StepGraph
 from actlab.errors import ConfigError, ModelNotice, RunDirError
 from actlab.nn.optim import StackedOptimizer
-
-try:  # diagnostics are optional: the engine must train without them
-    from actlab.engine import diagnostics as diagnostics_lib
-except ImportError:  # pragma: no cover - only while the module is missing
-    diagnostics_lib = None
-
-PROBE_SIZE = 512  # training samples of the fixed diagnostics probe batch
-PROBE_SEED = 20_240_601  # fixes the probe samples, independent of the study's seeds
-EVAL_CHUNK = 2000  # evaluation batch size (memory only: results do not depend on it)
-CUDA_SYNC_EVERY = 50  # steps between host checks for divergence on a GPU
-# A member diverges when a step loss is NaN/inf or above this many times ln(num_classes),
-# the loss of a uniform guess: Adam with a huge lr blows the loss up to thousands without
-# ever reaching inf (its steps are bounded by lr), and such a member has stopped learning.
-DIVERGED_LOSS_FACTOR = 100.0
-
-
-METRIC_NAMES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
-
-
-@dataclass
-class StepInfo:
-    """Passed to `on_step` after every optimizer step. `losses` (K,) stays on the device:
-    reading it forces a synchronisation."""
-
-    depth: int | None
-    epoch: int
-    epochs: int
-    step: int  # 1-based, within the epoch
-    steps: int
-    losses: Tensor
-
-
-@dataclass
-class EpochResult:
-    """One epoch of one stacked model: rows for the run directory and the state after it."""
-
-    depth: int | None
-    epoch: int  # 1-based
-    epochs: int
-    members: list[Member]
-    metrics: list[dict]
-    diagnostics: list[dict]
-    epoch_time_s: float
-    diverged: list[int] = field(default_factory=list)  # members that diverged in this epoch
-    state: dict = field(default_factory=dict)  # engine state; save it before the next epoch
-
-
-@dataclass
-class DeviceData:
-    """The dataset as float32 tensors on the device (converted once, shared by depths)."""
-
-    x_train: Tensor
-    y_train: Tensor
-    x_val: Tensor
-    y_val: Tensor
-    x_test: Tensor
-    y_test: Tensor
-    num_classes: int
-    input_shape: tuple[int, int, int]
-
-    @classmethod
-    def from_dataset(cls, dataset, device: torch.device | str) -> DeviceData:
-        def put(x: Tensor) -> Tensor:
-            return dataset.float_inputs(x).to(device)
-
-        return cls(
-            put(dataset.x_train),
-            dataset.y_train.to(device=device, dtype=torch.long),
-            put(dataset.x_val),
-            dataset.y_val.to(device=device, dtype=torch.long),
-            put(dataset.x_test),
-            dataset.y_test.to(device=device, dtype=torch.long),
-            int(dataset.num_classes),
-            tuple(dataset.input_shape),
-        )
 
 
 @dataclass
@@ -133,22 +71,6 @@ class EpochSums:
         )
 
 
-def batch_bounds(n: int, batch: int, *, merge_single: bool = False) -> list[tuple[int, int]]:
-    """(begin, end) of each step's samples in an epoch's permutation: batches of `batch`,
-    the last partial one kept (``DataLoader(drop_last=False)``). `merge_single`: a last
-    batch of one sample is merged into the one before (BatchNorm cannot train on one
-    sample: torch raises "Expected more than 1 value per channel when training")."""
-    bounds = [(begin, min(begin + batch, n)) for begin in range(0, n, batch)]
-    if merge_single and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
-        bounds[-2:] = [(bounds[-2][0], n)]
-    return bounds
-
-
-def samples_within_budget(units_per_sample: int, members: int, most: int) -> int:
-    """How many samples fit ACTIVATION_BUDGET for one layer of all members (1 to `most`)."""
-    return max(1, min(most, ACTIVATION_BUDGET // max(1, units_per_sample * members)))
-
-
 def resolve_device(name: str) -> torch.device:
     """ "auto" is CUDA when present, else the CPU; anything else must be available."""
     if name == "auto":
@@ -167,24 +89,6 @@ def resolve_device(name: str) -> torch.device:
             "CUDA device(s), cuda:0 to cuda:N-1"
         )
     return device
-
-
-def shuffle_generator(seed: int) -> torch.Generator:
-    """The generator of a seed's batch order (one permutation of the train set per epoch)."""
-    return torch.Generator().manual_seed(seed)
-
-
-def epoch_permutation(generator: torch.Generator, size: int) -> Tensor:
-    return torch.randperm(size, generator=generator)
-
-
-def device_data(dataset, device: torch.device | str):
-    """The dataset on the device: a DeviceData, or the token splits of a text corpus."""
-    if getattr(dataset, "task", "classify") == "lm":
-        from actlab.engine.lm_trainer import TextDeviceData
-
-        return dataset if isinstance(dataset, TextDeviceData) else TextDeviceData(dataset, device)
-    return DeviceData.from_dataset(dataset, device)
 
 
 def make_trainer(config: ExperimentConfig, data, **options):
@@ -209,7 +113,7 @@ def train(
 ) -> Iterator[EpochResult]:
     """Train the stacked model of `depth` for `config.epochs` epochs, one result per epoch.
 
-    `dataset` is an actlab.data.datasets.Dataset (or a DeviceData); `state` an `EpochResult.state`
+    `dataset` is an actlab.data.dataset.Dataset (or a DeviceData); `state` an `EpochResult.state`
     to resume from (training continues after its epoch). `members`: a subset of
     ``members_for(config, depth)`` to train (default all of them). A member's initial
     weights, batch order and dropout masks depend on its seed alone, so a subset (a shard)
@@ -258,31 +162,8 @@ class Trainer:
         self.member_seed = torch.tensor(
             [self.seeds.index(m.seed) for m in self.members], device=self.device
         )
-        if model is None and config.is_user_model:
-            from actlab.engine.vmap_stack import StackedUserModel
-            from actlab.nn.user_model import load_for
-
-            model = StackedUserModel(
-                load_for(config),
-                self.members,
-                config.swap,
-                self.data.x_train[:2],
-                self.data.num_classes,
-                self.device,
-                stacking=config.stacking,
-                batch_size=config.batch_size,
-            )
-        elif model is None:
-            from actlab.nn.models import build_model
-
-            model = build_model(
-                config,
-                self.members,
-                self.data.input_shape,
-                self.data.num_classes,
-                self.device,
-                depth,
-            )
+        if model is None:
+            model = build_stacked_model(config, self.members, self.data, self.device, depth)
         self.model = model
         # A user's network with BatchNorm merges a last batch of one sample into the one
         # before (said once); every other model keeps it.
@@ -300,10 +181,10 @@ class Trainer:
             momentum=config.momentum,
         )
         self.generators = [shuffle_generator(seed) for seed in self.seeds]
-        self._loss_limit = DIVERGED_LOSS_FACTOR * math.log(max(self.data.num_classes, 2))
+        self._loss_limit = loss_limit(self.data.num_classes)
         self.epoch = 0
         self.diverged_epoch: list[int | None] = [None] * len(self.members)
-        self.with_diagnostics = bool(config.diagnostics) and diagnostics_lib is not None
+        self.with_diagnostics = bool(config.diagnostics)
         # On the CPU a host check of the losses is nearly free, so a diverging member is
         # frozen before its step; on a GPU the check stays on the device (no sync per step).
         self.check_on_host = self.device.type == "cpu"
@@ -315,20 +196,9 @@ class Trainer:
         units = self._units_per_sample()
         sized_for = budget_members or len(self.members)
         self.eval_chunk = samples_within_budget(units, sized_for, EVAL_CHUNK)
-        self.probe_index = self._probe_index(units, sized_for)
-
-    def _probe_index(self, units: int, sized_for: int) -> Tensor:
-        """The fixed probe samples: a prefix of one permutation fixed by PROBE_SEED (a
-        shard probes the same ones). Its size: a user's network says it (from one member,
-        whatever the member count); the built-in models fit ACTIVATION_BUDGET."""
-        n = self.data.x_train.shape[0]
-        probe = torch.randperm(n, generator=torch.Generator().manual_seed(PROBE_SEED))
-        own_size = getattr(self.model, "probe_size", None)
-        if own_size is not None:
-            size = own_size(PROBE_SIZE)
-        else:
-            size = samples_within_budget(units, sized_for, PROBE_SIZE)
-        return probe[:size].to(self.device)
+        self.probe_index = probe_index(
+            model, self.data.x_train.shape[0], units, sized_for, self.device
+        )
 
     def _say_merged_batch(self) -> None:
         n, batch = self.data.x_train.shape[0], self.config.batch_size
@@ -418,32 +288,28 @@ class Trainer:
         diag = self._probe(grad_norm_sum / steps) if self.with_diagnostics else None
         elapsed = time.perf_counter() - start
 
-        metrics, diagnostics_rows = [], []
+        metrics, diagnostics = [], []
         for k, member in enumerate(self.members):
             if not alive_before[k]:
                 continue
-            row = {
-                **self._member_fields(k, member),
-                **dict.fromkeys(METRIC_NAMES),
-                "epoch_time_s": elapsed,
-            }
-            if k in newly:
-                metrics.append({**row, "status": "diverged"})
-                continue
-            row.update(train_loss=train_loss[k], train_acc=train_acc[k])
+            measured = {"train_loss": train_loss[k], "train_acc": train_acc[k]}
             if val is not None:
-                row.update(val_loss=val[0][k], val_acc=val[1][k])
-            row.update(test_loss=test[0][k], test_acc=test[1][k], status="ok")
-            metrics.append(row)
-            if diag is not None:
-                diagnostics_rows += self._diagnostics_rows(k, member, diag)
+                measured.update(val_loss=val[0][k], val_acc=val[1][k])
+            measured.update(test_loss=test[0][k], test_acc=test[1][k])
+            diverged = k in newly
+            metrics.append(
+                metrics_row(member, self.depth, self.epoch, elapsed, diverged, **measured)
+            )
+            if diag is not None and not diverged:
+                fields = member_fields(member, self.depth, self.epoch)
+                diagnostics += diagnostics_rows(fields, diag, k)
         return EpochResult(
             depth=self.depth,
             epoch=self.epoch,
             epochs=self.config.epochs,
             members=self.members,
             metrics=metrics,
-            diagnostics=diagnostics_rows,
+            diagnostics=diagnostics,
             epoch_time_s=elapsed,
             diverged=newly,
             state=self.state(),
@@ -523,7 +389,7 @@ class Trainer:
         """Diagnostics, the optimizer step and the epoch sums, after the backward pass."""
         sums = self._sums
         if self.with_diagnostics:
-            sums.grad_norm += self._layer_grad_norms()
+            sums.grad_norm += layer_grad_norms(self.model)
         self.optimizer.step(alive)
         with torch.no_grad():
             losses = losses.detach()
@@ -539,7 +405,7 @@ class Trainer:
         inputs, targets = self._batch(index)
         logits, losses, cache = self._forward(inputs, targets)
         limit = self._loss_limit
-        ok = [math.isfinite(v) and v <= limit for v in losses.detach().tolist()]
+        ok = healthy(losses.detach().tolist(), limit)
         if not all(ok):
             self._freeze_nonfinite(ok, self._sums.alive)
         # With every member alive (known on the host) no loss needs masking.
@@ -571,36 +437,15 @@ class Trainer:
         """Freeze the members alive on the host whose `finite` flag is False (a host sync
         when `finite` is a tensor)."""
         flags = finite.tolist() if isinstance(finite, Tensor) else finite
-        newly = [k for k, ok in enumerate(flags) if not ok and self.diverged_epoch[k] is None]
+        newly = record_diverged(self.diverged_epoch, flags, self.epoch)
         if not newly:
             return
-        for k in newly:
-            self.diverged_epoch[k] = self.epoch
         alive[newly] = False
         self.optimizer.freeze(newly)
 
-    @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor) -> tuple[list[float], list[float]]:
         """Mean loss and accuracy of every member on (x, y), in eval mode, in chunks."""
-        model = self.model
-        model.eval()
-        K = len(self.members)
-        loss_sum = torch.zeros(K, dtype=torch.float64, device=self.device)
-        correct = torch.zeros(K, dtype=torch.long, device=self.device)
-        chunk = self.eval_chunk
-        for start in range(0, x.shape[0], chunk):
-            inputs, targets = x[start : start + chunk], y[start : start + chunk]
-            logits = model(inputs.unsqueeze(0))  # (K, c, classes), the chunk shared by all
-            c = inputs.shape[0]
-            expanded = targets.expand(K, c)
-            losses = F.cross_entropy(
-                logits.reshape(K * c, -1), expanded.reshape(K * c), reduction="none"
-            )
-            loss_sum += losses.view(K, c).sum(dim=1, dtype=torch.float64)
-            correct += (logits.argmax(dim=-1) == expanded).sum(dim=1)
-        model.train()
-        count = max(x.shape[0], 1)
-        return (loss_sum / count).tolist(), (correct.double() / count).tolist()
+        return evaluate_members(self.model, x, y, len(self.members), self.eval_chunk)
 
     def _probe(self, grad_norms: Tensor) -> dict | None:
         """Diagnostics on the fixed probe batch (eval mode); the optimizer is not touched.
@@ -608,7 +453,8 @@ class Trainer:
         try:
             own = getattr(self.model, "probe", None)
             if own is None:
-                return self._stacked_probe(grad_norms)
+                x, y = self.data.x_train[self.probe_index], self.data.y_train[self.probe_index]
+                return stacked_probe(self.model, self.optimizer.params, x, y, grad_norms)
             x = self.data.x_train[self.probe_index]
             measured = own(x, self.data.y_train[self.probe_index])
             return {
@@ -628,75 +474,29 @@ class Trainer:
             )
             return None
 
-    def _stacked_probe(self, grad_norms: Tensor) -> dict:
-        """The probe of the built-in stacked models: all members in one forward and backward."""
-        model = self.model
-        model.eval()
-        x = self.data.x_train[self.probe_index].unsqueeze(0)
-        y = self.data.y_train[self.probe_index]
-        K = len(self.members)
-        preacts: list[Tensor] = []
-        logits = model(x, preactivations=preacts)
-        c = x.shape[1]
-        losses = F.cross_entropy(
-            logits.reshape(K * c, -1), y.expand(K, c).reshape(K * c), reduction="none"
+
+def build_stacked_model(
+    config: ExperimentConfig, members: list[Member], data, device: torch.device, depth
+) -> nn.Module:
+    """The stacked model of `members`: a user's network stacked by torch.func
+    (actlab.engine.vmap_stack), or a built-in model (actlab.nn.models)."""
+    if config.is_user_model:
+        from actlab.engine.vmap_stack import StackedUserModel
+        from actlab.nn.user_model import load_for
+
+        return StackedUserModel(
+            load_for(config),
+            members,
+            config.swap,
+            data.x_train[:2],
+            data.num_classes,
+            device,
+            stacking=config.stacking,
+            batch_size=config.batch_size,
         )
-        params = self.optimizer.params
-        for p in params:
-            p.grad = None
-        losses.view(K, c).mean(dim=1).sum().backward()
-        with torch.no_grad():
-            probe_norms = self._layer_grad_norms()
-            detached = [p.detach() for p in preacts]
-            dead, saturated = diagnostics_lib.unit_fractions(detached, model.member_activations())
-            mean, std = diagnostics_lib.preact_moments(detached)
-        for p in params:
-            p.grad = None
-        model.train()
-        return {
-            "grad_norm": grad_norms.tolist(),
-            "probe_grad_norm": probe_norms.tolist(),
-            "dead_frac": dead.tolist(),
-            "saturated_frac": saturated.tolist(),
-            "preact_mean": mean.tolist(),
-            "preact_std": std.tolist(),
-        }
+    from actlab.nn.models import build_model
 
-    def _layer_grad_norms(self) -> Tensor:
-        """(K, L) norms of each member's weight gradient per layer (a model may say how)."""
-        own = getattr(self.model, "layer_grad_norms", None)
-        if own is not None:
-            return own()
-        return diagnostics_lib.layer_grad_norms(self.model.weight_layers())
-
-    def _member_fields(self, k: int, member: Member) -> dict:
-        """The columns that name a member's row in metrics.csv and diagnostics.csv (the
-        member's index in the whole study, also when this trainer holds a subset)."""
-        return {
-            "depth": self.depth,
-            "member": member.index,
-            "activation": member.activation,
-            "seed": member.seed,
-            "lr": member.lr,
-            "epoch": self.epoch,
-        }
-
-    def _diagnostics_rows(self, k: int, member: Member, diag: dict) -> list[dict]:
-        rows = []
-        num_layers = len(diag["grad_norm"][k])
-        hidden = len(diag["dead_frac"][k]) if "dead_frac" in diag else 0
-        # A user model may have more activation sites than weight layers: site i is
-        # reported on row `layer` i + 1, without gradient norms beyond the weight layers.
-        for layer in range(max(num_layers, hidden)):
-            row = {**self._member_fields(k, member), "layer": layer + 1}
-            if layer < num_layers:
-                row["grad_norm"] = diag["grad_norm"][k][layer]
-                row["probe_grad_norm"] = diag["probe_grad_norm"][k][layer]
-            if layer < hidden:  # hidden layers only: the output layer has no activation
-                for name in ("dead_frac", "saturated_frac", "preact_mean", "preact_std"):
-                    row[name] = diag[name][k][layer]
-            rows.append(row)
-        return rows
+    return build_model(config, members, data.input_shape, data.num_classes, device, depth)
 
 
 def members_of(config: ExperimentConfig) -> list[Member]:

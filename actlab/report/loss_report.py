@@ -11,11 +11,15 @@ is in hundredths of accuracy (percentage points) for a classifier.
 Gated FFN activations (swiglu, geglu, ...) are compared with plain ones at equal
 parameters (actlab.nn.gpt); the verdict names the best of each family and what the paired
 test says about their gap.
+
+The report is the classifier's page (actlab.report.page): one page model (`build`) of typed
+tables (actlab.report.tables) rendered by Jinja2 templates (templates/loss_report.html.j2 and
+loss_report.md.j2, which extend the frame every report shares), autoescaped in HTML; the
+terminal prints the same summary table.
 """
 
 from __future__ import annotations
 
-import html
 import math
 
 import pandas as pd
@@ -23,30 +27,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from actlab.report import stats
-from actlab.report.page import css, md, table_html, table_markdown
+from actlab.report.page import environment, environment_line
 from actlab.report.render import MARKDOWN_MARK, figure_png, report_paths
-from actlab.report.tables import Column, Table
+from actlab.report.tables import Cell, Column, Table
 from actlab.study.store import RunData, write_text_atomic
 from actlab.tasks import LN2
-
-# Columns of words, not numbers (left-aligned); every other column is right-aligned.
-TEXT_COLUMNS = {"activation", "per seed", "group", "lower", "higher", "significant", "equivalent"}
-
-
-def _table(header: list[str], rows: list[list[str]], css_id: str = "") -> Table:
-    table = Table([Column(h, h, h not in TEXT_COLUMNS) for h in header], css_id=css_id)
-    for row in rows:
-        table.add(*row)
-    return table
-
-
-def html_table(header: list[str], rows: list[list[str]], css_id: str = "") -> str:
-    return table_html(_table(header, rows, css_id))
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    return table_markdown(_table(header, rows))
-
 
 SCORE = "final_score"  # -bpc: higher is better, as the stats module's pairs expect
 
@@ -176,45 +161,86 @@ def verdict(analysis: dict) -> list[str]:
     return lines
 
 
-def summary_rows(analysis: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["rank", "activation", "lr", "seeds", "final test bpc", "± std", "95% CI",
-              "per seed", "final test loss (nats/token)", "group", "diverged"]  # fmt: skip
+def _bpc_cell(score: float, digits: int = 4) -> Cell:
+    """A -bpc score shown as bpc (its value: the bpc number, None when missing)."""
+    missing = score is None or not math.isfinite(score)
+    return Cell(_bpc_text(score, digits), None if missing else -score)
+
+
+def _number_cell(value: float, text: str) -> Cell:
+    return Cell(text, value if math.isfinite(value) else None)
+
+
+def summary_table(analysis: dict) -> Table:
+    """One row per activation, best (lowest final test bpc) first: the report's summary in
+    report.html, report.md and the terminal."""
+    spec = [("rank", "rank", True), ("activation", "activation", False), ("lr", "lr", True),
+            ("seeds", "seeds", True), ("bpc", "final test bpc", True), ("std", "± SD", True),
+            ("ci", "95% CI", True), ("per_seed", "per seed", False),
+            ("loss", "final test loss (nats/token)", True), ("group", "group", False),
+            ("diverged", "diverged", True)]  # fmt: skip
+    table = Table([Column(*column) for column in spec], css_id="summary-table")
     results = analysis["results"]
-    rows = []
     for _, row in analysis["summary"].iterrows():
         members = results[(results["activation"] == row["activation"]) & ~results["diverged"]]
-        mean = row[f"{SCORE}_mean"]
+        per_seed = bpc(members.sort_values("seed")["final_test_loss"])
+        mean, std = row[f"{SCORE}_mean"], row[f"{SCORE}_std"]
         low, high = row[f"{SCORE}_ci_low"], row[f"{SCORE}_ci_high"]
-        rows.append([
-            "–" if pd.isna(row["rank"]) else str(int(row["rank"])), str(row["arm"]),
-            f"{row['lr']:g}", str(int(row["n"])), _bpc_text(mean),
-            "–" if not math.isfinite(row[f"{SCORE}_std"]) else f"{row[f'{SCORE}_std']:.4f}",
-            "–" if not math.isfinite(low) else f"[{-high:.4f}, {-low:.4f}]",
-            ", ".join(f"{v:.4f}" for v in bpc(members.sort_values("seed")["final_test_loss"])),
-            "–" if not math.isfinite(mean) else f"{-mean * LN2:.4f}",
-            str(row["group"] or "–"), str(int(row["n_diverged"])),
-        ])  # fmt: skip
-    return header, rows
+        table.add(
+            Cell("–", None) if pd.isna(row["rank"]) else Cell(str(int(row["rank"])), int(row["rank"])),
+            Cell(str(row["arm"]), row["arm"]),
+            Cell(f"{row['lr']:g}", row["lr"]),
+            Cell(str(int(row["n"])), int(row["n"])),
+            _bpc_cell(mean),
+            _number_cell(std, "–" if not math.isfinite(std) else f"{std:.4f}"),
+            Cell("–", None) if not math.isfinite(low) else Cell(f"[{-high:.4f}, {-low:.4f}]", (-high, -low)),
+            Cell(", ".join(f"{v:.4f}" for v in per_seed), tuple(per_seed)),
+            _number_cell(-mean * LN2, "–" if not math.isfinite(mean) else f"{-mean * LN2:.4f}"),
+            Cell(str(row["group"] or "–"), row["group"] or None),
+            Cell(str(int(row["n_diverged"])), int(row["n_diverged"])),
+        )  # fmt: skip
+    return table
+
+
+def pairs_table(analysis: dict) -> Table:
+    """One row per pair of activations: the paired test of their final test bpc."""
+    spec = [("lower", "lower", False), ("higher", "higher", False), ("seeds", "seeds", True),
+            ("gap", "gap (bpc)", True), ("interval", "interval", True), ("p", "p (Holm)", True),
+            ("significant", "significant", False), ("detectable", "detectable gap", True),
+            ("seeds_needed", "seeds to plan", True), ("tost_p", "TOST p (Holm)", True),
+            ("equivalent", "equivalent", False)]  # fmt: skip
+    table = Table([Column(*column) for column in spec], css_id="pairs-table")
+    for _, p in analysis["pairs"].iterrows():
+        finite = math.isfinite(p["ci_low"]) and math.isfinite(p["ci_high"])
+        interval = f"[{p['ci_low']:.4f}, {p['ci_high']:.4f}] ({100 * p['ci_confidence']:.3g}%)"
+        table.add(
+            Cell(str(p["a"]), p["a"]), Cell(str(p["b"]), p["b"]),
+            Cell(str(int(p["n"])), int(p["n"])),
+            Cell(f"{p['mean_diff']:.4f}", p["mean_diff"]),
+            Cell(interval, (p["ci_low"], p["ci_high"])) if finite else Cell("too few seeds", None),
+            Cell("–", None) if pd.isna(p["p_holm"]) else Cell(f"{p['p_holm']:.3g}", p["p_holm"]),
+            Cell("yes" if p["significant"] else "no", bool(p["significant"])),
+            _number_cell(p["detectable_gap"], f"{p['detectable_gap']:.4f}"
+                         if math.isfinite(p["detectable_gap"]) else "none"),
+            _number_cell(p["seeds_needed"], f"{int(p['seeds_needed'])}"
+                         if math.isfinite(p["seeds_needed"]) else "–"),
+            Cell("–", None) if pd.isna(p["tost_p_holm"])
+            else Cell(f"{p['tost_p_holm']:.3g}", p["tost_p_holm"]),
+            Cell("yes" if p["equivalent"] else "no", bool(p["equivalent"])),
+        )  # fmt: skip
+    return table
+
+
+def summary_rows(analysis: dict) -> tuple[list[str], list[list[str]]]:
+    """The summary table's header and display texts (see `summary_table`)."""
+    table = summary_table(analysis)
+    return table.header, table.texts()
 
 
 def pair_rows(analysis: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["lower", "higher", "seeds", "gap (bpc)", "interval", "p (Holm)", "significant",
-              "detectable gap", "seeds to plan", "TOST p (Holm)", "equivalent"]  # fmt: skip
-    rows = []
-    for _, p in analysis["pairs"].iterrows():
-        finite = math.isfinite(p["ci_low"]) and math.isfinite(p["ci_high"])
-        rows.append([
-            str(p["a"]), str(p["b"]), str(int(p["n"])), f"{p['mean_diff']:.4f}",
-            f"[{p['ci_low']:.4f}, {p['ci_high']:.4f}] ({100 * p['ci_confidence']:.3g}%)"
-            if finite else "too few seeds",
-            "–" if pd.isna(p["p_holm"]) else f"{p['p_holm']:.3g}",
-            "yes" if p["significant"] else "no",
-            f"{p['detectable_gap']:.4f}" if math.isfinite(p["detectable_gap"]) else "none",
-            f"{int(p['seeds_needed'])}" if math.isfinite(p["seeds_needed"]) else "–",
-            "–" if pd.isna(p["tost_p_holm"]) else f"{p['tost_p_holm']:.3g}",
-            "yes" if p["equivalent"] else "no",
-        ])  # fmt: skip
-    return header, rows
+    """The pairs table's header and display texts (see `pairs_table`)."""
+    table = pairs_table(analysis)
+    return table.header, table.texts()
 
 
 def curve_figure(run: RunData) -> Figure:
@@ -252,62 +278,60 @@ def _subtitle(run: RunData) -> str:
     clip = f", clip {c.clip:g}" if c.clip is not None else ""
     warm = f", warm-up {c.warmup}" if c.warmup else ""
     return (
-        f"GPT width {c.width}, {c.layers} layers, {c.heads} heads, context {c.context}; "
-        f"{c.optimizer} lr {', '.join(f'{lr:g}' for lr in c.lrs)}, {c.schedule} schedule"
-        f"{warm}{clip}, batch {c.batch_size}, {c.epochs} epochs, seeds "
+        f"GPT width {c.width}, {_plural(c.layers, 'layer')}, {_plural(c.heads, 'head')}, "
+        f"context {c.context}; {c.optimizer} lr {', '.join(f'{lr:g}' for lr in c.lrs)}, "
+        f"{c.schedule} schedule{warm}{clip}, batch {c.batch_size}, {_plural(c.epochs, 'epoch')}, seeds "
         f"{', '.join(map(str, c.seeds))}; gated FFNs have 2/3 of the hidden units (equal parameters)"
     )
 
 
-def render_markdown(analysis: dict) -> str:
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
+
+
+def build(analysis: dict, figures: bool = True) -> dict:
+    """Everything report.html and report.md show, computed once (the page model of
+    templates/loss_report.*.j2; `figures`: draw the chart, which only the HTML shows)."""
     run = analysis["run"]
-    parts = [
-        MARKDOWN_MARK,
-        f"# actlab: activations on {md(run.config.dataset)} (language model)\n",
-        f"{md(_subtitle(run))}.\n",
-        "\n\n".join(md(p) for p in verdict(analysis)) + "\n",
-        "## Summary\n",
-        markdown_table(*summary_rows(analysis)),
-        summary_note(run) + "\n",
-    ]
-    if len(analysis["pairs"]):
-        parts += ["## Paired differences (final test bpc)\n", markdown_table(*pair_rows(analysis))]
-    return "\n".join(parts)
+    chart = {"caption": "test bpc per epoch", "png": figure_png(curve_figure(run))}
+    return {
+        "mark": MARKDOWN_MARK,
+        "title": f"actlab: activations on {run.config.dataset} (language model)",
+        "subtitle": _subtitle(run),
+        "sources": ", ".join(str(p) for p in run.paths),
+        "paths": " ".join(str(p) for p in run.paths),
+        "created": run.created,
+        "verdict": verdict(analysis),
+        "problems": run.problems,
+        "summary": summary_table(analysis),
+        "summary_note": summary_note(run),
+        "figures": [chart] if figures else [],
+        "pairs": pairs_table(analysis) if len(analysis["pairs"]) else None,
+        "environment_line": environment_line(run),
+    }
+
+
+def to_html(page: dict) -> str:
+    return environment().get_template("loss_report.html.j2").render(r=page)
+
+
+def to_markdown(page: dict) -> str:
+    return environment().get_template("loss_report.md.j2").render(r=page)
+
+
+def render_markdown(analysis: dict) -> str:
+    return to_markdown(build(analysis, figures=False))
 
 
 def render_html(analysis: dict) -> str:
-    run = analysis["run"]
-    esc = html.escape
-    title = f"actlab: activations on {run.config.dataset} (language model)"
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{esc(title)}</title><style>\n{css()}</style></head><body>",
-        f"<h1>{esc(title)}</h1>",
-        f'<p class="subtitle">{esc(_subtitle(run))}</p>',
-        '<h2 id="verdict">Verdict</h2>',
-        '<div class="verdict">' + "".join(f"<p>{esc(p)}</p>" for p in verdict(analysis)) + "</div>",
-        '<h2 id="summary">Summary</h2>',
-        html_table(*summary_rows(analysis), css_id="summary-table"),
-        f'<p class="note">{esc(summary_note(run))}</p>',
-        '<h2 id="charts">Test bits per character</h2>',
-        f'<figure><img alt="test bpc per epoch" src="data:image/png;base64,'
-        f'{figure_png(curve_figure(run))}"></figure>',
-    ]
-    if len(analysis["pairs"]):
-        parts += [
-            '<h2 id="differences">Paired differences</h2>',
-            html_table(*pair_rows(analysis), css_id="pairs-table"),
-        ]
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return to_html(build(analysis))
 
 
 def write_loss_report(run: RunData, output=None):
     """report.html and report.md of a study scored by a loss; returns the HTML path."""
     html_path, md_path = report_paths(output, run.path)
     html_path.parent.mkdir(parents=True, exist_ok=True)
-    analysis = loss_analysis(run)
-    write_text_atomic(html_path, render_html(analysis))
-    write_text_atomic(md_path, render_markdown(analysis))
+    page = build(loss_analysis(run))  # one page model for both files
+    write_text_atomic(html_path, to_html(page))
+    write_text_atomic(md_path, to_markdown(page))
     return html_path

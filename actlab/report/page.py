@@ -74,7 +74,6 @@ def build(analysis: Analysis, figures: bool = True) -> dict:
     return {
         "mark": render.MARKDOWN_MARK,
         "title": f"actlab: activations on {config.dataset}",
-        "dataset_name": config.dataset,
         "subtitle": render._subtitle(analysis),
         "sources": ", ".join(str(p) for p in run.paths),
         "paths": " ".join(str(p) for p in run.paths),

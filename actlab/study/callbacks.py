@@ -36,10 +36,10 @@ class StudyCallback:
         """Local CPU runs: the thread count was chosen again (a new depth, a slower step)."""
 
     def on_step(self, info: Any) -> None:
-        """Local runs: after each training step (engine.trainer.StepInfo)."""
+        """Local runs: after each training step (engine.results.StepInfo)."""
 
     def on_epoch(self, result: Any) -> None:
-        """After each epoch of every member of a depth (engine.trainer.EpochResult)."""
+        """After each epoch of every member of a depth (engine.results.EpochResult)."""
 
     def on_shards(self, shards: list, plan: Any) -> None:
         """Ray runs: the shards and what each asks of the cluster, before training."""

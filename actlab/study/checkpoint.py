@@ -8,7 +8,7 @@ stacked model's, or one per Ray shard), a copy of every CSV row written so far, 
     config_sha256     SHA-256 of the study key (ExperimentConfig.study_key without epochs,
                       plus the seeds), so that a checkpoint of ``--seeds 3`` is never
                       adopted by a directory of ``--seeds 2``
-    data_fingerprint  the dataset fingerprint (actlab.data.datasets.Dataset.fingerprint)
+    data_fingerprint  the dataset fingerprint (actlab.data.dataset.Dataset.fingerprint)
     model_sha256      the user's model source hash (None for built-in models)
 
 A checkpoint whose identity differs from the study it is found in is refused, naming what

@@ -43,7 +43,9 @@ from pathlib import Path
 import torch
 
 from actlab.config import ExperimentConfig, members_for
-from actlab.engine.trainer import DeviceData, EpochResult, resolve_device, train
+from actlab.engine.batches import DeviceData
+from actlab.engine.results import EpochResult
+from actlab.engine.trainer import resolve_device, train
 from actlab.errors import ActlabError, ClusterError, ConfigError, RunDirError
 from actlab.study import store
 from actlab.study.callbacks import StudyCallback, callback_of

@@ -20,7 +20,9 @@ import pandas as pd
 import torch
 
 from actlab.config import MODELS, ExperimentConfig
+from actlab.engine.batches import DeviceData, device_data
 from actlab.engine.memory import check_study_memory
+from actlab.engine.results import EpochResult, StepInfo
 from actlab.engine.threads import (
     MAX_WINDOW_STEPS,
     StepWatch,
@@ -29,17 +31,7 @@ from actlab.engine.threads import (
     candidate_counts,
     choose_threads,
 )
-from actlab.engine.trainer import (
-    DeviceData,
-    EpochResult,
-    StepInfo,
-    Trainer,
-    device_data,
-    make_trainer,
-    members_of,
-    resolve_device,
-    train,
-)
+from actlab.engine.trainer import Trainer, make_trainer, members_of, resolve_device, train
 from actlab.errors import ConfigError, RunDirError
 from actlab.nn import user_model
 from actlab.study import store
@@ -446,7 +438,7 @@ def compare(
     (see actlab.nn.user_model; ``swap=`` names the activations replaced in a module);
     ``dataset=`` a name or the tensors ``(x_train, y_train, x_test, y_test)``. `out` also writes (and
     resumes) a run directory; `quiet=False` prints one line per member per epoch; `data`
-    is an already loaded actlab.data.datasets.Dataset (else ``dataset=`` names the one to load).
+    is an already loaded actlab.data.dataset.Dataset (else ``dataset=`` names the one to load).
     """
     tensors = None
     if isinstance(options.get("dataset"), tuple | list):
@@ -466,7 +458,7 @@ def compare(
     elif options:
         config = config.replace(**_normalise(options))
     if tensors is not None:
-        from actlab.data.datasets import from_tensors
+        from actlab.data.splits import from_tensors
 
         data = from_tensors(
             *tensors,
