@@ -126,6 +126,24 @@ class ExperimentConfig:
     )
     model_source: str | None = None
     model_sha256: str | None = None
+    # The loss the members train on and the metric that compares them (actlab.tasks,
+    # actlab.engine.objective); None: the task's own (cross-entropy and accuracy for a
+    # classifier, MSE for a regression). "model": a user model's own `loss` attribute.
+    loss: str | None = option(
+        None,
+        "the training loss: cross_entropy, mse, l1, huber, bce_with_logits (default: the "
+        "task's; a --model may define its own `loss(output, target)`)",
+        group="training",
+        metavar="NAME",
+    )
+    metric: str | None = option(
+        None,
+        "what compares the members: accuracy (higher is better) or loss (the test loss, lower "
+        "is better; mse/mae name it for --loss mse/l1). Default: accuracy for cross-entropy "
+        "classification, else the loss",
+        group="training",
+        metavar="NAME",
+    )
     hidden: tuple[int, ...] = option(
         (128, 128), "hidden widths, e.g. 256,128,64", group="model", kind="ints"
     )
@@ -288,10 +306,11 @@ class ExperimentConfig:
 
     @property
     def task(self):
-        """The study's task (actlab.tasks.Task): it follows from the dataset."""
-        from actlab.tasks import task_for_dataset
+        """The study's task (actlab.tasks.Task): it follows from the dataset, with the loss
+        and metric asked for (`loss`, `metric`)."""
+        from actlab.tasks import task_for_dataset, with_objective
 
-        return task_for_dataset(self.dataset)
+        return with_objective(task_for_dataset(self.dataset), self.loss, self.metric)
 
     @property
     def is_user_model(self) -> bool:
@@ -327,6 +346,9 @@ class ExperimentConfig:
         )  # fmt: skip
         for name in unkeyed:
             data.pop(name)
+        # The loss and metric as resolved (actlab.tasks): --loss mse on a regression is the
+        # same study as no --loss; another loss or metric is a different one.
+        data["loss"], data["metric"] = self.task.loss, self.task.metric
         return data
 
     @property
@@ -457,9 +479,64 @@ def check_lm_fields(config: ExperimentConfig) -> None:
         )
 
 
+def check_objective(config: ExperimentConfig) -> None:
+    """--loss and --metric: known names (the nearest ones said), and a pair that makes sense
+    for the dataset's task."""
+    import difflib
+
+    from actlab.tasks import LOSSES, METRIC_IS_LOSS, METRICS, task_for_dataset
+
+    for flag, value, known in (
+        ("--loss", config.loss, (*LOSSES, "model")),
+        ("--metric", config.metric, (*METRICS, *METRIC_IS_LOSS)),
+    ):
+        if value is None or value in known:
+            continue
+        close = difflib.get_close_matches(str(value), known, n=3, cutoff=0.4)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ConfigError(f"unknown {flag} {value!r}; {hint}choose one of {', '.join(known)}")
+    task = task_for_dataset(config.dataset)
+    loss = config.loss or task.loss
+    if config.metric in METRIC_IS_LOSS and METRIC_IS_LOSS[config.metric] != loss:
+        raise ConfigError(
+            f"--metric {config.metric} is recorded as the test loss, so it needs --loss "
+            f"{METRIC_IS_LOSS[config.metric]} (the loss is {loss}); use --metric loss to "
+            f"compare on the {loss} test loss"
+        )
+    need(
+        config.metric != "accuracy" or loss in ("cross_entropy", "model"),
+        f"--metric accuracy needs a classification loss (cross_entropy, or your model's own), "
+        f"not --loss {loss}; use --metric loss",
+    )
+    need(
+        config.loss != "model" or config.is_user_model,
+        "--loss model is your own model's `loss` attribute: it needs --model FILE.py:NAME",
+    )
+    if task.name == "regress" and loss == "cross_entropy":
+        raise ConfigError(
+            f"--dataset {config.dataset} is a regression (real-valued targets): cross_entropy "
+            "does not apply; use --loss mse, l1 or huber"
+        )
+    need(
+        task.name != "classify" or config.is_user_model or loss == "cross_entropy",
+        f"--loss {loss} on a classification dataset: the built-in --net {config.model} gives "
+        "class logits for cross_entropy; give your own --model for another loss",
+    )
+    need(
+        task.name != "regress" or config.model == "mlp" or config.is_user_model,
+        f"--dataset {config.dataset} is a regression of tabular features: use --net mlp or your "
+        "own --model",
+    )
+    need(
+        config.model != "gpt" or config.loss in (None, "token_cross_entropy"),
+        "--net gpt trains on the token cross-entropy; drop --loss",
+    )
+
+
 def validate(config: ExperimentConfig) -> None:
     """Refuse configurations that cannot run, with one line that says how to fix them."""
     _validate_choices(config)
+    check_objective(config)
     _validate_members(config)
     _validate_numbers(config)
 

@@ -237,6 +237,44 @@ def test_malformed_ray_options_are_one_line_before_anything(options, message, ca
 # --- a real cluster -----------------------------------------------------------------------
 
 
+def lm_corpus(path: Path) -> Path:
+    words = ["def", "return", "self", "x", "=", "(", ")", ":", "\n", "    ", "if", "for"]
+    generator = torch.Generator().manual_seed(0)
+    picks = torch.randint(0, len(words), (2500,), generator=generator).tolist()
+    path.write_text(" ".join(words[i] for i in picks), encoding="utf-8")
+    return path
+
+
+def test_an_lm_shard_trains_its_members_as_the_whole_study(tmp_path, one_thread):
+    """--net gpt: a shard of whole seeds (its own windows, its FFN groups smaller) gives
+    its members' rows and diagnostics exactly as the whole study does."""
+    from actlab.data import text
+    from actlab.engine.lm_trainer import LMTrainer
+
+    corpus = lm_corpus(tmp_path / "corpus.txt")
+    config = ExperimentConfig(
+        dataset=f"text:{corpus}", model="gpt", activations=("relu", "swiglu", "gelu"),
+        seeds=(0, 1, 2), width=16, layers=2, heads=2, context=12, batch_size=8, epochs=2,
+        optimizer="adamw", schedule="cosine", warmup=5, clip=1.0, threads=1,
+    )  # fmt: skip
+    data = cluster.device_data(config, text.load_text(config.dataset, context=12), "cpu")
+
+    def rows(config):
+        trainer = LMTrainer(config, data, budget_members=9)
+        results = [trainer.train_epoch() for _ in range(config.epochs)]
+        keyed = {}
+        for row in (row for r in results for row in r.metrics + r.diagnostics):
+            key = (row["seed"], row["activation"], row["epoch"], row.get("layer"))
+            keyed[key] = {k: v for k, v in row.items() if k not in ("member", "epoch_time_s")}
+        return keyed
+
+    whole = rows(config)
+    shard = rows(config.replace(seeds=(1, 2)))
+    assert len(shard) == 2 * 3 * 2 * (1 + 11)
+    for key, row in shard.items():
+        assert row == whole[key], key
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -431,6 +469,37 @@ def test_ray_study_has_the_local_numbers(ray_address, data, local_run, tmp_path)
     # A local run cannot continue a Ray run directory (its checkpoint holds shards).
     with pytest.raises(RunDirError, match="--ray"):
         run_study(store.read_run(out).config, out=out)
+
+
+LM_STUDY = [
+    "--net", "gpt", "--activations", "relu,swiglu", "--seeds", "3", "--epochs", "2",
+    "--width", "16", "--layers", "1", "--heads", "2", "--context", "16", "--batch-size", "16",
+    "--lr", "3e-3", "--optimizer", "adamw", "--schedule", "cosine", "--warmup", "5",
+    "--clip", "1.0",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_lm_study_on_ray_has_the_local_numbers(ray_address, tmp_path):
+    """--net gpt on Ray: metrics.csv and diagnostics.csv as the local run's (training
+    columns exactly, evaluated ones within EVAL_RTOL), the report in bits per character."""
+    corpus = lm_corpus(tmp_path / "corpus.txt")
+    study = ["--dataset", f"text:{corpus}", *LM_STUDY]
+    local, ray = tmp_path / "local", tmp_path / "ray"
+    assert main(["compare", "--threads", "1", "--no-report", "--quiet", *study, "--out", str(local)]) == 0  # fmt: skip
+    run = subprocess.run(
+        actlab_cli(*study, "--out", str(ray), "--ray", ray_address),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "ray: 2 shards" in run.stdout
+    assert_same_rows(without_time(ray), without_time(local), 1)  # no accuracy columns
+    assert_same_rows(
+        without_time(ray, store.DIAGNOSTICS_FILE), without_time(local, store.DIAGNOSTICS_FILE), 1
+    )
+    assert len(without_time(ray, store.DIAGNOSTICS_FILE)) == 2 * 3 * 2 * 7
+    checkpoint = torch.load(ray / store.CHECKPOINT_FILE, weights_only=True)
+    assert checkpoint["engine"]["shards"]["seeds"] == [[0, 1], [2]]
 
 
 USER_MODEL = """from torch import nn

@@ -476,7 +476,11 @@ def test_list_datasets_reports_found_missing_and_checksums(isolated, monkeypatch
     folder = isolated / "given"
     make_idx_folder(folder, gz=True, n_train=30, n_test=12)
     rows = {row["name"]: row for row in list_datasets(str(folder))}
-    assert set(rows) == set(registry.REGISTRY)
+    # every image classifier, then the regression set and the offline text corpus
+    assert set(rows) == set(registry.REGISTRY) | {"diabetes", "text:stdlib"}
+    assert rows["diabetes"]["task"] == "regress" and rows["diabetes"]["found"]
+    assert (rows["diabetes"]["train_size"], rows["diabetes"]["test_size"]) == (354, 88)
+    assert rows["text:stdlib"]["task"] == "lm" and rows["text:stdlib"]["num_classes"] == 256
     # The generated gz files sit where mnist, fashion-mnist and kmnist are looked for.
     assert rows["mnist"]["found"] and rows["mnist"]["where"] == str(folder)
     assert (rows["mnist"]["train_size"], rows["mnist"]["test_size"]) == (30, 12)
@@ -491,8 +495,10 @@ def test_actlab_datasets_command(isolated, capsys):
     make_idx_folder(isolated / "given" / "kmnist", gz=False)
     assert main(["datasets", "--data-dir", str(isolated / "given")]) == 0
     out = capsys.readouterr().out
-    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
-    assert set(lines) == set(registry.REGISTRY)
+    lines = {line.split()[0]: line for line in out.splitlines()[1:-1]}
+    assert set(lines) == set(registry.REGISTRY) | {"diabetes", "text:stdlib"}
+    assert "regress" in lines["diabetes"] and "lm" in lines["text:stdlib"]
+    assert "text:PATH" in out.splitlines()[-1]
     assert "found" in lines["kmnist"] and str(isolated / "given" / "kmnist") in lines["kmnist"]
     assert "unknown" in lines["kmnist"] and "1x28x28" in lines["kmnist"]
     assert "missing" in lines["mnist"] and "--data-dir" in lines["mnist"]

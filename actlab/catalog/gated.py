@@ -51,6 +51,27 @@ GATES: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
+# The same gates as catalog specs (what diagnostics measure dead units and saturation of).
+GATE_SPECS: dict[str, str] = {
+    "glu": "sigmoid",
+    "bilinear": "linear",
+    "reglu": "relu",
+    "geglu": "gelu",
+    "swiglu": "silu",
+}
+
+
+def gate_spec(spec: str) -> str:
+    """The catalog spec of a gated unit's gate nonlinearity (``swiglu`` -> ``silu``): a
+    gated unit's dead and saturated units are those of its gate on b, the gate's input."""
+    from actlab.catalog.spec import resolve  # the name index imports this module
+
+    found, _ = resolve(spec)
+    if found.name not in GATE_SPECS:
+        raise ValueError(f"{spec!r} is not a gated unit")
+    return GATE_SPECS[found.name]
+
+
 def gated(gate: Callable[[Tensor], Tensor]) -> Callable[..., Tensor]:
     """``fn(x, dim=-1) = a * gate(b)`` with ``[a, b] = x.chunk(2, dim)``."""
 

@@ -100,7 +100,12 @@ def config_from_args(args: argparse.Namespace, user=None) -> ExperimentConfig:
     """The study's configuration from parsed arguments (and the user's loaded model)."""
     values = values_from(args, ExperimentConfig)
     if user is not None:
+        from actlab.nn.user_model import own_objective
+
         values.update(model_source=user.source, model_sha256=user.sha256)
+        for name, value in own_objective(user).items():  # --loss/--metric given win
+            if values.get(name) is None:
+                values[name] = value
     return ExperimentConfig(**values)
 
 
@@ -125,9 +130,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_ray_options(run, config)
     out = run.out or default_out(config.dataset, user.name if user else None)
     if user is not None:
-        from actlab.nn.user_model import describe
+        from actlab.nn.user_model import describe, parameter_line
 
         print(describe(user, config.activations[0], config.swap))
+        print(parameter_line(user, config.activations, config.swap))
     log_specs = None
     if run.log:
         from actlab.export.targets import parse_log_specs
@@ -153,8 +159,6 @@ def check_ray_options(run: RunOptions, config: ExperimentConfig) -> None:
     the address."""
     if run.ray is None and (run.shard_size is not None or run.checkpoint_every != 1):
         raise ConfigError("--shard-size and --checkpoint-every apply with --ray only; add --ray")
-    if run.ray is not None and config.model == "gpt":
-        raise ConfigError("--ray does not run --net gpt studies yet; drop --ray")
     if run.ray is not None:
         from actlab.study.cluster import check_options, check_reachable, import_ray
 
@@ -166,7 +170,7 @@ def check_ray_options(run: RunOptions, config: ExperimentConfig) -> None:
 def train_study(config: ExperimentConfig, run: RunOptions, out: str, dataset, log_specs):
     """Run the study, locally or on Ray, with the progress lines and live logs asked for.
     Returns (StudyResult, the live log or None)."""
-    progress = None if run.quiet else CompareProgress(verbose=run.verbose)
+    progress = None if run.quiet else CompareProgress(verbose=run.verbose, task=config.task)
     live_log = None
     if log_specs:
         from actlab.export.live import LiveLog

@@ -26,4 +26,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     from actlab.data.datasets import format_dataset_table, list_datasets
 
     print(format_dataset_table(list_datasets(args.data_dir)))
+    print(
+        "also: --dataset text:PATH (any UTF-8 file; with --net gpt), npz:FILE and idx:FOLDER "
+        "(your own arrays)"
+    )
     return EXIT_OK

@@ -12,13 +12,14 @@ class CompareProgress:
     remaining time (also when stdout is a log file). Members that diverge are named as it
     happens; with `verbose`, every member's losses and accuracy are printed each epoch."""
 
-    def __init__(self, clock=None, verbose: bool = False) -> None:
+    def __init__(self, clock=None, verbose: bool = False, task=None) -> None:
         import time
 
         self.bar = None
         self.described: tuple | None = None
         self.clock = clock or time.perf_counter
         self.verbose = verbose
+        self.task = task  # the study's (actlab.tasks.Task): how an epoch's line reads
         self.total = self.done_at_start = self.done = 0
         self.started: float | None = None
 
@@ -62,7 +63,7 @@ class CompareProgress:
         from actlab.study.driver import epoch_lines
 
         diverged = set(result.diverged)
-        for row, line in zip(result.metrics, epoch_lines(result), strict=True):
+        for row, line in zip(result.metrics, epoch_lines(result, self.task), strict=True):
             if self.verbose or row["member"] in diverged:
                 self.write(line)
         self.write(self.time_line(result))

@@ -36,8 +36,12 @@ from actlab.data.locate import fetch, find_on_disk, how_to_get, idx_files_any, n
 from actlab.data.npz import read_npz
 from actlab.data.readers import checked_bytes_status, read_cifar, read_digits, read_idx_files
 from actlab.data.registry import CIFAR_ARCHIVE, IDX_FILES, REGISTRY, DatasetSpec, resolve_name
+from actlab.data.regression import load_regression
 from actlab.data.splits import make_dataset
+from actlab.data.text import SCHEME as TEXT_SCHEME
+from actlab.data.text import STDLIB, split_bytes, stdlib_corpus
 from actlab.errors import DataError
+from actlab.tasks import REGRESSION_DATASETS as REGRESSION_NAMES
 
 
 def load_dataset(
@@ -65,8 +69,42 @@ def load_dataset(
 
 
 def list_datasets(data_dir: str | None = None) -> list[dict]:
-    """One row per registered dataset, for `actlab datasets`."""
-    return [dataset_info(name, data_dir) for name in REGISTRY]
+    """One row per dataset, for `actlab datasets`: the image classifiers of the registry,
+    then the regression datasets (actlab.data.regression) and the text corpus every
+    machine has (``text:stdlib``, actlab.data.text)."""
+    rows = [dataset_info(name, data_dir) for name in REGISTRY]
+    return rows + [_regression_row(name) for name in REGRESSION_NAMES] + [_stdlib_row()]
+
+
+def _regression_row(name: str) -> dict:
+    try:
+        dataset = load_regression(name)
+    except (DataError, ImportError) as error:
+        return {**_info_row(name, False, str(error), "-", "-", (), "-", "-"), "task": "regress"}
+    return {
+        **_info_row(
+            name, True, "sklearn (bundled)", dataset.train_size, dataset.test_size, dataset.input_shape,
+            "-", "unknown",
+        ),
+        "task": "regress",
+    }  # fmt: skip
+
+
+def _stdlib_row() -> dict:
+    """``text:stdlib``: sizes are bytes of the train and test splits (tokens are bytes)."""
+    name = TEXT_SCHEME + STDLIB
+    try:
+        data, source = stdlib_corpus()
+    except DataError as error:
+        return {**_info_row(name, False, str(error), "-", "-", (), 256, "-"), "task": "lm"}
+    train, _, test = split_bytes(len(data))
+    return {
+        **_info_row(
+            name, True, source, train.stop - train.start, test.stop - test.start, (), 256,
+            "fingerprinted",
+        ),
+        "task": "lm",
+    }  # fmt: skip
 
 
 def dataset_info(name: str, data_dir: str | None = None) -> dict:
@@ -197,6 +235,7 @@ def _info_row(
 ) -> dict:
     return {
         "name": name,
+        "task": "classify",
         "found": found,
         "where": where,
         "train_size": train_size,
@@ -211,6 +250,7 @@ def format_dataset_table(rows: list[dict]) -> str:
     """A plain-text table of `list_datasets` rows (the `actlab datasets` output)."""
     header = (
         "dataset",
+        "task",
         "status",
         "train",
         "test",
@@ -224,10 +264,11 @@ def format_dataset_table(rows: list[dict]) -> str:
         lines.append(
             (
                 row["name"],
+                row["task"],
                 "found" if row["found"] else "missing",
                 str(row["train_size"]),
                 str(row["test_size"]),
-                "x".join(str(s) for s in row["input_shape"]),
+                "x".join(str(s) for s in row["input_shape"]) or "bytes",
                 str(row["num_classes"]),
                 row["checksum"],
                 row["where"],

@@ -95,10 +95,11 @@ def resolve_name(name: str) -> str:
     key = ALIASES.get(key, key)
     if key in REGISTRY:
         return key
-    choices = [*REGISTRY, *ALIASES]
+    from actlab.tasks import REGRESSION_DATASETS  # read by actlab.data.regression
+
+    choices = [*REGISTRY, *REGRESSION_DATASETS, *ALIASES]
     close = difflib.get_close_matches(key, choices, n=3, cutoff=0.5)
     close = list(dict.fromkeys(ALIASES.get(c, c) for c in close))
     hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-    raise DataError(
-        f"unknown dataset {name!r}; {hint}known: {', '.join(REGISTRY)}, {', '.join(PATH_SCHEMES)}"
-    )
+    known = [*REGISTRY, *REGRESSION_DATASETS, *PATH_SCHEMES]
+    raise DataError(f"unknown dataset {name!r}; {hint}known: {', '.join(known)}")

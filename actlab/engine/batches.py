@@ -30,13 +30,16 @@ class DeviceData:
         def put(x: Tensor) -> Tensor:
             return dataset.float_inputs(x).to(device)
 
+        def targets(y: Tensor) -> Tensor:  # class indices int64, a regression's float32
+            return y.to(device, torch.float32 if y.is_floating_point() else torch.long)
+
         return cls(
             put(dataset.x_train),
-            dataset.y_train.to(device=device, dtype=torch.long),
+            targets(dataset.y_train),
             put(dataset.x_val),
-            dataset.y_val.to(device=device, dtype=torch.long),
+            targets(dataset.y_val),
             put(dataset.x_test),
-            dataset.y_test.to(device=device, dtype=torch.long),
+            targets(dataset.y_test),
             int(dataset.num_classes),
             tuple(dataset.input_shape),
         )

@@ -73,6 +73,15 @@ def preact_moments(preacts: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return torch.stack(means, dim=1), torch.stack(stds, dim=1)
 
 
+def gate_input(preact: Tensor) -> Tensor:
+    """The gate's input b of a gated unit's input ``[a, b]`` (split in halves along the last
+    dim; actlab.catalog.gated): ``a * gate(b)`` passes nothing, and no gradient to W_a,
+    where the gate is 0, so a gated unit is dead, or saturated, when its gate is. Same
+    layout as `preact`, half the last dim; measured with the gate's activation
+    (`actlab.catalog.gated.gate_spec`)."""
+    return preact.chunk(2, dim=-1)[1]
+
+
 def unit_fractions(
     preacts: Sequence[Tensor],
     activations: Sequence[nn.Module],

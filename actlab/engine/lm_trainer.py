@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -29,12 +30,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from actlab.config import ExperimentConfig, Member, members_for
+from actlab.engine import lm_diagnostics
 from actlab.engine.allocator import retain_freed_memory
 from actlab.engine.batches import shuffle_generator
 from actlab.engine.divergence import healthy, loss_limit, record_diverged
 from actlab.engine.memory import samples_within_budget
-from actlab.engine.results import EpochResult, StepInfo, metrics_row
+from actlab.engine.results import EpochResult, StepInfo, member_fields, metrics_row
 from actlab.engine.trainer import resolve_device
+from actlab.errors import ModelNotice
 from actlab.nn.gpt import StackedGPT
 from actlab.nn.optim import StackedOptimizer
 from actlab.nn.schedule import lr_factor
@@ -116,6 +119,8 @@ class LMTrainer:
         # A window's widest activation per member: the logits or the FFN's hidden layer.
         units = config.context * max(self.data.num_classes, 4 * config.width)
         self.eval_chunk = samples_within_budget(units, len(self.members), EVAL_WINDOWS)
+        self._probe_batch: tuple[Tensor, Tensor] | None = None
+        self.gradient_sums = lm_diagnostics.GradientSums(self.model) if config.diagnostics else None
 
     @property
     def alive(self) -> list[bool]:
@@ -157,6 +162,8 @@ class LMTrainer:
         # A frozen member's loss (and so its gradient) may be NaN: it only reaches its own
         # parameters, which the optimizer step leaves unchanged (it selects, not multiplies).
         torch.where(alive, losses, 0.0).sum().backward()
+        if self.gradient_sums is not None:  # diagnostics: the gradient before clipping
+            self.gradient_sums.add()
         if config.clip is not None:
             optimizer.clip_grad_norms_(config.clip)
         optimizer.lr_scale = lr_factor(
@@ -185,6 +192,8 @@ class LMTrainer:
         loss_sum = torch.zeros(K, dtype=torch.float64)
         steps = self.steps_per_epoch
         self.model.train()
+        if self.gradient_sums is not None:
+            self.gradient_sums.mean_and_reset()  # a timing step before this epoch: not counted
         for index in range(steps):
             if not any(self.alive):
                 break
@@ -202,6 +211,7 @@ class LMTrainer:
         newly = [k for k, was in enumerate(alive_before) if was and not self.alive[k]]
         val = self.evaluate(self.data.x_val, self.data.y_val) if len(self.data.y_val) else None
         test = self.evaluate(self.data.x_test, self.data.y_test)
+        diagnostics = self._diagnostics(alive_before, newly)
         elapsed = time.perf_counter() - start
         return EpochResult(
             depth=self.depth,
@@ -211,11 +221,41 @@ class LMTrainer:
             metrics=self._rows(
                 alive_before, newly, (loss_sum / steps).tolist(), val, test, elapsed
             ),
-            diagnostics=[],
+            diagnostics=diagnostics,
             epoch_time_s=elapsed,
             diverged=newly,
             state=self.state(),
         )
+
+    def _diagnostics(self, alive_before: list[bool], newly: list[int]) -> list[dict]:
+        """diagnostics.csv rows of the members that trained this epoch and did not diverge
+        (actlab.engine.lm_diagnostics). A probe that fails costs this epoch its diagnostics
+        (said), never the epoch."""
+        if self.gradient_sums is None:
+            return []
+        grad_norm = self.gradient_sums.mean_and_reset().cpu()
+        keep = [alive_before[k] and k not in newly for k in range(len(self.members))]
+        try:
+            if self._probe_batch is None:
+                self._probe_batch = lm_diagnostics.probe_windows(
+                    self.data.train_tokens, self.config.context
+                )
+            measured = lm_diagnostics.probe(self.model, *self._probe_batch, self.alive)
+        except Exception as error:  # the epoch was trained: keep it, without diagnostics
+            warnings.warn(
+                f"diagnostics of epoch {self.epoch} skipped: the probe raised "
+                f"{type(error).__name__}: {str(error).strip()[:200]}",
+                ModelNotice,
+                stacklevel=2,
+            )
+            return []
+        measured = {name: value.cpu() for name, value in measured.items()}
+        out = []
+        for k, member in enumerate(self.members):
+            if keep[k]:
+                fields = member_fields(member, self.depth, self.epoch)
+                out += lm_diagnostics.rows(fields, k, grad_norm, measured)
+        return out
 
     def _rows(self, alive_before, newly, train_loss, val, test, elapsed) -> list[dict]:
         rows = []

@@ -41,22 +41,36 @@ def layer_grad_norms(model: nn.Module) -> Tensor:
 
 
 def stacked_probe(
-    model: nn.Module, params: list[Tensor], x: Tensor, y: Tensor, grad_norms: Tensor
+    model: nn.Module,
+    params: list[Tensor],
+    x: Tensor,
+    y: Tensor,
+    grad_norms: Tensor,
+    objective=None,
 ) -> dict:
     """The probe of the built-in stacked models: all members in one forward and backward on
-    the probe samples `x` (c, ...) and labels `y` (c,); `grad_norms` (K, L) are the epoch's
-    mean training gradient norms, passed through. `params`' gradients are cleared after."""
+    the probe samples `x` (c, ...) and targets `y` (c, ...) of the study's loss (`objective`,
+    actlab.engine.objective; default the mean cross-entropy); `grad_norms` (K, L) are the
+    epoch's mean training gradient norms, passed through. `params`' gradients are cleared
+    after."""
     model.eval()
     x = x.unsqueeze(0)
     preacts: list[Tensor] = []
     logits = model(x, preactivations=preacts)
     K, c = logits.shape[0], x.shape[1]
-    losses = F.cross_entropy(
-        logits.reshape(K * c, -1), y.expand(K, c).reshape(K * c), reduction="none"
-    )
+    if objective is None:
+        losses = (
+            F.cross_entropy(
+                logits.reshape(K * c, -1), y.expand(K, c).reshape(K * c), reduction="none"
+            )
+            .view(K, c)
+            .mean(dim=1)
+        )
+    else:
+        losses = objective.member_losses(logits, y.expand(K, *y.shape))
     for p in params:
         p.grad = None
-    losses.view(K, c).mean(dim=1).sum().backward()
+    losses.sum().backward()
     with torch.no_grad():
         probe_norms = layer_grad_norms(model)
         detached = [p.detach() for p in preacts]

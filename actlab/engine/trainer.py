@@ -10,7 +10,8 @@ The engine trains the K members of one stacked model (see actlab.nn.models) toge
   backward pass gives every member exactly the gradient of its own loss. The stacked
   optimizer (actlab.nn.optim) is elementwise with a per-member lr, so this is exactly K
   independent ``torch.optim`` runs.
-- A member whose loss turns NaN/inf, or explodes past DIVERGED_LOSS_FACTOR * ln(classes),
+- A member whose loss turns NaN/inf, or explodes past DIVERGED_LOSS_FACTOR times an
+  uninformed guess's loss (ln(classes) for cross-entropy; actlab.engine.objective),
   is frozen (lr 0, gradients and optimizer state zeroed) and recorded as diverged in that
   epoch; its loss is masked out of the sum, and the others go on.
 
@@ -30,7 +31,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from actlab.config import ExperimentConfig, Member, members_for
@@ -40,11 +40,17 @@ from actlab.engine.batches import (
     epoch_permutation,
     shuffle_generator,
 )
-from actlab.engine.divergence import CUDA_SYNC_EVERY, healthy, loss_limit, record_diverged
+from actlab.engine.divergence import (
+    CUDA_SYNC_EVERY,
+    DIVERGED_LOSS_FACTOR,
+    healthy,
+    record_diverged,
+)
 from actlab.engine.evaluation import EVAL_CHUNK, evaluate_members
 from actlab.engine.memory import samples_within_budget
 from actlab.engine.mlp_step import MLPStep
 from actlab.engine.mlp_step import supports as hand_written_backward_supports
+from actlab.engine.objective import objective_of
 from actlab.engine.probe import diagnostics_rows, layer_grad_norms, probe_index, stacked_probe
 from actlab.engine.results import EpochResult, StepInfo, member_fields, metrics_row
 from actlab.engine.step_graph import StepGraph
@@ -162,8 +168,11 @@ class Trainer:
         self.member_seed = torch.tensor(
             [self.seeds.index(m.seed) for m in self.members], device=self.device
         )
+        self.objective = objective_of(config)  # the loss, and whether accuracy is counted
         if model is None:
-            model = build_stacked_model(config, self.members, self.data, self.device, depth)
+            model = build_stacked_model(
+                config, self.members, self.data, self.device, depth, self.objective
+            )
         self.model = model
         # A user's network with BatchNorm merges a last batch of one sample into the one
         # before (said once); every other model keeps it.
@@ -172,7 +181,8 @@ class Trainer:
         # The MLP trains with a hand-written backward pass (the same gradients, without
         # autograd's per-step overhead); other models, and learnable activations, with
         # autograd. Set it to None to train with autograd (the tests compare both).
-        self.mlp_step = MLPStep(model) if hand_written_backward_supports(model) else None
+        fused = self.objective.name == "cross_entropy" and hand_written_backward_supports(model)
+        self.mlp_step = MLPStep(model) if fused else None
         self.optimizer = StackedOptimizer(
             model.parameter_members(),
             [m.lr for m in self.members],
@@ -181,7 +191,9 @@ class Trainer:
             momentum=config.momentum,
         )
         self.generators = [shuffle_generator(seed) for seed in self.seeds]
-        self._loss_limit = loss_limit(self.data.num_classes)
+        self._loss_limit = DIVERGED_LOSS_FACTOR * self.objective.divergence_scale(
+            self.data.y_train, self.data.num_classes
+        )
         self.epoch = 0
         self.diverged_epoch: list[int | None] = [None] * len(self.members)
         self.with_diagnostics = bool(config.diagnostics)
@@ -226,11 +238,10 @@ class Trainer:
     @torch.no_grad()
     def _units_per_sample(self) -> int:
         """The widest hidden layer's units per sample and member (a CNN: C * H * W)."""
-        preacts: list[Tensor] = []
         self.model.eval()  # no dropout: no generator is advanced
-        self.model(self.data.x_train[:1].unsqueeze(0), preactivations=preacts)
+        units = self.model.units_per_sample(self.data.x_train[:1].unsqueeze(0))
         self.model.train()
-        return max(p[0, 0].numel() for p in preacts)
+        return units
 
     # --- state ------------------------------------------------------------------------
 
@@ -280,9 +291,9 @@ class Trainer:
         alive_before = self.alive
         loss_sum, correct, grad_norm_sum, steps = self._train_steps(on_step)
         newly = [k for k, was in enumerate(alive_before) if was and not self.alive[k]]
-        train_count = self.data.x_train.shape[0]
+        positions = max(self.data.y_train.numel(), 1)  # predictions counted per epoch
         train_loss = (loss_sum / steps).tolist()
-        train_acc = (correct.double() / train_count).tolist()
+        train_acc = (correct.double() / positions).tolist()
         val = self.evaluate(self.data.x_val, self.data.y_val) if len(self.data.y_val) else None
         test = self.evaluate(self.data.x_test, self.data.y_test)
         diag = self._probe(grad_norm_sum / steps) if self.with_diagnostics else None
@@ -292,7 +303,9 @@ class Trainer:
         for k, member in enumerate(self.members):
             if not alive_before[k]:
                 continue
-            measured = {"train_loss": train_loss[k], "train_acc": train_acc[k]}
+            measured = {"train_loss": train_loss[k]}
+            if self.objective.accuracy:  # else the accuracy columns stay empty
+                measured["train_acc"] = train_acc[k]
             if val is not None:
                 measured.update(val_loss=val[0][k], val_acc=val[1][k])
             measured.update(test_loss=test[0][k], test_acc=test[1][k])
@@ -359,19 +372,15 @@ class Trainer:
         # CPU (advanced indexing goes through a generic gather).
         flat_index = index.reshape(S * b)
         inputs = data.x_train.index_select(0, flat_index).view(S, b, *data.x_train.shape[1:])
-        targets = data.y_train.index_select(0, flat_index).view(S, b)
+        targets = data.y_train.index_select(0, flat_index).view(S, b, *data.y_train.shape[1:])
         return inputs, targets.index_select(0, self.member_seed)  # member k: its seed's
 
     def _forward(self, inputs: Tensor, targets: Tensor):
         """Logits (K, b, classes), the members' mean losses (K,) and what backward needs."""
         if self.mlp_step is not None:
             return self.mlp_step.forward(inputs, targets)
-        K, b = targets.shape
         logits = self.model(inputs)
-        per_sample = F.cross_entropy(
-            logits.reshape(K * b, -1), targets.reshape(K * b), reduction="none"
-        )
-        return logits, per_sample.view(K, b).mean(dim=1), None
+        return logits, self.objective.member_losses(logits, targets), None
 
     def _backward(self, losses: Tensor, cache, alive: Tensor | None) -> None:
         """Every parameter's .grad of the sum of the member losses (`alive` ones: None, all)."""
@@ -396,8 +405,8 @@ class Trainer:
             sums.loss += losses if alive is None else torch.where(alive, losses, 0.0)
             if self.mlp_step is not None:
                 self.mlp_step.count_correct(cache, sums.correct)
-            else:
-                sums.correct += (logits.detach().argmax(dim=-1) == targets).sum(dim=1)
+            elif self.objective.accuracy:
+                sums.correct += self.objective.correct(logits, targets)
 
     def _host_checked_step(self, index: Tensor) -> Tensor:
         """The CPU step: one host read of the K losses, so a diverging member is frozen
@@ -443,9 +452,12 @@ class Trainer:
         alive[newly] = False
         self.optimizer.freeze(newly)
 
-    def evaluate(self, x: Tensor, y: Tensor) -> tuple[list[float], list[float]]:
-        """Mean loss and accuracy of every member on (x, y), in eval mode, in chunks."""
-        return evaluate_members(self.model, x, y, len(self.members), self.eval_chunk)
+    def evaluate(self, x: Tensor, y: Tensor) -> tuple[list[float], list]:
+        """Mean loss and accuracy of every member on (x, y), in eval mode, in chunks (the
+        objective's, actlab.engine.objective; accuracies None when it counts none)."""
+        return evaluate_members(
+            self.model, x, y, len(self.members), self.eval_chunk, self.objective
+        )
 
     def _probe(self, grad_norms: Tensor) -> dict | None:
         """Diagnostics on the fixed probe batch (eval mode); the optimizer is not touched.
@@ -454,9 +466,11 @@ class Trainer:
             own = getattr(self.model, "probe", None)
             if own is None:
                 x, y = self.data.x_train[self.probe_index], self.data.y_train[self.probe_index]
-                return stacked_probe(self.model, self.optimizer.params, x, y, grad_norms)
+                return stacked_probe(
+                    self.model, self.optimizer.params, x, y, grad_norms, self.objective
+                )
             x = self.data.x_train[self.probe_index]
-            measured = own(x, self.data.y_train[self.probe_index])
+            measured = own(x, self.data.y_train[self.probe_index], loss=self.objective.single)
             return {
                 "grad_norm": grad_norms.tolist(),
                 **{k: v.tolist() for k, v in measured.items()},
@@ -476,10 +490,16 @@ class Trainer:
 
 
 def build_stacked_model(
-    config: ExperimentConfig, members: list[Member], data, device: torch.device, depth
+    config: ExperimentConfig,
+    members: list[Member],
+    data,
+    device: torch.device,
+    depth,
+    objective=None,
 ) -> nn.Module:
     """The stacked model of `members`: a user's network stacked by torch.func
-    (actlab.engine.vmap_stack), or a built-in model (actlab.nn.models)."""
+    (actlab.engine.vmap_stack; its output checked against `objective`, the study's loss),
+    or a built-in model (actlab.nn.models)."""
     if config.is_user_model:
         from actlab.engine.vmap_stack import StackedUserModel
         from actlab.nn.user_model import load_for
@@ -493,6 +513,8 @@ def build_stacked_model(
             device,
             stacking=config.stacking,
             batch_size=config.batch_size,
+            objective=objective,
+            targets=data.y_train[:2],
         )
     from actlab.nn.models import build_model
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, vmap
 
+from actlab.catalog import gated
 from actlab.engine import memory
 from actlab.engine.member_group import (
     FallbackNotice,
@@ -30,7 +30,7 @@ from actlab.engine.member_group import (
     notice,
 )
 from actlab.errors import ConfigError
-from actlab.nn.user_model import build_member, count_remaining
+from actlab.nn.user_model import MODULE, build_member, count_remaining
 
 if TYPE_CHECKING:
     from actlab.engine.vmap_stack import StackedUserModel
@@ -42,15 +42,17 @@ def check_weights_before_building(model: StackedUserModel, swap, batch_size: int
     built (two Linear(40000, 40000) per member are 12.8 GB). The tensors a batch keeps for
     backward are measured on the real member 0 once built (`check_memory`): a forward on
     the meta device would first load torch's Python meta kernels (seconds)."""
-    first = model.members[0]
-    try:
-        meta, _ = build_member(model.user, first.activation, first.seed, swap, device="meta")
-    except ConfigError:
-        raise
-    except Exception:  # a builder that cannot build on meta: checked once built
-        return
-    weight_bytes = sum(p.numel() * p.element_size() for p in meta.parameters())
-    per_member = memory.user_member_bytes(weight_bytes, 0.0, batch_size)
+    firsts = {m.activation: m for m in reversed(model.members)}  # each activation's first
+    sizes = []
+    for first in firsts.values():  # a gated activation's member may be another size
+        try:
+            meta, _ = build_member(model.user, first.activation, first.seed, swap, device="meta")
+        except ConfigError:
+            raise
+        except Exception:  # a builder that cannot build on meta: checked once built
+            return
+        sizes.append(sum(p.numel() * p.element_size() for p in meta.parameters()))
+    per_member = memory.user_member_bytes(max(sizes), 0.0, batch_size)
     memory.check_user_model_memory(
         model.user.reference, per_member, model.num_members, batch_size, device
     )
@@ -58,11 +60,13 @@ def check_weights_before_building(model: StackedUserModel, swap, batch_size: int
 
 def check_memory(model: StackedUserModel, sample: Tensor, batch_size: int, device) -> float:
     """Refuse a study whose members' weights, optimizer state and batch activations cannot
-    fit (measured on member 0, two samples, scaled to the batch). Returns the bytes one
-    member's autograd keeps per sample."""
-    group = model.groups[0]
-    saved = saved_per_sample(model, group, sample)
-    per_member = memory.user_member_bytes(weight_bytes(group), saved, batch_size)
+    fit (measured on the first member of each activation, two samples, scaled to the
+    batch; sized by the largest: a gated FFN's members differ in shape). Returns the most
+    bytes one member's autograd keeps per sample."""
+    saved = max(saved_per_sample(model, group, sample) for group in model.groups)
+    per_member = max(
+        memory.user_member_bytes(weight_bytes(group), saved, batch_size) for group in model.groups
+    )
     memory.check_user_model_memory(
         model.user.reference, per_member, model.num_members, batch_size, device
     )
@@ -207,11 +211,14 @@ def check_output(model: StackedUserModel, group: GroupStack, sample: Tensor) -> 
                     ]
         except Exception as error:
             raise ConfigError(
-                f"--model {model.user.reference}: a {mode} forward pass on a batch of shape "
-                f"{tuple(sample.shape)} (the dataset's) raised {first_line(error)}"
+                f"--model {model.user.reference}: {_a(mode)} forward pass on a batch of "
+                f"shape {tuple(sample.shape)} (the dataset's) raised {first_line(error)}"
+                + gated_hint(model, group.activation)
             ) from None
         finally:
             group.base.train()
+        if _checked_by_objective(model, out, mode):
+            continue
         expected = (sample.shape[0], model.num_classes)
         if not isinstance(out, Tensor) or tuple(out.shape) != expected:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -220,6 +227,49 @@ def check_output(model: StackedUserModel, group: GroupStack, sample: Tensor) -> 
                 f"{sample.shape[0]}; actlab needs logits of shape (batch, classes) = "
                 f"{expected} for cross-entropy (or a tuple whose first element they are)"
             )
+
+
+def _a(mode: str) -> str:
+    return f"an {mode}" if mode[0] in "aeiou" else f"a {mode}"
+
+
+def gated_hint(model: StackedUserModel, activation: str) -> str:
+    """What to do when a gated activation's network fails: its unit halves the width."""
+    if not gated.is_gated(activation):
+        return ""
+    if model.user.kind == MODULE:
+        return (
+            f"; {activation} is a gated unit (it takes [a, b], 2h values, and returns "
+            "a * gate(b), h values), which cannot be swapped into a network built for "
+            "elementwise activations: write a builder that sizes the layer before act() "
+            "with act.inputs(act.hidden(n))"
+        )
+    return (
+        f"; {activation} is a gated unit: act() takes [a, b], 2h values along the last dim, "
+        "and returns a * gate(b), h values, so the builder must size the layer before act() "
+        "with act.inputs(h) and the one after with h (h = act.hidden(n) keeps the parameters "
+        "of n plain units; see act.gated)"
+    )
+
+
+def _checked_by_objective(model: StackedUserModel, out, mode: str) -> bool:
+    """An output checked against the study's own loss (actlab.engine.objective): any shape
+    that loss takes on two samples' targets (a regression's (batch,) or (batch, 1), a
+    sequence's (batch, time, classes)); False when the classic check applies (a
+    cross-entropy classifier, or no objective given)."""
+    objective, targets = getattr(model, "objective", None), getattr(model, "target_sample", None)
+    if objective is None or targets is None:
+        return False
+    if objective.name == "cross_entropy" and targets.dim() == 1:
+        return False  # logits (batch, classes): the classic check and its message
+    if not isinstance(out, Tensor):
+        raise ConfigError(
+            f"--model {model.user.reference}: {mode} output is a {type(out).__name__}; "
+            "actlab needs a tensor (or a tuple whose first element is one)"
+        )
+    with torch.no_grad():
+        objective.check(out.detach(), targets[: out.shape[0]])
+    return True
 
 
 def try_stacking(model: StackedUserModel, group: GroupStack, sample: Tensor) -> None:
@@ -239,9 +289,7 @@ def try_stacking(model: StackedUserModel, group: GroupStack, sample: Tensor) -> 
         device_type = x.device.type
         with attention_paths(True, device_type):
             logits = vmap(member_forward, randomness="error")(params, buffers, x)
-        loss = F.cross_entropy(logits.flatten(0, 1), torch.zeros(G * 2, dtype=torch.long,
-                               device=x.device))  # fmt: skip
-        loss.backward()
+        logits.float().square().mean().backward()  # a backward through vmap, any output
         base.eval()
         with torch.no_grad(), attention_paths(True, device_type):
             stacked = vmap(member_forward, in_dims=(0, 0, 0), randomness="error")(

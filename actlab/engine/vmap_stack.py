@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from actlab.catalog import gated
 from actlab.catalog import registry as catalog
 from actlab.config import Member
 from actlab.engine import diagnostics as diagnostics_lib
@@ -93,9 +94,16 @@ class StackedUserModel(nn.Module):
         *,
         stacking: str = "auto",
         batch_size: int = 64,
+        objective=None,
+        targets: Tensor | None = None,
     ) -> None:
+        """`objective` (actlab.engine.objective) and two samples' `targets`: the output is
+        checked against the study's loss; without them, logits (batch, num_classes) for
+        cross-entropy are asked for."""
         super().__init__()
         self.user = user
+        self.objective = objective
+        self.target_sample = None if targets is None else targets[:2].to(device)
         self.members = list(members)
         self.num_members = len(self.members)
         self.num_classes = num_classes
@@ -225,12 +233,13 @@ class StackedUserModel(nn.Module):
         how many members the study has."""
         return memory.probe_samples(self.saved_per_sample or 0.0, most)
 
-    def probe(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    def probe(self, x: Tensor, y: Tensor, loss=None) -> dict[str, Tensor]:
         """Diagnostics on the probe batch (x (B, *input), y (B,)), in eval mode, member by
         member (exact: a member's weight gradients are those of its own loss; the memory
         of one member, whatever their number): the weight-gradient norm of each
-        Linear/Conv layer of the mean cross-entropy, and the dead/saturated fractions and
-        moments of the input of each activation site. Each a (K, L) tensor."""
+        Linear/Conv layer of the member's loss (`loss(output, target)`, default the mean
+        cross-entropy), and the dead/saturated fractions and moments of the input of each
+        activation site. Each a (K, L) tensor."""
         was_training = self.training
         self.eval()
         activations = self.member_activations()
@@ -242,13 +251,13 @@ class StackedUserModel(nn.Module):
                 member_buffers = per_member(buffers, len(group.members))
                 for i, k in enumerate(group.members):
                     rows[k] = self._probe_member(
-                        group, member_params[i], member_buffers[i], x, y, activations[k]
+                        group, member_params[i], member_buffers[i], x, y, activations[k], loss
                     )
         finally:
             self.train(was_training)
         return {name: torch.cat([row[name] for row in rows]) for name in rows[0]}
 
-    def _probe_member(self, group, params, buffers, x, y, activation) -> dict[str, Tensor]:
+    def _probe_member(self, group, params, buffers, x, y, activation, loss_of=None):
         weights = set(self.weight_names)
         leaves = {n: p.detach().requires_grad_(n in weights) for n, p in params.items()}
         captured: dict[str, list[Tensor]] = {}
@@ -256,7 +265,7 @@ class StackedUserModel(nn.Module):
             logits = logits_of(functional_call(group.base, (leaves, buffers), (x,)))
         norms = torch.zeros(1, len(self.weight_names), device=x.device)
         if self.weight_names:
-            loss = F.cross_entropy(logits, y)
+            loss = (loss_of or F.cross_entropy)(logits, y)
             grads = torch.autograd.grad(
                 loss, [leaves[n] for n in self.weight_names], allow_unused=True
             )
@@ -264,6 +273,9 @@ class StackedUserModel(nn.Module):
                 if grad is not None:
                     norms[0, layer] = torch.linalg.vector_norm(grad, dtype=torch.float32)
         preacts = [t.detach().unsqueeze(0) for t in per_site(captured, group.sites)]
+        if gated.is_gated(group.activation):  # its units are its gate's: gate(b) of [a, b]
+            preacts = [diagnostics_lib.gate_input(t) for t in preacts]
+            activation = catalog.get(gated.gate_spec(group.activation))
         out = {"probe_grad_norm": norms}
         if preacts:
             dead, saturated = diagnostics_lib.unit_fractions(preacts, [activation])
@@ -293,7 +305,30 @@ class StackedUserModel(nn.Module):
     def forward(self, x: Tensor, *, preactivations: list | None = None) -> Tensor:
         """x: (S, B, *input), one batch per seed (`seeds` order), or (1, B, *input) shared.
         Returns logits (K, B, classes); `preactivations` gets the input of every swapped
-        activation site, (K, B, ...) each."""
+        activation site, (K, B, ...) each (when the activations' sites have one shape:
+        a gated unit's input is twice as wide, see `site_inputs`)."""
+        logits, captures = self._forward_groups(x, preactivations is not None)
+        if preactivations is not None:
+            for site in range(len(captures[0])):
+                shapes = {tuple(c[site].shape[1:]) for c in captures}
+                if len(shapes) > 1:
+                    raise ValueError(
+                        f"activation site {site} has inputs of shapes {sorted(shapes)} across "
+                        "activations (a gated unit's is wider): use site_inputs"
+                    )
+                joined = torch.cat([c[site] for c in captures])
+                preactivations.append(joined.index_select(0, self.inverse_order))
+        return logits
+
+    @torch.no_grad()
+    def units_per_sample(self, x: Tensor) -> int:
+        """The widest activation input's values per sample and member over every activation
+        (members of a gated activation have other widths than plain ones), on `x` (1, B, ...)."""
+        _, captures = self._forward_groups(x, True)
+        return max(t[0, 0].numel() for captured in captures for t in captured)
+
+    def _forward_groups(self, x: Tensor, capture: bool) -> tuple[Tensor, list[tuple]]:
+        """Logits (K, B, classes) in member order, and each group's captured site inputs."""
         shared = x.shape[0] == 1  # evaluation (or a single seed): one batch for all
         outs, captures = [], []
         for group in self.groups:
@@ -311,23 +346,18 @@ class StackedUserModel(nn.Module):
             run = self._stacked if group.stacked else self._one_by_one
             try:
                 with attention_paths(group.stacked, inputs.device.type):
-                    logits, captured = run(group, inputs, one_input, preactivations is not None)
+                    logits, captured = run(group, inputs, one_input, capture)
             except ConfigError:
                 raise
             except Exception as error:  # the user's forward: one line, the run dir intact
-                mode = "training" if self.training else "evaluation"
+                mode = "a training" if self.training else "an evaluation"
                 raise ConfigError(
-                    f"--model {self.user.reference}: a {mode} forward pass on a batch of shape "
+                    f"--model {self.user.reference}: {mode} forward pass on a batch of shape "
                     f"{tuple(inputs.shape[0 if one_input else 1 :])} raised {first_line(error)}"
                 ) from None
             outs.append(logits)
             captures.append(captured)
-        logits = torch.cat(outs).index_select(0, self.inverse_order)
-        if preactivations is not None:
-            for site in range(len(captures[0])):
-                joined = torch.cat([c[site] for c in captures])
-                preactivations.append(joined.index_select(0, self.inverse_order))
-        return logits
+        return torch.cat(outs).index_select(0, self.inverse_order), captures
 
     def _stacked(self, group: GroupStack, inputs: Tensor, shared: bool, capture: bool):
         params, buffers = group.state()

@@ -132,18 +132,21 @@ def member_epochs(
     return result
 
 
-def final_metrics(history: Sequence[MemberEpoch], with_val: bool) -> dict[str, float]:
+def final_metrics(
+    history: Sequence[MemberEpoch], with_val: bool, bpc: bool = True
+) -> dict[str, float]:
     """The numbers an HParams session is linked to: the last ok epoch's test accuracy and
     loss, train loss and val accuracy (with a validation split), the best test accuracy over
     epochs, and whether the member diverged (NaN where no epoch was ok). A study without
-    accuracy (a language model) also gets its final test loss in bits per character."""
+    accuracy (a language model) also gets its final test loss in bits per character; `bpc`
+    False: any other study without accuracy (a regression, whose loss is no bpc)."""
     ok = [e for e in history if e.status == "ok"]
     last = max(ok, key=lambda e: e.epoch).scalars if ok else {}
     names = ["test_acc", "test_loss", "train_loss"] + (["val_acc"] if with_val else [])
     result = {f"final_{name}": last.get(name, math.nan) for name in names}
     accuracies = [e.scalars["test_acc"] for e in ok if "test_acc" in e.scalars]
     result["best_test_acc"] = max(accuracies, default=math.nan)
-    if ok and not accuracies:  # a language model: no accuracy; its loss in bits per character
+    if ok and not accuracies and bpc:  # a language model: its loss in bits per character
         result["final_test_bpc"] = result["final_test_loss"] / math.log(2)
     result["diverged"] = 1.0 if any(e.status == "diverged" for e in history) else 0.0
     return result
@@ -190,6 +193,7 @@ class StudyRows:
         self.study = study
         self.history: dict[MemberKey, dict[int, MemberEpoch]] = {}
         self.with_val = bool(study.config.val_size)
+        self.lm = study.config.task.name == "lm"  # its final test loss also in bpc
 
     def batch(self, metrics_rows: Iterable[dict], diagnostics_rows: Iterable[dict]) -> Batch:
         epochs = member_epochs(metrics_rows, diagnostics_rows)
@@ -199,7 +203,7 @@ class StudyRows:
         for item in epochs:
             if item.status == "diverged" or item.epoch >= self.study.epochs:
                 history = sorted(self.history[item.member].values(), key=lambda e: e.epoch)
-                final = final_metrics(history, self.with_val)
+                final = final_metrics(history, self.with_val, self.lm)
                 batch.finals[item.member] = (history[-1].epoch, final)
         return batch
 

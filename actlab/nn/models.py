@@ -216,6 +216,14 @@ class StackedModel(nn.Module):
         of a group when it has no parameters)."""
         return [self._member_modules(k)[0] for k in range(self.num_members)]
 
+    @torch.no_grad()
+    def units_per_sample(self, x: Tensor) -> int:
+        """The widest hidden layer's units per sample and member (a CNN: C * H * W), on
+        one sample x (1, 1, *input)."""
+        preacts: list[Tensor] = []
+        self(x, preactivations=preacts)
+        return max(p[0, 0].numel() for p in preacts)
+
     def dropout_generators(self) -> list[torch.Generator]:
         """One generator per seed (none without dropout); checkpoint their states."""
         return self._generators

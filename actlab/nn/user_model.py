@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from actlab.catalog import gated
 from actlab.catalog import registry as catalog
 from actlab.errors import ConfigError, SpecError
 from actlab.nn.census import remaining_after_swap
@@ -243,6 +244,56 @@ def _first_line(error: BaseException) -> str:
 # === building a member ===================================================================
 
 
+class ActFactory:
+    """What a builder receives as ``act``: ``act()`` returns a fresh activation module
+    (timm's ``act_layer`` convention), and the factory says how to size the layer before it.
+
+    - ``act.name``: the activation spec (``"swiglu"``, ``"relu"``, ...);
+    - ``act.gated``: whether it is a gated unit (glu, bilinear, reglu, geglu, swiglu): its
+      module takes ``[a, b]``, 2h values along the last dim, and returns ``a * gate(b)``,
+      h values (actlab.catalog.gated; the GLU FFN of Shazeer 2020:
+      ``FFN(x) = (a * gate(b)) W2`` with ``[a, b] = x W1``);
+    - ``act.hidden(n)``: the hidden width at the parameters of n plain units, n for an
+      elementwise activation, ``round(2 n / 3)`` for a gated one (3 d F = 2 d n: a gated FFN
+      has three d x F matrices where a plain one has two; `gated.gated_hidden`, the rule
+      --net gpt uses);
+    - ``act.inputs(h)``: the width the layer before ``act()`` must output for h units:
+      2h when gated, h otherwise.
+
+    A transformer FFN that every activation fits::
+
+        h = act.hidden(4 * d)
+        ffn = nn.Sequential(nn.Linear(d, act.inputs(h)), act(), nn.Linear(h, d))
+    """
+
+    def __init__(self, activation: str, report: SwapReport) -> None:
+        self.name = activation
+        self.gated = gated.is_gated(activation)
+        self.made: list[nn.Module] = []
+        self._report = report
+
+    def hidden(self, n: int) -> int:
+        """Hidden units at the parameters of `n` plain ones (2/3 of n, rounded, when gated)."""
+        return gated.ffn_hidden(self.name, int(n))
+
+    def inputs(self, h: int) -> int:
+        """The input width act() needs to give `h` units: 2h when gated, else h."""
+        return 2 * int(h) if self.gated else int(h)
+
+    def __call__(self, *args, inplace: bool = False, **kwargs) -> nn.Module:
+        self._report.ignored_arguments += [repr(a) for a in args]
+        self._report.ignored_arguments += [f"{k}={v!r}" for k, v in kwargs.items()]
+        if inplace and self.gated:  # its output is half its input: it cannot overwrite it
+            self._report.ignored_arguments.append("inplace=True (a gated unit halves the width)")
+            inplace = False
+        module = fresh_activation(self.name, inplace=bool(inplace))
+        self.made.append(module)
+        return module
+
+    def __repr__(self) -> str:
+        return f"act({self.name!r}, gated={self.gated})"
+
+
 def build_member(
     user: UserModel,
     activation: str,
@@ -259,16 +310,9 @@ def build_member(
     honoured (an in-place activation; see actlab.nn.swap.InPlace), any other keyword is
     ignored and listed in the report. `device`: build under ``torch.device(device)`` (the
     "meta" device builds a member without allocating its weights, to size a study)."""
-    made: list[nn.Module] = []
     report = SwapReport(new=activation)
-
-    def act(*args, inplace: bool = False, **kwargs) -> nn.Module:
-        report.ignored_arguments += [repr(a) for a in args]
-        report.ignored_arguments += [f"{k}={v!r}" for k, v in kwargs.items()]
-        module = fresh_activation(activation, inplace=bool(inplace))
-        made.append(module)
-        return module
-
+    act = ActFactory(activation, report)
+    made = act.made
     if user.kind == BUILDER and swap_targets:
         raise ConfigError(
             f"--swap {','.join(swap_targets)}: {user.reference} is a builder, which places "
@@ -345,3 +389,84 @@ def describe(user: UserModel, activation: str, swap_targets: Sequence[str] = ())
         places = ", ".join(path for path, _ in report.modules)
         return f"model {user.reference} (builder): act() at {len(report.modules)} places ({places})"
     return f"model {user.reference} (nn.Module, seed 0, {activation}): {report.summary()}"
+
+
+# Parameter counts further apart than this (relative) are said: not an equal-size comparison.
+UNEQUAL_PARAMETERS = 0.02
+
+
+def parameter_line(user: UserModel, activations: Sequence[str], swap_targets=()) -> str:
+    """``parameters per member: relu 10,756, swiglu 10,772 (gated)``: each activation's
+    network built for seed 0 (on the meta device where it builds there: nothing
+    allocated). Counts further apart than UNEQUAL_PARAMETERS are said, with the way to
+    equal ones (act.hidden)."""
+    counts = {}
+    for activation in activations:
+        try:
+            model, _ = build_member(user, activation, 0, swap_targets, device="meta")
+        except ConfigError:
+            raise
+        except Exception:  # a builder that cannot build on meta
+            model, _ = build_member(user, activation, 0, swap_targets)
+        counts[activation] = sum(p.numel() for p in model.parameters())
+    parts = [f"{a} {n:,}" + (" (gated)" if gated.is_gated(a) else "") for a, n in counts.items()]
+    line = "parameters per member: " + ", ".join(parts)
+    low, high = min(counts.values()), max(counts.values())
+    if low and high / low - 1 > UNEQUAL_PARAMETERS:
+        line += (
+            f"; they differ by {high / low - 1:.0%}: not a comparison at equal parameters "
+            "(a builder sizes a gated FFN with h = act.hidden(n) and act.inputs(h))"
+        )
+    return line
+
+
+# === the model's own loss and metric ======================================================
+
+OWN_METRICS = ("accuracy", "loss")
+
+
+def own_loss(user: UserModel) -> Callable | None:
+    """The model's own ``loss(output, target) -> scalar``: an attribute ``loss`` of the
+    builder (``build.loss = F.mse_loss``) or of the module class (a ``@staticmethod``), or
+    None. Called per member on that member's output and targets (actlab.engine.objective)."""
+    loss = getattr(user.factory, "loss", None)
+    if loss is None:
+        return None
+    if not callable(loss):
+        raise ConfigError(
+            f"--model {user.reference}: its `loss` attribute is a {type(loss).__name__}, not a "
+            "function loss(output, target) -> scalar"
+        )
+    if inspect.isclass(user.factory) and "self" in _parameter_names(loss)[:1]:
+        raise ConfigError(
+            f"--model {user.reference}: its `loss` is a method taking self; make it a "
+            "@staticmethod loss(output, target) -> scalar"
+        )
+    return loss
+
+
+def own_objective(user: UserModel) -> dict[str, str]:
+    """The config fields the model's own attributes ask for: ``loss="model"`` when it
+    defines a loss, ``metric`` when it states one: "accuracy" or "loss" (the two columns of
+    metrics.csv a study is compared on; a metric function of its own is not recorded)."""
+    fields: dict[str, str] = {}
+    if own_loss(user) is not None:
+        fields["loss"] = "model"
+    metric = getattr(user.factory, "metric", None)
+    if metric is None:
+        return fields
+    if not (isinstance(metric, str) and metric in OWN_METRICS):
+        raise ConfigError(
+            f"--model {user.reference}: its `metric` attribute must name what compares the "
+            f"members, {' or '.join(OWN_METRICS)} (the test loss), got {metric!r}; a metric "
+            "function of its own is not supported"
+        )
+    fields["metric"] = metric
+    return fields
+
+
+def _parameter_names(fn: Callable) -> list[str]:
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []

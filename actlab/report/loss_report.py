@@ -1,12 +1,15 @@
-"""The report of a study scored by a loss (a language model: lower is better).
+"""The report of a study scored by a loss (lower is better): a language model, a
+regression, or any study compared on its test loss (``--metric loss``).
 
 The statistics are the classifier report's (actlab.report.stats: paired sign-flip tests
-over seeds, Holm, TOST, power), on the task's metric instead of accuracy: the final-epoch test loss,
-written in bits per character for a byte-level language model (bpc = nats/token / ln 2).
-The tests run on the score ``-bpc`` so that, as in every pair of the stats module, ``a`` is
-the better arm and the difference is how much better, in bpc. The smallest gap that
-matters, ``--min-gap``, is read in hundredths of the metric's unit (0.5: 0.005 bpc), as it
-is in hundredths of accuracy (percentage points) for a classifier.
+over seeds, Holm, TOST, power), on the task's metric instead of accuracy: the final-epoch
+test loss, written in the task's unit (actlab.tasks.Task: ``scale``, ``short``): bits per
+character for a byte-level language model (bpc = nats/token / ln 2), the MSE itself for a
+regression. The tests run on the score ``-(loss * scale)`` so that, as in every pair of the
+stats module, ``a`` is the better arm and the difference is how much better, in that unit.
+The smallest gap that matters, ``--min-gap``, is read in hundredths of the metric's unit
+(0.5: 0.005 bpc, 0.005 MSE), as it is in hundredths of accuracy (percentage points) for a
+classifier.
 
 Gated FFN activations (swiglu, geglu, ...) are compared with plain ones at equal
 parameters (actlab.nn.gpt); the verdict names the best of each family and what the paired
@@ -26,14 +29,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from actlab.report import stats
+from actlab.report import loss_diagnostics, stats
 from actlab.report.page import environment, environment_line
 from actlab.report.render import MARKDOWN_MARK, figure_png, report_paths
 from actlab.report.tables import Cell, Column, Table
+from actlab.report.verdict import SMALL_TEST_SET
 from actlab.study.store import RunData, write_text_atomic
 from actlab.tasks import LN2
 
-SCORE = "final_score"  # -bpc: higher is better, as the stats module's pairs expect
+SCORE = "final_score"  # -(loss * scale): higher is better, as the stats module's pairs expect
 
 
 def _gated(activation: str) -> bool:
@@ -49,10 +53,42 @@ def bpc(nats: float) -> float:
     return nats / LN2
 
 
+def _lm(run: RunData) -> bool:
+    return run.config.task.name == "lm"
+
+
+def _unit(run: RunData) -> str:
+    """The unit the report writes the metric in: "bpc", "MSE", ..."""
+    return run.config.task.short or "loss"
+
+
+def _metric_words(task) -> str:
+    """ "in bits per character (nats/token / ln 2; lower is better)", "as mean squared
+    error (MSE; lower is better)"."""
+    name, _, note = task.long.partition(" (")
+    if task.name == "lm":
+        return f"in {name} ({note.rstrip(')')}; lower is better)"
+    return f"as {name} ({task.short}; lower is better)"
+
+
+def _long_name(run: RunData) -> str:
+    """The metric's name for a title: "bits per character", "mean squared error"."""
+    return run.config.task.long.split(" (")[0]
+
+
+def _model_words(run: RunData) -> str:
+    c = run.config
+    if c.is_user_model:
+        return f"your model {c.model}"
+    if c.model == "mlp":
+        return f"an MLP (hidden {', '.join(map(str, c.hidden))})"
+    return f"a {c.model.upper()}"
+
+
 def loss_analysis(run: RunData) -> dict:
-    """Per-member results, arms, their summary, ranking and pairs, on -bpc."""
+    """Per-member results, arms, their summary, ranking and pairs, on -(loss * scale)."""
     results = stats.member_results(run.metrics)
-    results[SCORE] = -results["final_test_loss"] / LN2
+    results[SCORE] = -results["final_test_loss"] * run.config.task.scale
     arms = stats.arm_results(results)
     summary = stats.summary_table(arms, metrics=(SCORE,))
     ranking = stats.ranking(arms, metric=SCORE)
@@ -82,10 +118,12 @@ def _interval_text(pair: pd.Series) -> str:
     return f"{confidence} CI [{pair['ci_low']:.4f}, {pair['ci_high']:.4f}]"
 
 
-def _gap_sentence(pair: pd.Series, min_gap_bpc: float) -> str:
-    """What the paired test says of one pair: a below b by d bpc, and how sure that is."""
+def _gap_sentence(
+    pair: pd.Series, min_gap_bpc: float, unit: str = "bpc", label: str = "test loss"
+) -> str:
+    """What the paired test says of one pair: a below b by d (in `unit`), and how sure."""
     n = int(pair["n"])
-    gap = f"{pair['a']}'s test loss is below {pair['b']}'s by {pair['mean_diff']:.4f} bpc"
+    gap = f"{pair['a']}'s {label} is below {pair['b']}'s by {pair['mean_diff']:.4f} {unit}"
     if n < 2 or pd.isna(pair["p_holm"]):
         return f"{gap} on {n} seed(s): no test is possible with fewer than 2 seeds"
     gap += (
@@ -95,7 +133,7 @@ def _gap_sentence(pair: pd.Series, min_gap_bpc: float) -> str:
     if pair["significant"]:
         return gap + ": a real difference at the 5% level"
     if pair["equivalent"]:
-        return gap + f": practically equivalent (TOST within ±{min_gap_bpc:g} bpc)"
+        return gap + f": practically equivalent (TOST within ±{min_gap_bpc:g} {unit})"
     words = gap + ": not shown to differ, which is not evidence that they are equal"
     level = pair["level"]
     if math.isinf(pair["detectable_gap"]):
@@ -104,9 +142,9 @@ def _gap_sentence(pair: pd.Series, min_gap_bpc: float) -> str:
             f"test of {n} seeds cannot give p below {stats.smallest_p(n):.3g})"
         )
     elif math.isfinite(pair["detectable_gap"]):
-        words += f"; gaps below about {pair['detectable_gap']:.4f} bpc would be missed"
+        words += f"; gaps below about {pair['detectable_gap']:.4f} {unit} would be missed"
     if math.isfinite(pair["seeds_needed"]):
-        words += f"; to detect {min_gap_bpc:g} bpc plan about {int(pair['seeds_needed'])} seeds"
+        words += f"; to detect {min_gap_bpc:g} {unit} plan about {int(pair['seeds_needed'])} seeds"
     return words
 
 
@@ -114,11 +152,13 @@ def verdict(analysis: dict) -> list[str]:
     run = analysis["run"]
     summary, pairs = analysis["summary"], analysis["pairs"]
     min_gap_bpc = run.config.min_gap / 100
+    task, unit = run.config.task, _unit(run)
     seeds = int(analysis["results"]["seed"].nunique())
+    where = "in the FFN of a GPT" if _lm(run) else f"in {_model_words(run)}"
     lines = [
-        f"{len(summary)} activations in the FFN of a GPT on {run.config.dataset}, {seeds} "
+        f"{len(summary)} activations {where} on {run.config.dataset}, {seeds} "
         f"seeds each, {run.config.epochs} epochs; the metric compared is the final-epoch test "
-        "loss in bits per character (nats/token / ln 2; lower is better), paired by seed."
+        f"loss {_metric_words(task)}, paired by seed."
     ]
     ranked = summary.dropna(subset=[f"{SCORE}_mean"])
     if ranked.empty:
@@ -132,11 +172,11 @@ def verdict(analysis: dict) -> list[str]:
         else ""
     )
     lead = "The best is" if resolved else "Lowest mean (not shown to be the best):"
-    lines.append(f"{lead} {best['arm']} at {_bpc_text(best[f'{SCORE}_mean'])} bpc{interval}.")
+    lines.append(f"{lead} {best['arm']} at {_bpc_text(best[f'{SCORE}_mean'])} {unit}{interval}.")
     for _, row in ranked.iloc[1:].iterrows():
         pair = _pair(pairs, best["arm"], row["arm"])
         if pair is not None:
-            lines.append(_gap_sentence(pair, min_gap_bpc) + ".")
+            lines.append(_gap_sentence(pair, min_gap_bpc, unit, task.metric_label) + ".")
     gated = [a for a in ranked["arm"] if _gated(a)]
     plain = [a for a in ranked["arm"] if not _gated(a)]
     if gated and plain:
@@ -150,8 +190,11 @@ def verdict(analysis: dict) -> list[str]:
         elif pair is not None:
             lines.append(
                 f"Gated against plain at equal parameters: the best gated FFN ({g}) against "
-                f"the best plain one ({p}): " + _gap_sentence(pair, min_gap_bpc) + "."
+                f"the best plain one ({p}): "
+                + _gap_sentence(pair, min_gap_bpc, unit, task.metric_label)
+                + "."
             )
+    lines.append(_scope(run))
     if seeds < stats.SMALL_N:
         lines.append(
             f"Caution: only {seeds} seeds; every interval rests on {max(seeds - 1, 0)} "
@@ -161,8 +204,34 @@ def verdict(analysis: dict) -> list[str]:
     return lines
 
 
+def _scope(run: RunData) -> str:
+    """What the seeds can and cannot speak for (as the classifier's verdict says it): one
+    split, one budget, seeds only; the test split's size in bytes or samples."""
+    dataset = run.dataset or {}
+    size, what = (
+        (dataset.get("test_bytes"), "test bytes")
+        if _lm(run)
+        else (dataset.get("test_size"), "test samples")
+    )
+    split = "one fixed train/test split" + (f" ({int(size)} {what})" if size else "")
+    epochs = f"{run.config.epochs} epoch{'s' if run.config.epochs != 1 else ''}"
+    small = (
+        f" Caution: a small test set: each member's test {_unit(run)} is itself an estimate "
+        f"from {int(size)} samples, so a close ranking may not hold on another test set; more "
+        "seeds do not shrink that."
+        if not _lm(run) and size and size < SMALL_TEST_SET
+        else ""
+    )
+    return (
+        f"Scope: {split} and a budget of {epochs}; the seeds vary the initial weights and the "
+        "batch order only, so every interval and test above is about that variation, not "
+        f"about another test set, dataset or training budget.{small}"
+    )
+
+
 def _bpc_cell(score: float, digits: int = 4) -> Cell:
-    """A -bpc score shown as bpc (its value: the bpc number, None when missing)."""
+    """A -(loss * scale) score shown in the metric's unit (its value: that number, None
+    when missing)."""
     missing = score is None or not math.isfinite(score)
     return Cell(_bpc_text(score, digits), None if missing else -score)
 
@@ -172,21 +241,26 @@ def _number_cell(value: float, text: str) -> Cell:
 
 
 def summary_table(analysis: dict) -> Table:
-    """One row per activation, best (lowest final test bpc) first: the report's summary in
-    report.html, report.md and the terminal."""
+    """One row per activation, best (lowest final test metric: bpc, MSE, ...) first: the
+    report's summary in report.html, report.md and the terminal. A language model also
+    shows its loss in nats/token; for any other study the loss is the metric itself."""
+    run = analysis["run"]
+    lm, scale = _lm(run), run.config.task.scale
     spec = [("rank", "rank", True), ("activation", "activation", False), ("lr", "lr", True),
-            ("seeds", "seeds", True), ("bpc", "final test bpc", True), ("std", "± SD", True),
-            ("ci", "95% CI", True), ("per_seed", "per seed", False),
+            ("seeds", "seeds", True), ("bpc", f"final test {_unit(run)}", True),
+            ("std", "± SD", True), ("ci", "95% CI", True), ("per_seed", "per seed", False),
             ("loss", "final test loss (nats/token)", True), ("group", "group", False),
             ("diverged", "diverged", True)]  # fmt: skip
+    if not lm:
+        spec.remove(("loss", "final test loss (nats/token)", True))
     table = Table([Column(*column) for column in spec], css_id="summary-table")
     results = analysis["results"]
     for _, row in analysis["summary"].iterrows():
         members = results[(results["activation"] == row["activation"]) & ~results["diverged"]]
-        per_seed = bpc(members.sort_values("seed")["final_test_loss"])
+        per_seed = members.sort_values("seed")["final_test_loss"] * scale
         mean, std = row[f"{SCORE}_mean"], row[f"{SCORE}_std"]
         low, high = row[f"{SCORE}_ci_low"], row[f"{SCORE}_ci_high"]
-        table.add(
+        cells = [
             Cell("–", None) if pd.isna(row["rank"]) else Cell(str(int(row["rank"])), int(row["rank"])),
             Cell(str(row["arm"]), row["arm"]),
             Cell(f"{row['lr']:g}", row["lr"]),
@@ -198,14 +272,18 @@ def summary_table(analysis: dict) -> Table:
             _number_cell(-mean * LN2, "–" if not math.isfinite(mean) else f"{-mean * LN2:.4f}"),
             Cell(str(row["group"] or "–"), row["group"] or None),
             Cell(str(int(row["n_diverged"])), int(row["n_diverged"])),
-        )  # fmt: skip
+        ]  # fmt: skip
+        if not lm:
+            del cells[8]  # the nats/token column
+        table.add(*cells)
     return table
 
 
 def pairs_table(analysis: dict) -> Table:
-    """One row per pair of activations: the paired test of their final test bpc."""
+    """One row per pair of activations: the paired test of their final test metric."""
+    unit = _unit(analysis["run"])
     spec = [("lower", "lower", False), ("higher", "higher", False), ("seeds", "seeds", True),
-            ("gap", "gap (bpc)", True), ("interval", "interval", True), ("p", "p (Holm)", True),
+            ("gap", f"gap ({unit})", True), ("interval", "interval", True), ("p", "p (Holm)", True),
             ("significant", "significant", False), ("detectable", "detectable gap", True),
             ("seeds_needed", "seeds to plan", True), ("tost_p", "TOST p (Holm)", True),
             ("equivalent", "equivalent", False)]  # fmt: skip
@@ -244,17 +322,18 @@ def pair_rows(analysis: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def curve_figure(run: RunData) -> Figure:
-    """Mean test bpc per epoch over seeds, one line per activation (gated dashed)."""
+    """Mean test metric (bpc, MSE, ...) per epoch over seeds, one line per activation
+    (gated dashed)."""
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     ok = run.metrics[run.metrics["status"] == "ok"]
     for activation, group in ok.groupby("activation", sort=False):
-        means = group.groupby("epoch")["test_loss"].mean() / LN2
+        means = group.groupby("epoch")["test_loss"].mean() * run.config.task.scale
         style = "--" if _gated(activation) else "-"
         ax.plot(means.index, means.values, style, marker="o", label=str(activation))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test bits per character (lower is better)")
+    ax.set_ylabel(f"test {_long_name(run)} (lower is better)")
     ax.legend()
     fig.tight_layout()
     return fig
@@ -266,15 +345,35 @@ def summary_note(run: RunData) -> str:
         "distribution. Activations that share a group letter were not shown to differ at 5% "
         "(paired sign-flip tests over seeds, Holm-corrected over all pairs), which is not evidence that "
         "they are equal; practically equivalent means a TOST shows the gap inside "
-        f"±{run.config.min_gap / 100:g} bpc (--min-gap {run.config.min_gap:g}, in hundredths "
-        "of a bit per character). Detectable gap: the gap these seeds would find with 80% "
+        f"±{run.config.min_gap / 100:g} {_unit(run)} (--min-gap {run.config.min_gap:g}, in "
+        f"hundredths of {'a bit per character' if _lm(run) else 'one ' + _unit(run)}). "
+        "Detectable gap: the gap these seeds would find with 80% "
         "power at the Holm level, if the SD of the paired differences is the one observed "
         "(none: no sign-flip test of so few seeds can reach that level)."
     )
 
 
+def _kind(run: RunData) -> str:
+    return {"lm": "language model", "regress": "regression"}.get(run.config.task.name, "loss")
+
+
 def _subtitle(run: RunData) -> str:
     c = run.config
+    if not _lm(run):
+        standardised = c.task.name == "regress" and c.task.loss == "mse"
+        model = _model_words(run)
+        return (
+            f"{model[:1].upper()}{model[1:]}, trained on {c.task.long}; {c.optimizer} lr "
+            f"{', '.join(f'{lr:g}' for lr in c.lrs)}, batch {c.batch_size}, "
+            f"{_plural(c.epochs, 'epoch')}, "
+            f"seeds {', '.join(map(str, c.seeds))}"
+            + (
+                "; targets standardised with the train split's mean and std (predicting that "
+                "mean scores about 1.0 MSE)"
+                if standardised
+                else ""
+            )
+        )
     clip = f", clip {c.clip:g}" if c.clip is not None else ""
     warm = f", warm-up {c.warmup}" if c.warmup else ""
     return (
@@ -293,10 +392,12 @@ def build(analysis: dict, figures: bool = True) -> dict:
     """Everything report.html and report.md show, computed once (the page model of
     templates/loss_report.*.j2; `figures`: draw the chart, which only the HTML shows)."""
     run = analysis["run"]
-    chart = {"caption": "test bpc per epoch", "png": figure_png(curve_figure(run))}
+    chart = {"caption": f"test {_unit(run)} per epoch", "png": figure_png(curve_figure(run))}
     return {
         "mark": MARKDOWN_MARK,
-        "title": f"actlab: activations on {run.config.dataset} (language model)",
+        "title": f"actlab: activations on {run.config.dataset} ({_kind(run)})",
+        "chart_title": f"Test {_long_name(run)}",
+        "unit": _unit(run),
         "subtitle": _subtitle(run),
         "sources": ", ".join(str(p) for p in run.paths),
         "paths": " ".join(str(p) for p in run.paths),
@@ -307,6 +408,7 @@ def build(analysis: dict, figures: bool = True) -> dict:
         "summary_note": summary_note(run),
         "figures": [chart] if figures else [],
         "pairs": pairs_table(analysis) if len(analysis["pairs"]) else None,
+        "diagnostics": loss_diagnostics.section(run, figures),
         "environment_line": environment_line(run),
     }
 

@@ -486,12 +486,15 @@ def plot_gradient_norms(diagnostics: pd.DataFrame) -> Figure:
 
 
 def plot_unit_health(
-    diagnostics: pd.DataFrame, colors: Mapping[str, object] | None = None
+    diagnostics: pd.DataFrame,
+    colors: Mapping[str, object] | None = None,
+    layer_labels: Mapping[int, str] | None = None,
 ) -> Figure:
     """Dead and saturated fractions of the units of each hidden layer over epochs, in
     percent, mean over seeds: one line per activation (its colour and marker) and hidden
     layer (its line style), never averaged over layers, so that the chart shows the very
-    numbers the diagnostics sentences quote."""
+    numbers the diagnostics sentences quote. `layer_labels`: a name per layer number
+    (``block 1 FFN``), else ``layer N``."""
     from matplotlib.lines import Line2D
 
     fig = Figure(figsize=(11, 4.6), layout="constrained")
@@ -500,6 +503,10 @@ def plot_unit_health(
     activations = list(dict.fromkeys(diagnostics["activation"]))
     styles = _styles(activations, colors)
     layers = sorted(hidden["layer"].unique())
+
+    def name(layer) -> str:
+        return layer_labels[layer] if layer_labels else f"layer {layer}"
+
     for ax, column, title in zip(axes, ("dead_frac", "saturated_frac"),
                                  ("Dead units", "Saturated units"), strict=True):  # fmt: skip
         for activation, group in hidden.groupby("activation", sort=False):
@@ -509,7 +516,7 @@ def plot_unit_health(
                     continue
                 style = {**styles[activation], "linestyle": LINE_STYLES[i % len(LINE_STYLES)]}
                 ax.plot(series.index, 100 * series.to_numpy(), markersize=4, linewidth=1.6,
-                        label=f"{activation}, layer {layer}", **style)  # fmt: skip
+                        label=f"{activation}, {name(layer)}", **style)  # fmt: skip
         ax.set_title(title)
         ax.set_xlabel("epoch")
         _epoch_ticks(ax)
@@ -522,7 +529,7 @@ def plot_unit_health(
             [],
             color="black",
             linestyle=LINE_STYLES[i % len(LINE_STYLES)],
-            label=f"hidden layer {layer}",
+            label=layer_labels[layer] if layer_labels else f"hidden layer {layer}",
         )  # fmt: skip
         for i, layer in enumerate(layers)
     ]

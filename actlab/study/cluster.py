@@ -224,9 +224,19 @@ def _remote_shard(
     key = (dataset_ref.hex(), str(device))
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
-        _DATA_CACHE[key] = DeviceData.from_dataset(ray.get(dataset_ref), device)
+        _DATA_CACHE[key] = device_data(config, ray.get(dataset_ref), device)
     state = None if previous is None else previous["state"]
     yield from train_shard(config, depth, _DATA_CACHE[key], state, until_epoch, budget_members)
+
+
+def device_data(config: ExperimentConfig, dataset, device):
+    """The dataset on the worker's device, as its task's trainer reads it: a text corpus's
+    tokens and windows (actlab.engine.lm_trainer.TextDeviceData) or float32 tensors."""
+    if config.task.name == "lm":
+        from actlab.engine.lm_trainer import TextDeviceData
+
+        return TextDeviceData(dataset, device)
+    return DeviceData.from_dataset(dataset, device)
 
 
 # --- the cluster --------------------------------------------------------------------------
@@ -387,6 +397,8 @@ def check_shard_memory(ray, config, dataset, shards, plan: ClusterPlan, nodes) -
 
     if config.is_user_model:  # measured when built, on the worker (actlab.engine.vmap_stack)
         return
+    if config.model == "gpt":  # as locally: measured by benchmarks/lm.py, not estimated
+        return
     largest = max(shards, key=lambda shard: len(shard.members))
     needed = study_bytes(
         config.replace(seeds=largest.seeds),
@@ -417,7 +429,7 @@ def _describe_kernels(config: ExperimentConfig, input_shape, num_classes: int, d
     from actlab.engine.mlp_step import MLPStep, supports
     from actlab.nn.models import build_model
 
-    if config.is_user_model:
+    if config.is_user_model or config.model == "gpt":
         return None
     config = config.replace(seeds=config.seeds[:1], device=device)
     depth = config.depth_list[0]

@@ -59,8 +59,16 @@ def load_study_dataset(config: ExperimentConfig, *, progress: bool = False):
     """The dataset a config asks for (see actlab.data.datasets.load_dataset; a ``text:``
     corpus: actlab.data.text.load_text)."""
     from actlab.data.datasets import load_dataset
+    from actlab.data.regression import is_regression, load_regression
     from actlab.data.text import is_text, load_text
 
+    if is_regression(config.dataset):  # real-valued targets (the regress task)
+        return load_regression(
+            config.dataset,
+            val_size=config.val_size,
+            limit_train=config.limit_train,
+            limit_test=config.limit_test,
+        )
     if is_text(config.dataset):
         return load_text(
             config.dataset,
@@ -453,6 +461,9 @@ def compare(
     ):
         user = user_model.from_object(options["model"])
         options.update(model=user.reference, model_source=user.source, model_sha256=user.sha256)
+        for name, value in user_model.own_objective(user).items():  # loss=/metric= win
+            if options.get(name) is None:
+                options[name] = value
     if config is None:
         config = config_from_options(**options)
     elif options:
@@ -472,7 +483,7 @@ def compare(
     if not quiet:
 
         def on_epoch(result: EpochResult) -> None:
-            for line in epoch_lines(result):
+            for line in epoch_lines(result, config.task):
                 print(line)
 
     result = run_study(config, out=out, resume=resume, dataset=data, on_epoch=on_epoch)
@@ -504,9 +515,11 @@ def _normalise(options: dict) -> dict:
     return values
 
 
-def epoch_lines(result) -> list[str]:
+def epoch_lines(result, task=None) -> list[str]:
     """One line per member, as the classic tutorial prints:
-    ``relu      seed 0  epoch 3/10  train loss 0.1234  test loss 0.0987  test acc 97.12%``."""
+    ``relu      seed 0  epoch 3/10  train loss 0.1234  test loss 0.0987  test acc 97.12%``.
+    A study without accuracy prints its losses, and bits per character for a language
+    model (`task`, actlab.tasks.Task; None: every study without accuracy is one)."""
     width = max(9, *(len(m.activation) for m in result.members))
     several_lrs = len({m.lr for m in result.members}) > 1
     lines = []
@@ -518,12 +531,13 @@ def epoch_lines(result) -> list[str]:
         parts.append(f"epoch {row['epoch']}/{result.epochs}")
         if row["status"] == "diverged":
             parts.append("diverged (loss NaN/inf or exploding): frozen")
-        elif row["test_acc"] is None:  # a language model: its loss, and bits per character
+        elif row["test_acc"] is None:  # no accuracy: its losses (a language model: and bpc)
             parts.append(f"train loss {row['train_loss']:.4f}")
             if row["val_loss"] is not None:
                 parts.append(f"val loss {row['val_loss']:.4f}")
             parts.append(f"test loss {row['test_loss']:.4f}")
-            parts.append(f"test bpc {bits_per_character(row['test_loss']):.4f}")
+            if task is None or task.name == "lm":
+                parts.append(f"test bpc {bits_per_character(row['test_loss']):.4f}")
         else:
             parts.append(f"train loss {row['train_loss']:.4f}")
             if row["val_loss"] is not None:
