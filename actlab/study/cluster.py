@@ -429,7 +429,9 @@ def _describe_kernels(config: ExperimentConfig, input_shape, num_classes: int, d
     from actlab.engine.mlp_step import MLPStep, supports
     from actlab.nn.models import build_model
 
-    if config.is_user_model or config.model == "gpt":
+    from actlab.nn.mlp_builder import needs_builder
+
+    if config.is_user_model or config.model == "gpt" or needs_builder(config):
         return None
     config = config.replace(seeds=config.seeds[:1], device=device)
     depth = config.depth_list[0]
