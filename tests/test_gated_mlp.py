@@ -239,7 +239,9 @@ def test_the_cli_trains_extracts_and_resumes_a_gated_mlp(tmp_path):
     run = store.read_run(tmp_path / "straight")
     dataset = load_study_dataset(run.config)
     with torch.no_grad():
-        accuracy = (module(dataset.x_test).argmax(1) == dataset.y_test).float().mean().item()
+        logits = module(dataset.float_inputs(dataset.x_test))
+        accuracy = (logits.argmax(1) == dataset.y_test).float().mean().item()
     row = straight[(straight.activation == "swiglu") & (straight.seed == 1)].iloc[-1]
     recorded = row["test_acc"] / (100 if row["test_acc"] > 1 else 1)
-    assert accuracy == pytest.approx(recorded, abs=1e-9)
+    # the same predictions: within half an image (the engine divides in float64)
+    assert accuracy == pytest.approx(recorded, abs=0.5 / len(dataset.y_test))
