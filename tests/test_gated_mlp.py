@@ -43,7 +43,9 @@ class HandMLP(nn.Module):
         self.gate = GATES.get(activation)
         m = 2 if self.gate else 1
         sizes = [FAN_IN, *widths]
-        self.hidden = nn.ModuleList(nn.Linear(i, m * o) for i, o in zip(sizes, sizes[1:]))
+        self.hidden = nn.ModuleList(
+            nn.Linear(i, m * o) for i, o in zip(sizes, sizes[1:], strict=False)
+        )
         self.out = nn.Linear(sizes[-1], CLASSES)
 
     def forward(self, x):

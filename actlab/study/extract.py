@@ -146,7 +146,7 @@ def _builder_member(config, dataset: dict, members, member: Member, engine: dict
     row = [m for m in members if m.activation == member.activation].index(member)
     state = engine["model"]
     with torch.no_grad():
-        for i, (name, param) in enumerate(plain.named_parameters()):
+        for i, param in enumerate(plain.parameters()):
             param.copy_(state[f"groups.{group}.params.{i}"][row])
     constructor = (
         f"actlab.nn.mlp_builder.plain_mlp({member.activation!r}, {builder.fan_in}, "
