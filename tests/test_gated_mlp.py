@@ -170,13 +170,17 @@ def test_gated_mlp_members_match_plain_modules_trained_one_by_one(stacking):
                 torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=f"{k} {i}")
 
 
-def test_relu_in_a_mixed_study_gives_the_numbers_of_a_relu_only_study():
+@pytest.mark.parametrize("init", [{}, {"init": "kaiming", "init_gain": True}])
+def test_relu_in_a_mixed_study_gives_the_numbers_of_a_relu_only_study(init):
     """The fused MLP step (relu alone) and the vmap stack (relu beside swiglu) start from the
-    same weights and batches; their kernels sum in another order: rtol 1e-5."""
+    same weights (every --init, with its gains) and batches; their kernels sum in another
+    order: rtol 1e-5."""
     data = device_data()
-    fused = Trainer(config(activations=("relu",), epochs=3), data)
-    mixed = Trainer(config(activations=("relu", "swiglu"), epochs=3), data)
+    fused = Trainer(config(activations=("relu",), epochs=3, **init), data)
+    mixed = Trainer(config(activations=("relu", "swiglu"), epochs=3, **init), data)
     assert fused.mlp_step is not None and mixed.mlp_step is None
+    first = mixed.model.groups[0].params[0][0]
+    assert torch.equal(first, fused.model.weights[0][0])  # the same draws, bit for bit
     for _ in range(3):
         alone, beside = fused.train_epoch(), mixed.train_epoch()
         for k, seed in ((0, 0), (1, 1)):
