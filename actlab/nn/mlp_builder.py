@@ -216,6 +216,18 @@ def parameter_line(config, input_shape: Sequence[int], num_classes: int, depth=N
     return line
 
 
+def gated_words(config, input_shape: Sequence[int], num_classes: int) -> str:
+    """What a report's subtitle adds for the gated members of a --net mlp study
+    (`` (gated: 2x69-2x69, at the plain parameter count)``), or ""."""
+    if not needs_builder(config):
+        return ""
+    if config.depths:
+        return " (gated members at the plain parameter count)"
+    builder = builder_for(config, input_shape, num_classes)
+    widths = gated_widths(builder.fan_in, builder.hidden, builder.num_classes)
+    return f" (gated: {'-'.join(f'2x{w}' for w in widths)}, at the plain parameter count)"
+
+
 ROUTE_LINE = (
     "path: every member through the vmap stack with the built-in MLP builder "
     "(actlab.nn.mlp_builder), not the fused MLP step: a gated member's hidden layer "
