@@ -9,6 +9,7 @@ from fixtures.data import write_npz
 
 from actlab.config import ExperimentConfig
 from actlab.errors import RunDirError
+from actlab.study import checkpoint as checkpoint_lib
 from actlab.study.callbacks import FunctionCallbacks, StudyCallback, callback_of
 from actlab.study.checkpoint import CHECKPOINT_VERSION, Checkpoint, StudyIdentity
 from actlab.study.driver import load_study_dataset, run_study
@@ -81,3 +82,27 @@ def test_the_checkpoint_is_typed_versioned_and_reads_version_1(tmp_path):
     assert other.differences(identity) == ["seeds 0, 1, 2 there, 0, 1 here"]
     with pytest.raises(RunDirError, match="malformed engine state"):
         Checkpoint.from_document({**old, "engine": {"shards": {"seeds": [[0]]}}}, Path("c"))
+
+
+def test_an_upgrade_that_adds_options_keeps_a_checkpoint_in_its_study():
+    """A checkpoint written before --loss/--metric existed holds only the hash of a key
+    without them: `actlab report` and a resume of that run refused it as 'another study
+    (study options)' after the upgrade. At their defaults it is the same study; a real
+    difference (another lr) is still refused, and one named when the key is stored."""
+    config = ExperimentConfig(dataset="diabetes", seeds=(0, 1))  # mse by default; l1 allowed
+    data, path = {"fingerprint": "sha256:abc"}, Path("checkpoint.pt")
+    key = checkpoint_lib.identity_key(config)
+    before = {k: v for k, v in key.items() if k not in checkpoint_lib.ADDED_KEYS}
+    legacy = StudyIdentity(checkpoint_lib._sha256(before), (0, 1), "sha256:abc", None)
+    Checkpoint(0, None, 1, {}, legacy).check_belongs_to(config, data, path)
+    with pytest.raises(RunDirError, match="study options"):
+        Checkpoint(0, None, 1, {}, legacy).check_belongs_to(config.replace(lrs=(0.01,)), data, path)
+    with pytest.raises(RunDirError, match="study options"):  # not at its default: another study
+        Checkpoint(0, None, 1, {}, legacy).check_belongs_to(config.replace(loss="l1"), data, path)
+    # a stored key that lacks an option added later compares it at today's default
+    stored = StudyIdentity.of(config, data)
+    older = StudyIdentity(stored.config_sha256 + "x", (0, 1), "sha256:abc", None,
+                          {k: v for k, v in stored.key.items() if k != "metric"})  # fmt: skip
+    Checkpoint(0, None, 1, {}, older).check_belongs_to(config, data, path)
+    with pytest.raises(RunDirError, match=r"study options: lrs \[0\.001\] there, \[0\.01\] here"):
+        Checkpoint(0, None, 1, {}, stored).check_belongs_to(config.replace(lrs=(0.01,)), data, path)

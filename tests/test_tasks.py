@@ -267,6 +267,11 @@ def test_regression_study_end_to_end_reports_mse_lower_is_better(tmp_path, capsy
         assert "MSE" in report and "accuracy" not in report.lower() and "bpc" not in report
     report = (out / "report.md").read_text(encoding="utf-8")
     assert f"Lowest mean (not shown to be the best): {best} at {final[best]:.4f} MSE" in report
+    # the MLP's diagnostics by its own layers, never a transformer's names or probe
+    diagnostics = report[report.index("## Diagnostics") : report.index("## Environment")]
+    assert "| layer 1 |" in diagnostics and "| layer 2 |" in diagnostics  # one hidden layer
+    for gpt_word in ("embedding", "FFN", "block", "attention", "windows"):
+        assert gpt_word not in diagnostics, gpt_word
     document = json.loads((out / "config.json").read_text())
     assert document["dataset"]["task"] == "regress"
     # a resume with another loss is another study

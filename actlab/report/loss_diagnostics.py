@@ -1,5 +1,7 @@
-"""The diagnostics of a language-model study in its report (actlab.report.loss_report):
-what actlab.engine.lm_diagnostics measured, by the GPT's layer names.
+"""The diagnostics of a loss-scored study in its report (actlab.report.loss_report): for a
+language model what actlab.engine.lm_diagnostics measured, by the GPT's layer names; for
+any other network (a regression MLP, a user model) what actlab.engine.diagnostics
+measured, by layer number, with the classifier report's definitions.
 
 - sentences: per activation, the block whose FFN has the most dead units, and the most
   saturated, at the last epoch, when at or above the classifier report's thresholds
@@ -63,13 +65,14 @@ def _prepared(run: RunData) -> pd.DataFrame | None:
     return frame.assign(arm=_arms(frame))
 
 
-def unit_table(frame: pd.DataFrame, labels: dict[int, str]) -> Table:
-    """FFN units of each block at the last epoch: dead / saturated, mean over seeds."""
+def unit_table(frame: pd.DataFrame, labels: dict[int, str], heading: str = "FFN of") -> Table:
+    """Units of each block's FFN (or hidden layer) at the last epoch: dead / saturated, mean
+    over seeds."""
     last = frame[frame["epoch"] == frame["epoch"].max()].dropna(subset=["dead_frac"])
     arms = list(dict.fromkeys(last["arm"]))
     means = last.groupby(["layer", "arm"])[["dead_frac", "saturated_frac"]].mean()
     seeds = last.groupby("arm")["seed"].nunique()
-    columns = [Column("block", "FFN of")]
+    columns = [Column("block", heading)]
     columns += [Column(a, f"{a} ({seeds[a]} seeds): dead / saturated", True) for a in arms]
     table = Table(columns, css_id="lm-units-table")
     for layer in sorted(last["layer"].unique()):
@@ -140,17 +143,22 @@ def section(run: RunData, figures: bool = True) -> dict | None:
     frame = _prepared(run)
     if frame is None:
         return None
-    labels = lm_diagnostics.layer_labels(run.config.layers)
+    gpt = run.config.model == "gpt"
+    if gpt:
+        labels = lm_diagnostics.layer_labels(run.config.layers)
+        caption = "Dead and saturated FFN units per block and epoch, mean over seeds"
+    else:  # hidden layer l and weight layer l, as in the classifier report
+        labels = {int(layer): f"layer {layer}" for layer in frame["layer"].unique()}
+        caption = "Dead and saturated units per hidden layer and epoch, mean over seeds"
     figure = None
     if figures:
-        png = figure_png(_unit_figure(frame, labels))
-        figure = {"caption": "Dead and saturated FFN units per block and epoch, mean over "
-                  "seeds", "png": png}  # fmt: skip
+        figure = {"caption": caption, "png": figure_png(_unit_figure(frame, labels))}
     return {
         "title": TITLE,
         "sentences": sentences(frame, labels),
-        "units": unit_table(frame, labels),
+        "units_title": "FFN units at the last epoch" if gpt else "Units at the last epoch",
+        "units": unit_table(frame, labels, "FFN of" if gpt else "hidden layer"),
         "figure": figure,
         "gradients": gradient_table(frame, labels),
-        "definitions": definitions(),
+        "definitions": definitions() if gpt else diagnostics_lib.DEFINITIONS,
     }

@@ -33,6 +33,7 @@ from actlab.report import loss_diagnostics, stats
 from actlab.report.page import environment, environment_line
 from actlab.report.render import MARKDOWN_MARK, figure_png, report_paths
 from actlab.report.tables import Cell, Column, Table
+from actlab.report.verdict import SMALL_TEST_SET
 from actlab.study.store import RunData, write_text_atomic
 from actlab.tasks import LN2
 
@@ -193,6 +194,7 @@ def verdict(analysis: dict) -> list[str]:
                 + _gap_sentence(pair, min_gap_bpc, unit, task.metric_label)
                 + "."
             )
+    lines.append(_scope(run))
     if seeds < stats.SMALL_N:
         lines.append(
             f"Caution: only {seeds} seeds; every interval rests on {max(seeds - 1, 0)} "
@@ -200,6 +202,31 @@ def verdict(analysis: dict) -> list[str]:
             "spread of the per-seed values shown. Stacked seeds are cheap: run with --seeds 10."
         )
     return lines
+
+
+def _scope(run: RunData) -> str:
+    """What the seeds can and cannot speak for (as the classifier's verdict says it): one
+    split, one budget, seeds only; the test split's size in bytes or samples."""
+    dataset = run.dataset or {}
+    size, what = (
+        (dataset.get("test_bytes"), "test bytes")
+        if _lm(run)
+        else (dataset.get("test_size"), "test samples")
+    )
+    split = "one fixed train/test split" + (f" ({int(size)} {what})" if size else "")
+    epochs = f"{run.config.epochs} epoch{'s' if run.config.epochs != 1 else ''}"
+    small = (
+        f" Caution: a small test set: each member's test {_unit(run)} is itself an estimate "
+        f"from {int(size)} samples, so a close ranking may not hold on another test set; more "
+        "seeds do not shrink that."
+        if not _lm(run) and size and size < SMALL_TEST_SET
+        else ""
+    )
+    return (
+        f"Scope: {split} and a budget of {epochs}; the seeds vary the initial weights and the "
+        "batch order only, so every interval and test above is about that variation, not "
+        f"about another test set, dataset or training budget.{small}"
+    )
 
 
 def _bpc_cell(score: float, digits: int = 4) -> Cell:

@@ -8,6 +8,8 @@ stacked model's, or one per Ray shard), a copy of every CSV row written so far, 
     config_sha256     SHA-256 of the study key (ExperimentConfig.study_key without epochs,
                       plus the seeds), so that a checkpoint of ``--seeds 3`` is never
                       adopted by a directory of ``--seeds 2``
+    key               the study key itself, so that the differing options can be named and
+                      an option added by a later actlab is compared at its default
     data_fingerprint  the dataset fingerprint (actlab.data.dataset.Dataset.fingerprint)
     model_sha256      the user's model source hash (None for built-in models)
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from actlab.config import ExperimentConfig
@@ -29,43 +31,56 @@ from actlab.errors import RunDirError
 CHECKPOINT_VERSION = 2
 
 
+# Study-key entries that a newer actlab added after checkpoints of version 2 were first
+# written, in order. A checkpoint without them was made before they existed, when every
+# study had what their defaults give now (cross-entropy and accuracy for a classifier).
+ADDED_KEYS = ("loss", "metric")
+
+
 @dataclass(frozen=True)
 class StudyIdentity:
-    """What makes a checkpoint belong to one study on one dataset with one model source."""
+    """What makes a checkpoint belong to one study on one dataset with one model source.
+
+    `key` is the study key itself (written since the options in ADDED_KEYS exist): an
+    option that a later actlab adds is then compared at the default it has today, so that
+    an upgrade never makes a study another one. Older checkpoints hold only the hash."""
 
     config_sha256: str
     seeds: tuple[int, ...]
     data_fingerprint: str | None
     model_sha256: str | None
+    key: dict | None = None
 
     @classmethod
     def of(cls, config: ExperimentConfig, dataset: dict) -> StudyIdentity:
         """The identity of `config` trained on the data described by `dataset` (the
         "dataset" block of config.json)."""
-        key = config.study_key()
-        key.pop("epochs")  # a study trained longer is the same study
-        key["seeds"] = list(config.seeds)
-        if config.model_sha256:  # the file's content and the name in it, not how its path
-            key["model"] = config.model.rpartition(":")[2]  # was written (./net.py, ../x/net.py)
-        text = json.dumps(key, sort_keys=True, default=str)
+        key = identity_key(config)
         return cls(
-            config_sha256=hashlib.sha256(text.encode()).hexdigest(),
+            config_sha256=_sha256(key),
             seeds=tuple(config.seeds),
             data_fingerprint=dataset.get("fingerprint"),
             model_sha256=config.model_sha256,
+            key=json.loads(json.dumps(key, sort_keys=True, default=str)),
         )
 
     def to_dict(self) -> dict:
-        return {
+        document = {
             "config_sha256": self.config_sha256,
             "seeds": list(self.seeds),
             "data_fingerprint": self.data_fingerprint,
             "model_sha256": self.model_sha256,
         }
+        if self.key is not None:
+            document["key"] = self.key
+        return document
 
     @classmethod
     def from_dict(cls, value: object) -> StudyIdentity | None:
         if not isinstance(value, dict):
+            return None
+        key = value.get("key")
+        if key is not None and not isinstance(key, dict):
             return None
         try:
             return cls(
@@ -73,22 +88,80 @@ class StudyIdentity:
                 tuple(int(s) for s in value["seeds"]),
                 value.get("data_fingerprint"),
                 value.get("model_sha256"),
+                key,
             )
         except (KeyError, TypeError, ValueError):
             return None
 
-    def differences(self, other: StudyIdentity) -> list[str]:
-        """What differs between the study of this checkpoint and `other`, in words."""
+    def differences(
+        self, other: StudyIdentity, config: ExperimentConfig | None = None
+    ) -> list[str]:
+        """What differs between the study of this checkpoint and `other` (the identity of
+        `config`), in words."""
         out = []
         if self.seeds != other.seeds:
             out.append(f"seeds {_seeds(self.seeds)} there, {_seeds(other.seeds)} here")
-        elif self.config_sha256 != other.config_sha256:
-            out.append("study options")
+        else:
+            options = self._differing_options(other, config)
+            if options:
+                out.append(f"study options: {options}" if options != "?" else "study options")
         if self.data_fingerprint != other.data_fingerprint:
             out.append("data")
         if self.model_sha256 != other.model_sha256:
             out.append("model source")
         return out
+
+    def _differing_options(self, other: StudyIdentity, config: ExperimentConfig | None) -> str:
+        """'' when the study options agree; else the differing ones in words ('?' when only
+        hashes can be compared)."""
+        if self.key is not None and other.key is not None:
+            theirs = dict(self.key)
+            for name in set(other.key) - set(theirs):  # added since: at today's default
+                theirs[name] = _default_key(config, name, other.key[name])
+            names = sorted(
+                n for n in set(theirs) | set(other.key) if theirs.get(n) != other.key.get(n)
+            )
+            return "; ".join(
+                f"{n} {theirs.get(n)!r} there, {other.key.get(n)!r} here" for n in names
+            )
+        if self.config_sha256 == other.config_sha256:
+            return ""
+        if config is not None and other.key is not None:  # a hash from before ADDED_KEYS
+            before = {k: v for k, v in other.key.items() if k not in ADDED_KEYS}
+            at_defaults = all(
+                other.key.get(k) == _default_key(config, k, other.key.get(k)) for k in ADDED_KEYS
+            )
+            if at_defaults and _sha256(before) == self.config_sha256:
+                return ""
+        return "?"
+
+
+def identity_key(config: ExperimentConfig) -> dict:
+    """The study key the identity hashes: ExperimentConfig.study_key without epochs (a
+    study trained longer is the same study), plus the seeds, and a user model by its name
+    in the file (its content is model_sha256), not by how its path was written."""
+    key = config.study_key()
+    key.pop("epochs")
+    key["seeds"] = list(config.seeds)
+    if config.model_sha256:  # ./net.py and ../x/net.py are the same model
+        key["model"] = config.model.rpartition(":")[2]
+    return key
+
+
+def _sha256(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _default_key(config: ExperimentConfig | None, name: str, fallback: object) -> object:
+    """Study-key entry `name` of `config` with option `name` at its default: what a study
+    made before the option existed had."""
+    if config is None:
+        return fallback
+    defaults = {f.name: f.default for f in fields(config)}
+    if name not in defaults:
+        return fallback
+    key = identity_key(replace(config, **{name: defaults[name]}))
+    return json.loads(json.dumps(key, sort_keys=True, default=str)).get(name, fallback)
 
 
 def _seeds(seeds: tuple[int, ...]) -> str:
@@ -191,7 +264,7 @@ class Checkpoint:
         if self.identity is None:  # version 1: no identity to compare
             return
         here = StudyIdentity.of(config, dataset)
-        differing = self.identity.differences(here)
+        differing = self.identity.differences(here, config)
         if differing:
             raise RunDirError(
                 f"{path} belongs to another study ({'; '.join(differing)}); restore this "
