@@ -37,6 +37,7 @@ from torch import nn
 
 from actlab.catalog import gated as gatedlib
 from actlab.catalog import registry as catalog
+from actlab.errors import SpecError
 from actlab.nn import weight_init as initlib
 
 # Gated widths whose parameter count is further than this from the plain one are said.
@@ -171,7 +172,16 @@ class MLPBuilder:
 def needs_builder(config) -> bool:
     """Whether a study's members train through the vmap stack with `MLPBuilder`: --net mlp
     with at least one gated activation (see the module docstring)."""
-    return config.model == "mlp" and any(gatedlib.is_gated(a) for a in config.activations)
+    return config.model == "mlp" and any(_gated(a) for a in config.activations)
+
+
+def _gated(spec: str) -> bool:
+    """is_gated, False for a spec the catalog cannot resolve here (a run directory read
+    without an activation its study registered: the report stays readable)."""
+    try:
+        return gatedlib.is_gated(spec)
+    except (catalog.UnknownActivationError, SpecError):
+        return False
 
 
 def builder_for(config, input_shape: Sequence[int], num_classes: int, depth=None) -> MLPBuilder:
