@@ -40,6 +40,7 @@ from actlab.catalog import registry as catalog
 from actlab.config import ExperimentConfig, members_for
 from actlab.data.datasets import load_dataset
 from actlab.nn.user_model import load
+from actlab.study import store
 from actlab.study.driver import run_study
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,15 +51,20 @@ MODELS = {
 }
 
 
-def one_by_one(reference: str, config: ExperimentConfig, dataset, device) -> tuple[float, dict]:
-    """The plain loop, member after member. Returns seconds and final test accuracy per member."""
+def one_by_one(
+    reference: str, config: ExperimentConfig, dataset, device
+) -> tuple[float, dict, dict]:
+    """The plain loop, member after member. Returns seconds, final test accuracy per member
+    and where the time went (build, train, eval: seconds)."""
     user = load(reference)
     x_train = dataset.float_inputs(dataset.x_train)
     x_test = dataset.float_inputs(dataset.x_test).to(device)
     y_test = dataset.y_test.to(device)
     accuracies = {}
+    parts = dict.fromkeys(("build", "train", "eval"), 0.0)
     start = time.perf_counter()
     for member in members_for(config):
+        begin = time.perf_counter()
         torch.manual_seed(member.seed)
         model = user.factory(lambda spec=member.activation: catalog.get(spec)).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=member.lr)
@@ -68,7 +74,9 @@ def one_by_one(reference: str, config: ExperimentConfig, dataset, device) -> tup
             shuffle=True,
             generator=torch.Generator().manual_seed(member.seed),
         )
+        parts["build"] += time.perf_counter() - begin
         for _ in range(config.epochs):
+            begin = time.perf_counter()
             model.train()
             for x, y in loader:
                 x, y = x.to(device), y.to(device)
@@ -76,32 +84,87 @@ def one_by_one(reference: str, config: ExperimentConfig, dataset, device) -> tup
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+            evaluated = time.perf_counter()
+            parts["train"] += evaluated - begin
             model.eval()
             with torch.no_grad():
                 correct = sum(
                     (model(x_test[i : i + 1000]).argmax(1) == y_test[i : i + 1000]).sum().item()
                     for i in range(0, len(y_test), 1000)
                 )
+            parts["eval"] += time.perf_counter() - evaluated
         accuracies[member.label] = correct / len(y_test)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start, accuracies
+    return time.perf_counter() - start, accuracies, parts
 
 
-def stacked(config: ExperimentConfig, dataset) -> tuple[float, dict, int, str]:
+class Clock:
+    """Where actlab's time goes, from the study's hooks and its checkpoint writes:
+    start-up (loading and checking the model, building the members, the thread choice, the
+    run directory: until training starts), train (the steps), eval (after an epoch's last step until its
+    checkpoint: evaluation and the CSV rows), checkpoint (writing checkpoint.pt), finish
+    (after the last checkpoint: reading the run back)."""
+
+    def __init__(self) -> None:
+        self.parts = dict.fromkeys(("start-up", "train", "eval", "checkpoint", "finish"), 0.0)
+        self.last = self.start = time.perf_counter()
+
+    def lap(self, part: str) -> None:
+        now = time.perf_counter()
+        self.parts[part] += now - self.last
+        self.last = now
+
+    def started(self, steps_total: int, steps_done: int) -> None:
+        self.lap("start-up")
+
+    def step(self, info) -> None:
+        self.lap("train")
+
+    @contextlib.contextmanager
+    def checkpoints(self):
+        """Times RunWriter.save_checkpoint (the evaluation ends where it starts)."""
+        save = store.RunWriter.save_checkpoint
+
+        def timed(writer, **kwargs):
+            self.lap("eval")
+            try:
+                return save(writer, **kwargs)
+            finally:
+                self.lap("checkpoint")
+
+        store.RunWriter.save_checkpoint = timed
+        try:
+            yield self
+        finally:
+            store.RunWriter.save_checkpoint = save
+            self.lap("finish")
+
+
+def stacked(config: ExperimentConfig, dataset) -> tuple[float, dict, int, str, dict]:
     """actlab end to end into a fresh run directory. Returns seconds, final test accuracy
-    per member, the checkpoint's bytes, and the stacking line actlab printed."""
+    per member, the checkpoint's bytes, the stacking line actlab printed and where the
+    time went (`Clock`)."""
     plans: list = []
     with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
-        result = run_study(config, dataset=dataset, out=Path(folder) / "run", on_plan=plans.append)
-        seconds = time.perf_counter() - start
+        with Clock().checkpoints() as clock:
+            result = run_study(config, dataset=dataset, out=Path(folder) / "run",
+                               on_plan=plans.append, on_start=clock.started,
+                               on_step=clock.step)  # fmt: skip
+        seconds = time.perf_counter() - clock.start
         checkpoint = sum(f.stat().st_size for f in Path(folder).rglob("*checkpoint*"))
     final = result.metrics[result.metrics["epoch"] == config.epochs]
     labels = [m.label for m in members_for(config)]
     accuracies = dict(zip(labels, final.sort_values("member")["test_acc"], strict=True))
     line = (plans[0].kernels or "") if plans else ""
-    return seconds, accuracies, checkpoint, line
+    return seconds, accuracies, checkpoint, line, clock.parts
+
+
+def spent(rounds: list[dict]) -> str:
+    """``start-up 1.2 s, train 8.0 s, ...``: the median of each part over the rounds."""
+    return ", ".join(
+        f"{part} {statistics.median(r[part] for r in rounds):.2f} s" for part in rounds[0]
+    )
 
 
 def mean_accuracy(accuracies: dict) -> str:
@@ -120,7 +183,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=1, help="alternate both sides N times")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate the sides N times")
+    parser.add_argument("--modes", default="vmap,loop,auto", help="actlab's --stacking modes")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,37 +224,43 @@ def compare_model(name: str, activations: tuple[str, ...], args, dataset, device
     times: dict[str, list[float]] = {}
     accuracy: dict[str, dict] = {}
     extra: dict[str, tuple[int, str]] = {}
+    parts: dict[str, list[dict]] = {}
     # Alternate the sides `repeats` times: a shared machine's speed drifts, and each
     # round's ratios are measured under about the same load.
     # The order rotates from round to round, so that a drifting load favours no side.
-    sides = ["plain", "vmap", "loop", "auto"]
+    sides = ["plain", *args.modes.split(",")]
     for round_ in range(args.repeats):
-        for side in sides[round_ % 4 :] + sides[: round_ % 4]:
+        shift = round_ % len(sides)
+        for side in sides[shift:] + sides[:shift]:
             if side == "plain":
-                seconds, accuracy[side] = one_by_one(reference, config, dataset, device)
+                seconds, accuracy[side], where = one_by_one(reference, config, dataset, device)
             else:
-                seconds, accuracy[side], size, line = stacked(
+                seconds, accuracy[side], size, line, where = stacked(
                     config.replace(stacking=side), dataset
                 )
                 extra[side] = (size, line)
             times.setdefault(side, []).append(seconds)
+            parts.setdefault(side, []).append(where)
     plain = times["plain"]
     print(f"{name}: {members} members; plain loops {statistics.median(plain):.1f} s "
-          f"(mean acc {mean_accuracy(accuracy['plain'])})", flush=True)  # fmt: skip
-    for mode in ("vmap", "loop", "auto"):
-        ratio = statistics.median(p / s for p, s in zip(plain, times[mode], strict=True))
+          f"(mean acc {mean_accuracy(accuracy['plain'])}; {spent(parts['plain'])})",
+          flush=True)  # fmt: skip
+    for mode in sides[1:]:
+        ratios = [p / s for p, s in zip(plain, times[mode], strict=True)]
         size, line = extra[mode]
         print(
             f"  actlab --stacking {mode}: {statistics.median(times[mode]):.1f} s "
-            f"(mean acc {mean_accuracy(accuracy[mode])}), plain / actlab = {ratio:.2f}x, "
-            f"checkpoint {size / 2**20:.1f} MiB" + (f"; {line}" if mode == "auto" else ""),
+            f"(mean acc {mean_accuracy(accuracy[mode])}), plain / actlab = "
+            f"{statistics.median(ratios):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}), "
+            f"checkpoint {size / 2**20:.1f} MiB; {spent(parts[mode])}"
+            + (f"; {line}" if mode == "auto" else ""),
             flush=True,
         )
     if name == "mlp":
         builtin = config.replace(
             model="mlp", model_source=None, model_sha256=None, hidden=(128, 128)
         )
-        seconds, builtin_acc, _, _ = stacked(builtin, dataset)
+        seconds, builtin_acc, _, _, _ = stacked(builtin, dataset)
         print(f"  built-in hand-written path {seconds:.1f} s ({mean_accuracy(builtin_acc)})")
 
 

@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import floor  # noqa: E402
+import model_zoo  # noqa: E402
 import seed_protocol  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -85,3 +86,29 @@ def test_floor_adam_is_one_adam_pass_over_every_parameter():
     ):  # every moment of every parameter was read and written
         torch.testing.assert_close(m, 0.9 * m0 + 0.1 * g)
         torch.testing.assert_close(v, 0.999 * v0 + 0.001 * g * g)
+
+
+def test_model_zoo_table_says_what_each_local_model_runs_and_what_actlab_did(tmp_path):
+    """benchmarks/model_zoo.py on its torch-only zoo (torchvision and timm do not import
+    here): gates left alone and said, a builder whose act() misses a ReLU, a transformer
+    layer's activation argument, the vmap stacking, and a model that does not run."""
+    zoo = {model.name: model for model in model_zoo.local_zoo(tmp_path)}
+    broken = model_zoo.ZooModel("broken", model_zoo.UserModel("broken", lambda: torch.nn.Linear(3, 2),
+                                model_zoo.MODULE), (1, 6, 6))  # fmt: skip
+    names = ("SENet", "timm_net_partial", "encoder_string", "vit.py:vit_tiny")
+    rows = {name: model_zoo.coverage(zoo[name]) for name in names}
+    rows["broken"] = model_zoo.coverage(broken)
+    se = rows["SENet"]
+    assert se.present == "relu x3, sigmoid x1, hardsigmoid x1" and se.replaced == "nn.ReLU x3"
+    assert "nn.Sigmoid se1.gate" in se.left and "nn.Hardsigmoid se2.gate" in se.left
+    assert se.remaining == "-" and se.stacking == "vmap"
+    partial = rows["timm_net_partial"]
+    assert partial.replaced == "act() x1" and partial.remaining == "relu x1 (3.act)"
+    encoder = rows["encoder_string"]
+    assert encoder.replaced == "TransformerEncoderLayer(activation='relu') x2"
+    assert "_transformer_encoder_layer_fwd x2" in encoder.present  # the user's eval fast path
+    assert encoder.remaining == "-" and encoder.stacking == "vmap"
+    assert rows["vit.py:vit_tiny"].replaced == "act() x2"
+    assert rows["broken"].stacking.startswith("does not run: RuntimeError: mat1 and mat2")
+    lines = model_zoo.table(list(rows.values())).splitlines()
+    assert lines[0] == "| " + " | ".join(model_zoo.COLUMNS) + " |" and len(lines) == 2 + 5

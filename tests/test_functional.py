@@ -86,6 +86,18 @@ NETS = textwrap.dedent(
 
     def branchy(act):
         return Branchy(act)
+
+
+    class Tied(nn.Module):  # one weight at two places
+        def __init__(self):
+            super().__init__()
+            self.inp, self.act = nn.Linear(36, 36), nn.ReLU()
+            self.mid = nn.Linear(36, 36)
+            self.mid.weight = self.inp.weight
+            self.head = nn.Linear(36, 3)
+
+        def forward(self, x):
+            return self.head(self.act(self.mid(self.act(self.inp(x.flatten(1))))))
     """
 )
 
@@ -341,3 +353,33 @@ def test_a_diverging_member_is_frozen_and_the_others_train_on():
     after = member_state(trainer.model, 1)  # relu|lr=1e4 does not move once frozen
     assert all(torch.equal(after[name], frozen[name]) for name in frozen if "running" not in name)
     assert all(r["train_loss"] < 2 for x in results for r in x.metrics if r["lr"] == 1e-3)
+
+
+@pytest.mark.parametrize("reference", ["Net", "build", "branchy", "Tied"])
+def test_each_members_backward_after_its_forward_equals_one_backward_of_the_sum(
+    nets, monkeypatch, reference
+):
+    """Members that run on their own (a CPU's --stacking auto/loop, a fallback) back-propagate
+    one by one, right after their own forward (as K plain loops do: one member's saved
+    activations at a time). Their gradients are those of one backward of the summed losses:
+    the same parameters, BatchNorm statistics and metrics, bit for bit, with dropout, random
+    ops in the one-by-one path, a tied weight, and a member that diverges (SGD at lr 1e4)
+    frozen on the way."""
+    path, _ = nets
+    config = ExperimentConfig(
+        model=f"{path}:{reference}", activations=("relu", "tanh"), lrs=(1e-2, 1e4),
+        seeds=(0, 1), optimizer="sgd", epochs=3, batch_size=BATCH, stacking="loop",
+        diagnostics=False,
+    )  # fmt: skip
+    runs = []
+    for by_member in (True, False):
+        if not by_member:  # the step before: every forward, then one backward of the sum
+            monkeypatch.setattr(StackedUserModel, "member_by_member", False)
+        trainer = Trainer(config, device_data())
+        assert trainer.model.member_by_member is by_member
+        rows = [r for _ in range(3) for r in trainer.train_epoch().metrics]
+        runs.append(([{**r, "epoch_time_s": None} for r in rows], trainer.state()))
+    (mine, state), (summed, reference_state) = runs
+    assert mine == summed and any(r["status"] == "diverged" for r in mine)
+    for name, tensor in reference_state["model"].items():
+        assert torch.equal(state["model"][name], tensor), name

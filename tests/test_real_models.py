@@ -403,6 +403,30 @@ def test_vit_block_matches_plain_models(models, stacking):
     check_oracle("vit", activations, models, stacking=stacking)
 
 
+def test_attention_under_vmap_takes_no_batching_fallback(models):
+    """vmap of nn.MultiheadAttention on a CPU: torch's flash SDPA kernel has no batching
+    rule, and vmap would run it member by member through its slow fallback ("There is a
+    performance drop because we have not yet implemented the batching rule for
+    aten::_scaled_dot_product_flash_attention_for_cpu"). A training step and an evaluation
+    of the stacked ViT, every warning recorded (set_warn_always: torch warns once per
+    process otherwise, and an earlier test may have spent it)."""
+    path, _ = models
+    config = ExperimentConfig(model=f"{path}:vit", activations=("gelu", "relu"), seeds=(0, 1),
+                              batch_size=BATCH, diagnostics=True, stacking="vmap")  # fmt: skip
+    before = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer = Trainer(config, device_data())
+            trainer.train_epoch()
+    finally:
+        torch.set_warn_always(before)
+    assert all(group.stacked for group in trainer.model.groups)  # vmap really ran
+    drops = [str(w.message) for w in caught if "performance drop" in str(w.message)]
+    assert drops == []
+
+
 # === short studies with diagnostics ======================================================
 
 

@@ -232,3 +232,80 @@ def test_re_checks_during_training_change_no_number(small, tmp_path, monkeypatch
     assert len(rechecks) >= 2 and set(rechecks) == {"the step time degraded"}
     columns = [c for c in plain.columns if c != "epoch_time_s"]
     assert plain[columns].equals(checked[columns])
+
+
+NET = '''
+from torch import nn
+
+
+def build(act):
+    """BatchNorm (running statistics) and dropout (per-member masks): state a timing step
+    would change."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), act(), nn.Flatten(),
+        nn.Dropout(0.3), nn.Linear(4 * 36, 3),
+    )
+'''
+
+
+@pytest.mark.parametrize("model", ["mlp", "net:vmap", "net:loop"])
+@pytest.mark.parametrize("threads", [1, None])
+def test_the_measured_trainer_trains_exactly_as_a_fresh_one(small, tmp_path, model, threads):
+    """The study trains the trainer its thread choice timed (built and checked once), with
+    the timing steps undone: every metric and diagnostic equals a fresh trainer's, bit for
+    bit (same process, same thread count: the same operations in the same order)."""
+    from actlab.data.datasets import load_dataset
+    from actlab.engine.trainer import train
+
+    options = {"hidden": (8,)}
+    if model != "mlp":
+        (tmp_path / "net.py").write_text(NET)
+        reference = f"{tmp_path / 'net.py'}:build"
+        options = {"model": reference, "stacking": model.split(":")[1]}
+    config = ExperimentConfig(
+        seeds=(0, 1), dataset=small, epochs=2, activations=("relu", "tanh"), device="cpu",
+        threads=threads, diagnostics=True, **options,
+    )  # fmt: skip
+    studied = run_study(config, out=tmp_path / "run").metrics
+    torch.set_num_threads(json.loads((tmp_path / "run" / "config.json").read_text())
+                          ["environment"]["threads"])  # fmt: skip
+    fresh = [row for result in train(config, load_dataset(small)) for row in result.metrics]
+    assert len(fresh) == len(studied) == 2 * 2 * 2
+    for row in fresh:
+        mine = studied[(studied.member == row["member"]) & (studied.epoch == row["epoch"])]
+        for name in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            assert mine[name].item() == row[name], (name, row["member"], row["epoch"])
+
+
+def test_start_up_builds_the_model_once_and_times_no_step_with_threads_given(
+    small, tmp_path, monkeypatch
+):
+    """Before: a throwaway trainer (a second build of every member, its checks and its
+    memory) and five timing steps, for an estimate, on a study whose thread count was given."""
+    import actlab.study.driver as driver
+
+    built, timed = [], []
+    make = driver.make_trainer
+
+    def counting_make(*args, **kwargs):
+        trainer = make(*args, **kwargs)
+        built.append(trainer)
+        timing_step = trainer.timing_step
+        trainer.timing_step = lambda: timed.append(1) or timing_step()
+        return trainer
+
+    monkeypatch.setattr(driver, "make_trainer", counting_make)
+    config = ExperimentConfig(seeds=(0,), dataset=small, hidden=(8,), epochs=2, device="cpu",
+                              activations=("relu",), threads=1, diagnostics=False)  # fmt: skip
+    events = []
+    run_study(config, out=tmp_path / "run", on_plan=events.append,
+              on_step=lambda info: events.append(info.step))  # fmt: skip
+    assert len(built) == 1 and not timed  # the estimate: from the study's own second step
+    assert events[:3] == [1, events[1], 2] and events[1].estimate_s > 0
+    assert events[1].threads.forced and events[1].threads.best_step_s > 0
+    # One step an epoch: the plan comes with the first step, before the first epoch ends.
+    events.clear()
+    run_study(config.replace(batch_size=256), on_plan=events.append,
+              on_epoch=lambda result: events.append("epoch"),
+              on_step=lambda info: events.append(info.step))  # fmt: skip
+    assert events[0].estimate_s > 0 and events[1:] == [1, "epoch", 1, "epoch"]

@@ -392,3 +392,27 @@ def test_python_api_with_a_builder_and_tensors():
     assert frame["test_acc"].notna().all()
     with pytest.raises(ConfigError, match="nn.Module instance"):
         actlab.compare(model=build(nn.ReLU), dataset=(x, y, x, y))
+
+
+def test_counting_what_a_swap_left_does_not_import_torch_dynamo():
+    """The census (a TorchDispatchMode) counted the ops, but torch wrapped its dispatch in
+    torch._dynamo.disable, whose first call imported torch._dynamo and sympy: 0.7 s of every
+    user-model study's start-up. A fresh interpreter, so nothing imported it before."""
+    import subprocess
+    import sys
+
+    code = textwrap.dedent(
+        """
+        import sys
+        import torch
+        from torch import nn
+        from actlab.nn.census import remaining_after_swap
+        net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        found = remaining_after_swap(net, lambda: net(torch.ones(2, 4)), ["ReLU"], [])
+        assert [(op, count) for op, _, count in found] == [("relu", 1)], found
+        print("torch._dynamo" in sys.modules)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, timeout=120)  # fmt: skip
+    assert result.stdout.strip() == "False"

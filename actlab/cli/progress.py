@@ -40,7 +40,8 @@ class CompareProgress:
         for line in (plan.resume_line(), threads, kernels, plan.describe()):
             if line:
                 self.write(line)
-        self.started = self.clock()  # the remaining-time estimate counts training only
+        if self.done == self.done_at_start:  # (with --threads N the plan follows 2 steps)
+            self.started = self.clock()  # the remaining-time estimate counts training only
 
     def threads(self, choice, reason: str) -> None:
         self.write(f"{reason}: {choice.describe()}")

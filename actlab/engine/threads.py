@@ -121,7 +121,9 @@ def choose_threads(
     fastest: the median over rounds of the mean step time of a round, the candidates
     interleaved and their order rotated each round, so that a load that comes and goes is
     shared by all. First one untimed step at the largest count (one-time costs), then one
-    timed warm-up step per candidate, unless `warm` (a re-check). After the first round, rounds stop once `budget_s` is spent.
+    timed warm-up step per candidate, unless `warm` (a re-check). After the first round,
+    rounds stop once `budget_s` is spent. A single candidate (``--threads N``: nothing to
+    choose, only the estimate's step time) is timed by its warm-up step alone.
     Candidates within TIE_TOLERANCE of the fastest tie; the fewest threads win a tie.
 
     A clear loser costs little on a busy machine (where a step with too many threads can
@@ -151,9 +153,11 @@ def choose_threads(
         # warm-up is its only sample.
         racing = [c for c in candidates if warmup[c] <= LOSER_FACTOR * min(warmup.values())]
         for count in candidates:
-            if count not in racing:
+            if count not in racing or len(candidates) == 1:
                 samples[count].append(warmup[count])
-    for round_index in range(rounds):
+        if len(candidates) == 1:  # nothing to choose (--threads N): its one timed step
+            racing = []
+    for round_index in range(rounds if racing else 0):
         shift = round_index % len(racing)
         for count in racing[shift:] + racing[:shift]:
             best = min((statistics.median(v) for v in samples.values() if v), default=math.inf)

@@ -412,6 +412,8 @@ class Trainer:
         """The CPU step: one host read of the K losses, so a diverging member is frozen
         before its own update (nearly free on a CPU)."""
         inputs, targets = self._batch(index)
+        if self.mlp_step is None and getattr(self.model, "member_by_member", False):
+            return self._member_by_member_step(inputs, targets)
         logits, losses, cache = self._forward(inputs, targets)
         limit = self._loss_limit
         ok = healthy(losses.detach().tolist(), limit)
@@ -421,6 +423,29 @@ class Trainer:
         alive = None if all(self.alive) else self._sums.alive
         self._backward(losses, cache, alive)
         self._finish_step(logits, targets, losses, alive, cache)
+        return losses
+
+    def _member_by_member_step(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """`_host_checked_step` of a user's network whose members all run on their own:
+        each member's backward right after its forward (the model's `train_members`), once
+        its loss passed the same check; the same gradients and updates."""
+        limit, alive, objective = self._loss_limit, self.alive, self.objective
+        for p in self.optimizer.params:
+            p.grad = None
+
+        def member_loss(output: Tensor, target: Tensor) -> Tensor:  # as `_forward`'s row
+            return objective.member_losses(output.unsqueeze(0), target.unsqueeze(0))[0]
+
+        logits, losses = self.model.train_members(
+            inputs, targets, member_loss, lambda k, v: alive[k] and healthy([v], limit)[0]
+        )
+        ok = healthy(losses.tolist(), limit)
+        if not all(ok):
+            self._freeze_nonfinite(ok, self._sums.alive)
+        for p in self.optimizer.params:  # no member of it back-propagated: as a masked sum
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self._finish_step(logits, targets, losses, None if all(self.alive) else self._sums.alive)
         return losses
 
     def _device_step(self, index: Tensor) -> Tensor:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -129,6 +129,7 @@ class StackedUserModel(nn.Module):
             torch.Generator().manual_seed(m.seed + RANDOM_SEED_OFFSET) for m in self.members
         ]
         self._mask_shapes: dict[tuple, list[tuple[tuple[int, ...], float]]] = {}
+        self._own_modules: dict[int, list[nn.Module]] = {}  # see `_member_modules`
         self.weight_names = self._weight_names()
         self.to(device)
         for group in self.groups:
@@ -295,6 +296,7 @@ class StackedUserModel(nn.Module):
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)
+        self._own_modules = {}  # views of the tensors replaced
         device = self.inverse_order.device
         if self._dropout_generators and self._dropout_generators[0].device != device:
             self._dropout_generators = [dropout_generator(m.seed, device) for m in self.members]
@@ -329,35 +331,88 @@ class StackedUserModel(nn.Module):
 
     def _forward_groups(self, x: Tensor, capture: bool) -> tuple[Tensor, list[tuple]]:
         """Logits (K, B, classes) in member order, and each group's captured site inputs."""
-        shared = x.shape[0] == 1  # evaluation (or a single seed): one batch for all
         outs, captures = [], []
         for group in self.groups:
-            index = self.seed_index[group.members]
-            inputs = x[0] if shared else x.index_select(0, index)
-            one_input = shared
-            if shared and group.stacked:
-                # Batched like a training input (a free expand, no copy): vmap then runs
-                # each member's layers exactly as in training, whatever the group size
-                # (an unbatched input would merge the members' convolutions into one,
-                # whose rounding depends on how many members there are).
-                inputs, one_input = inputs.expand(len(group.members), *inputs.shape), False
-            if group.in_place:  # an in-place activation must not write into the dataset
-                inputs = inputs.clone()
+            inputs, one_input = self._group_inputs(group, x)
             run = self._stacked if group.stacked else self._one_by_one
-            try:
-                with attention_paths(group.stacked, inputs.device.type):
-                    logits, captured = run(group, inputs, one_input, capture)
-            except ConfigError:
-                raise
-            except Exception as error:  # the user's forward: one line, the run dir intact
-                mode = "a training" if self.training else "an evaluation"
-                raise ConfigError(
-                    f"--model {self.user.reference}: {mode} forward pass on a batch of shape "
-                    f"{tuple(inputs.shape[0 if one_input else 1 :])} raised {first_line(error)}"
-                ) from None
+            with self._user_forward(group, inputs, one_input):
+                logits, captured = run(group, inputs, one_input, capture)
             outs.append(logits)
             captures.append(captured)
         return torch.cat(outs).index_select(0, self.inverse_order), captures
+
+    @property
+    def member_by_member(self) -> bool:
+        """Whether every member runs on its own (no group vmapped): `train_members` then
+        trains them as K plain loops do."""
+        return not any(group.stacked for group in self.groups)
+
+    def train_members(
+        self,
+        x: Tensor,
+        targets: Tensor,
+        member_loss: Callable[[Tensor, Tensor], Tensor],
+        keep: Callable[[int, float], bool],
+    ) -> tuple[Tensor, Tensor]:
+        """A training step's forward and backward when every member runs on its own
+        (`member_by_member`): member k's backward right after its own forward, as K plain
+        loops do, so that one member's saved activations are held at a time (one backward
+        of the summed losses after every forward was measured 5-8% slower on a CPU,
+        benchmarks/own_model.py). The gradients are the same: member k's loss reaches its
+        own slices of the stacked parameters only.
+
+        x: (S, B, *input) as `forward`; targets (K, B, ...); ``member_loss(output (B, ...),
+        targets (B, ...))`` a member's loss; ``keep(k, loss)`` whether member k's loss is
+        back-propagated (the trainer's divergence check, before the backward). Gradients
+        accumulate into the stacked parameters' ``.grad``. Returns the outputs
+        (K, B, ...) and the losses (K,), detached."""
+        outs, losses = [], []
+        for index, group in enumerate(self.groups):
+            inputs, one_input = self._group_inputs(group, x)
+            modules = self._member_modules(index, group)
+            with self._user_forward(group, inputs, one_input):
+                for i, out, _ in self._member_forwards(group, inputs, one_input, False, modules):
+                    k = group.members[i]
+                    loss = member_loss(out, targets[k])
+                    if keep(k, loss.item()):
+                        loss.backward()
+                    outs.append(out.detach())
+                    losses.append(loss.detach())
+        order = self.inverse_order
+        return torch.stack(outs).index_select(0, order), torch.stack(losses).index_select(0, order)
+
+    def _group_inputs(self, group: GroupStack, x: Tensor) -> tuple[Tensor, bool]:
+        """The group's inputs: (G, B, ...) its members' seeds' batches, or the shared batch
+        (and True) in evaluation."""
+        shared = x.shape[0] == 1  # evaluation (or a single seed): one batch for all
+        index = self.seed_index[group.members]
+        inputs = x[0] if shared else x.index_select(0, index)
+        one_input = shared
+        if shared and group.stacked:
+            # Batched like a training input (a free expand, no copy): vmap then runs
+            # each member's layers exactly as in training, whatever the group size
+            # (an unbatched input would merge the members' convolutions into one,
+            # whose rounding depends on how many members there are).
+            inputs, one_input = inputs.expand(len(group.members), *inputs.shape), False
+        if group.in_place:  # an in-place activation must not write into the dataset
+            inputs = inputs.clone()
+        return inputs, one_input
+
+    @contextlib.contextmanager
+    def _user_forward(self, group: GroupStack, inputs: Tensor, one_input: bool):
+        """The attention kernels of the group's forward; an exception of the user's
+        forward as one line (ConfigError), the run directory intact."""
+        try:
+            with attention_paths(group.stacked, inputs.device.type):
+                yield
+        except ConfigError:
+            raise
+        except Exception as error:
+            mode = "a training" if self.training else "an evaluation"
+            raise ConfigError(
+                f"--model {self.user.reference}: {mode} forward pass on a batch of shape "
+                f"{tuple(inputs.shape[0 if one_input else 1 :])} raised {first_line(error)}"
+            ) from None
 
     def _stacked(self, group: GroupStack, inputs: Tensor, shared: bool, capture: bool):
         params, buffers = group.state()
@@ -404,13 +459,25 @@ class StackedUserModel(nn.Module):
         return list(source.shapes)
 
     def _one_by_one(self, group: GroupStack, inputs: Tensor, shared: bool, capture: bool):
+        outs, captures = [], []
+        for _, out, captured in self._member_forwards(group, inputs, shared, capture):
+            outs.append(out)
+            captures.append(captured)
+        stacked_captures = tuple(torch.stack(c) for c in zip(*captures, strict=True))
+        return torch.stack(outs), stacked_captures
+
+    def _member_forwards(
+        self, group: GroupStack, inputs: Tensor, shared: bool, capture: bool, modules=None
+    ):
+        """Member by member, from the same stacked tensors: (i, logits, captured sites) of
+        the group's member i, a ``functional_call`` on its slices of the parameters (or
+        its module of `_member_modules`); its random ops draw from its own generator."""
         params, buffers = group.state()
         # One unbind per tensor (its backward stacks the G gradients once), not G selects
         # (each of whose backwards would fill a whole (G, ...) gradient).
-        member_params = per_member(params, len(group.members))
-        member_buffers = per_member(buffers, len(group.members))
+        member_params = per_member(params, len(group.members)) if modules is None else []
+        member_buffers = per_member(buffers, len(group.members)) if modules is None else []
         source = group.source
-        outs, captures = [], []
         for i, k in enumerate(group.members):
             x = inputs if shared else inputs[i]
             source.mode, source.generator = "member", self._dropout_generators[k]
@@ -425,14 +492,38 @@ class StackedUserModel(nn.Module):
                 ),
             ):
                 torch.set_rng_state(generator.get_state())
-                out = logits_of(
-                    functional_call(group.base, (member_params[i], member_buffers[i]), (x,))
-                )
+                if modules is not None:
+                    out = logits_of(modules[i](x))
+                else:
+                    out = logits_of(
+                        functional_call(group.base, (member_params[i], member_buffers[i]), (x,))
+                    )
                 generator.set_state(torch.get_rng_state())
-            outs.append(out)
-            captures.append(per_site(captured, group.sites) if capture else ())
-        stacked_captures = tuple(torch.stack(c) for c in zip(*captures, strict=True))
-        return torch.stack(outs), stacked_captures
+            yield i, out, (per_site(captured, group.sites) if capture else ())
+
+    def _member_modules(self, index: int, group: GroupStack) -> list[nn.Module]:
+        """The group's members as modules of their own for `train_members`: copies of its
+        base whose parameters and buffers are views of the stacked ones (the same storage:
+        the optimizer's in-place updates and BatchNorm's running statistics are shared),
+        so a member's forward is a plain module call, as in a plain loop, without
+        ``functional_call`` rebinding every tensor at every call (13% of a small ViT's
+        step). Their parameters are leaves whose ``.grad`` are views of the stacked
+        parameters' gradients, set to zeros here for this step: a member's backward
+        accumulates into its own slice of them."""
+        params, buffers = group.state()
+        if index not in self._own_modules:
+            self._own_modules[index] = [
+                _module_of_views(group, i, params, buffers) for i in range(len(group.members))
+            ]
+        modules = self._own_modules[index]
+        for name, stacked in params.items():
+            if stacked.requires_grad:
+                stacked.grad = torch.zeros_like(stacked)
+                for i, module in enumerate(modules):
+                    module.get_parameter(name).grad = stacked.grad[i]
+        for module in modules:
+            module.train(self.training)
+        return modules
 
     # -- checks at build time ----------------------------------------------------------
 
@@ -480,6 +571,30 @@ class StackedUserModel(nn.Module):
             )
         which = "every activation" if not stacked else ", ".join(g.activation for g in loop)
         return f"member by member for {which} ({why})"
+
+
+def _module_of_views(group: GroupStack, i: int, params: dict, buffers: dict) -> nn.Module:
+    """A copy of the group's base module whose tensors are member i's slices of the stacked
+    ones (views sharing their storage; parameters as leaves of their own)."""
+    module = copy.deepcopy(group.base)
+    # Every name of a tensor: a tied weight (one tensor at two places) gets one view.
+    names: dict[int, list[str]] = {}
+    for name, t in [*module.named_parameters(remove_duplicate=False),
+                    *module.named_buffers(remove_duplicate=False)]:  # fmt: skip
+        names.setdefault(id(t), []).append(name)
+    for name, stacked in params.items():
+        view = nn.Parameter(stacked.detach()[i], requires_grad=stacked.requires_grad)
+        for alias in names[id(module.get_parameter(name))]:
+            owner, _, leaf = alias.rpartition(".")
+            setattr(module.get_submodule(owner), leaf, view)
+    for name, stacked in buffers.items():
+        for alias in names[id(module.get_buffer(name))]:
+            owner, _, leaf = alias.rpartition(".")
+            module.get_submodule(owner).register_buffer(leaf, stacked[i])
+    for sub in module.modules():
+        if isinstance(sub, MemberDropout):  # the group's masks, not a copy's
+            sub.source = group.source
+    return module
 
 
 def _argsort(values: Sequence[int]) -> list[int]:

@@ -20,7 +20,8 @@ from typing import Any
 class StudyCallback:
     """Hooks of a study, in the order they come. Local runs call on_note, on_start,
     on_plan, then per step on_step (and on_threads when the thread count is chosen again)
-    and per epoch on_epoch; Ray runs call on_note, on_shards, on_resume, on_start, then
+    and per epoch on_epoch (on a CPU with ``--threads N``, on_plan comes with the study's
+    second step, whose time the estimate is made from); Ray runs call on_note, on_shards, on_resume, on_start, then
     on_progress as shards finish epochs and on_epoch once every shard has."""
 
     def on_note(self, text: str) -> None:

@@ -31,13 +31,15 @@ from actlab.engine.threads import (
     candidate_counts,
     choose_threads,
 )
-from actlab.engine.trainer import Trainer, make_trainer, members_of, resolve_device, train
+from actlab.engine.trainer import Trainer, make_trainer, members_of, resolve_device
 from actlab.errors import ConfigError, RunDirError
 from actlab.nn import user_model
 from actlab.study import store
 from actlab.study.callbacks import StudyCallback, callback_of
 from actlab.study.resume import ResumePoint
 from actlab.tasks import bits_per_character
+
+EVAL_TIMING_SAMPLES = 32  # test samples evaluated to estimate an epoch's evaluation time
 
 
 @dataclass
@@ -262,6 +264,9 @@ class ThreadKeeper:
         self.watch = StepWatch()
         self._trainer: Trainer | None = None
         self._measured: Trainer | None = None  # the trainer of the last measurement
+        self._untouched = False  # `_trainer` is as built: its timing steps were undone
+        self._taken: list = []  # the depths whose trainer was handed over (`take`)
+        self._kernels: str | None = None
         self.depth: int | None = None  # the depth of the last measurement
         self._last_step: float | None = None
         if self.measure and self.forced:
@@ -271,13 +276,7 @@ class ThreadKeeper:
         """How the measured model's step runs: the hand-written MLP step's elementwise work
         on a CPU (compiled kernels or torch ops, and why), a user's network's stacking (vmap
         or member by member, and why), else None."""
-        if self._trainer is None:
-            return None
-        stacking = getattr(self._trainer.model, "describe_stacking", None)  # a user's network
-        if stacking is not None:
-            return stacking()
-        step = self._trainer.mlp_step
-        return step.describe_kernels() if step is not None else None
+        return self._kernels
 
     def how_chosen(self) -> str:
         if self.choice is None:
@@ -285,30 +284,63 @@ class ThreadKeeper:
         return "forced (--threads)" if self.choice.forced else "measured (fastest of 1..CPUs)"
 
     def choose(self, depth: int | None) -> ThreadChoice | None:
-        """Measure (again) for the stacked model of `depth`; returns the choice."""
+        """Measure (again) for the stacked model of `depth`; returns the choice.
+
+        A new depth's trainer is the one that will train (`take`): its timing steps are
+        undone (its state before them restored), so that start-up builds and checks the
+        model once. A re-check during training times a throwaway trainer instead."""
         if not self.measure:
             return self.choice
-        if depth != self.depth or self._trainer is None:
+        fresh = depth != self.depth or self._trainer is None
+        if fresh:
             self._trainer = make_trainer(self.config, self.data, depth=depth)
             self.depth = depth
             self.eval_s = None
+            self._kernels = _describe_kernels(self._trainer)
         trainer = self._trainer
-        candidates = [self.config.threads] if self.forced else candidate_counts(self.cpus)
+        if self.forced:  # nothing to choose: no step before training (see `timed_step`)
+            self.choice = ThreadChoice(self.config.threads, True, self.cpus)
+            self.eval_s = self._time_evaluation(trainer)  # evaluation changes no state
+            self._untouched = True
+            return self.choice
+        # Undone only for a trainer that will train (not a re-check's throwaway one).
+        before = _state_copy(trainer) if fresh and depth not in self._taken else None
         warm = trainer is self._measured  # a re-check: its pools and buffers exist
-        self.choice = choose_threads(trainer.timing_step, candidates, warm=warm)
+        self.choice = choose_threads(trainer.timing_step, candidate_counts(self.cpus), warm=warm)
         self._measured = trainer
-        self.choice.cpus, self.choice.forced = self.cpus, self.forced
+        self.choice.cpus = self.cpus
         if self.eval_s is None:
             self.eval_s = self._time_evaluation(trainer)
+        if before is not None:
+            trainer.load_state(before)
+            for p in trainer.optimizer.params:
+                p.grad = None
+        self._untouched = before is not None
         self.watch.reset()
         self._last_step = None
         return self.choice
 
+    def timed_step(self, seconds: float) -> None:
+        """With ``--threads N``: the step time of one of the study's own first steps (the
+        estimate's; nothing was timed before training)."""
+        if self.choice is not None:
+            self.choice.step_seconds = {self.choice.threads: seconds}
+
+    def take(self, depth: int | None) -> Trainer | None:
+        """The trainer measured for `depth`, as built (its timing steps undone), handed over
+        to train once; None when there is none (a GPU, another depth, already taken)."""
+        if not (self._untouched and depth == self.depth and self._trainer is not None):
+            return None
+        trainer, self._trainer, self._measured, self._untouched = self._trainer, None, None, False
+        self._taken.append(depth)
+        return trainer
+
     def _time_evaluation(self, trainer: Trainer) -> float:
-        """Seconds of one epoch's evaluations (val and test), from one chunk, scaled."""
+        """Seconds of one epoch's evaluations (val and test), from one chunk of at most
+        EVAL_TIMING_SAMPLES samples, scaled (a small test set is not evaluated twice)."""
         data = self.data
         count = data.x_val.shape[0] + data.x_test.shape[0]
-        chunk = min(trainer.eval_chunk, data.x_test.shape[0])
+        chunk = min(trainer.eval_chunk, data.x_test.shape[0], EVAL_TIMING_SAMPLES)
         if chunk == 0:
             return 0.0
         begin = time.perf_counter()
@@ -345,7 +377,24 @@ class ThreadKeeper:
         return True
 
     def close(self) -> None:
-        self._trainer = None
+        self._trainer = self._measured = None
+
+
+def _describe_kernels(trainer) -> str | None:
+    """See `ThreadKeeper.kernels`."""
+    stacking = getattr(trainer.model, "describe_stacking", None)  # a user's network
+    if stacking is not None:
+        return stacking()
+    step = trainer.mlp_step
+    return step.describe_kernels() if step is not None else None
+
+
+def _state_copy(trainer) -> dict:
+    """`trainer.state()` as a copy: the live model tensors it refers to cloned (the
+    optimizer's state and the generators' are copies already)."""
+    state = dict(trainer.state())
+    state["model"] = {name: t.clone() for name, t in state["model"].items()}
+    return state
 
 
 def open_study_dir(
@@ -378,6 +427,8 @@ class LocalExecutor:
     def __init__(self, config, data, keeper: ThreadKeeper, hooks: StudyCallback) -> None:
         self.config, self.data, self.keeper, self.hooks = config, data, keeper, hooks
         self.writer = None
+        self._pending: tuple[StudyPlan, int] | None = None  # a plan waiting for its estimate
+        self._steps_seen, self._last = 0, 0.0
 
     def check_checkpoint(self, checkpoint, writer) -> None:
         self.writer = writer
@@ -389,14 +440,40 @@ class LocalExecutor:
 
     def before(self, point: ResumePoint, total: int, done: int, steps_per_epoch: int) -> None:
         keeper = self.keeper
-        estimate = keeper.estimate(total - done, (total - done) // steps_per_epoch)
+        epochs_left = (total - done) // steps_per_epoch
+        estimate = keeper.estimate(total - done, epochs_left)
         plan = StudyPlan(
             total, done, keeper.choice, estimate, self.config.epochs, point.resumed_from,
             keeper.kernels(),
         )  # fmt: skip
+        if estimate is None and keeper.measure and keeper.forced and total > done:
+            # --threads N: no step was timed before training; the estimate is made from
+            # the study's own second step (its first pays one-time costs).
+            self._pending, self._steps_seen, self._last = (
+                (plan, epochs_left),
+                0,
+                time.perf_counter(),
+            )
+            return
+        self.hooks.on_plan(plan)
+
+    def _plan_from_first_steps(self, info: StepInfo) -> None:
+        """The pending plan, with the estimate from the second step's time (the first
+        step's when an epoch has one step), given before that step's on_step."""
+        now = time.perf_counter()
+        seconds, self._last = now - self._last, now
+        self._steps_seen += 1
+        if self._steps_seen < 2 and info.step < info.steps:
+            return
+        plan, epochs_left = self._pending
+        self._pending = None
+        self.keeper.timed_step(seconds)
+        plan.estimate_s = self.keeper.estimate(plan.steps_total - plan.steps_done, epochs_left)
         self.hooks.on_plan(plan)
 
     def _step(self, info: StepInfo) -> None:
+        if self._pending is not None:
+            self._plan_from_first_steps(info)
         if self.keeper.step(info):
             self.hooks.on_threads(self.keeper.choice, "the step time degraded")
         self.hooks.on_step(info)
@@ -409,7 +486,12 @@ class LocalExecutor:
                 hooks.on_threads(keeper.choice, f"depth {depth}")
         state = resumed.engine if resumed is not None else None
         rows: list[dict] = []
-        for result in train(self.config, self.data, depth=depth, state=state, on_step=self._step):
+        # The trainer the thread choice measured (built and checked once), else a new one.
+        trainer = keeper.take(depth) or make_trainer(self.config, self.data, depth=depth)
+        if state is not None:
+            trainer.load_state(state)
+        while trainer.epoch < self.config.epochs:
+            result = trainer.train_epoch(self._step)
             if writer is not None:
                 writer.append_rows(result.metrics, result.diagnostics)
                 writer.save_checkpoint(
