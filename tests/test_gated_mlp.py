@@ -9,22 +9,28 @@ be used in an MLP hidden layer"). Now:
 - a 50-step oracle: K plain nn.Module MLPs, the gated layer written by hand here, trained
   one by one with torch.optim.Adam on the same batches (losses and final weights);
 - the relu members of a mixed study give the numbers of a relu-only (fused-step) study;
-- extract gives a plain module that reproduces the recorded test accuracy; resume works.
+- extract gives a plain module that reproduces the recorded test accuracy; a run killed
+  (SIGKILL) at any durable write resumes to the rows of an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import signal
+
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from fixtures.cli import run_cli
+from fixtures.kill import durable_calls, quiet_main, rows
 from torch import nn
 
 from actlab.config import ExperimentConfig
 from actlab.engine.trainer import DeviceData, Trainer, epoch_permutation, shuffle_generator
 from actlab.nn import mlp_builder
 from actlab.study import store
+from actlab.study.driver import load_study_dataset
 from actlab.study.extract import extract_member
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -240,8 +246,6 @@ def test_the_cli_trains_extracts_and_resumes_a_gated_mlp(tmp_path):
     module = mlp_builder.plain_mlp("swiglu", 64, widths, 10)
     module.load_state_dict(torch.load(path))
     module.eval()
-    from actlab.study.driver import load_study_dataset
-
     run = store.read_run(tmp_path / "straight")
     dataset = load_study_dataset(run.config)
     with torch.no_grad():
@@ -251,3 +255,23 @@ def test_the_cli_trains_extracts_and_resumes_a_gated_mlp(tmp_path):
     recorded = row["test_acc"] / (100 if row["test_acc"] > 1 else 1)
     # the same predictions: within half an image (the engine divides in float64)
     assert accuracy == pytest.approx(recorded, abs=0.5 / len(dataset.y_test))
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_gives_the_rows_of_an_uninterrupted_run(tmp_path):
+    """Killed at a durable write (the checkpoint or a CSV of either epoch), the rerun
+    resumes from the last completed epoch and writes the uninterrupted run's rows."""
+
+    def command(out):
+        return ["compare", "--dataset", "digits", "--activations", "relu,swiglu",
+                "--hidden", "16", "--seeds", "2", "--epochs", "3", "--threads", "1",
+                "--quiet", "--out", str(out)]  # fmt: skip
+
+    reference = tmp_path / "reference"
+    total = durable_calls(command(reference))
+    expected = rows(reference, store.METRICS_FILE)
+    for kill_at in sorted({int(p) for p in np.linspace(3, total - 2, 3).round()}):
+        run = tmp_path / f"killed-{kill_at}"
+        assert durable_calls(command(run), kill_at, truncate=True) == signal.SIGKILL
+        assert quiet_main(command(run)) == 0, f"rerun after a kill at call {kill_at}"
+        pd.testing.assert_frame_equal(rows(run, store.METRICS_FILE), expected, check_exact=True)
