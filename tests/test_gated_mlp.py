@@ -28,6 +28,7 @@ from torch import nn
 
 from actlab.config import ExperimentConfig
 from actlab.engine.trainer import DeviceData, Trainer, epoch_permutation, shuffle_generator
+from actlab.errors import ConfigError
 from actlab.nn import mlp_builder
 from actlab.study import store
 from actlab.study.driver import load_study_dataset
@@ -275,3 +276,9 @@ def test_sigkill_then_rerun_gives_the_rows_of_an_uninterrupted_run(tmp_path):
         assert durable_calls(command(run), kill_at, truncate=True) == signal.SIGKILL
         assert quiet_main(command(run)) == 0, f"rerun after a kill at call {kill_at}"
         pd.testing.assert_frame_equal(rows(run, store.METRICS_FILE), expected, check_exact=True)
+
+
+def test_the_cnn_refuses_a_gated_unit_in_one_line_that_names_where_it_runs():
+    with pytest.raises(ConfigError, match="gated unit runs in --net mlp, --net gpt") as error:
+        Trainer(config(model="cnn", hidden=(8,), activations=("relu", "swiglu")), device_data())
+    assert "\n" not in str(error.value)
