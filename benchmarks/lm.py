@@ -12,18 +12,28 @@ seeds, gated FFNs at 2/3 of the hidden units) are trained for --steps steps each
   stacked AdamW).
 
 The ways take turns step by step (a shared machine's load slows them alike); the first
---warmup steps are not timed. Prints ms per step of all K members, the ratios,
-the final losses (the three agree: the same model and optimizer), the peak RSS and the CPU.
+--warmup steps are not timed. For each size (--sizes, context x batch) it prints the
+median ms per step of all K members, the ratios of the medians with the range of the
+per-step ratios, and the last step's mean loss (the three agree: the same model and
+optimizer). Then, unless --no-readme, it runs the README's example study (K = 15: relu,
+gelu, relu2, swiglu, geglu x 3 seeds, context 64, batch 32, clipping, cosine schedule)
+through the CLI in a child process and prints that child's peak resident memory (the
+issue's bound: under 2 GB) and its time.
 
     python benchmarks/lm.py                      # K = 8: relu, gelu, relu2, swiglu x 2 seeds
-    python benchmarks/lm.py --width 64 --layers 2 --context 64 --batch 32 --threads 2
+    python benchmarks/lm.py --sizes 64x32 --threads 2 --no-readme
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -47,20 +57,22 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def timed(ways: dict, windows, warmup: int) -> tuple[dict, dict]:
-    """Seconds per step of each way after `warmup` steps, and each way's last losses. The
-    ways take turns step by step, so that a machine whose load changes (a shared one)
-    slows them alike."""
-    seconds = dict.fromkeys(ways, 0.0)
+def timed(ways: dict, windows, warmup: int) -> tuple[dict, dict, dict]:
+    """Wall and CPU seconds (of the whole process: all its threads) of each timed step of
+    each way, after `warmup` steps, and each way's last losses. The ways take turns step
+    by step, so that a machine whose load changes (a shared one) slows them alike; the
+    CPU time is the steadier figure there, as other jobs' turns do not count in it."""
+    wall: dict = {name: [] for name in ways}
+    cpu: dict = {name: [] for name in ways}
     losses: dict = {}
     for index, (x, y) in enumerate(windows):
         for name, step in ways.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             losses[name] = step(x, y)
             if index >= warmup:
-                seconds[name] += time.perf_counter() - start
-    timed_steps = max(1, len(windows) - warmup)
-    return {name: s / timed_steps for name, s in seconds.items()}, losses
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu, losses
 
 
 def plain_step(config: ExperimentConfig):
@@ -125,39 +137,31 @@ def actlab_step(config: ExperimentConfig, dataset):
     return lambda x, y: trainer.step(x, y).tolist()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--activations", default="relu,gelu,relu2,swiglu")
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--context", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--only", default="plain,vmap,actlab")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+README_EXAMPLE = (
+    "compare --net gpt --dataset text:stdlib --activations relu,gelu,relu2,swiglu,geglu "
+    "--seeds 3 --width 32 --layers 2 --heads 4 --context 64 --batch-size 32 "
+    "--limit-train 150000 --limit-test 40000 --epochs 3 "
+    "--optimizer adamw --weight-decay 0.01 --lr 3e-3 --schedule cosine --warmup 20 --clip 1"
+)
+
+
+def compare_size(args, context: int, batch: int) -> None:
+    """Time the ways at one size and print a block of results."""
     config = ExperimentConfig(
         dataset="text:stdlib", model="gpt", activations=tuple(args.activations.split(",")),
         seeds=tuple(range(args.seeds)), width=args.width, layers=args.layers, heads=args.heads,
-        context=args.context, batch_size=args.batch, optimizer="adamw", weight_decay=0.01,
+        context=context, batch_size=batch, optimizer="adamw", weight_decay=0.01,
         device="cpu", diagnostics=False,
     )  # fmt: skip
-    config = config.replace(weight_decay=0.01)
-    dataset = load_text("text:stdlib", context=args.context)
+    dataset = load_text("text:stdlib", context=context)
     tokens = dataset.train_bytes.long()
     generators = [torch.Generator().manual_seed(s) for s in config.seeds]
-    windows = [
-        random_windows(tokens, generators, args.batch, args.context) for _ in range(args.steps)
-    ]
+    windows = [random_windows(tokens, generators, batch, context) for _ in range(args.steps)]
     K = len(members_for(config))
     print(
-        f"K = {K} members ({args.activations} x {args.seeds} seeds), GPT width {args.width}, "
-        f"{args.layers} layers, {args.heads} heads, context {args.context}, batch {args.batch}; "
-        f"{args.steps - args.warmup} timed steps; {args.threads} thread(s); {cpu_name()}"
+        f"\nK = {K} members ({args.activations} x {args.seeds} seeds), GPT width {args.width}, "
+        f"{args.layers} layers, {args.heads} heads, context {context}, batch {batch}; "
+        f"{args.steps - args.warmup} timed steps"
     )
     makers = {
         "plain": lambda: plain_step(config),
@@ -165,18 +169,87 @@ def main() -> None:
         "actlab": lambda: actlab_step(config, dataset),
     }
     ways = {name: makers[name]() for name in args.only.split(",")}
-    seconds, losses = timed(ways, windows, args.warmup)
-    for name, per_step in seconds.items():
+    wall, cpu, losses = timed(ways, windows, args.warmup)
+    median = statistics.median
+    for name in ways:
         mean_loss = sum(losses[name]) / len(losses[name])
         print(
-            f"{name:7s} {1e3 * per_step:9.1f} ms/step   mean loss at the last step {mean_loss:.4f}"
+            f"  {name:7s} {1e3 * median(wall[name]):8.1f} ms/step wall, "
+            f"{1e3 * median(cpu[name]):8.1f} CPU (medians)   "
+            f"mean loss at the last step {mean_loss:.4f}"
         )
-    if "actlab" in seconds:
+    if "actlab" in ways:
         for name in ("plain", "vmap"):
-            if name in seconds:
-                print(f"actlab is {seconds[name] / seconds['actlab']:.2f}x as fast as {name}")
+            if name in ways:
+                ratios = [a / b for a, b in zip(wall[name], wall["actlab"], strict=True)]
+                print(
+                    f"  actlab is {median(wall[name]) / median(wall['actlab']):.2f}x as fast as "
+                    f"{name} in wall time (per-step ratios {min(ratios):.2f} to "
+                    f"{max(ratios):.2f}), {median(cpu[name]) / median(cpu['actlab']):.2f}x in "
+                    "CPU time"
+                )
+
+
+# Runs the CLI in the child and prints the child's peak RSS (VmHWM, KiB) as it exits. Not
+# getrusage: a child's ru_maxrss counts the parent's pages it was forked with.
+PEAK_WRAPPER = """
+import atexit, runpy, sys
+def peak():
+    with open("/proc/self/status") as status:
+        line = next(x for x in status if x.startswith("VmHWM:"))
+    print("VmHWM", line.split()[1], file=sys.stderr)
+atexit.register(peak)
+sys.argv = ["actlab", *sys.argv[1:]]
+runpy.run_module("actlab.cli.main", run_name="__main__")
+"""
+
+
+def readme_example(threads: int) -> None:
+    """Run the README's example study in a child process; print its peak RSS and time."""
+    if not os.path.exists("/proc/self/status"):
+        print("\nREADME example: skipped (peak RSS is read from /proc, Linux only)")
+        return
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-c", PEAK_WRAPPER, *README_EXAMPLE.split()]
+        command += ["--out", os.path.join(out, "run"), "--threads", str(threads), "--quiet"]
+        start = time.perf_counter()
+        done = subprocess.run(
+            command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        wall = time.perf_counter() - start
+    peak_kib = int(done.stderr.split("VmHWM")[-1].split()[0])
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(
+        f"\nREADME example (K = 15, context 64, batch 32, {threads} thread(s)): peak RSS "
+        f"{peak_kib / 1024:.0f} MiB (bound: 2048), {wall:.0f} s wall, "
+        f"{usage.ru_utime + usage.ru_stime:.0f} s CPU"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--activations", default="relu,gelu,relu2,swiglu")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--sizes", default="32x16,64x32", help="context x batch, comma-separated")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", default="plain,vmap,actlab")
+    parser.add_argument("--no-readme", action="store_true", help="skip the README example")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{cpu_name()}; {args.threads} thread(s); torch {torch.__version__}; "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")  # fmt: skip
+    for size in args.sizes.split(","):
+        context, batch = (int(v) for v in size.split("x"))
+        compare_size(args, context, batch)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS of this process (all three ways): {peak:.0f} MiB")
+    print(f"\npeak RSS of this process (all ways, all sizes): {peak:.0f} MiB")
+    if not args.no_readme:
+        readme_example(args.threads)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,31 @@ def test_stacked_forward_is_each_plain_member(corpus):
         torch.testing.assert_close(logits[k], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_stacked_losses_and_gradients_are_those_of_cross_entropy_on_the_logits(corpus):
+    """`StackedGPT.losses` (fused head + loss, members activation-major inside) against
+    ``F.cross_entropy`` on `forward`'s logits through autograd: values and every gradient,
+    gated and plain members, two seeds (float64: the two summation orders agree to 1e-9)."""
+    config = lm_config(corpus, activations=("relu", "swiglu", "gelu"))
+    model = StackedGPT(config, members_for(config)).double()
+    generator = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 256, (2, 3, 12), generator=generator)
+    targets = torch.randint(0, 256, (2, 3, 12), generator=generator)
+    upstream = torch.linspace(0.5, 2.0, model.num_members, dtype=torch.float64)
+    params = list(model.parameters())
+    got = model.losses(tokens, targets)
+    got_grads = torch.autograd.grad((got * upstream).sum(), params)
+    logits = model(tokens)
+    member_targets = targets.index_select(0, model.member_seed)
+    flat = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 256), member_targets.reshape(-1), reduction="none"
+    )
+    want = flat.view(model.num_members, -1).mean(dim=1)
+    want_grads = torch.autograd.grad((want * upstream).sum(), params)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+
+
 def plain_run(config, windows, steps):
     """K plain GPTs, each with torch.optim.AdamW, LambdaLR and clip_grad_norm_."""
     total = steps

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from actlab.config import ExperimentConfig, Member, members_for
 from actlab.engine import lm_diagnostics
+from actlab.engine.allocator import retain_freed_memory
 from actlab.engine.batches import shuffle_generator
 from actlab.engine.divergence import healthy, loss_limit, record_diverged
 from actlab.engine.memory import samples_within_budget
@@ -77,15 +78,6 @@ def random_windows(
     return windows[..., :-1], windows[..., 1:]
 
 
-def token_losses(logits: Tensor, targets: Tensor) -> Tensor:
-    """(K,) mean token cross-entropy of logits (K, B, T, V) against targets (K, B, T)."""
-    K = logits.shape[0]
-    flat = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
-    )
-    return flat.view(K, -1).mean(dim=1)
-
-
 class LMTrainer:
     """The stacked GPT of a study, its optimizer and its window generators."""
 
@@ -103,6 +95,8 @@ class LMTrainer:
         self.config = config
         self.depth = depth
         self.device = resolve_device(config.device)
+        if self.device.type == "cpu":
+            retain_freed_memory()  # no page faults for each step's activations
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         self.data = data if isinstance(data, TextDeviceData) else TextDeviceData(data, self.device)
@@ -157,9 +151,7 @@ class LMTrainer:
     def step(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """One optimizer step on per-seed windows (S, B, T); returns the (K,) losses."""
         model, optimizer, config = self.model, self.optimizer, self.config
-        logits = model(inputs)
-        member_targets = targets.index_select(0, model.member_seed)
-        losses = token_losses(logits, member_targets)
+        losses = model.losses(inputs, targets)
         ok = healthy(losses.detach().tolist(), self._loss_limit)
         newly = record_diverged(self.diverged_epoch, ok, self.epoch)
         if newly:

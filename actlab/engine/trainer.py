@@ -551,6 +551,23 @@ def build_stacked_model(
             objective=objective,
             targets=data.y_train[:2],
         )
+    from actlab.nn import mlp_builder
+
+    if mlp_builder.needs_builder(config):  # gated members: see actlab.nn.mlp_builder
+        from actlab.engine.vmap_stack import StackedUserModel
+
+        return StackedUserModel(
+            mlp_builder.user_model_for(config, data.input_shape, data.num_classes, depth),
+            members,
+            (),
+            data.x_train[:2],
+            data.num_classes,
+            device,
+            stacking=config.stacking,
+            batch_size=config.batch_size,
+            objective=objective,
+            targets=data.y_train[:2],
+        )
     from actlab.nn.models import build_model
 
     return build_model(config, members, data.input_shape, data.num_classes, device, depth)

@@ -19,8 +19,17 @@ the member's seed, so members of one seed whose FFNs have the same shape start e
 StackedGPT holds K members as one model: every parameter of the plain model becomes one
 tensor with a leading member dim (K, ...), except the FFN's, which are stacked per
 activation (its members only: gated and plain FFNs differ in shape). Each linear layer is
-one ``torch.baddbmm`` over the members, LayerNorm is per member, attention runs on all
-members' heads at once. ``member_state_dict(k)`` is member k as a GPT state dict.
+one ``torch.baddbmm`` over the members, attention runs on all members' heads at once.
+The same arithmetic as K plain GPTs up to float rounding, arranged for a CPU where the
+step is bound by passes over memory (benchmarks/lm.py; docs/benchmarks.md):
+
+- each LayerNorm's affine map is folded into the linear layer after it (`_fold_norm`);
+- q, k and v are three products, in the layout whose gradients SDPA returns;
+- the residual is added by the matmul of attn.proj and fc2 (`_residual`);
+- members run activation-major, so each activation's FFN reads a slice, not a gather;
+- `losses` fuses the head with the cross-entropy (actlab.nn.lm_head).
+
+``member_state_dict(k)`` is member k as a GPT state dict.
 """
 
 from __future__ import annotations
@@ -36,8 +45,10 @@ from actlab.catalog import gated
 from actlab.catalog import registry as catalog
 from actlab.config import ExperimentConfig, Member
 from actlab.errors import ConfigError
+from actlab.nn.lm_head import head_cross_entropy
 
 VOCAB = 256
+LN_EPS = 1e-5  # nn.LayerNorm's default
 INIT_STD = 0.02
 FFN_MULTIPLIER = 4
 
@@ -228,6 +239,13 @@ class StackedGPT(nn.Module):
                     stack = torch.stack([p.get_parameter(name) for p in plain])
                     self.shared[_key(name)] = nn.Parameter(stack.clone())
         self._names = [name for name, _ in plain[0].named_parameters()]
+        # The forward's member order: activation-major (see `forward`), None if it is K's.
+        self.order = [k for owners in self.ffn_owner for k in owners]
+        identity = self.order == list(range(K))
+        order = torch.tensor(self.order)
+        self.register_buffer("permutation", None if identity else order, persistent=False)
+        self.register_buffer("inverse", None if identity else order.argsort(), persistent=False)
+        self.register_buffer("order_seed", self.member_seed[order], persistent=False)
 
     # -- interface used by the engine ---------------------------------------------------
 
@@ -260,53 +278,114 @@ class StackedGPT(nn.Module):
         return plain
 
     # -- forward ------------------------------------------------------------------------
+    #
+    # Inside the forward the members run in activation-major order (`self.order`), so that
+    # each activation's FFN takes a contiguous slice of the residual stream (a view) instead
+    # of a gather and a scatter per layer; the K-stacked weights are gathered into that
+    # order (small tensors) and the outputs put back in member order at the end. Each
+    # LayerNorm's affine map is folded into the linear layer after it (`_fold_norm`).
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (S, B, T): one batch per seed (member k reads its seed's), or (1, B, T)
         shared by all members. Returns logits (K, B, T, vocab)."""
-        K = self.num_members
+        B, T = tokens.shape[1:]
+        h = self._trunk(tokens)
+        weight, bias = self._head()
+        logits = _linear(h, weight, bias)
+        return self._member_order(logits).view(self.num_members, B, T, -1)
+
+    def losses(self, tokens: Tensor, targets: Tensor) -> Tensor:
+        """(K,) mean token cross-entropy of each member on its seed's windows: tokens and
+        targets (S, B, T) as in `forward`. The head and the loss are one fused autograd
+        step (actlab.nn.lm_head): the same value and gradients as ``F.cross_entropy`` on
+        the logits of `forward`, without keeping (K, B, T, vocab) twice."""
+        h = self._trunk(tokens)
+        targets = self._member_tokens(targets).reshape(self.num_members, -1)
+        weight, bias = self._head()
+        return self._member_order(head_cross_entropy(h, weight, bias, targets))
+
+    def _member_tokens(self, tokens: Tensor) -> Tensor:
+        """(S, B, T) per seed -> (K, B, T) per member, in the forward's order."""
         S, B, T = tokens.shape
-        tokens = tokens.expand(K, B, T) if S == 1 else tokens.index_select(0, self.member_seed)
-        w = self.shared
-        vocab = w["tok__weight"].shape[1]
+        if S == 1:
+            return tokens.expand(self.num_members, B, T)
+        return tokens.index_select(0, self.order_seed)
+
+    def _w(self, name: str) -> Tensor:
+        """The K-stacked parameter `name`, in the forward's member order."""
+        p = self.shared[name]
+        return p if self.permutation is None else p.index_select(0, self.permutation)
+
+    def _member_order(self, t: Tensor) -> Tensor:
+        return t if self.permutation is None else t.index_select(0, self.inverse)
+
+    def _trunk(self, tokens: Tensor) -> Tensor:
+        """The final hidden states before ln_f's affine map: (K, B * T, width), normalized."""
+        tokens = self._member_tokens(tokens)
+        K, B, T = tokens.shape
+        table = self._w("tok__weight")
+        vocab = table.shape[1]
         offsets = (torch.arange(K, device=tokens.device) * vocab).view(K, 1, 1)
-        x = F.embedding(tokens + offsets, w["tok__weight"].reshape(K * vocab, -1))
-        x = x + w["pos__weight"][:, :T].unsqueeze(1)
+        x = F.embedding(tokens + offsets, table.reshape(K * vocab, -1))
+        x = x + self._w("pos__weight")[:, :T].unsqueeze(1)
         h = x.reshape(K, B * T, -1)
         for layer in range(self.config.layers):
             h = self._block(layer, h, B, T)
-        h = _layer_norm(h, w["ln_f__weight"], w["ln_f__bias"])
-        return _linear(h, w["head__weight"], w["head__bias"]).view(K, B, T, vocab)
+        return F.layer_norm(h, h.shape[-1:], eps=LN_EPS)
+
+    def _head(self) -> tuple[Tensor, Tensor]:
+        return _fold_norm(
+            self._w("ln_f__weight"),
+            self._w("ln_f__bias"),
+            self._w("head__weight"),
+            self._w("head__bias"),
+        )
 
     def _block(self, layer: int, h: Tensor, B: int, T: int) -> Tensor:
-        w, p = self.shared, f"blocks__{layer}__"
+        p = f"blocks__{layer}__"
         K, N, C = h.shape
         H = self.heads
-        a = _layer_norm(h, w[p + "ln1__weight"], w[p + "ln1__bias"])
-        qkv = _linear(a, w[p + "attn__qkv__weight"], w[p + "attn__qkv__bias"])
-        q, k, v = qkv.view(K * B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
+        weight, bias = _fold_norm(
+            self._w(p + "ln1__weight"),
+            self._w(p + "ln1__bias"),
+            self._w(p + "attn__qkv__weight"),
+            self._w(p + "attn__qkv__bias"),
+        )
+        a = F.layer_norm(h, (C,), eps=LN_EPS)
+        # q, k and v as three products, each (K, N, C) and viewed (K B, H, T, C / H): the
+        # attention's gradients come back in that layout, so none is copied into a (K, N,
+        # 3C) one (one qkv product would need a strided gather of the three per layer).
+        q, k, v = (
+            _linear(a, w, b).view(K * B, T, H, C // H).transpose(1, 2)
+            for w, b in zip(weight.split(C, dim=1), bias.split(C, dim=1), strict=True)
+        )
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         y = y.transpose(1, 2).reshape(K, N, C)
-        h = h + _linear(y, w[p + "attn__proj__weight"], w[p + "attn__proj__bias"])
-        a = _layer_norm(h, w[p + "ln2__weight"], w[p + "ln2__bias"])
-        return h + self._ffn(layer, a)
+        h = _residual(h, y, self._w(p + "attn__proj__weight"), self._w(p + "attn__proj__bias"))
+        a = F.layer_norm(h, (C,), eps=LN_EPS)
+        return self._ffn(layer, h, a, self._w(p + "ln2__weight"), self._w(p + "ln2__bias"))
 
-    def _ffn(self, layer: int, x: Tensor) -> Tensor:
-        """Each activation's members through their FFN; back in member order."""
-        p = f"blocks__{layer}__ffn__"
-        if len(self.activations) == 1:
-            return self._ffn_group(0, p, x)
-        K, N, C = x.shape
-        out = x.new_empty(K, N, C)
-        for a, owners in enumerate(self.ffn_owner):
-            index = torch.tensor(owners, device=x.device)
-            out.index_copy_(0, index, self._ffn_group(a, p, x.index_select(0, index)))
-        return out
+    def _ffn(
+        self, layer: int, h: Tensor, x: Tensor, norm_weight: Tensor, norm_bias: Tensor
+    ) -> Tensor:
+        """h + FFN(x): each activation's members (a contiguous slice in the forward's order)
+        through their FFN, with ln2's affine map (norm_weight, norm_bias) folded into fc1."""
+        prefix = f"blocks__{layer}__ffn__"
+        sizes = [len(owners) for owners in self.ffn_owner]
+        pieces = (h, x, norm_weight, norm_bias)
+        parts = zip(*(t.split(sizes) for t in pieces), strict=True)
+        outs = [self._ffn_group(a, prefix, *part) for a, part in enumerate(parts)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def _ffn_group(self, a: int, prefix: str, x: Tensor) -> Tensor:
+    def _ffn_group(
+        self, a: int, prefix: str, h: Tensor, x: Tensor, norm_weight: Tensor, norm_bias: Tensor
+    ) -> Tensor:
         w = self.ffn[a]
-        z = _linear(x, w[prefix + "fc1__weight"], w[prefix + "fc1__bias"])
-        return _linear(self.acts[a](z), w[prefix + "fc2__weight"], w[prefix + "fc2__bias"])
+        weight, bias = _fold_norm(
+            norm_weight, norm_bias, w[prefix + "fc1__weight"], w[prefix + "fc1__bias"]
+        )
+        z = _linear(x, weight, bias)
+        return _residual(h, self.acts[a](z), w[prefix + "fc2__weight"], w[prefix + "fc2__bias"])
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -314,8 +393,19 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
-def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
-    """nn.LayerNorm over the last dim with member k's weight and bias."""
-    return torch.addcmul(
-        bias.unsqueeze(1), F.layer_norm(x, x.shape[-1:], eps=eps), weight.unsqueeze(1)
-    )
+def _residual(h: Tensor, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``h + _linear(x, weight, bias)`` with the residual added by the matmul itself (it
+    accumulates into h + bias): one pass over the residual stream fewer."""
+    return torch.baddbmm(h + bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def _fold_norm(
+    norm_weight: Tensor, norm_bias: Tensor, weight: Tensor, bias: Tensor
+) -> tuple[Tensor, Tensor]:
+    """A LayerNorm's affine map folded into the linear layer after it, per member:
+    ``(g * xhat + beta) W^T + c = xhat (W diag(g))^T + (W beta + c)``, so that the stacked
+    activations see one linear layer instead of a LayerNorm affine pass and a linear one
+    (forward and backward); autograd takes the gradients of g, beta, W, c through these
+    small products. norm_weight, norm_bias (K, in); weight (K, out, in); bias (K, out)."""
+    folded = weight * norm_weight.unsqueeze(1)
+    return folded, torch.baddbmm(bias.unsqueeze(-1), weight, norm_bias.unsqueeze(-1)).squeeze(-1)

@@ -71,6 +71,11 @@ def activation_info(spec: str, *, allow_last_dim: bool = True) -> ActivationInfo
                 f"activation {spec!r} is not elementwise and cannot be used in {where}; "
                 "use an elementwise activation"
                 + (" or a softmax-like one with dim=-1" if allow_last_dim else "")
+                + (
+                    " (a gated unit runs in --net mlp, --net gpt or your own --model)"
+                    if getattr(activation, "gated", False)
+                    else ""
+                )
             )
     learnable = bool(getattr(activation, "learnable", False))
     if not learnable:

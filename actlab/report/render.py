@@ -427,6 +427,11 @@ def _subtitle(analysis: Analysis) -> str:
         model = f"{config.model}{digest}"
     elif config.depths:
         model = f"{config.model.upper()} of depth {', '.join(map(str, config.depths))} (width {config.hidden[0]})"
+    if config.model == "mlp" and analysis.run.dataset:
+        from actlab.nn.mlp_builder import gated_words
+
+        dataset = analysis.run.dataset
+        model += gated_words(config, dataset["input_shape"], int(dataset["num_classes"]))
     text = (
         f"{model}, {config.optimizer} lr {', '.join(lr_text(lr) for lr in config.lrs)}, "
         f"batch {config.batch_size}, {config.epochs} epochs, seeds {', '.join(map(str, config.seeds))}"

@@ -427,9 +427,10 @@ def _describe_kernels(config: ExperimentConfig, input_shape, num_classes: int, d
     """On a worker: the kernels of the first depth's step for one seed (None: not the
     hand-written MLP step, e.g. the CNN or your own network)."""
     from actlab.engine.mlp_step import MLPStep, supports
+    from actlab.nn.mlp_builder import needs_builder
     from actlab.nn.models import build_model
 
-    if config.is_user_model or config.model == "gpt":
+    if config.is_user_model or config.model == "gpt" or needs_builder(config):
         return None
     config = config.replace(seeds=config.seeds[:1], device=device)
     depth = config.depth_list[0]

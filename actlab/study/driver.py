@@ -146,6 +146,7 @@ def run_study(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     data = device_data(dataset, device)
+    say_mlp_route(config, dataset, hooks)
     keeper = ThreadKeeper(config, data, device)
     keeper.choose(config.depth_list[0])
     writer = None
@@ -161,6 +162,21 @@ def run_study(
         keeper.close()
         if writer is not None:
             writer.close()
+
+
+def say_mlp_route(config: ExperimentConfig, dataset, hooks: StudyCallback) -> None:
+    """--net mlp with gated activations: each depth's parameters per member and the path
+    the members train on (actlab.nn.mlp_builder)."""
+    from actlab.nn import mlp_builder
+
+    if not mlp_builder.needs_builder(config):
+        return
+    for depth in config.depth_list:
+        line = mlp_builder.parameter_line(
+            config, tuple(dataset.input_shape), int(dataset.num_classes), depth
+        )
+        hooks.on_note(line if depth is None else f"depth {depth}: {line}")
+    hooks.on_note(mlp_builder.ROUTE_LINE)
 
 
 def run_depths(config, writer, executor, train_size: int, hooks: StudyCallback) -> StudyResult:

@@ -5,7 +5,9 @@ member k of it becomes the plain network it stands for:
 
 - ``--net gpt``: an ``actlab.nn.gpt.GPT`` (importable; built with the run's width, layers,
   heads and context), whose ``load_state_dict`` takes the saved file as it is;
-- the built-in MLP and CNN: the ``nn.Sequential`` of ``StackedModel.export_member``.
+- the built-in MLP and CNN: the ``nn.Sequential`` of ``StackedModel.export_member``; a
+  --net mlp study with gated activations (trained through the vmap stack): the
+  ``nn.Sequential`` of ``actlab.nn.mlp_builder.plain_mlp`` with the member's own widths.
 
 The state dict is saved on the CPU with ``torch.save``; the constructor call that loads it
 is part of the result, so that the file is useful without actlab's run directory.
@@ -96,6 +98,8 @@ def extract_member(
             f"layers={config.layers}, heads={config.heads}, context={config.context})"
         )
         assert isinstance(plain, GPT)
+    elif _gated_mlp(config):
+        plain, constructor = _builder_member(config, run.dataset, members, member, engine, depth)
     elif config.model in ("mlp", "cnn"):
         from actlab.nn.models import build_model
 
@@ -118,6 +122,37 @@ def extract_member(
         )
     plain.eval()
     return Extracted(plain.cpu(), member, epoch, constructor)
+
+
+def _gated_mlp(config: ExperimentConfig) -> bool:
+    from actlab.nn.mlp_builder import needs_builder
+
+    return needs_builder(config)
+
+
+def _builder_member(config, dataset: dict, members, member: Member, engine: dict, depth):
+    """Member of a --net mlp study with gated activations (trained through the vmap stack,
+    actlab.nn.mlp_builder): its group's stacked parameters ``groups.{g}.params.{i}`` (g:
+    the activation's place among the members, i: the parameter's place in the module) at
+    the member's place in the group, loaded into `plain_mlp` of its own widths."""
+    from actlab.nn.mlp_builder import builder_for, member_widths, plain_mlp
+
+    shape, classes = tuple(dataset["input_shape"]), int(dataset["num_classes"])
+    builder = builder_for(config, shape, classes, depth)
+    widths = member_widths(member.activation, builder.fan_in, builder.hidden, classes)
+    plain = plain_mlp(member.activation, builder.fan_in, widths, classes, config.dropout)
+    groups = list(dict.fromkeys(m.activation for m in members))
+    group = groups.index(member.activation)
+    row = [m for m in members if m.activation == member.activation].index(member)
+    state = engine["model"]
+    with torch.no_grad():
+        for i, param in enumerate(plain.parameters()):
+            param.copy_(state[f"groups.{group}.params.{i}"][row])
+    constructor = (
+        f"actlab.nn.mlp_builder.plain_mlp({member.activation!r}, {builder.fan_in}, "
+        f"{widths}, {classes}, dropout={config.dropout})"
+    )
+    return plain, constructor
 
 
 def save_member(extracted: Extracted, output: str | Path) -> Path:
