@@ -34,7 +34,7 @@ CHECKPOINT_VERSION = 2
 # Study-key entries that a newer actlab added after checkpoints of version 2 were first
 # written, in order. A checkpoint without them was made before they existed, when every
 # study had what their defaults give now (cross-entropy and accuracy for a classifier).
-ADDED_KEYS = ("loss", "metric")
+ADDED_KEYS = ("loss", "metric", "metric_name", "metric_higher_is_better")
 
 
 @dataclass(frozen=True)
