@@ -17,7 +17,7 @@ row of a table:
   ``does not run: ...`` when the network itself raised.
 
 Zoos: ``local`` (torch only, always: the examples and the architectures written in
-tests/test_real_models.py), ``torchvision`` (``torchvision.models.list_models()``) and
+tests/nn/test_real_models.py), ``torchvision`` (``torchvision.models.list_models()``) and
 ``timm`` (``timm.list_models(--timm)``), each when it imports; a zoo that does not import is
 one line.
 
@@ -53,7 +53,7 @@ EXAMPLES = [  # (reference in examples/, input shape)
     ("vit.py:vit_tiny", (1, 28, 28)),
     ("mlp.py:mlp", (1, 28, 28)),
 ]
-# The torch-only architectures of tests/test_real_models.py (6x6 one-channel images).
+# The torch-only architectures of tests/nn/test_real_models.py (6x6 one-channel images).
 TEST_ARCHITECTURES = (
     "encoder_string", "encoder_module", "encoder_string_seq_first", "encoder_module_seq_first",
     "SENet", "timm_net", "timm_net_partial", "vit",
@@ -85,7 +85,7 @@ class Row:
 
 
 def local_zoo(folder: Path) -> list[ZooModel]:
-    """The examples, and the architectures of tests/test_real_models.py written to `folder`
+    """The examples, and the architectures of tests/nn/test_real_models.py written to `folder`
     (when the tests are there)."""
     zoo = [
         ZooModel(reference, load(str(ROOT / "examples" / reference)), shape)

@@ -3,7 +3,8 @@
 - no Python file in actlab/ over 700 lines, no function over 80 lines (the catalog's entries
   are data, not a function): split a module by concept, a function by step, when one grows
   past the limit;
-- a test never imports another test module: shared helpers live in tests/fixtures/.
+- a test never imports another test module: shared helpers live in tests/fixtures/;
+- the tests mirror the package: tests/<subpackage>/ holds the tests of actlab/<subpackage>/.
 """
 
 import ast
@@ -83,3 +84,22 @@ def test_no_test_imports_another_test_module():
     assert not offenders, "import shared helpers from tests/fixtures/ instead: " + "; ".join(
         offenders
     )
+
+
+# Tests of the project as a whole (packaging, docs, layering, examples, benchmarks) and of
+# the top-level modules (config, tasks) sit in tests/ itself; every other test sits in the
+# folder named for the subpackage it tests.
+PROJECT_TESTS = {
+    "test_benchmarks.py", "test_config.py", "test_docs.py", "test_examples.py",
+    "test_house.py", "test_layers.py", "test_packaging.py", "test_tasks.py",
+}  # fmt: skip
+
+
+def test_tests_mirror_the_package():
+    tests = ROOT / "tests"
+    subpackages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
+    assert folders - {"fixtures"} <= subpackages, folders - subpackages
+    assert {p.name for p in tests.glob("test_*.py")} == PROJECT_TESTS
+    for folder in folders - {"fixtures"}:
+        assert list((tests / folder).glob("test_*.py")), f"tests/{folder} holds no test"

@@ -1,5 +1,5 @@
 """Functional forms and modules that torch lacks, for the catalog's entries (NumPy-checked
-in tests/test_catalog_oracle.py). Each docstring gives the formula and the reference."""
+in tests/catalog/test_catalog_oracle.py). Each docstring gives the formula and the reference."""
 
 from __future__ import annotations
 

@@ -277,7 +277,7 @@ KNOWN_ANSWER_CASES: tuple[tuple[str, dict], ...] = (
     ("soft_shrink", {"lambd": 0.5}),
     ("hard_shrink", {"lambd": 0.5}),
 )
-# The kernels are within a few ulp of float64 (tests/test_native.py); a wrong kernel is
+# The kernels are within a few ulp of float64 (tests/engine/test_native.py); a wrong kernel is
 # off by far more. Relative to the value, with an absolute floor for values near 0.
 KAT_RTOL, KAT_ATOL = 1e-5, 1e-6
 

@@ -19,7 +19,7 @@
    not x (1 + tanh u) / 2. exp, log and tanh are Cephes's single-precision approximations
    (S. L. Moshier, Cephes Math Library, 1984-1992), erfc Numerical Recipes' fit, all written
    without branches so that the compiler vectorises them: within 2.5 ulp of float64 as
-   torch's are (gelu: 7 ulp, mish 3.5), tested in tests/test_native.py.
+   torch's are (gelu: 7 ulp, mish 3.5), tested in tests/engine/test_native.py.
    Compiled with -ffp-contract=off and no -ffast-math: the results are IEEE, the same on
    every x86 machine, whatever width the compiler vectorises to. */
 

@@ -15,7 +15,7 @@ and its gradient (the softmax's, e.g. Goodfellow et al. 2016, section 6.2.2.3):
 into it and reads it again with the log-probabilities (log_softmax_backward). Here the
 forward turns the log-probabilities into softmax - onehot in place (exp, then -1 at each
 target), and the backward scales that by g_k / N and runs the two batched matmuls. Equal
-to the autograd path up to float rounding (tests/test_lm_head.py).
+to the autograd path up to float rounding (tests/nn/test_lm_head.py).
 """
 
 from __future__ import annotations

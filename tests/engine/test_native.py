@@ -325,7 +325,7 @@ def test_the_package_data_names_the_c_source():
     """A wheel carries only the non-Python files pyproject names (see .ci/run's wheel check)."""
     import tomllib
 
-    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["*"]
     assert any(native.SOURCE.match(pattern) for pattern in patterns)
 

@@ -18,7 +18,7 @@ from actlab.report import plots
 from actlab.report.figure_png import TEXT_LAYOUT_KEY, png_with_text_layout
 from actlab.report.render import write_report
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_report.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "check_report.py"
 _spec = importlib.util.spec_from_file_location("check_report", SCRIPT)
 check_report = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check_report)

@@ -9,7 +9,7 @@ from fixtures.run_dir import write_run
 
 from actlab.report.render import write_report
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_report.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "check_report.py"
 spec = importlib.util.spec_from_file_location("check_report", SCRIPT)
 check_report = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(check_report)
