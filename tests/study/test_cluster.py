@@ -45,16 +45,25 @@ EVALUATED = ("val_loss", "test_loss", "probe_grad_norm", "dead_frac", "saturated
              "preact_mean", "preact_std", "val_metric", "test_metric")  # fmt: skip
 
 
-def assert_same_rows(ray_rows: list[dict], local_rows: list[dict], test_size: int) -> None:
-    """Ray's rows are the local ones: training columns exactly, evaluated ones within
-    EVAL_RTOL, accuracies within one test sample (see above)."""
+def assert_same_rows(
+    ray_rows: list[dict],
+    local_rows: list[dict],
+    test_size: int,
+    exact_training: bool = True,
+    rtol: float = EVAL_RTOL,
+) -> None:
+    """Ray's rows are the local ones: training columns exactly (within EVAL_RTOL too when
+    not `exact_training`), evaluated ones within EVAL_RTOL, accuracies within one test
+    sample (see above)."""
     assert len(ray_rows) == len(local_rows)
     for mine, theirs in zip(ray_rows, local_rows, strict=True):
         assert mine.keys() == theirs.keys()
         for name, value in mine.items():
             other = theirs[name]
-            if name in EVALUATED and value and other:
-                assert float(value) == pytest.approx(float(other), rel=EVAL_RTOL), name
+            numeric = name not in ("activation", "status", "seed", "epoch", "lr", "depth", "layer")
+            rounded = name in EVALUATED or (not exact_training and numeric)
+            if rounded and value and other:
+                assert float(value) == pytest.approx(float(other), rel=rtol), name
             elif name in ("test_acc", "val_acc") and value and other:
                 assert abs(float(value) - float(other)) <= 1 / test_size + 1e-12, name
             else:
@@ -481,6 +490,7 @@ def test_ray_study_has_the_local_numbers(ray_address, data, local_run, tmp_path)
         run_study(store.read_run(out).config, out=out)
 
 
+LM_RTOL = 1e-4  # see test_lm_study_on_ray_has_the_local_numbers
 LM_STUDY = [
     "--net", "gpt", "--activations", "relu,swiglu", "--seeds", "3", "--epochs", "2",
     "--width", "16", "--layers", "1", "--heads", "2", "--context", "16", "--batch-size", "16",
@@ -491,8 +501,12 @@ LM_STUDY = [
 
 @pytest.mark.slow
 def test_lm_study_on_ray_has_the_local_numbers(ray_address, tmp_path):
-    """--net gpt on Ray: metrics.csv and diagnostics.csv as the local run's (training
-    columns exactly, evaluated ones within EVAL_RTOL), the report in bits per character."""
+    """--net gpt on Ray: metrics.csv and diagnostics.csv as the local run's, every number
+    within LM_RTOL. Not exactly, as for the MLP: a shard of one seed (here [2]) puts one
+    member in each FFN group, and the stacked GPT's products then take other CPU kernels,
+    whose rounding differs (about 1e-8 relative in the first epoch's train loss, 1e-6 in a
+    small gradient norm after two epochs); shards of several seeds train exactly as the
+    whole study (test_an_lm_shard_trains_its_members_as_the_whole_study)."""
     corpus = lm_corpus(tmp_path / "corpus.txt")
     study = ["--dataset", f"text:{corpus}", *LM_STUDY]
     local, ray = tmp_path / "local", tmp_path / "ray"
@@ -503,9 +517,13 @@ def test_lm_study_on_ray_has_the_local_numbers(ray_address, tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "ray: 2 shards" in run.stdout
-    assert_same_rows(without_time(ray), without_time(local), 1)  # no accuracy columns
+    assert_same_rows(without_time(ray), without_time(local), 1, False, LM_RTOL)
     assert_same_rows(
-        without_time(ray, store.DIAGNOSTICS_FILE), without_time(local, store.DIAGNOSTICS_FILE), 1
+        without_time(ray, store.DIAGNOSTICS_FILE),
+        without_time(local, store.DIAGNOSTICS_FILE),
+        1,
+        False,
+        LM_RTOL,
     )
     assert len(without_time(ray, store.DIAGNOSTICS_FILE)) == 2 * 3 * 2 * 7
     checkpoint = torch.load(ray / store.CHECKPOINT_FILE, weights_only=True)
