@@ -10,11 +10,12 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures.engine import adam_epochs
 from torch import nn
 
 import actlab.nn.user_model
 from actlab.config import ExperimentConfig, members_for
-from actlab.engine.batches import DeviceData, epoch_permutation, shuffle_generator
+from actlab.engine.batches import DeviceData
 from actlab.engine.trainer import Trainer, train
 from actlab.engine.vmap_stack import FallbackNotice, StackedUserModel
 from actlab.nn.models import DROPOUT_SEED_OFFSET
@@ -160,21 +161,7 @@ def plain_member(make, seed: int) -> nn.Module:
 def train_plain(make, member, data: DeviceData) -> tuple[nn.Module, list[float]]:
     """One member alone: Adam, batches of its seed's permutation, mean loss per epoch."""
     model = plain_member(make, member.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=member.lr)
-    order = shuffle_generator(member.seed)
-    epoch_losses = []
-    for _ in range(EPOCHS):
-        perm = epoch_permutation(order, N)
-        losses = []
-        for start in range(0, N, BATCH):
-            index = perm[start : start + BATCH]
-            loss = F.cross_entropy(model(data.x_train[index]), data.y_train[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        epoch_losses.append(sum(losses) / len(losses))
-    return model, epoch_losses
+    return adam_epochs(model, member.seed, member.lr, data, EPOCHS, N, BATCH)
 
 
 def member_state(model: StackedUserModel, k: int) -> dict[str, torch.Tensor]:

@@ -23,11 +23,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fixtures.cli import run_cli
+from fixtures.engine import adam_epochs
 from fixtures.kill import durable_calls, quiet_main, rows
 from torch import nn
 
 from actlab.config import ExperimentConfig
-from actlab.engine.trainer import DeviceData, Trainer, epoch_permutation, shuffle_generator
+from actlab.engine.trainer import DeviceData, Trainer
 from actlab.errors import ConfigError
 from actlab.nn import mlp_builder
 from actlab.study import store
@@ -132,21 +133,7 @@ def hand_run(activation: str, seed: int, lr: float, data: DeviceData):
     widths = mlp_builder.member_widths(activation, FAN_IN, HIDDEN, CLASSES)
     torch.manual_seed(seed)
     model = HandMLP(activation, widths)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    order = shuffle_generator(seed)
-    losses = []
-    for _ in range(EPOCHS):
-        perm = epoch_permutation(order, N)
-        epoch = []
-        for start in range(0, N, BATCH):
-            index = perm[start : start + BATCH]
-            loss = F.cross_entropy(model(data.x_train[index]), data.y_train[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            epoch.append(loss.item())
-        losses.append(sum(epoch) / len(epoch))
-    return model, losses
+    return adam_epochs(model, seed, lr, data, EPOCHS, N, BATCH)
 
 
 def member_weights(trainer: Trainer, k: int) -> list[torch.Tensor]:

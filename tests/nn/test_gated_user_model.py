@@ -17,11 +17,11 @@ import textwrap
 
 import pytest
 import torch
-import torch.nn.functional as F
 from fixtures.cli import run_cli
+from fixtures.engine import adam_epochs
 
 from actlab.config import ExperimentConfig
-from actlab.engine.trainer import DeviceData, Trainer, epoch_permutation, shuffle_generator
+from actlab.engine.trainer import DeviceData, Trainer
 from actlab.errors import ConfigError
 from actlab.nn.user_model import build_member, load, parameter_line
 
@@ -176,21 +176,7 @@ def test_unequal_parameter_counts_are_said(path):
 def plain_run(path, activation: str, seed: int, lr: float, data: DeviceData):
     """One member alone: built after manual_seed(seed), Adam, its seed's batch order."""
     model, _ = build_member(load(f"{path}:transformer"), activation, seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    order = shuffle_generator(seed)
-    losses = []
-    for _ in range(EPOCHS):
-        perm = epoch_permutation(order, N)
-        epoch = []
-        for start in range(0, N, BATCH):
-            index = perm[start : start + BATCH]
-            loss = F.cross_entropy(model(data.x_train[index]), data.y_train[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            epoch.append(loss.item())
-        losses.append(sum(epoch) / len(epoch))
-    return model, losses
+    return adam_epochs(model, seed, lr, data, EPOCHS, N, BATCH)
 
 
 def member_weights(trainer: Trainer, k: int) -> dict[str, torch.Tensor]:

@@ -20,11 +20,12 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures.engine import adam_epochs
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from actlab.config import ExperimentConfig
-from actlab.engine.batches import DeviceData, epoch_permutation, shuffle_generator
+from actlab.engine.batches import DeviceData
 from actlab.engine.trainer import Trainer
 from actlab.errors import ModelNotice
 from actlab.nn.swap import InPlace
@@ -322,21 +323,7 @@ def plain_losses(make, seed: int, lr: float, data: DeviceData) -> tuple[nn.Modul
     """One member alone: built after manual_seed(seed), Adam, its seed's batch order."""
     torch.manual_seed(seed)
     model = make()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    order = shuffle_generator(seed)
-    losses = []
-    for _ in range(EPOCHS):
-        perm = epoch_permutation(order, N)
-        epoch = []
-        for start in range(0, N, BATCH):
-            index = perm[start : start + BATCH]
-            loss = F.cross_entropy(model(data.x_train[index]), data.y_train[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            epoch.append(loss.item())
-        losses.append(sum(epoch) / len(epoch))
-    return model, losses
+    return adam_epochs(model, seed, lr, data, EPOCHS, N, BATCH)
 
 
 def check_oracle(reference: str, activations: dict, models, *, stacking: str = "vmap") -> None:
