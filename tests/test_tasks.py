@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures.engine import adam_epochs, user_module_file
 from torch import nn
 
 from actlab.cli.main import main
 from actlab.config import ExperimentConfig
 from actlab.data.regression import load_regression
-from actlab.engine.trainer import DeviceData, Trainer, epoch_permutation, shuffle_generator
+from actlab.engine.trainer import DeviceData, Trainer
 from actlab.errors import ConfigError
 from actlab.study import store
 from actlab.tasks import REGRESS
@@ -65,11 +66,7 @@ NETS = textwrap.dedent(
 
 @pytest.fixture
 def nets(tmp_path):
-    path = tmp_path / "nets.py"
-    path.write_text(NETS, encoding="utf-8")
-    namespace: dict = {}
-    exec(compile(NETS, str(path), "exec"), namespace)
-    return path, namespace
+    return user_module_file(tmp_path, NETS)
 
 
 def diabetes_data() -> DeviceData:
@@ -94,23 +91,8 @@ def plain_run(make, member, data, loss_fn, epochs=EPOCHS):
     """One member alone: built after manual_seed(seed), torch.optim.Adam, its seed's batch
     order. Returns the model and the mean step loss of each epoch."""
     torch.manual_seed(member.seed)
-    model = make()
-    optimizer = torch.optim.Adam(model.parameters(), lr=member.lr)
-    order = shuffle_generator(member.seed)
     n = data.x_train.shape[0]
-    means = []
-    for _ in range(epochs):
-        perm = epoch_permutation(order, n)
-        losses = []
-        for start in range(0, n, BATCH):
-            index = perm[start : start + BATCH]
-            loss = loss_fn(model(data.x_train[index]), data.y_train[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        means.append(sum(losses) / len(losses))
-    return model, means
+    return adam_epochs(make(), member.seed, member.lr, data, epochs, n, BATCH, loss_fn)
 
 
 def trained(config, data):

@@ -15,12 +15,13 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures.engine import adam_epochs, user_module_file
 from torch import nn
 
 from actlab.cli.main import main
 from actlab.config import ExperimentConfig
 from actlab.data.regression import load_regression
-from actlab.engine.trainer import DeviceData, Trainer, epoch_permutation, shuffle_generator
+from actlab.engine.trainer import DeviceData, Trainer
 from actlab.errors import ConfigError
 from actlab.study import store
 
@@ -138,29 +139,15 @@ NETS = textwrap.dedent(
 
 @pytest.fixture
 def nets(tmp_path):
-    path = tmp_path / "nets.py"
-    path.write_text(NETS, encoding="utf-8")
-    namespace: dict = {}
-    exec(compile(NETS, str(path), "exec"), namespace)
-    return path, namespace
+    return user_module_file(tmp_path, NETS)
 
 
 def plain_run(make, member, data, loss_fn, epochs=EPOCHS):
     """One member alone: built after manual_seed(seed), torch.optim.Adam, its seed's batch
     order (the engine's own generator), the same batches as the stacked study."""
     torch.manual_seed(member.seed)
-    model = make()
-    optimizer = torch.optim.Adam(model.parameters(), lr=member.lr)
-    order = shuffle_generator(member.seed)
     n = data.x_train.shape[0]
-    for _ in range(epochs):
-        perm = epoch_permutation(order, n)
-        for start in range(0, n, BATCH):
-            index = perm[start : start + BATCH]
-            loss = loss_fn(model(data.x_train[index]), data.y_train[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    model, _ = adam_epochs(make(), member.seed, member.lr, data, epochs, n, BATCH, loss_fn)
     return model.eval()
 
 
